@@ -1,0 +1,1 @@
+//! The container launcher: namespaces, cgroups, the container root on a union mount.

@@ -1,0 +1,1 @@
+//! Every unsafe system call wrapper lives here.
