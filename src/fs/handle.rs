@@ -19,6 +19,8 @@ pub struct OpenFile {
     pub ino: u64,
     /// Opened for writing (so it lives in the upper).
     pub writable: bool,
+    /// The file is in the upper layer (only such fds may be used to change anything).
+    pub in_upper: bool,
 }
 
 /// One entry of a directory snapshot.

@@ -235,21 +235,51 @@ impl UnionFs {
         Ok((a, fd))
     }
 
+    /// Some open handle of `ino`: the only way left to reach a file whose names are all gone.
+    fn any_open(&self, ino: u64) -> Option<Arc<OpenFile>> {
+        self.handles
+            .files
+            .iter()
+            .find(|f| f.ino == ino)
+            .map(|f| Arc::clone(f.value()))
+    }
+
     fn open_file(&self, ino: u64, flags: i32) -> SysResult<(u64, FopenFlags)> {
         let node = self.inodes.get(ino)?;
         let acc = flags & libc::O_ACCMODE;
         let writable = acc != libc::O_RDONLY;
-        if writable || flags & libc::O_TRUNC != 0 {
-            // An O_TRUNC open throws the data away: copy none of it.
-            self.ensure_upper(&node, flags & libc::O_TRUNC == 0)?;
-        }
-        let c = self.ctx(ino)?;
         let clean = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_DIRECT);
-        let fd = self.stack.open_rel(c.layer, &c.rel, clean)?;
+        let opened = (|| {
+            if writable || flags & libc::O_TRUNC != 0 {
+                // An O_TRUNC open throws the data away: copy none of it.
+                self.ensure_upper(&node, flags & libc::O_TRUNC == 0)?;
+            }
+            let c = self.ctx(ino)?;
+            let fd = self.stack.open_rel(c.layer, &c.rel, clean)?;
+            Ok((fd, self.stack.is_upper(c.layer)))
+        })();
+        let (fd, in_upper) = match opened {
+            Ok(v) => v,
+            // Unlinked but still open (e.g. reopened through /proc/PID/fd): reopen that file.
+            Err(Errno::ENOENT) => match self.any_open(ino) {
+                Some(f) if f.in_upper || !writable => (
+                    sys::reopen(f.fd.as_fd(), clean & !libc::O_TRUNC)?,
+                    f.in_upper,
+                ),
+                _ => return Err(Errno::ENOENT),
+            },
+            Err(e) => return Err(e),
+        };
         let fh = self.handles.next_id();
-        self.handles
-            .files
-            .insert(fh, Arc::new(OpenFile { fd, ino, writable }));
+        self.handles.files.insert(
+            fh,
+            Arc::new(OpenFile {
+                fd,
+                ino,
+                writable,
+                in_upper,
+            }),
+        );
         Ok((fh, FopenFlags::empty()))
     }
 
@@ -300,15 +330,30 @@ impl UnionFs {
         let node = self.inodes.get(ino)?;
         let open = fh.and_then(|f| self.handles.file(f.0));
         // A file opened for writing already lives in the upper: use its fd (it may be unlinked).
-        let via_fd = open.as_ref().filter(|f| f.writable);
-        if via_fd.is_none() {
-            self.ensure_upper(&node, size != Some(0))?;
-        }
-        let target: OwnedFd = match via_fd {
+        let mut via_fd = open.filter(|f| f.writable);
+        let target: OwnedFd = match &via_fd {
             Some(f) => f.fd.try_clone().map_err(|_| Errno::EMFILE)?,
             None => {
-                let c = self.ctx(ino)?;
-                self.stack.open_rel(0, &c.rel, libc::O_PATH)?
+                let by_path = self
+                    .ensure_upper(&node, size != Some(0))
+                    .and_then(|_| self.ctx(ino))
+                    .and_then(|c| self.stack.open_rel(0, &c.rel, libc::O_PATH));
+                match by_path {
+                    Ok(fd) => fd,
+                    // All names gone: an open handle is the file (fchmod on an unlinked file).
+                    Err(Errno::ENOENT) => {
+                        let f = self
+                            .any_open(ino)
+                            .filter(|f| f.in_upper)
+                            .ok_or(Errno::ENOENT)?;
+                        let fd = f.fd.try_clone().map_err(|_| Errno::EMFILE)?;
+                        if f.writable {
+                            via_fd = Some(f);
+                        }
+                        fd
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         };
         let is_link = node.kind == libc::S_IFLNK;
@@ -321,7 +366,7 @@ impl UnionFs {
             }
         }
         if let Some(sz) = size {
-            match via_fd {
+            match &via_fd {
                 Some(f) => sys::ftruncate(f.fd.as_fd(), sz)?,
                 None => {
                     let w = sys::reopen(target.as_fd(), libc::O_WRONLY)?;
@@ -547,8 +592,14 @@ impl Filesystem for UnionFs {
                 let st = sys::fstat(f.fd.as_fd())?;
                 return Ok(attr::from_stat(ino.0, &st, None));
             }
-            let c = self.ctx(ino.0)?;
-            self.stat_of(&c)
+            match self.ctx(ino.0).and_then(|c| self.stat_of(&c)) {
+                Err(Errno::ENOENT) => {
+                    let f = self.any_open(ino.0).ok_or(Errno::ENOENT)?;
+                    let st = sys::fstat(f.fd.as_fd())?;
+                    Ok(attr::from_stat(ino.0, &st, None))
+                }
+                r => r,
+            }
         })();
         match r {
             Ok(a) => reply.attr(&self.opts.ttl, &a),
@@ -1069,6 +1120,7 @@ impl Filesystem for UnionFs {
                         fd,
                         ino: a.ino.0,
                         writable,
+                        in_upper: true,
                     }),
                 );
                 reply.created(
