@@ -305,7 +305,12 @@ pub fn cleanup(mountpoint: &Path) -> Result<bool> {
 /// True when `path` is the root of a FUSE mount.
 pub fn is_fuse_mount(path: &Path) -> bool {
     match sys::open_path(path, libc::O_PATH | libc::O_DIRECTORY) {
-        Ok(fd) => sys::fstatfs_type(fd.as_fd()).is_ok_and(|t| t == FUSE_SUPER_MAGIC),
+        Ok(fd) => match sys::fstatfs_type(fd.as_fd()) {
+            Ok(t) => t == FUSE_SUPER_MAGIC,
+            // Only a FUSE mount whose daemon is gone answers statfs with ENOTCONN.
+            Err(Errno::ENOTCONN) => true,
+            Err(_) => false,
+        },
         Err(Errno::ENOTCONN) => true,
         Err(_) => false,
     }
