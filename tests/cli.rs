@@ -401,3 +401,46 @@ fn version_is_printed() {
     assert!(o.status.success());
     assert!(String::from_utf8_lossy(&o.stdout).contains(env!("CARGO_PKG_VERSION")));
 }
+
+#[test]
+fn full_disk_during_copy_up_loses_nothing() {
+    if !fuse_available() {
+        return;
+    }
+    let mut fx = Fixture::new("enospc");
+    let l = fx.dir("l");
+    let big: Vec<u8> = (0..4 << 20).map(|i| (i % 251) as u8).collect();
+    fs::write(l.join("big"), &big).unwrap();
+    fs::write(l.join("small"), "s").unwrap();
+    // Upper and work on a 1 MiB tmpfs: the 4 MiB copy-up cannot fit.
+    let t = fx.dir("tmpfs");
+    nix::mount::mount(
+        Some("tmpfs"),
+        &t,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=1m"),
+    )
+    .unwrap();
+    fx.mounts.push(t.clone());
+    let u = t.join("u");
+    fs::create_dir(&u).unwrap();
+    let mnt = fx.dir("mnt");
+    let o = fx.run(&[
+        l.to_str().unwrap(),
+        u.to_str().unwrap(),
+        mnt.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r = fs::OpenOptions::new().append(true).open(mnt.join("big"));
+    assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::ENOSPC));
+    // The view still shows the whole old file; nothing partial is left anywhere.
+    assert_eq!(fs::read(mnt.join("big")).unwrap(), big);
+    assert!(!u.join("big").exists());
+    let work = u.join(".wh..wh.unionfs");
+    assert_eq!(fs::read_dir(&work).unwrap().count(), 0, "staging leftovers");
+    assert_eq!(fs::read(l.join("big")).unwrap(), big);
+    // Small changes still work on the nearly full upper.
+    fs::write(mnt.join("small"), "changed").unwrap();
+    assert_eq!(fs::read_to_string(u.join("small")).unwrap(), "changed");
+}

@@ -160,7 +160,12 @@ impl Inodes {
                 copy_lock: Mutex::new(()),
             });
         }
+        // Counted while the shard lock is held, so a concurrent forget cannot drop the node;
+        // the state lock is taken only after the shard lock is released (lock order: never a
+        // shard lock while holding a node's state lock, or the other way round).
+        node_lookups_add(entry.value(), lookups);
         let node = Arc::clone(entry.value());
+        drop(entry);
         {
             let mut st = node.state.write();
             // The name just resolved goes first, paired with the layer it was found in.
@@ -171,8 +176,6 @@ impl Inodes {
             st.epoch = epoch;
             st.nlink = None;
         }
-        node.lookups.fetch_add(lookups, Ordering::AcqRel);
-        drop(entry);
         node
     }
 
@@ -201,13 +204,11 @@ impl Inodes {
                 return Err(Errno::ELOOP);
             }
             let node = self.get(cur)?;
-            let st = node.state.read();
+            let aliases = node.state.read().aliases.clone();
             // Prefer a name whose parent we still know.
-            let (parent, name) = st
-                .aliases
-                .iter()
+            let (parent, name) = aliases
+                .into_iter()
                 .find(|(p, _)| *p == ROOT || self.map.contains_key(p))
-                .cloned()
                 .ok_or(Errno::ENOENT)?;
             comps.push(name);
             cur = parent;
@@ -225,11 +226,10 @@ impl Inodes {
     /// The name `ino` is reached by: (parent, name).
     pub fn primary(&self, ino: u64) -> SysResult<(u64, Vec<u8>)> {
         let node = self.get(ino)?;
-        let st = node.state.read();
-        st.aliases
-            .iter()
+        let aliases = node.state.read().aliases.clone();
+        aliases
+            .into_iter()
             .find(|(p, _)| *p == ROOT || self.map.contains_key(p))
-            .cloned()
             .ok_or(Errno::ENOENT)
     }
 
@@ -285,4 +285,8 @@ impl Inodes {
             node.state.write().nlink = None;
         }
     }
+}
+
+fn node_lookups_add(node: &Node, n: u64) {
+    node.lookups.fetch_add(n, Ordering::AcqRel);
 }
