@@ -505,6 +505,13 @@ impl XTarget {
     }
 }
 
+fn empty_reply(reply: ReplyEmpty, r: SysResult<()>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(fe(e)),
+    }
+}
+
 fn reply_xattr(reply: ReplyXattr, size: u32, data: SysResult<Vec<u8>>) {
     match data {
         Ok(v) if size == 0 => reply.size(v.len() as u32),
@@ -721,16 +728,16 @@ impl Filesystem for UnionFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        match self.do_rename(
-            parent.0,
-            name_bytes(name),
-            newparent.0,
-            name_bytes(newname),
-            flags,
-        ) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(fe(e)),
-        }
+        empty_reply(
+            reply,
+            self.do_rename(
+                parent.0,
+                name_bytes(name),
+                newparent.0,
+                name_bytes(newname),
+                flags,
+            ),
+        )
     }
 
     fn link(
@@ -1050,10 +1057,7 @@ impl Filesystem for UnionFs {
             let c = CString::new(n).map_err(|_| Errno::EINVAL)?;
             sys::setxattr(fd.at(), &c, value, flags)
         })();
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(fe(e)),
-        }
+        empty_reply(reply, r)
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -1086,10 +1090,7 @@ impl Filesystem for UnionFs {
             let c = CString::new(n).map_err(|_| Errno::EINVAL)?;
             sys::removexattr(fd.at(), &c)
         })();
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(fe(e)),
-        }
+        empty_reply(reply, r)
     }
 
     fn create(
@@ -1211,10 +1212,7 @@ impl UnionFs {
             }
             Ok(())
         })();
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(fe(e)),
-        }
+        empty_reply(reply, r)
     }
 }
 
