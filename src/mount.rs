@@ -60,7 +60,9 @@ impl MountConfig {
             dev: false,
             read_only: false,
             fsname: SUBTYPE.to_string(),
-            ttl: Duration::from_secs(1),
+            // Layers change only through us and the kernel sees every change we make, so its
+            // caches stay right for as long as it likes to keep them.
+            ttl: Duration::from_secs(3600),
         }
     }
 

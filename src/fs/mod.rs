@@ -22,12 +22,13 @@ use log::{debug, warn};
 
 use crate::layer::ops::{self, NewKind, Owner, RenameMode};
 use crate::layer::readdir;
+use crate::layer::readdir::MergedEntry;
 use crate::layer::resolve::{self, DirSet, Found};
 use crate::layer::stack::join;
 use crate::layer::whiteout;
 use crate::layer::{LayerIdx, Stack};
 use crate::sys::{self, Errno, SysResult};
-use handle::{Handles, Listed, OpenDir, OpenFile};
+use handle::{Handles, OpenDir, OpenFile};
 use inode::{Inodes, Node, ROOT};
 
 /// Tunables of the FUSE adapter.
@@ -40,7 +41,7 @@ pub struct FsOptions {
 impl Default for FsOptions {
     fn default() -> Self {
         FsOptions {
-            ttl: Duration::from_secs(1),
+            ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -280,25 +281,19 @@ impl UnionFs {
                 in_upper,
             }),
         );
-        Ok((fh, FopenFlags::empty()))
+        // Every change to file data goes through this mount, so the page cache stays valid
+        // across opens.
+        Ok((fh, FopenFlags::FOPEN_KEEP_CACHE))
     }
 
-    fn snapshot(&self, ino: u64) -> SysResult<Vec<Listed>> {
+    /// The merged listing: names, types and layers only. Attributes are looked up lazily for
+    /// the entries readdirplus actually sends, so `find` on a cold tree never stats files.
+    fn snapshot(&self, ino: u64) -> SysResult<Vec<MergedEntry>> {
         let (c, set) = self.dir_ctx(ino)?;
-        let names = readdir::list(&self.stack, &set, c.rel.is_empty())?;
-        let mut out = Vec::with_capacity(names.len());
-        for e in names {
-            if let Some(found) = resolve::lookup(&self.stack, &set, &e.name)? {
-                out.push(Listed {
-                    name: e.name,
-                    found,
-                });
-            }
-        }
-        Ok(out)
+        readdir::list(&self.stack, &set, c.rel.is_empty())
     }
 
-    fn dir_entries(&self, ino: u64, fh: u64, offset: u64) -> SysResult<Arc<Vec<Listed>>> {
+    fn dir_entries(&self, ino: u64, fh: u64, offset: u64) -> SysResult<Arc<Vec<MergedEntry>>> {
         let d = self.handles.dir(fh).ok_or(Errno::EBADF)?;
         let mut guard = d.entries.lock();
         // A read from offset 0 is a (re)wind: take a fresh snapshot.
@@ -885,7 +880,9 @@ impl Filesystem for UnionFs {
             Ok(n) if n.is_dir() => {
                 let fh = self.handles.next_id();
                 self.handles.dirs.insert(fh, Arc::new(OpenDir::default()));
-                reply.opened(FileHandle(fh), FopenFlags::empty());
+                // The kernel may cache listings: every change to a directory passes through it.
+                let flags = FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE;
+                reply.opened(FileHandle(fh), flags);
             }
             Ok(_) => reply.error(fuser::Errno::ENOTDIR),
             Err(e) => reply.error(fe(e)),
@@ -919,10 +916,15 @@ impl Filesystem for UnionFs {
             }
             off = 2;
         }
+        let set = match self.dir_ctx(ino.0) {
+            Ok((_, set)) => set,
+            Err(e) => return reply.error(fe(e)),
+        };
         for (i, e) in entries.iter().enumerate().skip((off - 2) as usize) {
-            let kind = attr::file_type(e.found.st.st_mode);
+            let kind = attr::file_type(dtype_mode(e.dtype));
+            let d_ino = e.union_ino(&self.stack, &set);
             if reply.add(
-                INodeNo(e.found.ino),
+                INodeNo(d_ino),
                 3 + i as u64,
                 kind,
                 OsStr::from_bytes(&e.name),
@@ -943,10 +945,10 @@ impl Filesystem for UnionFs {
     ) {
         let r = (|| {
             let entries = self.dir_entries(ino.0, fh.0, offset)?;
-            let c = self.ctx(ino.0)?;
-            Ok::<_, Errno>((entries, c))
+            let (c, set) = self.dir_ctx(ino.0)?;
+            Ok::<_, Errno>((entries, c, set))
         })();
-        let (entries, c) = match r {
+        let (entries, c, set) = match r {
             Ok(v) => v,
             Err(e) => return reply.error(fe(e)),
         };
@@ -974,7 +976,15 @@ impl Filesystem for UnionFs {
         }
         for (i, e) in entries.iter().enumerate().skip((off - 2) as usize) {
             // Every entry sent here counts as a lookup for the kernel: register it as one.
-            let a = match self.remember(ino.0, &c.rel, &e.name, &e.found) {
+            let found = match resolve::lookup(&self.stack, &set, &e.name) {
+                Ok(Some(f)) => f,
+                Ok(None) => continue, // removed since the listing was taken
+                Err(err) => {
+                    debug!("readdirplus: {:?}: {err}", OsStr::from_bytes(&e.name));
+                    continue;
+                }
+            };
+            let a = match self.remember(ino.0, &c.rel, &e.name, &found) {
                 Ok(a) => a,
                 Err(err) => {
                     debug!("readdirplus: {:?}: {err}", OsStr::from_bytes(&e.name));
@@ -982,7 +992,7 @@ impl Filesystem for UnionFs {
                 }
             };
             if reply.add(
-                INodeNo(e.found.ino),
+                INodeNo(found.ino),
                 3 + i as u64,
                 OsStr::from_bytes(&e.name),
                 &ttl,
@@ -990,7 +1000,7 @@ impl Filesystem for UnionFs {
                 Generation(0),
             ) {
                 // Not sent: take the lookup back.
-                self.inodes.forget(e.found.ino, 1);
+                self.inodes.forget(found.ino, 1);
                 break;
             }
         }
@@ -1129,7 +1139,7 @@ impl Filesystem for UnionFs {
                     &a,
                     Generation(0),
                     FileHandle(fh),
-                    FopenFlags::empty(),
+                    FopenFlags::FOPEN_KEEP_CACHE,
                 );
             }
             Ok((_, None)) => reply.error(fuser::Errno::EIO),
@@ -1213,6 +1223,19 @@ impl UnionFs {
             Ok(())
         })();
         empty_reply(reply, r)
+    }
+}
+
+/// An `st_mode` type for a `DT_*` value.
+fn dtype_mode(dtype: u8) -> u32 {
+    match dtype {
+        libc::DT_DIR => libc::S_IFDIR,
+        libc::DT_LNK => libc::S_IFLNK,
+        libc::DT_FIFO => libc::S_IFIFO,
+        libc::DT_SOCK => libc::S_IFSOCK,
+        libc::DT_CHR => libc::S_IFCHR,
+        libc::DT_BLK => libc::S_IFBLK,
+        _ => libc::S_IFREG,
     }
 }
 
