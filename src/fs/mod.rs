@@ -224,11 +224,13 @@ impl UnionFs {
         name: &[u8],
         kind: NewKind,
         mode: u32,
+        umask: u32,
     ) -> SysResult<(FileAttr, Option<OwnedFd>)> {
         let (p, set) = self.dir_ctx(parent)?;
         let owner = Owner {
             uid: req.uid(),
             gid: req.gid(),
+            umask,
         };
         let (found, fd) = ops::create(&self.stack, &p.rel, &set, name, &kind, mode, owner)?;
         self.inodes.mark_upper_chain(parent);
@@ -561,7 +563,10 @@ impl Filesystem for UnionFs {
             | InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_AUTO_INVAL_DATA
             | InitFlags::FUSE_DO_READDIRPLUS
-            | InitFlags::FUSE_READDIRPLUS_AUTO;
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            // ACLs checked and cached by the kernel; umask left to us so default ACLs work.
+            | InitFlags::FUSE_POSIX_ACL
+            | InitFlags::FUSE_DONT_MASK;
         let supported = config.capabilities() & want;
         if let Err(missing) = config.add_capabilities(supported) {
             warn!("kernel refused FUSE capabilities {missing:?}");
@@ -651,7 +656,7 @@ impl Filesystem for UnionFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
@@ -663,7 +668,7 @@ impl Filesystem for UnionFs {
             NewKind::Node { rdev: rdev as u64 }
         };
         let r = self
-            .do_create(req, parent.0, name_bytes(name), kind, mode)
+            .do_create(req, parent.0, name_bytes(name), kind, mode, umask)
             .map(|(a, _)| a);
         self.entry_reply(reply, r);
     }
@@ -674,11 +679,11 @@ impl Filesystem for UnionFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
         let r = self
-            .do_create(req, parent.0, name_bytes(name), NewKind::Dir, mode)
+            .do_create(req, parent.0, name_bytes(name), NewKind::Dir, mode, umask)
             .map(|(a, _)| a);
         self.inodes.invalidate_nlink(parent.0);
         self.entry_reply(reply, r);
@@ -708,6 +713,7 @@ impl Filesystem for UnionFs {
                 name_bytes(link_name),
                 kind,
                 libc::S_IFLNK | 0o777,
+                0,
             )
             .map(|(a, _)| a);
         self.entry_reply(reply, r);
@@ -1109,7 +1115,7 @@ impl Filesystem for UnionFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
@@ -1120,6 +1126,7 @@ impl Filesystem for UnionFs {
             name_bytes(name),
             NewKind::File { flags: clean },
             mode,
+            umask,
         );
         match r {
             Ok((a, Some(fd))) => {
