@@ -585,6 +585,8 @@ impl Filesystem for UnionFs {
             | InitFlags::FUSE_AUTO_INVAL_DATA
             | InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
+            // O_TRUNC arrives with the open, so copy-up can skip the data it would discard.
+            | InitFlags::FUSE_ATOMIC_O_TRUNC
             // ACLs checked and cached by the kernel; umask left to us so default ACLs work.
             | InitFlags::FUSE_POSIX_ACL
             | InitFlags::FUSE_DONT_MASK;

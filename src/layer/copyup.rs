@@ -282,12 +282,10 @@ pub fn copy_up_entry(
                 0o600,
             )?;
             if with_data {
-                let src = sys::openat(
-                    src_dir.as_fd(),
-                    &cname,
-                    libc::O_RDONLY | libc::O_NOFOLLOW,
-                    0,
-                )?;
+                // O_NOATIME: copying up must not change even the lower file's atime.
+                let flags = libc::O_RDONLY | libc::O_NOFOLLOW;
+                let src = sys::openat(src_dir.as_fd(), &cname, flags | libc::O_NOATIME, 0)
+                    .or_else(|_| sys::openat(src_dir.as_fd(), &cname, flags, 0))?;
                 copy_data(src.as_fd(), dst.as_fd(), st.st_size as u64)?;
             }
             Ok(dst)
