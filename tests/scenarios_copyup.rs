@@ -1,0 +1,415 @@
+//! SCENARIOS.md "Copy-up", lines 20–30.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn set(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+/// Deterministic non-repeating-looking bytes, so a misplaced block is detected.
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn append(p: &Path, data: &[u8]) {
+    let mut f = fs::OpenOptions::new().append(true).open(p).unwrap();
+    f.write_all(data).unwrap();
+}
+
+#[test]
+fn s20_append_to_lower_file_keeps_old_bytes() {
+    let old = pattern(1 << 20, 20);
+    let stack = Stack::new().lower([file("f", &old)]);
+    let Some(mut u) = Union::mount(stack) else {
+        return;
+    };
+
+    append(&u.m("f"), b"tail");
+    let mut want = old.clone();
+    want.extend_from_slice(b"tail");
+    assert!(u.read("f") == want, "merged content differs after append");
+    u.remount();
+    assert!(u.read("f") == want, "content differs after remount");
+    assert!(fs::read(u.u("f")).unwrap() == want, "upper content differs");
+}
+
+fn assert_same_meta(a: &fs::Metadata, b: &fs::Metadata, what: &str) {
+    assert_eq!(a.mode(), b.mode(), "{what}: mode");
+    assert_eq!((a.uid(), a.gid()), (b.uid(), b.gid()), "{what}: owner");
+    assert_eq!(
+        (a.mtime(), a.mtime_nsec()),
+        (b.mtime(), b.mtime_nsec()),
+        "{what}: mtime"
+    );
+}
+
+#[test]
+fn s21_copy_up_keeps_metadata_xattrs_and_special_files() {
+    let t = (1_500_000_000, 123_456_789);
+    let stack = Stack::new().lower([
+        file("f", "data")
+            .mode(0o640)
+            .owner(1000, 1001)
+            .mtime(t.0, t.1)
+            .atime(t.0 - 100, 987_654_321)
+            .xattr("user.color", "blue")
+            .xattr("security.test", "sec"),
+        symlink("l", "some/target").owner(1002, 1003).mtime(t.0, 5),
+        fifo("p").mode(0o610).owner(1004, 1005).mtime(t.0, 6),
+        chardev("c", 1, 3)
+            .mode(0o620)
+            .owner(1006, 1007)
+            .mtime(t.0, 7),
+        blockdev("b", 7, 200).mode(0o600).mtime(t.0, 8),
+    ]);
+    let Some(mut u) = Union::mount(stack) else {
+        return;
+    };
+    let before: Vec<_> = ["f", "l", "p", "c", "b"]
+        .iter()
+        .map(|n| fs::symlink_metadata(u.m(n)).unwrap())
+        .collect();
+
+    // Changes that touch neither times nor the checked mode/owner, but force a copy-up.
+    lsetxattr(&u.m("f"), "user.new", b"1").unwrap();
+    std::os::unix::fs::lchown(u.m("l"), Some(1002), Some(1003)).unwrap();
+    for n in ["p", "c", "b"] {
+        let md = u.stat(n);
+        std::os::unix::fs::lchown(u.m(n), Some(md.uid()), Some(md.gid())).unwrap();
+    }
+    u.remount();
+
+    for (n, b) in ["f", "l", "p", "c", "b"].iter().zip(&before) {
+        let up = fs::symlink_metadata(u.u(n)).unwrap_or_else(|e| panic!("upper {n}: {e}"));
+        assert_same_meta(&up, b, &format!("upper {n}"));
+        assert_same_meta(&u.stat(n), b, &format!("merged {n}"));
+    }
+    let up = fs::symlink_metadata(u.u("f")).unwrap();
+    assert_eq!((up.atime(), up.atime_nsec()), (t.0 - 100, 987_654_321));
+    assert_eq!(fs::read(u.u("f")).unwrap(), b"data");
+    assert_eq!(lgetxattr(&u.u("f"), "user.color").unwrap(), b"blue");
+    assert_eq!(lgetxattr(&u.u("f"), "security.test").unwrap(), b"sec");
+    assert_eq!(lgetxattr(&u.u("f"), "user.new").unwrap(), b"1");
+    assert_eq!(lgetxattr(&u.m("f"), "user.color").unwrap(), b"blue");
+    assert_eq!(lgetxattr(&u.m("f"), "security.test").unwrap(), b"sec");
+    assert_eq!(
+        fs::read_link(u.u("l")).unwrap().to_str().unwrap(),
+        "some/target"
+    );
+    assert!(fs::symlink_metadata(u.u("p"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    let c = fs::symlink_metadata(u.u("c")).unwrap();
+    assert!(c.file_type().is_char_device());
+    assert_eq!(c.rdev(), nix::sys::stat::makedev(1, 3));
+    let b = fs::symlink_metadata(u.u("b")).unwrap();
+    assert!(b.file_type().is_block_device());
+    assert_eq!(b.rdev(), nix::sys::stat::makedev(7, 200));
+    assert_eq!(u.stat("b").rdev(), nix::sys::stat::makedev(7, 200));
+}
+
+#[test]
+fn s22_copy_up_creates_ancestors_with_their_metadata() {
+    let stack = Stack::new().lower([
+        dir("a")
+            .mode(0o750)
+            .owner(1000, 1000)
+            .mtime(1_400_000_000, 111),
+        dir("a/b")
+            .mode(0o711)
+            .owner(2000, 2001)
+            .mtime(1_400_000_001, 222),
+        dir("a/b/c")
+            .mode(0o1777)
+            .owner(3000, 3001)
+            .mtime(1_400_000_002, 333),
+        file("a/b/c/f", "old").mtime(1_400_000_003, 444),
+        file("a/b/sibling", "s"),
+    ]);
+    let Some(mut u) = Union::mount(stack) else {
+        return;
+    };
+    let before: Vec<_> = ["a", "a/b", "a/b/c"].iter().map(|d| u.stat(d)).collect();
+
+    append(&u.m("a/b/c/f"), b"+new");
+    assert_eq!(u.read_str("a/b/c/f"), "old+new");
+    u.remount();
+    for (d, b) in ["a", "a/b", "a/b/c"].iter().zip(&before) {
+        let up = fs::symlink_metadata(u.u(d)).unwrap_or_else(|e| panic!("upper {d}: {e}"));
+        assert!(up.is_dir());
+        assert_same_meta(&up, b, &format!("upper {d}"));
+        // Copy-up is invisible: the merged dirs' times did not change either.
+        assert_same_meta(&u.stat(d), b, &format!("merged {d}"));
+    }
+    assert_eq!(u.upper_names("a/b"), set(&["c"]));
+    assert_eq!(u.upper_names("a/b/c"), set(&["f"]));
+}
+
+#[test]
+fn s23_open_trunc_of_large_lower_file_copies_no_data() {
+    // A read of the lower's data would move its atime (relatime updates atime <= mtime), which
+    // shows whether the data was copied.
+    let big = pattern(1 << 20, 23).repeat(256);
+    let stack = Stack::new().lower([file("big", &big)
+        .mtime(1_100_000_000, 0)
+        .atime(1_000_000_000, 0)]);
+    let Some(u) = Union::mount(stack) else { return };
+    drop(big);
+
+    let t = Instant::now();
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(u.m("big"))
+        .unwrap();
+    let took = t.elapsed();
+    assert_eq!(f.metadata().unwrap().len(), 0);
+    drop(f);
+    assert_eq!(u.stat("big").len(), 0);
+    let up = fs::metadata(u.u("big")).unwrap();
+    assert_eq!(up.len(), 0);
+    assert_eq!(up.blocks(), 0);
+    let lo = fs::metadata(u.l(0, "big")).unwrap();
+    assert_eq!(
+        lo.atime(),
+        1_000_000_000,
+        "the lower's data was read (atime moved) by an O_TRUNC open; took {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "open(O_TRUNC) of 256 MiB took {took:?}"
+    );
+}
+
+#[test]
+fn s24_metadata_change_on_lower_dir_copies_only_that_dir() {
+    let stack = Stack::new().lower([
+        file("d/f", "x"),
+        file("d/sub/g", "y"),
+        file("e/f", "x"),
+        file("t/f", "x"),
+    ]);
+    let Some(mut u) = Union::mount(stack) else {
+        return;
+    };
+
+    fs::set_permissions(u.m("d"), fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::chown(u.m("e"), Some(1234), Some(4321)).unwrap();
+    let f = fs::File::open(u.m("t")).unwrap();
+    f.set_modified(std::time::UNIX_EPOCH + Duration::new(1_300_000_000, 42))
+        .unwrap();
+    drop(f);
+    u.remount();
+
+    assert_eq!(u.stat("d").mode() & 0o7777, 0o700);
+    assert_eq!((u.stat("e").uid(), u.stat("e").gid()), (1234, 4321));
+    assert_eq!(
+        (u.stat("t").mtime(), u.stat("t").mtime_nsec()),
+        (1_300_000_000, 42)
+    );
+    assert_eq!(
+        fs::metadata(u.u("d")).unwrap().mode() & 0o7777,
+        0o700,
+        "upper d"
+    );
+    for d in ["d", "e", "t"] {
+        assert_eq!(u.upper_names(d), set(&[]), "children of {d} were copied up");
+    }
+    assert_eq!(u.read_str("d/sub/g"), "y");
+    assert_eq!(u.read_str("e/f"), "x");
+}
+
+#[test]
+fn s26_concurrent_copy_up_of_one_file_makes_one_copy() {
+    const N: usize = 8;
+    let old = pattern(8 << 20, 26);
+    let stack = Stack::new().lower([file("f", &old)]);
+    let Some(mut u) = Union::mount(stack) else {
+        return;
+    };
+
+    let barrier = Arc::new(Barrier::new(N));
+    let handles: Vec<_> = (0..N)
+        .map(|i| {
+            let p = u.m("f");
+            let b = barrier.clone();
+            std::thread::spawn(move || {
+                b.wait();
+                let f = fs::OpenOptions::new().write(true).open(p).unwrap();
+                // Each thread owns one block: if two copies were made, some writes are lost.
+                f.write_all_at(&[b'A' + i as u8; 4096], (i * 4096 * 3) as u64)
+                    .unwrap();
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let mut want = old.clone();
+    for i in 0..N {
+        want[i * 4096 * 3..i * 4096 * 3 + 4096].fill(b'A' + i as u8);
+    }
+    assert!(u.read("f") == want, "merged content is wrong");
+    u.remount();
+    assert!(u.read("f") == want, "merged content is wrong after remount");
+    assert!(
+        fs::read(u.u("f")).unwrap() == want,
+        "upper content is wrong"
+    );
+    let tree: Vec<_> = u
+        .upper_tree()
+        .into_iter()
+        .filter(|p| !p.as_os_str().is_empty())
+        .collect();
+    assert_eq!(tree, vec![std::path::PathBuf::from("f")]);
+}
+
+#[test]
+fn s27_sed_in_place_on_lower_file() {
+    let stack = Stack::new().lower([file("d/conf", "alpha\nbeta\n"), file("d/other", "o")]);
+    let Some(mut u) = Union::mount(stack) else {
+        return;
+    };
+
+    run(
+        "sed",
+        &[
+            "-i".as_ref(),
+            "s/beta/gamma/".as_ref(),
+            u.m("d/conf").as_os_str(),
+        ],
+    );
+    assert_eq!(u.read_str("d/conf"), "alpha\ngamma\n");
+    assert_eq!(u.names("d"), set(&["conf", "other"]));
+    u.remount();
+    assert_eq!(u.read_str("d/conf"), "alpha\ngamma\n");
+    u.assert_upper_file("d/conf", "alpha\ngamma\n");
+    u.assert_no_upper_whiteout("d/conf");
+    assert_eq!(u.upper_names("d"), set(&["conf"]));
+}
+
+#[test]
+fn s28_sparse_lower_file_stays_sparse() {
+    let stack = Stack::new().lower([sparse("s", 1 << 30)]);
+    let Some(mut u) = Union::mount(stack) else {
+        return;
+    };
+
+    let f = fs::OpenOptions::new().write(true).open(u.m("s")).unwrap();
+    f.write_all_at(b"end", (1 << 30) - 3).unwrap();
+    drop(f);
+    u.remount();
+    let up = fs::metadata(u.u("s")).unwrap();
+    assert_eq!(up.len(), 1 << 30);
+    assert!(
+        up.blocks() * 512 < 1 << 20,
+        "upper copy allocates {} bytes",
+        up.blocks() * 512
+    );
+    let mut f = fs::File::open(u.m("s")).unwrap();
+    let mut buf = vec![1u8; 4096];
+    f.read_exact(&mut buf).unwrap();
+    assert!(buf.iter().all(|b| *b == 0));
+    f.seek(SeekFrom::Start((1 << 30) - 3)).unwrap();
+    let mut end = vec![];
+    f.read_to_end(&mut end).unwrap();
+    assert_eq!(end, b"end");
+}
+
+fn as_user(uid: u32, script: &str) -> std::process::Output {
+    std::process::Command::new("setpriv")
+        .args([
+            format!("--reuid={uid}"),
+            format!("--regid={uid}"),
+            "--clear-groups".to_string(),
+            "sh".to_string(),
+            "-c".to_string(),
+            script.to_string(),
+        ])
+        .output()
+        .expect("setpriv (util-linux) is needed")
+}
+
+#[test]
+fn s29_owner_can_chmod_and_remove_readonly_lower_file() {
+    let stack = Stack::new().lower([
+        dir("d").owner(1000, 1000),
+        file("d/f", "x").mode(0o444).owner(1000, 1000),
+        file("d/g", "y").mode(0o444).owner(1000, 1000),
+    ]);
+    let Some(mut u) = Union::mount(stack) else {
+        return;
+    };
+
+    let d = u.m("d");
+    let out = as_user(
+        1000,
+        &format!("chmod 644 '{0}/f' && rm -f '{0}/g'", d.display()),
+    );
+    assert!(
+        out.status.success(),
+        "as uid 1000: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    u.remount();
+    assert_eq!(u.stat("d/f").mode() & 0o7777, 0o644);
+    assert_eq!(u.read_str("d/f"), "x");
+    u.assert_enoent("d/g");
+    assert_eq!(
+        fs::metadata(u.u("d/f")).unwrap().mode() & 0o7777,
+        0o644,
+        "upper mode"
+    );
+    u.assert_upper_whiteout("d/g");
+}
+
+#[test]
+fn s30_fd_open_before_copy_up_keeps_reading_valid_data() {
+    let old = pattern(1 << 20, 30);
+    let new = pattern(1 << 20, 31);
+    let stack = Stack::new().lower([file("f", &old)]);
+    let Some(u) = Union::mount(stack) else { return };
+
+    let ro = fs::File::open(u.m("f")).unwrap();
+    let mut first = vec![0u8; 4096];
+    ro.read_exact_at(&mut first, 0).unwrap();
+    assert_eq!(first, old[..4096]);
+    {
+        let mut w = fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(0)
+            .open(u.m("f"))
+            .unwrap();
+        w.write_all(&new).unwrap();
+    }
+    // Either snapshot is valid (the kernel keeps the lower open); a mix or an error is not.
+    let mut all = vec![0u8; 1 << 20];
+    ro.read_exact_at(&mut all, 0).unwrap();
+    assert!(
+        all == old || all == new,
+        "old fd reads neither the old nor the new content"
+    );
+    assert!(u.read("f") == new);
+    drop(ro);
+    assert!(fs::read(u.u("f")).unwrap() == new);
+}
