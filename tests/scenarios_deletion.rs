@@ -2,17 +2,12 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 
 use std::time::Instant;
 
 use common::*;
-
-fn set(names: &[&str]) -> BTreeSet<String> {
-    names.iter().map(|s| s.to_string()).collect()
-}
 
 #[test]
 fn s12_rm_lower_file_writes_whiteout() {

@@ -7,10 +7,6 @@ use std::fs;
 
 use common::*;
 
-fn set(names: &[&str]) -> BTreeSet<String> {
-    names.iter().map(|s| s.to_string()).collect()
-}
-
 #[test]
 fn s01_topmost_layer_wins() {
     let stack = Stack::new()

@@ -2,15 +2,10 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 
 use common::*;
-
-fn set(names: &[&str]) -> BTreeSet<String> {
-    names.iter().map(|s| s.to_string()).collect()
-}
 
 #[test]
 fn s31_rename_lower_file_whiteouts_old_name() {

@@ -1002,6 +1002,11 @@ fn unescape_mountinfo(s: &str) -> Vec<u8> {
 // Small helpers
 // ---------------------------------------------------------------------------------------------
 
+/// A set of names, for comparing directory listings.
+pub fn set(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
 pub fn list(p: &Path) -> BTreeSet<String> {
     fs::read_dir(p)
         .unwrap_or_else(|e| panic!("readdir {p:?}: {e}"))
