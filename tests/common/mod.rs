@@ -496,6 +496,19 @@ pub fn snapshot(root: &Path) -> Snapshot {
     out
 }
 
+/// What a user sees of a tree: [`snapshot`] without ctimes and inode-dependent fields, and
+/// without the root's own times (the root of a union is its upper's root).
+pub fn view_snapshot(root: &Path) -> Snapshot {
+    let mut s = snapshot(root);
+    for n in s.values_mut() {
+        n.ctime = (0, 0);
+    }
+    if let Some(r) = s.get_mut(Path::new("")) {
+        r.mtime = (0, 0);
+    }
+    s
+}
+
 /// Human-readable differences between two snapshots (empty when equal).
 pub fn diff_snapshots(before: &Snapshot, after: &Snapshot) -> Vec<String> {
     let mut out = vec![];
@@ -619,6 +632,36 @@ impl Union {
         })
     }
 
+    /// Layer rotation: unmounts, turns the upper (minus internal state) into a new topmost
+    /// lower, mounts again under a fresh empty upper.
+    pub fn rotate(&mut self) {
+        self.unmount();
+        let up = self.upper.clone().expect("rotate needs an upper");
+        let n = self.lowers.len() + 1;
+        let new_lower = self.root.join(format!("rotated{n}"));
+        fs::rename(&up, &new_lower).unwrap();
+        for name in list(&new_lower) {
+            if name.starts_with(".wh..wh.") && name != ".wh..wh..opq" {
+                let p = new_lower.join(&name);
+                if p.is_dir() {
+                    fs::remove_dir_all(&p).unwrap();
+                } else {
+                    fs::remove_file(&p).unwrap();
+                }
+            }
+        }
+        fs::create_dir(&up).unwrap();
+        // The kernel hard-links its whiteouts to one in the work dir; drop that link now so the
+        // new lower's link counts do not change under the snapshot.
+        if self.imp == Impl::Kernel {
+            let _ = fs::remove_dir_all(&self.work);
+            fs::create_dir_all(&self.work).unwrap();
+        }
+        self.lowers.insert(0, new_lower);
+        self.resnapshot();
+        self.do_mount();
+    }
+
     /// Re-takes the lower snapshots (after a test changed lowers on purpose, e.g. rotation).
     pub fn resnapshot(&mut self) {
         self.snaps = self.lowers.iter().map(|l| snapshot(l)).collect();
@@ -652,7 +695,6 @@ impl Union {
                     .join(":");
                 let mut opts = format!("lowerdir={lower}");
                 if let Some(up) = &self.upper {
-                    let _ = fs::remove_dir_all(&self.work);
                     fs::create_dir_all(&self.work).unwrap();
                     opts += &format!(
                         ",upperdir={},workdir={}",
@@ -905,6 +947,26 @@ impl Union {
                 })
             })
             .collect()
+    }
+
+    /// Every regular file under the upper, internal state included, with its size.
+    pub fn upper_all_files(&self) -> Vec<(PathBuf, u64)> {
+        let mut out = vec![];
+        let mut stack = vec![PathBuf::new()];
+        while let Some(rel) = stack.pop() {
+            let Ok(rd) = fs::read_dir(self.u("").join(&rel)) else {
+                continue;
+            };
+            for d in rd.flatten() {
+                let r = rel.join(d.file_name());
+                match d.metadata() {
+                    Ok(m) if m.is_dir() => stack.push(r),
+                    Ok(m) if m.is_file() => out.push((r, m.len())),
+                    _ => {}
+                }
+            }
+        }
+        out
     }
 
     fn cleanup(&mut self) {

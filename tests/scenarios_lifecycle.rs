@@ -1,0 +1,283 @@
+//! SCENARIOS.md "Lifecycle", lines 47–49 and 52, and the crash test of line 25.
+
+mod common;
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const MIB: usize = 1 << 20;
+
+fn chunk() -> Vec<u8> {
+    (0..MIB).map(|i| (i * 131 % 253) as u8).collect()
+}
+
+/// Whether `p` holds `blocks` copies of `chunk`, followed by exactly `tail`.
+fn is_chunks_then(p: &std::path::Path, chunk: &[u8], blocks: usize, tail: &[u8]) -> bool {
+    let mut f = fs::File::open(p).unwrap();
+    let mut buf = vec![0u8; chunk.len()];
+    for _ in 0..blocks {
+        if f.read_exact(&mut buf).is_err() || buf != chunk {
+            return false;
+        }
+    }
+    let mut rest = vec![];
+    f.read_to_end(&mut rest).unwrap();
+    rest == tail
+}
+
+#[test]
+fn s25_kill_during_copy_up_leaves_whole_old_or_new_file() {
+    const BLOCKS: usize = 512;
+    let Some(mut u) = Union::build(Stack::new().lower([dir("d")])) else {
+        return;
+    };
+    let c = chunk();
+    {
+        let mut f = fs::File::create(u.l(0, "d/big")).unwrap();
+        for _ in 0..BLOCKS {
+            f.write_all(&c).unwrap();
+        }
+    }
+    u.resnapshot();
+    u.do_mount();
+
+    let path = u.m("d/big");
+    let writer = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut f = fs::OpenOptions::new().append(true).open(path)?;
+        f.write_all(b"NEW-TAIL")
+    });
+    let mut mid_copy = false;
+    if let Some(pid) = u.daemon_pid() {
+        // Kill as soon as the copy-up has visibly started somewhere in the upper (staging files
+        // live in its internal dir), so the daemon dies with a partial copy on disk.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let partial = u.upper_all_files().iter().any(|(_, len)| *len > 0);
+            if partial {
+                mid_copy = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL).unwrap();
+        let res = writer.join().unwrap();
+        eprintln!("killed daemon (copy seen in progress: {mid_copy}); append: {res:?}");
+        let out = Command::new(bin())
+            .arg("--cleanup")
+            .arg(&u.mnt)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "--cleanup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!is_mountpoint(&u.mnt), "--cleanup left the mount");
+        u.forget_mount();
+        u.do_mount();
+    } else {
+        // Kernel overlayfs has no daemon to kill: the test checks the same end state.
+        writer.join().unwrap().unwrap();
+        u.remount();
+    }
+
+    let len = u.stat("d/big").len() as usize;
+    let whole_old = len == BLOCKS * MIB && is_chunks_then(&u.m("d/big"), &c, BLOCKS, b"");
+    let whole_new =
+        len == BLOCKS * MIB + 8 && is_chunks_then(&u.m("d/big"), &c, BLOCKS, b"NEW-TAIL");
+    assert!(
+        whole_old || whole_new,
+        "after the crash d/big is neither the whole old nor the whole new file (size {len})"
+    );
+    // Leftovers of the interrupted copy must be gone after the remount.
+    let leftovers: u64 = u
+        .upper_all_files()
+        .iter()
+        .filter(|(p, _)| p.as_path() != std::path::Path::new("d/big"))
+        .map(|(_, len)| *len)
+        .sum();
+    assert!(
+        leftovers < MIB as u64,
+        "{leftovers} bytes of staging leftovers in the upper: {:?}",
+        u.upper_all_files()
+    );
+}
+
+#[test]
+fn s47_layer_rotation_keeps_the_view() {
+    let stack = Stack::new()
+        .lower([
+            file("a", "A"),
+            file("d/x", "x"),
+            file("d/y", "y"),
+            file("e/z", "z"),
+            symlink("s", "a"),
+            file("k", "keep").mode(0o600).owner(7, 8),
+        ])
+        .lower([file("b", "B"), file("d/w", "w"), file("e/old", "o")]);
+    let Some(mut u) = Union::mount(stack) else {
+        return;
+    };
+
+    fs::OpenOptions::new()
+        .append(true)
+        .open(u.m("a"))
+        .unwrap()
+        .write_all(b"+")
+        .unwrap();
+    lsetxattr(&u.m("a"), "user.tag", b"v").unwrap();
+    fs::remove_file(u.m("b")).unwrap();
+    fs::remove_file(u.m("d/x")).unwrap();
+    fs::rename(u.m("d/y"), u.m("d/y2")).unwrap();
+    fs::remove_dir_all(u.m("e")).unwrap();
+    fs::create_dir(u.m("e")).unwrap();
+    u.write("e/new", "n");
+    fs::set_permissions(u.m("d"), fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::symlink("d/w", u.m("s2")).unwrap();
+    fs::create_dir_all(u.m("n/m/o")).unwrap();
+    u.write("n/m/o/f", "deep");
+    let before = view_snapshot(&u.mnt);
+
+    u.rotate();
+    let after = view_snapshot(&u.mnt);
+    let diff = diff_snapshots(&before, &after);
+    assert!(
+        diff.is_empty(),
+        "view changed by rotation:\n{}",
+        diff.join("\n")
+    );
+    assert_eq!(u.upper_names(""), set(&[]));
+    // And the rotated stack keeps working as a union.
+    fs::remove_file(u.m("d/w")).unwrap();
+    u.remount();
+    u.assert_enoent("d/w");
+    u.assert_upper_whiteout("d/w");
+    assert_eq!(u.names("e"), set(&["new"]));
+}
+
+#[test]
+fn s48_lower_path_with_escaped_colon() {
+    let stack = Stack::new()
+        .lower_named("lo:wer", [file("f", "colon"), file("d/g", "g")])
+        .lower_named("plain", [file("h", "plain")]);
+    let Some(mut u) = Union::mount(stack) else {
+        return;
+    };
+
+    assert!(u.l(0, "").to_str().unwrap().contains("lo:wer"));
+    assert_eq!(u.read_str("f"), "colon");
+    assert_eq!(u.read_str("h"), "plain");
+    u.write("d/g", "changed");
+    u.remount();
+    assert_eq!(u.read_str("d/g"), "changed");
+    u.assert_upper_file("d/g", "changed");
+}
+
+#[test]
+fn s49_no_upper_is_read_only() {
+    let stack = Stack::new()
+        .no_upper()
+        .lower([file("f", "L1"), dir("d"), file("d/g", "g")])
+        .lower([file("h", "L2"), dir("e")]);
+    let Some(u) = Union::mount(stack) else { return };
+
+    assert_eq!(u.read_str("f"), "L1");
+    assert_eq!(u.read_str("h"), "L2");
+    assert_eq!(u.names(""), set(&["d", "e", "f", "h"]));
+    let m = |r: &str| u.m(r);
+    let erofs: Vec<(&str, std::io::Result<()>)> = vec![
+        (
+            "open-write",
+            fs::OpenOptions::new().write(true).open(m("f")).map(drop),
+        ),
+        ("create", fs::write(m("new"), "x")),
+        (
+            "truncate",
+            fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(m("h"))
+                .map(drop),
+        ),
+        ("mkdir", fs::create_dir(m("nd"))),
+        ("unlink", fs::remove_file(m("f"))),
+        ("rmdir", fs::remove_dir(m("e"))),
+        ("rename", fs::rename(m("f"), m("f2"))),
+        (
+            "chmod",
+            fs::set_permissions(m("f"), fs::Permissions::from_mode(0o600)),
+        ),
+        ("chown", std::os::unix::fs::chown(m("f"), Some(1), Some(1))),
+        ("symlink", std::os::unix::fs::symlink("f", m("sl"))),
+        ("link", fs::hard_link(m("f"), m("fl"))),
+        ("setxattr", lsetxattr(&m("f"), "user.x", b"1")),
+        (
+            "mknod",
+            nix::unistd::mkfifo(&m("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o644))
+                .map_err(std::io::Error::from),
+        ),
+    ];
+    for (what, r) in erofs {
+        assert_errno(r, libc::EROFS, what);
+    }
+    assert_eq!(u.names(""), set(&["d", "e", "f", "h"]));
+    assert_eq!(u.stat("f").mode() & 0o777, 0o644);
+}
+
+#[test]
+fn s52_sigterm_unmounts_and_killed_daemon_is_recoverable() {
+    if is_kernel() {
+        eprintln!("SKIP on kernel: no daemon");
+        return;
+    }
+    let Some(mut u) = Union::mount(Stack::new().lower([file("f", "x")])) else {
+        return;
+    };
+    let pid = nix::unistd::Pid::from_raw(u.daemon_pid().unwrap());
+
+    nix::sys::signal::kill(pid, nix::sys::signal::SIGTERM).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while is_mountpoint(&u.mnt) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!is_mountpoint(&u.mnt), "SIGTERM did not unmount");
+    u.forget_mount();
+
+    u.do_mount();
+    assert_eq!(u.read_str("f"), "x");
+    let pid = nix::unistd::Pid::from_raw(u.daemon_pid().unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::SIGKILL).unwrap();
+    // A dead daemon's mount must answer (ENOTCONN), not hang; checked from a child process so a
+    // hang shows up as a timeout instead of a stuck test.
+    let mut child = Command::new("stat").arg(u.m("f")).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stat on a dead daemon's mount hangs"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = Command::new(bin())
+        .arg("--cleanup")
+        .arg(&u.mnt)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "--cleanup failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!is_mountpoint(&u.mnt));
+    u.forget_mount();
+    u.do_mount();
+    assert_eq!(u.read_str("f"), "x");
+}
