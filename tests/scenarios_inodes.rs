@@ -51,6 +51,7 @@ fn s37_st_ino_is_real_ino_and_d_ino_matches() {
             assert_eq!(d_ino, u.stat(&rel).ino(), "d_ino of {rel}");
         }
     }
+    u.assert_upper_unchanged();
 }
 
 #[test]
@@ -106,6 +107,7 @@ fn s39_lower_hard_links_are_one_inode_with_nlink_2() {
     assert_eq!(u.stat("c").nlink(), 1);
     let inos = readdir_inos(&u.m(""));
     assert_eq!(inos["a"], inos["b"]);
+    u.assert_upper_unchanged();
 }
 
 #[test]
@@ -271,4 +273,5 @@ fn s42_paged_readdir_with_seekdir_and_reopen_returns_each_name_once() {
     assert_eq!(seen.len(), want.len(), "missing names");
     assert_eq!(seen, want);
     assert_eq!(u.names("big").len(), 5000);
+    u.assert_upper_unchanged();
 }

@@ -28,6 +28,7 @@ fn s01_topmost_layer_wins() {
     assert_eq!(u.names(""), set(&["f", "g", "h", "i"]));
     assert_eq!(u.upper_names(""), set(&["f"]));
     u.assert_upper_file("f", "U");
+    u.assert_upper_unchanged();
 }
 
 #[test]
@@ -42,6 +43,7 @@ fn s02_upper_whiteout_file_hides_lower_and_is_invisible() {
     assert_eq!(u.names(""), set(&["g"]));
     assert_errno(fs::read(u.m("f")), libc::ENOENT, "open f");
     u.assert_upper_whiteout("f");
+    u.assert_upper_unchanged();
 }
 
 #[test]
@@ -56,6 +58,7 @@ fn s03_char_device_0_0_is_a_whiteout() {
     u.assert_enoent("f");
     u.assert_enoent("h");
     assert_eq!(u.names(""), set(&["g"]));
+    u.assert_upper_unchanged();
 }
 
 #[test]
@@ -77,6 +80,7 @@ fn s04_opaque_marker_hides_lower_contents_and_descendants() {
     // Opacity is about `d` only: siblings still merge.
     assert_eq!(u.read_str("e/x"), "L2");
     assert_eq!(u.upper_names(""), set(&[]));
+    u.assert_upper_unchanged();
 }
 
 fn opaque_xattr_case(name: &'static str, kernel_opts: &[&str]) {
@@ -91,6 +95,7 @@ fn opaque_xattr_case(name: &'static str, kernel_opts: &[&str]) {
     assert_eq!(u.names("d"), set(&["a"]));
     u.assert_enoent("d/b");
     u.assert_enoent("d/sub/c");
+    u.assert_upper_unchanged();
 }
 
 #[test]
@@ -120,6 +125,7 @@ fn s06_whiteouts_are_scoped_by_path() {
     assert_eq!(u.read_str("x/test"), "L1");
     assert_eq!(u.names(""), set(&["root", "x"]));
     assert_eq!(u.names("root"), set(&["test"]));
+    u.assert_upper_unchanged();
 }
 
 #[test]
@@ -141,6 +147,7 @@ fn s07_whiteout_hides_only_layers_below() {
     assert_eq!(u.read_str("g"), "L1");
     assert_eq!(u.read_str("f"), "U");
     assert_eq!(u.names(""), set(&["f", "g"]));
+    u.assert_upper_unchanged();
 }
 
 #[test]
@@ -157,6 +164,7 @@ fn s07_whiteout_in_middle_layer_keeps_same_layer_entry() {
 
     assert_eq!(u.read_str("f"), "L1");
     assert_eq!(u.names(""), set(&["f"]));
+    u.assert_upper_unchanged();
 }
 
 #[test]
@@ -182,6 +190,7 @@ fn s08_opaque_marker_position_in_readdir_is_irrelevant() {
     assert_eq!(u.names("last"), want);
     u.assert_enoent("first/old0");
     u.assert_enoent("last/old49");
+    u.assert_upper_unchanged();
 }
 
 #[test]
@@ -196,6 +205,7 @@ fn s09_deleted_then_recreated_dir_never_shows_old_files_with_whiteout() {
     assert_eq!(u.names("d/e"), set(&[]));
     u.assert_enoent("d/old");
     u.assert_enoent("d/e/older");
+    u.assert_upper_unchanged();
 }
 
 #[test]
@@ -208,6 +218,7 @@ fn s09_deleted_then_recreated_dir_never_shows_old_files_with_opaque() {
     assert_eq!(u.names("d"), set(&["e"]));
     u.assert_enoent("d/old");
     u.assert_enoent("d/e/older");
+    u.assert_upper_unchanged();
 }
 
 #[test]
@@ -295,4 +306,5 @@ fn s11_file_hides_dir_below_and_dir_hides_file_below() {
     assert_eq!(u.names("y"), set(&["b"]));
     assert!(u.stat("z").is_dir());
     assert_eq!(u.names("z"), set(&["c"]));
+    u.assert_upper_unchanged();
 }

@@ -281,3 +281,36 @@ fn s52_sigterm_unmounts_and_killed_daemon_is_recoverable() {
     u.do_mount();
     assert_eq!(u.read_str("f"), "x");
 }
+
+#[test]
+fn cli_o_form_with_separate_workdir() {
+    // The fuse-overlayfs/podman form: `-o lowerdir=...,upperdir=...,workdir=...`.
+    let stack = Stack::new()
+        .o_form()
+        .lower([file("f", "L1"), file("d/g", "g")])
+        .lower([file("h", "L2")]);
+    let Some(mut u) = Union::mount(stack) else {
+        return;
+    };
+
+    assert_eq!(u.read_str("f"), "L1");
+    assert_eq!(u.read_str("h"), "L2");
+    fs::remove_file(u.m("h")).unwrap();
+    u.write("d/g", "new");
+    u.remount();
+    u.assert_enoent("h");
+    assert_eq!(u.read_str("d/g"), "new");
+    u.assert_upper_whiteout("h");
+    u.assert_upper_file("d/g", "new");
+    // With an explicit workdir, internal state stays out of the upper entirely.
+    if !is_kernel() {
+        let internal: Vec<_> = list(&u.u(""))
+            .into_iter()
+            .filter(|n| n.starts_with(".wh..wh."))
+            .collect();
+        assert!(
+            internal.is_empty(),
+            "internal state in the upper: {internal:?}"
+        );
+    }
+}

@@ -222,6 +222,8 @@ pub struct Stack {
     pub kernel_opts: Vec<String>,
     /// Put all layers on a private tmpfs (for xattr values larger than ext4 allows here).
     pub tmpfs: bool,
+    /// Mount with the `-o lowerdir=,upperdir=,workdir=` form (workdir outside the upper).
+    pub o_form: bool,
 }
 
 impl Default for Stack {
@@ -238,6 +240,7 @@ impl Stack {
             upper: Some(LayerSpec::default()),
             kernel_opts: vec![],
             tmpfs: false,
+            o_form: false,
         }
     }
     pub fn lower(mut self, entries: impl IntoIterator<Item = E>) -> Self {
@@ -263,6 +266,10 @@ impl Stack {
     }
     pub fn no_upper(mut self) -> Self {
         self.upper = None;
+        self
+    }
+    pub fn o_form(mut self) -> Self {
+        self.o_form = true;
         self
     }
     pub fn on_tmpfs(mut self) -> Self {
@@ -509,6 +516,38 @@ pub fn view_snapshot(root: &Path) -> Snapshot {
     s
 }
 
+/// An upper snapshot without internal `.wh..wh.*` state (`.wh..wh..opq` kept) and without the
+/// root's own times, which creating the internal state at mount legitimately changes.
+fn visible_upper(mut s: Snapshot) -> Snapshot {
+    s.retain(|p, _| {
+        !p.components().any(|c| {
+            let n = c.as_os_str().to_string_lossy();
+            n.starts_with(".wh..wh.") && n != ".wh..wh..opq"
+        })
+    });
+    for n in s.values_mut() {
+        // Implementations may tag upper dirs with internal xattrs while reading them (the kernel's
+        // "impure" marker on readdir); that moves only the directory's ctime.
+        if n.kind == libc::S_IFDIR {
+            n.ctime = (0, 0);
+        }
+        // The kernel in `userxattr` mode keeps its state (e.g. a uuid) in user.overlay.*.
+        let kernel_user = is_kernel();
+        n.xattrs.retain(|k, _| {
+            let internal = ["trusted.overlay.", "trusted.unionfs.", "user.unionfs."]
+                .iter()
+                .any(|p| k.starts_with(p));
+            !internal && !(kernel_user && k.starts_with("user.overlay."))
+        });
+    }
+    if let Some(r) = s.get_mut(Path::new("")) {
+        r.mtime = (0, 0);
+        r.ctime = (0, 0);
+        r.nlink = 0;
+    }
+    s
+}
+
 /// Human-readable differences between two snapshots (empty when equal).
 pub fn diff_snapshots(before: &Snapshot, after: &Snapshot) -> Vec<String> {
     let mut out = vec![];
@@ -542,6 +581,7 @@ pub struct Union {
     pub mnt: PathBuf,
     pub stack: Stack,
     snaps: Vec<Snapshot>,
+    upper_snap: Option<Snapshot>,
     /// Directories outside the layers that must not change (hostile-layer sentinels).
     sentinels: Vec<(PathBuf, Snapshot)>,
     mounted: bool,
@@ -617,6 +657,7 @@ impl Union {
             fs::create_dir_all(&work).unwrap();
         }
         let snaps = lowers.iter().map(|l| snapshot(l)).collect();
+        let upper_snap = upper.as_ref().map(|p| visible_upper(snapshot(p)));
         Some(Union {
             imp,
             root,
@@ -626,6 +667,7 @@ impl Union {
             mnt,
             stack,
             snaps,
+            upper_snap,
             sentinels: vec![],
             mounted: false,
             pid: None,
@@ -724,9 +766,23 @@ impl Union {
                     .collect::<Vec<_>>()
                     .join(":");
                 let mut cmd = Command::new(bin());
-                cmd.arg("--pid-file").arg(self.pid_file()).arg(&lower);
-                if let Some(up) = &self.upper {
-                    cmd.arg(up);
+                cmd.arg("--pid-file").arg(self.pid_file());
+                if self.stack.o_form {
+                    let mut o = format!("lowerdir={lower}");
+                    if let Some(up) = &self.upper {
+                        fs::create_dir_all(&self.work).unwrap();
+                        o += &format!(
+                            ",upperdir={},workdir={}",
+                            escape_colons(up),
+                            escape_colons(&self.work)
+                        );
+                    }
+                    cmd.arg("-o").arg(o);
+                } else {
+                    cmd.arg(&lower);
+                    if let Some(up) = &self.upper {
+                        cmd.arg(up);
+                    }
                 }
                 cmd.arg(&self.mnt);
                 let log = fs::OpenOptions::new()
@@ -947,6 +1003,19 @@ impl Union {
                 })
             })
             .collect()
+    }
+
+    /// Asserts the upper holds exactly what it held before mounting (internal state aside):
+    /// for scenarios that only read, which must never write to the upper.
+    pub fn assert_upper_unchanged(&self) {
+        let before = self.upper_snap.as_ref().expect("no upper");
+        let now = visible_upper(snapshot(&self.u("")));
+        let diff = diff_snapshots(before, &now);
+        assert!(
+            diff.is_empty(),
+            "reads changed the upper:\n{}",
+            diff.join("\n")
+        );
     }
 
     /// Every regular file under the upper, internal state included, with its size.
