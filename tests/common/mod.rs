@@ -537,7 +537,8 @@ fn visible_upper(mut s: Snapshot) -> Snapshot {
             let internal = ["trusted.overlay.", "trusted.unionfs.", "user.unionfs."]
                 .iter()
                 .any(|p| k.starts_with(p));
-            !internal && !(kernel_user && k.starts_with("user.overlay."))
+            let kernel_state = kernel_user && k.starts_with("user.overlay.");
+            !(internal || kernel_state)
         });
     }
     if let Some(r) = s.get_mut(Path::new("")) {
