@@ -1059,6 +1059,12 @@ impl Union {
 impl Drop for Union {
     fn drop(&mut self) {
         self.cleanup();
+        if std::thread::panicking() {
+            let log = self.daemon_log();
+            if !log.is_empty() {
+                eprintln!("--- unionfs-mount log ---\n{log}--- end of log ---");
+            }
+        }
         let mut problems = vec![];
         for (i, (l, before)) in self.lowers.iter().zip(&self.snaps).enumerate() {
             if l.exists() {
