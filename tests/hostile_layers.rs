@@ -73,6 +73,9 @@ fn hostile_symlinks_under_directories_are_never_followed() {
             dir("root/mine"),
             dir("p/q"),
             file("p/q/k", "L1 k"),
+            file("dd/mine", "L1 dd"),
+            file("ff", "L1 ff"),
+            dir("loop"),
         ])
         .lower([
             symlink("a", &v),
@@ -84,6 +87,10 @@ fn hostile_symlinks_under_directories_are_never_followed() {
             symlink("root", "/"),
             dir("p"),
             symlink("p/q", &format!("{v}/q")),
+            // `..` relative to the layer: the union's temp dir, with every layer in it.
+            symlink("dd", ".."),
+            symlink("ff", &format!("{v}/x")),
+            symlink("loop", "loop"),
         ])
         .lower([
             file("a/h", "L3 a/h"),
@@ -114,6 +121,10 @@ fn hostile_symlinks_under_directories_are_never_followed() {
     assert_eq!(u.names("p/q"), set(&["k"]));
     no_file(&u, "p/q/z");
     no_file(&u, "p/q/bottom");
+    assert_eq!(u.names("dd"), set(&["mine"]));
+    no_file(&u, "dd/l1");
+    no_file(&u, "dd/upper");
+    assert_eq!(u.names("loop"), set(&[]));
 
     // Every kind of write, through each hostile spot.
     u.write("a/new", "n");
@@ -146,6 +157,14 @@ fn hostile_symlinks_under_directories_are_never_followed() {
     u.write("o/old", "mine");
     fs::remove_file(u.m("o/mine")).unwrap();
     u.write("etc/passwd", "changed fake");
+    u.write("dd/l1", "mine");
+    u.write("ff", "mine");
+    fs::create_dir(u.m("loop/inner")).unwrap();
+    nix::unistd::mkfifo(
+        &u.m("a/fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
     fs::create_dir(u.m("root/etc")).unwrap();
     std::os::unix::fs::chown(u.m("p/q"), Some(99), Some(99)).unwrap();
     u.write("p/q/z", "mine");
@@ -163,7 +182,10 @@ fn hostile_symlinks_under_directories_are_never_followed() {
 
     u.remount();
     // The results are in the view...
-    assert_eq!(u.names("a"), set(&["f2", "hl", "nd", "new", "sl", "sub"]));
+    assert_eq!(
+        u.names("a"),
+        set(&["f2", "fifo", "hl", "nd", "new", "sl", "sub"])
+    );
     assert_eq!(u.read_str("a/f2"), "L1 a/f+");
     assert_eq!(u.read_str("x/y/secret"), "mine");
     assert_eq!(u.read_str("up/x"), "mine");
@@ -172,8 +194,13 @@ fn hostile_symlinks_under_directories_are_never_followed() {
     assert_eq!(u.read_str("o/old"), "mine");
     assert_eq!(u.read_str("etc/passwd"), "changed fake");
     assert_eq!(u.names("root"), set(&["etc", "mine"]));
+    assert_eq!(u.names("dd"), set(&["l1", "mine"]));
+    assert_eq!(u.read_str("ff"), "mine");
+    assert_eq!(u.names("loop"), set(&["inner"]));
     // ... and in the upper, as real directories (never symlinks).
-    for d in ["a", "a/sub", "x", "x/y", "up", "o", "etc", "root"] {
+    for d in [
+        "a", "a/sub", "x", "x/y", "up", "o", "etc", "root", "dd", "loop",
+    ] {
         let md = fs::symlink_metadata(u.u(d)).unwrap_or_else(|e| panic!("upper {d}: {e}"));
         assert!(md.is_dir(), "upper {d} is not a directory");
     }

@@ -900,8 +900,16 @@ impl Union {
         fs::symlink_metadata(self.m(rel)).unwrap_or_else(|e| panic!("lstat {rel}: {e}"))
     }
     /// Names in a merged directory (readdir through the mount, without `.` and `..`).
+    /// Every listed name must also be found by lookup: readdir and lookup agree.
     pub fn names(&self, rel: &str) -> BTreeSet<String> {
-        list(&self.m(rel))
+        let names = list(&self.m(rel));
+        for n in &names {
+            let p = self.m(rel).join(n);
+            if let Err(e) = fs::symlink_metadata(&p) {
+                panic!("{rel:?} lists {n:?} but lstat fails: {e}");
+            }
+        }
+        names
     }
     pub fn assert_enoent(&self, rel: &str) {
         assert_errno(fs::symlink_metadata(self.m(rel)), libc::ENOENT, rel);
