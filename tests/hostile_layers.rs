@@ -217,6 +217,7 @@ fn hostile_symlinks_under_directories_are_never_followed() {
     assert!(fs::symlink_metadata(u.u("w"))
         .map(|m| !m.is_symlink())
         .unwrap_or(true));
+    u.check_upper_is_layer_diff();
 }
 
 #[test]
@@ -248,4 +249,5 @@ fn hostile_symlinked_parent_in_lower_for_copy_up_of_deep_file() {
     assert_eq!(u.names("d"), set(&["y"]));
     assert!(fs::symlink_metadata(u.u("d")).unwrap().is_dir());
     u.assert_upper_opaque("d");
+    u.check_upper_is_layer_diff();
 }

@@ -45,6 +45,7 @@ fn s20_append_to_lower_file_keeps_old_bytes() {
     u.remount();
     assert!(u.read("f") == want, "content differs after remount");
     assert!(fs::read(u.u("f")).unwrap() == want, "upper content differs");
+    u.check_upper_is_layer_diff();
 }
 
 fn assert_same_meta(a: &fs::Metadata, b: &fs::Metadata, what: &str) {
@@ -121,6 +122,7 @@ fn s21_copy_up_keeps_metadata_xattrs_and_special_files() {
     assert!(b.file_type().is_block_device());
     assert_eq!(b.rdev(), nix::sys::stat::makedev(7, 200));
     assert_eq!(u.stat("b").rdev(), nix::sys::stat::makedev(7, 200));
+    u.check_upper_is_layer_diff();
 }
 
 #[test]
@@ -158,6 +160,7 @@ fn s22_copy_up_creates_ancestors_with_their_metadata() {
     }
     assert_eq!(u.upper_names("a/b"), set(&["c"]));
     assert_eq!(u.upper_names("a/b/c"), set(&["f"]));
+    u.check_upper_is_layer_diff();
 }
 
 #[test]
@@ -168,7 +171,9 @@ fn s23_open_trunc_of_large_lower_file_copies_no_data() {
     let stack = Stack::new().lower([file("big", &big)
         .mtime(1_100_000_000, 0)
         .atime(1_000_000_000, 0)]);
-    let Some(u) = Union::mount(stack) else { return };
+    let Some(mut u) = Union::mount(stack) else {
+        return;
+    };
     drop(big);
 
     let t = Instant::now();
@@ -194,6 +199,7 @@ fn s23_open_trunc_of_large_lower_file_copies_no_data() {
         took < Duration::from_secs(2),
         "open(O_TRUNC) of 256 MiB took {took:?}"
     );
+    u.check_upper_is_layer_diff();
 }
 
 #[test]
@@ -232,6 +238,7 @@ fn s24_metadata_change_on_lower_dir_copies_only_that_dir() {
     }
     assert_eq!(u.read_str("d/sub/g"), "y");
     assert_eq!(u.read_str("e/f"), "x");
+    u.check_upper_is_layer_diff();
 }
 
 #[test]
@@ -277,6 +284,7 @@ fn s26_concurrent_copy_up_of_one_file_makes_one_copy() {
         .filter(|p| !p.as_os_str().is_empty())
         .collect();
     assert_eq!(tree, vec![std::path::PathBuf::from("f")]);
+    u.check_upper_is_layer_diff();
 }
 
 #[test]
@@ -301,6 +309,7 @@ fn s27_sed_in_place_on_lower_file() {
     u.assert_upper_file("d/conf", "alpha\ngamma\n");
     u.assert_no_upper_whiteout("d/conf");
     assert_eq!(u.upper_names("d"), set(&["conf"]));
+    u.check_upper_is_layer_diff();
 }
 
 #[test]
@@ -376,6 +385,7 @@ fn s29_owner_can_chmod_and_remove_readonly_lower_file() {
         "upper mode"
     );
     u.assert_upper_whiteout("d/g");
+    u.check_upper_is_layer_diff();
 }
 
 #[test]
@@ -383,7 +393,9 @@ fn s30_fd_open_before_copy_up_keeps_reading_valid_data() {
     let old = pattern(1 << 20, 30);
     let new = pattern(1 << 20, 31);
     let stack = Stack::new().lower([file("f", &old)]);
-    let Some(u) = Union::mount(stack) else { return };
+    let Some(mut u) = Union::mount(stack) else {
+        return;
+    };
 
     let ro = fs::File::open(u.m("f")).unwrap();
     let mut first = vec![0u8; 4096];
@@ -407,4 +419,5 @@ fn s30_fd_open_before_copy_up_keeps_reading_valid_data() {
     assert!(u.read("f") == new);
     drop(ro);
     assert!(fs::read(u.u("f")).unwrap() == new);
+    u.check_upper_is_layer_diff();
 }

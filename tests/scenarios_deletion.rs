@@ -27,6 +27,7 @@ fn s12_rm_lower_file_writes_whiteout() {
     u.remount();
     u.assert_enoent("f");
     u.assert_enoent("d/g");
+    u.check_upper_is_layer_diff();
 }
 
 #[test]
@@ -34,7 +35,9 @@ fn s13_rm_upper_only_file_leaves_no_whiteout() {
     let stack = Stack::new()
         .lower([file("other", "L1"), dir("d")])
         .upper([file("pre", "U")]);
-    let Some(u) = Union::mount(stack) else { return };
+    let Some(mut u) = Union::mount(stack) else {
+        return;
+    };
 
     u.write("new", "x");
     u.write("d/new", "x");
@@ -44,6 +47,7 @@ fn s13_rm_upper_only_file_leaves_no_whiteout() {
         u.assert_upper_absent(f);
     }
     assert_eq!(u.names(""), set(&["d", "other"]));
+    u.check_upper_is_layer_diff();
 }
 
 #[test]
@@ -66,6 +70,7 @@ fn s14_rmdir_merged_dir_needs_all_children_removed() {
     u.remount();
     u.assert_enoent("d");
     assert_eq!(u.names(""), set(&[]));
+    u.check_upper_is_layer_diff();
 }
 
 #[test]
@@ -91,6 +96,7 @@ fn s15_mkdir_over_whited_out_dir_is_empty() {
         u.assert_enoent("e/b");
         u.remount();
     }
+    u.check_upper_is_layer_diff();
 }
 
 #[test]
@@ -120,6 +126,7 @@ fn s16_create_over_whiteout_removes_it() {
         u.assert_upper_file("f", "new");
         u.remount();
     }
+    u.check_upper_is_layer_diff();
 }
 
 fn open_unlink_rw(u: &Union, name: &str, old: &str) {
@@ -171,6 +178,7 @@ fn s17_open_unlinked_file_keeps_working() {
         .filter(|p| !(is_kernel() && p.to_str() == Some("lo")))
         .collect();
     assert!(leaked.is_empty(), "leftovers in the upper: {leaked:?}");
+    u.check_upper_is_layer_diff();
 }
 
 #[test]
@@ -207,6 +215,7 @@ fn s18_rm_rf_10000_entries_across_layers() {
     u.remount();
     u.assert_enoent("t");
     assert_eq!(u.names(""), set(&[]));
+    u.check_upper_is_layer_diff();
 }
 
 #[test]
@@ -241,4 +250,5 @@ fn s19_no_whiteout_inside_opaque_dir() {
         assert_eq!(u.upper_names("o"), set(marker));
         u.remount();
     }
+    u.check_upper_is_layer_diff();
 }

@@ -91,6 +91,7 @@ fn s38_st_ino_stable_across_copy_up_and_remount() {
     u.remount();
     check(&u, "after remount");
     assert!(u.u("f").exists() && u.u("d/g").exists() && u.u("m").exists());
+    u.check_upper_is_layer_diff();
 }
 
 #[test]
@@ -136,6 +137,7 @@ fn s40_link_unlink_relink_then_append_shows_in_both_names() {
         u.assert_no_upper_whiteout("a");
         u.remount();
     }
+    u.check_upper_is_layer_diff();
 }
 
 #[test]
@@ -167,6 +169,7 @@ fn s41_dir_nlink_is_2_plus_subdirs() {
     assert_eq!(u.stat("new").nlink(), 4);
     fs::remove_dir(u.m("new/a")).unwrap();
     assert_eq!(u.stat("new").nlink(), 3);
+    u.check_upper_is_layer_diff();
 }
 
 /// libc's readdir with telldir/seekdir, which reach the filesystem's own offsets.
@@ -274,4 +277,30 @@ fn s42_paged_readdir_with_seekdir_and_reopen_returns_each_name_once() {
     assert_eq!(seen, want);
     assert_eq!(u.names("big").len(), 5000);
     u.assert_upper_unchanged();
+}
+
+#[test]
+fn s39_write_through_one_lower_hard_link_shows_through_the_other() {
+    // One inode means one file: a copy-up through one name cannot split it. The kernel keeps
+    // lower hard links together on copy-up only with `index=on`.
+    let stack = Stack::new()
+        .lower([file("d/h", "z"), hardlink("d/h2", "d/h")])
+        .kernel_opt("index=on");
+    let Some(mut u) = Union::mount(stack) else {
+        return;
+    };
+
+    fs::OpenOptions::new()
+        .append(true)
+        .open(u.m("d/h"))
+        .unwrap()
+        .write_all(b"+")
+        .unwrap();
+    for when in ["after copy-up", "after remount"] {
+        assert_eq!(u.read_str("d/h"), "z+", "d/h {when}");
+        assert_eq!(u.read_str("d/h2"), "z+", "d/h2 {when}");
+        assert_eq!(u.stat("d/h").ino(), u.stat("d/h2").ino(), "{when}");
+        assert_eq!(u.stat("d/h2").nlink(), 2, "{when}");
+        u.remount();
+    }
 }

@@ -242,12 +242,15 @@ fn s09_rm_r_then_mkdir_p_through_mount_hides_old_files() {
         u.assert_upper_opaque("d");
         u.remount();
     }
+    u.check_upper_is_layer_diff();
 }
 
 #[test]
 fn s10_wh_prefixed_names_are_refused() {
     let stack = Stack::new().lower([file("f", "L1"), dir("d")]);
-    let Some(u) = Union::mount(stack) else { return };
+    let Some(mut u) = Union::mount(stack) else {
+        return;
+    };
 
     u.write("src", "new");
     let r = [
@@ -285,6 +288,7 @@ fn s10_wh_prefixed_names_are_refused() {
             }
         }
     }
+    u.check_upper_is_layer_diff();
 }
 
 #[test]

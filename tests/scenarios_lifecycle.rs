@@ -176,6 +176,7 @@ fn s48_lower_path_with_escaped_colon() {
     u.remount();
     assert_eq!(u.read_str("d/g"), "changed");
     u.assert_upper_file("d/g", "changed");
+    u.check_upper_is_layer_diff();
 }
 
 #[test]
@@ -313,4 +314,5 @@ fn cli_o_form_with_separate_workdir() {
             "internal state in the upper: {internal:?}"
         );
     }
+    u.check_upper_is_layer_diff();
 }

@@ -26,6 +26,7 @@ fn s31_rename_lower_file_whiteouts_old_name() {
         u.assert_upper_file("d/h", "lower f");
         u.remount();
     }
+    u.check_upper_is_layer_diff();
 }
 
 #[test]
@@ -62,6 +63,7 @@ fn s32_rename_lower_dir_moves_all_children() {
     u.remount();
     assert_eq!(u.names("e"), set(&["a", "both", "c", "new", "s"]));
     assert_eq!(u.names("d"), set(&[]));
+    u.check_upper_is_layer_diff();
 }
 
 #[test]
@@ -88,6 +90,7 @@ fn s33_rename_noreplace() {
     u.assert_upper_whiteout("a");
     u.assert_upper_file("c", "A");
     u.assert_no_upper_whiteout("c");
+    u.check_upper_is_layer_diff();
 }
 
 #[test]
@@ -114,6 +117,7 @@ fn s34_rename_exchange_files_and_dirs() {
         u.assert_upper_file("b", "A");
         u.remount();
     }
+    u.check_upper_is_layer_diff();
 }
 
 #[test]
@@ -147,6 +151,7 @@ fn s35_rename_over_nonempty_dir_fails_over_whiteout_only_dir_works() {
         u.assert_upper_opaque("w");
         u.remount();
     }
+    u.check_upper_is_layer_diff();
 }
 
 #[test]
@@ -172,4 +177,5 @@ fn s36_rename_onto_hard_link_of_same_inode_is_noop() {
     assert_eq!(u.stat("c").nlink(), 2);
     u.assert_no_upper_whiteout("a");
     u.assert_no_upper_whiteout("b");
+    u.check_upper_is_layer_diff();
 }

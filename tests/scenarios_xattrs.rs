@@ -80,6 +80,7 @@ fn s43_internal_xattrs_are_invisible_and_unsettable() {
     );
     // The refused sets must not have marked anything opaque.
     assert_eq!(u.names("d"), set(&["g2", "h", "h2"]));
+    u.check_upper_is_layer_diff();
 }
 
 #[test]
@@ -110,6 +111,7 @@ fn s44_64k_xattr_round_trips_and_survives_copy_up() {
     assert!(lgetxattr(&u.u("lo"), "user.big").unwrap() == big);
     assert!(lgetxattr(&u.m("new"), "user.big").unwrap() == other);
     assert!(lgetxattr(&u.u("new"), "user.big").unwrap() == other);
+    u.check_upper_is_layer_diff();
 }
 
 #[test]
@@ -163,6 +165,7 @@ fn s45_posix_acls_work_and_default_acl_is_inherited() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(out.stdout, b"x");
+    u.check_upper_is_layer_diff();
 }
 
 #[test]
@@ -214,4 +217,5 @@ fn s46_setuid_kept_after_fchown_fchmod_and_cleared_by_unprivileged_write() {
     u.remount();
     assert_eq!(u.stat("d/new").mode() & 0o7777, 0o755);
     assert_eq!(u.read_str("d/lo"), "#!/bin/sh\nmore\n");
+    u.check_upper_is_layer_diff();
 }

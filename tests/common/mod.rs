@@ -705,6 +705,30 @@ impl Union {
         self.do_mount();
     }
 
+    /// The upper is an OCI layer diff: mounted read-only as the topmost lower over the same
+    /// lowers (internal state left in place, the union must hide it), it shows the same view.
+    /// Leaves the original union mounted again.
+    pub fn check_upper_is_layer_diff(&mut self) {
+        let before = view_snapshot(&self.mnt);
+        self.unmount();
+        let upper = self.upper.take().expect("no upper");
+        self.lowers.insert(0, upper.clone());
+        let o_form = std::mem::replace(&mut self.stack.o_form, false);
+        self.do_mount();
+        let after = view_snapshot(&self.mnt);
+        self.unmount();
+        self.lowers.remove(0);
+        self.upper = Some(upper);
+        self.stack.o_form = o_form;
+        self.do_mount();
+        let diff = diff_snapshots(&before, &after);
+        assert!(
+            diff.is_empty(),
+            "the upper, used as a lower layer, shows a different view:\n{}",
+            diff.join("\n")
+        );
+    }
+
     /// Re-takes the lower snapshots (after a test changed lowers on purpose, e.g. rotation).
     pub fn resnapshot(&mut self) {
         self.snaps = self.lowers.iter().map(|l| snapshot(l)).collect();
