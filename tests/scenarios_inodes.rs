@@ -86,6 +86,12 @@ fn s38_st_ino_stable_across_copy_up_and_remount() {
         for n in names {
             assert_eq!(u.stat(n).ino(), before[n], "st_ino of {n} {when}");
         }
+        for (dir, prefix) in [("", ""), ("d", "d/"), ("m", "m/")] {
+            for (name, d_ino) in readdir_inos(&u.m(dir)) {
+                let rel = format!("{prefix}{name}");
+                assert_eq!(d_ino, u.stat(&rel).ino(), "d_ino of {rel} {when}");
+            }
+        }
     };
     check(&u, "after copy-up");
     u.remount();

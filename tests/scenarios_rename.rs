@@ -3,6 +3,7 @@
 mod common;
 
 use std::fs;
+use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
 
 use common::*;
@@ -14,16 +15,25 @@ fn s31_rename_lower_file_whiteouts_old_name() {
         return;
     };
 
+    // An fd opened before the renames keeps writing to the file it opened.
+    let fd = fs::OpenOptions::new().read(true).open(u.m("f")).unwrap();
+    let mut wfd = fs::OpenOptions::new().append(true).open(u.m("f")).unwrap();
     fs::rename(u.m("f"), u.m("g")).unwrap();
     fs::rename(u.m("g"), u.m("d/h")).unwrap();
+    wfd.write_all(b"!").unwrap();
+    drop(wfd);
+    let mut got = String::new();
+    (&fd).read_to_string(&mut got).unwrap();
+    assert!(got.starts_with("lower f"), "old read fd reads {got:?}");
+    drop(fd);
     for _ in 0..2 {
         u.assert_enoent("f");
         u.assert_enoent("g");
-        assert_eq!(u.read_str("d/h"), "lower f");
+        assert_eq!(u.read_str("d/h"), "lower f!");
         assert_eq!(u.names(""), set(&["d"]));
         u.assert_upper_whiteout("f");
         u.assert_upper_absent("g");
-        u.assert_upper_file("d/h", "lower f");
+        u.assert_upper_file("d/h", "lower f!");
         u.remount();
     }
     u.check_upper_is_layer_diff();
