@@ -60,7 +60,9 @@ impl MountConfig {
             dev: false,
             read_only: false,
             fsname: SUBTYPE.to_string(),
-            ttl: Duration::from_secs(1),
+            // Layers change only through us and the kernel sees every change we make, so its
+            // caches stay right for as long as it likes to keep them.
+            ttl: Duration::from_secs(3600),
         }
     }
 
@@ -305,7 +307,12 @@ pub fn cleanup(mountpoint: &Path) -> Result<bool> {
 /// True when `path` is the root of a FUSE mount.
 pub fn is_fuse_mount(path: &Path) -> bool {
     match sys::open_path(path, libc::O_PATH | libc::O_DIRECTORY) {
-        Ok(fd) => sys::fstatfs_type(fd.as_fd()).is_ok_and(|t| t == FUSE_SUPER_MAGIC),
+        Ok(fd) => match sys::fstatfs_type(fd.as_fd()) {
+            Ok(t) => t == FUSE_SUPER_MAGIC,
+            // Only a FUSE mount whose daemon is gone answers statfs with ENOTCONN.
+            Err(Errno::ENOTCONN) => true,
+            Err(_) => false,
+        },
         Err(Errno::ENOTCONN) => true,
         Err(_) => false,
     }

@@ -29,7 +29,8 @@ Lowers are listed topmost first; write '\\:' for a ':' inside a path.";
 )]
 pub struct Args {
     /// Mount options, comma-separated: lowerdir=, upperdir=, workdir=, ro, rw, dev, nodev,
-    /// suid, nosuid, allow_other, threads=N, fsname=NAME; generic mount options are accepted.
+    /// suid, nosuid, allow_other, threads=N, fsname=NAME, timeout=SECS; generic mount options
+    /// are accepted.
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,
     /// Stay in the foreground instead of returning once the mount is live.
@@ -185,6 +186,13 @@ pub fn parse_args(args: Args) -> Result<Invocation> {
             "nosuid" => cfg.suid = false,
             "allow_other" => cfg.allow_other = true,
             "fsname" => cfg.fsname = need(val)?,
+            "timeout" | "entry_timeout" | "attr_timeout" => {
+                let v = need(val)?;
+                let secs: f64 = v
+                    .parse()
+                    .map_err(|_| Error::new(format!("{key}={v}: give seconds, e.g. {key}=3600")))?;
+                cfg.ttl = std::time::Duration::from_secs_f64(secs.max(0.0));
+            }
             "subtype" => {}
             "threads" => {
                 let v = need(val)?;

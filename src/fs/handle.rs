@@ -8,7 +8,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use parking_lot::Mutex;
 
-use crate::layer::resolve::Found;
+use crate::layer::readdir::MergedEntry;
 
 /// An open regular file.
 #[derive(Debug)]
@@ -19,22 +19,15 @@ pub struct OpenFile {
     pub ino: u64,
     /// Opened for writing (so it lives in the upper).
     pub writable: bool,
-}
-
-/// One entry of a directory snapshot.
-#[derive(Debug, Clone)]
-pub struct Listed {
-    /// Name.
-    pub name: Vec<u8>,
-    /// The entry as resolved when the snapshot was taken.
-    pub found: Found,
+    /// The file is in the upper layer (only such fds may be used to change anything).
+    pub in_upper: bool,
 }
 
 /// An open directory stream: a snapshot taken at the first read (and again on rewind).
 #[derive(Debug, Default)]
 pub struct OpenDir {
     /// The listing, once taken.
-    pub entries: Mutex<Option<Arc<Vec<Listed>>>>,
+    pub entries: Mutex<Option<Arc<Vec<MergedEntry>>>>,
 }
 
 /// Handle tables.

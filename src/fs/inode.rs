@@ -48,6 +48,22 @@ pub struct Node {
 }
 
 impl Node {
+    fn new(ino: u64, kind: u32, layer: LayerIdx, epoch: u64, lookups: u64) -> Node {
+        Node {
+            ino,
+            kind,
+            state: RwLock::new(NodeState {
+                aliases: Vec::new(),
+                layer,
+                dir_layers: Vec::new(),
+                epoch,
+                nlink: None,
+            }),
+            lookups: AtomicU64::new(lookups),
+            copy_lock: Mutex::new(()),
+        }
+    }
+
     /// True for a directory.
     pub fn is_dir(&self) -> bool {
         self.kind == libc::S_IFDIR
@@ -67,19 +83,9 @@ impl Inodes {
     /// A table holding only the root, which merges `root_layers`.
     pub fn new(root_layers: Vec<LayerIdx>) -> Self {
         let map = DashMap::new();
-        let root = Node {
-            ino: ROOT,
-            kind: libc::S_IFDIR,
-            state: RwLock::new(NodeState {
-                aliases: Vec::new(),
-                layer: root_layers.first().copied().unwrap_or(0),
-                dir_layers: root_layers,
-                epoch: 0,
-                nlink: None,
-            }),
-            lookups: AtomicU64::new(1),
-            copy_lock: Mutex::new(()),
-        };
+        let top = root_layers.first().copied().unwrap_or(0);
+        let root = Node::new(ROOT, libc::S_IFDIR, top, 0, 1);
+        root.state.write().dir_layers = root_layers;
         map.insert(ROOT, Arc::new(root));
         Inodes {
             map,
@@ -128,39 +134,21 @@ impl Inodes {
         lookups: u64,
     ) -> Arc<Node> {
         let epoch = self.epoch();
-        let mut entry = self.map.entry(ino).or_insert_with(|| {
-            Arc::new(Node {
-                ino,
-                kind,
-                state: RwLock::new(NodeState {
-                    aliases: Vec::new(),
-                    layer,
-                    dir_layers: Vec::new(),
-                    epoch,
-                    nlink: None,
-                }),
-                lookups: AtomicU64::new(0),
-                copy_lock: Mutex::new(()),
-            })
-        });
+        let mut entry = self
+            .map
+            .entry(ino)
+            .or_insert_with(|| Arc::new(Node::new(ino, kind, layer, epoch, 0)));
         if entry.kind != kind {
             // The layer reused an inode number for a different file: the old node is gone.
             let old = entry.lookups.load(Ordering::Acquire);
-            *entry = Arc::new(Node {
-                ino,
-                kind,
-                state: RwLock::new(NodeState {
-                    aliases: Vec::new(),
-                    layer,
-                    dir_layers: Vec::new(),
-                    epoch,
-                    nlink: None,
-                }),
-                lookups: AtomicU64::new(old),
-                copy_lock: Mutex::new(()),
-            });
+            *entry = Arc::new(Node::new(ino, kind, layer, epoch, old));
         }
+        // Counted while the shard lock is held, so a concurrent forget cannot drop the node;
+        // the state lock is taken only after the shard lock is released (lock order: never a
+        // shard lock while holding a node's state lock, or the other way round).
+        node_lookups_add(entry.value(), lookups);
         let node = Arc::clone(entry.value());
+        drop(entry);
         {
             let mut st = node.state.write();
             // The name just resolved goes first, paired with the layer it was found in.
@@ -171,8 +159,6 @@ impl Inodes {
             st.epoch = epoch;
             st.nlink = None;
         }
-        node.lookups.fetch_add(lookups, Ordering::AcqRel);
-        drop(entry);
         node
     }
 
@@ -201,13 +187,11 @@ impl Inodes {
                 return Err(Errno::ELOOP);
             }
             let node = self.get(cur)?;
-            let st = node.state.read();
+            let aliases = node.state.read().aliases.clone();
             // Prefer a name whose parent we still know.
-            let (parent, name) = st
-                .aliases
-                .iter()
+            let (parent, name) = aliases
+                .into_iter()
                 .find(|(p, _)| *p == ROOT || self.map.contains_key(p))
-                .cloned()
                 .ok_or(Errno::ENOENT)?;
             comps.push(name);
             cur = parent;
@@ -225,11 +209,10 @@ impl Inodes {
     /// The name `ino` is reached by: (parent, name).
     pub fn primary(&self, ino: u64) -> SysResult<(u64, Vec<u8>)> {
         let node = self.get(ino)?;
-        let st = node.state.read();
-        st.aliases
-            .iter()
+        let aliases = node.state.read().aliases.clone();
+        aliases
+            .into_iter()
             .find(|(p, _)| *p == ROOT || self.map.contains_key(p))
-            .cloned()
             .ok_or(Errno::ENOENT)
     }
 
@@ -285,4 +268,8 @@ impl Inodes {
             node.state.write().nlink = None;
         }
     }
+}
+
+fn node_lookups_add(node: &Node, n: u64) {
+    node.lookups.fetch_add(n, Ordering::AcqRel);
 }

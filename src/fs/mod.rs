@@ -22,12 +22,13 @@ use log::{debug, warn};
 
 use crate::layer::ops::{self, NewKind, Owner, RenameMode};
 use crate::layer::readdir;
+use crate::layer::readdir::MergedEntry;
 use crate::layer::resolve::{self, DirSet, Found};
 use crate::layer::stack::join;
 use crate::layer::whiteout;
 use crate::layer::{LayerIdx, Stack};
 use crate::sys::{self, Errno, SysResult};
-use handle::{Handles, Listed, OpenDir, OpenFile};
+use handle::{Handles, OpenDir, OpenFile};
 use inode::{Inodes, Node, ROOT};
 
 /// Tunables of the FUSE adapter.
@@ -40,7 +41,7 @@ pub struct FsOptions {
 impl Default for FsOptions {
     fn default() -> Self {
         FsOptions {
-            ttl: Duration::from_secs(1),
+            ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -235,40 +236,64 @@ impl UnionFs {
         Ok((a, fd))
     }
 
+    /// Some open handle of `ino`: the only way left to reach a file whose names are all gone.
+    fn any_open(&self, ino: u64) -> Option<Arc<OpenFile>> {
+        self.handles
+            .files
+            .iter()
+            .find(|f| f.ino == ino)
+            .map(|f| Arc::clone(f.value()))
+    }
+
     fn open_file(&self, ino: u64, flags: i32) -> SysResult<(u64, FopenFlags)> {
         let node = self.inodes.get(ino)?;
         let acc = flags & libc::O_ACCMODE;
         let writable = acc != libc::O_RDONLY;
-        if writable || flags & libc::O_TRUNC != 0 {
-            // An O_TRUNC open throws the data away: copy none of it.
-            self.ensure_upper(&node, flags & libc::O_TRUNC == 0)?;
-        }
-        let c = self.ctx(ino)?;
         let clean = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_DIRECT);
-        let fd = self.stack.open_rel(c.layer, &c.rel, clean)?;
-        let fh = self.handles.next_id();
-        self.handles
-            .files
-            .insert(fh, Arc::new(OpenFile { fd, ino, writable }));
-        Ok((fh, FopenFlags::empty()))
-    }
-
-    fn snapshot(&self, ino: u64) -> SysResult<Vec<Listed>> {
-        let (c, set) = self.dir_ctx(ino)?;
-        let names = readdir::list(&self.stack, &set, c.rel.is_empty())?;
-        let mut out = Vec::with_capacity(names.len());
-        for e in names {
-            if let Some(found) = resolve::lookup(&self.stack, &set, &e.name)? {
-                out.push(Listed {
-                    name: e.name,
-                    found,
-                });
+        let opened = (|| {
+            if writable || flags & libc::O_TRUNC != 0 {
+                // An O_TRUNC open throws the data away: copy none of it.
+                self.ensure_upper(&node, flags & libc::O_TRUNC == 0)?;
             }
-        }
-        Ok(out)
+            let c = self.ctx(ino)?;
+            let fd = self.stack.open_rel(c.layer, &c.rel, clean)?;
+            Ok((fd, self.stack.is_upper(c.layer)))
+        })();
+        let (fd, in_upper) = match opened {
+            Ok(v) => v,
+            // Unlinked but still open (e.g. reopened through /proc/PID/fd): reopen that file.
+            Err(Errno::ENOENT) => match self.any_open(ino) {
+                Some(f) if f.in_upper || !writable => (
+                    sys::reopen(f.fd.as_fd(), clean & !libc::O_TRUNC)?,
+                    f.in_upper,
+                ),
+                _ => return Err(Errno::ENOENT),
+            },
+            Err(e) => return Err(e),
+        };
+        let fh = self.handles.next_id();
+        self.handles.files.insert(
+            fh,
+            Arc::new(OpenFile {
+                fd,
+                ino,
+                writable,
+                in_upper,
+            }),
+        );
+        // Every change to file data goes through this mount, so the page cache stays valid
+        // across opens.
+        Ok((fh, FopenFlags::FOPEN_KEEP_CACHE))
     }
 
-    fn dir_entries(&self, ino: u64, fh: u64, offset: u64) -> SysResult<Arc<Vec<Listed>>> {
+    /// The merged listing: names, types and layers only. Attributes are looked up lazily for
+    /// the entries readdirplus actually sends, so `find` on a cold tree never stats files.
+    fn snapshot(&self, ino: u64) -> SysResult<Vec<MergedEntry>> {
+        let (c, set) = self.dir_ctx(ino)?;
+        readdir::list(&self.stack, &set, c.rel.is_empty())
+    }
+
+    fn dir_entries(&self, ino: u64, fh: u64, offset: u64) -> SysResult<Arc<Vec<MergedEntry>>> {
         let d = self.handles.dir(fh).ok_or(Errno::EBADF)?;
         let mut guard = d.entries.lock();
         // A read from offset 0 is a (re)wind: take a fresh snapshot.
@@ -300,15 +325,30 @@ impl UnionFs {
         let node = self.inodes.get(ino)?;
         let open = fh.and_then(|f| self.handles.file(f.0));
         // A file opened for writing already lives in the upper: use its fd (it may be unlinked).
-        let via_fd = open.as_ref().filter(|f| f.writable);
-        if via_fd.is_none() {
-            self.ensure_upper(&node, size != Some(0))?;
-        }
-        let target: OwnedFd = match via_fd {
+        let mut via_fd = open.filter(|f| f.writable);
+        let target: OwnedFd = match &via_fd {
             Some(f) => f.fd.try_clone().map_err(|_| Errno::EMFILE)?,
             None => {
-                let c = self.ctx(ino)?;
-                self.stack.open_rel(0, &c.rel, libc::O_PATH)?
+                let by_path = self
+                    .ensure_upper(&node, size != Some(0))
+                    .and_then(|_| self.ctx(ino))
+                    .and_then(|c| self.stack.open_rel(0, &c.rel, libc::O_PATH));
+                match by_path {
+                    Ok(fd) => fd,
+                    // All names gone: an open handle is the file (fchmod on an unlinked file).
+                    Err(Errno::ENOENT) => {
+                        let f = self
+                            .any_open(ino)
+                            .filter(|f| f.in_upper)
+                            .ok_or(Errno::ENOENT)?;
+                        let fd = f.fd.try_clone().map_err(|_| Errno::EMFILE)?;
+                        if f.writable {
+                            via_fd = Some(f);
+                        }
+                        fd
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         };
         let is_link = node.kind == libc::S_IFLNK;
@@ -321,7 +361,7 @@ impl UnionFs {
             }
         }
         if let Some(sz) = size {
-            match via_fd {
+            match &via_fd {
                 Some(f) => sys::ftruncate(f.fd.as_fd(), sz)?,
                 None => {
                     let w = sys::reopen(target.as_fd(), libc::O_WRONLY)?;
@@ -460,6 +500,13 @@ impl XTarget {
     }
 }
 
+fn empty_reply(reply: ReplyEmpty, r: SysResult<()>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(fe(e)),
+    }
+}
+
 fn reply_xattr(reply: ReplyXattr, size: u32, data: SysResult<Vec<u8>>) {
     match data {
         Ok(v) if size == 0 => reply.size(v.len() as u32),
@@ -547,8 +594,14 @@ impl Filesystem for UnionFs {
                 let st = sys::fstat(f.fd.as_fd())?;
                 return Ok(attr::from_stat(ino.0, &st, None));
             }
-            let c = self.ctx(ino.0)?;
-            self.stat_of(&c)
+            match self.ctx(ino.0).and_then(|c| self.stat_of(&c)) {
+                Err(Errno::ENOENT) => {
+                    let f = self.any_open(ino.0).ok_or(Errno::ENOENT)?;
+                    let st = sys::fstat(f.fd.as_fd())?;
+                    Ok(attr::from_stat(ino.0, &st, None))
+                }
+                r => r,
+            }
         })();
         match r {
             Ok(a) => reply.attr(&self.opts.ttl, &a),
@@ -670,16 +723,16 @@ impl Filesystem for UnionFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        match self.do_rename(
-            parent.0,
-            name_bytes(name),
-            newparent.0,
-            name_bytes(newname),
-            flags,
-        ) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(fe(e)),
-        }
+        empty_reply(
+            reply,
+            self.do_rename(
+                parent.0,
+                name_bytes(name),
+                newparent.0,
+                name_bytes(newname),
+                flags,
+            ),
+        )
     }
 
     fn link(
@@ -827,7 +880,9 @@ impl Filesystem for UnionFs {
             Ok(n) if n.is_dir() => {
                 let fh = self.handles.next_id();
                 self.handles.dirs.insert(fh, Arc::new(OpenDir::default()));
-                reply.opened(FileHandle(fh), FopenFlags::empty());
+                // The kernel may cache listings: every change to a directory passes through it.
+                let flags = FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE;
+                reply.opened(FileHandle(fh), flags);
             }
             Ok(_) => reply.error(fuser::Errno::ENOTDIR),
             Err(e) => reply.error(fe(e)),
@@ -861,10 +916,15 @@ impl Filesystem for UnionFs {
             }
             off = 2;
         }
+        let set = match self.dir_ctx(ino.0) {
+            Ok((_, set)) => set,
+            Err(e) => return reply.error(fe(e)),
+        };
         for (i, e) in entries.iter().enumerate().skip((off - 2) as usize) {
-            let kind = attr::file_type(e.found.st.st_mode);
+            let kind = attr::file_type(dtype_mode(e.dtype));
+            let d_ino = e.union_ino(&self.stack, &set);
             if reply.add(
-                INodeNo(e.found.ino),
+                INodeNo(d_ino),
                 3 + i as u64,
                 kind,
                 OsStr::from_bytes(&e.name),
@@ -885,10 +945,10 @@ impl Filesystem for UnionFs {
     ) {
         let r = (|| {
             let entries = self.dir_entries(ino.0, fh.0, offset)?;
-            let c = self.ctx(ino.0)?;
-            Ok::<_, Errno>((entries, c))
+            let (c, set) = self.dir_ctx(ino.0)?;
+            Ok::<_, Errno>((entries, c, set))
         })();
-        let (entries, c) = match r {
+        let (entries, c, set) = match r {
             Ok(v) => v,
             Err(e) => return reply.error(fe(e)),
         };
@@ -916,7 +976,15 @@ impl Filesystem for UnionFs {
         }
         for (i, e) in entries.iter().enumerate().skip((off - 2) as usize) {
             // Every entry sent here counts as a lookup for the kernel: register it as one.
-            let a = match self.remember(ino.0, &c.rel, &e.name, &e.found) {
+            let found = match resolve::lookup(&self.stack, &set, &e.name) {
+                Ok(Some(f)) => f,
+                Ok(None) => continue, // removed since the listing was taken
+                Err(err) => {
+                    debug!("readdirplus: {:?}: {err}", OsStr::from_bytes(&e.name));
+                    continue;
+                }
+            };
+            let a = match self.remember(ino.0, &c.rel, &e.name, &found) {
                 Ok(a) => a,
                 Err(err) => {
                     debug!("readdirplus: {:?}: {err}", OsStr::from_bytes(&e.name));
@@ -924,7 +992,7 @@ impl Filesystem for UnionFs {
                 }
             };
             if reply.add(
-                INodeNo(e.found.ino),
+                INodeNo(found.ino),
                 3 + i as u64,
                 OsStr::from_bytes(&e.name),
                 &ttl,
@@ -932,7 +1000,7 @@ impl Filesystem for UnionFs {
                 Generation(0),
             ) {
                 // Not sent: take the lookup back.
-                self.inodes.forget(e.found.ino, 1);
+                self.inodes.forget(found.ino, 1);
                 break;
             }
         }
@@ -999,10 +1067,7 @@ impl Filesystem for UnionFs {
             let c = CString::new(n).map_err(|_| Errno::EINVAL)?;
             sys::setxattr(fd.at(), &c, value, flags)
         })();
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(fe(e)),
-        }
+        empty_reply(reply, r)
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -1035,10 +1100,7 @@ impl Filesystem for UnionFs {
             let c = CString::new(n).map_err(|_| Errno::EINVAL)?;
             sys::removexattr(fd.at(), &c)
         })();
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(fe(e)),
-        }
+        empty_reply(reply, r)
     }
 
     fn create(
@@ -1069,6 +1131,7 @@ impl Filesystem for UnionFs {
                         fd,
                         ino: a.ino.0,
                         writable,
+                        in_upper: true,
                     }),
                 );
                 reply.created(
@@ -1076,7 +1139,7 @@ impl Filesystem for UnionFs {
                     &a,
                     Generation(0),
                     FileHandle(fh),
-                    FopenFlags::empty(),
+                    FopenFlags::FOPEN_KEEP_CACHE,
                 );
             }
             Ok((_, None)) => reply.error(fuser::Errno::EIO),
@@ -1159,10 +1222,20 @@ impl UnionFs {
             }
             Ok(())
         })();
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(fe(e)),
-        }
+        empty_reply(reply, r)
+    }
+}
+
+/// An `st_mode` type for a `DT_*` value.
+fn dtype_mode(dtype: u8) -> u32 {
+    match dtype {
+        libc::DT_DIR => libc::S_IFDIR,
+        libc::DT_LNK => libc::S_IFLNK,
+        libc::DT_FIFO => libc::S_IFIFO,
+        libc::DT_SOCK => libc::S_IFSOCK,
+        libc::DT_CHR => libc::S_IFCHR,
+        libc::DT_BLK => libc::S_IFBLK,
+        _ => libc::S_IFREG,
     }
 }
 

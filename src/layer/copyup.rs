@@ -7,7 +7,7 @@ use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use crate::layer::resolve::{self, DirSet};
-use crate::layer::stack::{join, remove_tree, LayerIdx, Stack};
+use crate::layer::stack::{join, open_subdir, remove_tree, LayerIdx, Stack};
 use crate::layer::whiteout;
 use crate::sys::{self, Errno, SysResult};
 
@@ -215,12 +215,7 @@ fn copy_up_dir(
     let work = stack.work()?;
     let stage = stack.stage_name();
     sys::mkdirat(work, &stage, 0o700)?;
-    let staged = sys::openat(
-        work,
-        &stage,
-        libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-        0,
-    )?;
+    let staged = open_subdir(work, &stage)?;
     let src_at = sys::At::dir(src.as_fd());
     if let Err(e) = copy_meta(stack, src_at, staged.as_fd(), &stage, &st, origin) {
         let _ = remove_tree(work, &stage);
@@ -240,21 +235,11 @@ pub fn ensure_upper_dir(stack: &Stack, rel: &[u8]) -> SysResult<OwnedFd> {
     let mut cur_rel: Vec<u8> = Vec::new();
     for comp in rel.split(|b| *b == b'/').filter(|c| !c.is_empty()) {
         let c = CString::new(comp).map_err(|_| Errno::EINVAL)?;
-        let next = match sys::openat(
-            cur.as_fd(),
-            &c,
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-            0,
-        ) {
+        let next = match open_subdir(cur.as_fd(), &c) {
             Ok(fd) => fd,
             Err(Errno::ENOENT) => {
                 copy_up_dir(stack, cur.as_fd(), &cur_rel, &c)?;
-                sys::openat(
-                    cur.as_fd(),
-                    &c,
-                    libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-                    0,
-                )?
+                open_subdir(cur.as_fd(), &c)?
             }
             Err(e) => return Err(e),
         };

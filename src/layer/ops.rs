@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use crate::layer::copyup;
 use crate::layer::readdir;
 use crate::layer::resolve::{self, DirSet, Found};
-use crate::layer::stack::{join, remove_tree, Stack};
+use crate::layer::stack::{join, open_subdir, remove_tree, Stack};
 use crate::layer::whiteout;
 use crate::sys::{self, Errno, SysResult};
 
@@ -375,22 +375,12 @@ pub fn rename(
 }
 
 fn opaque_child(stack: &Stack, dir: BorrowedFd<'_>, name: &CString) -> SysResult<()> {
-    let fd = sys::openat(
-        dir,
-        name,
-        libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-        0,
-    )?;
+    let fd = open_subdir(dir, name)?;
     copyup::make_opaque(stack, fd.as_fd())
 }
 
 fn clear_whiteouts(dir: BorrowedFd<'_>, name: &CString) -> SysResult<()> {
-    let fd = sys::openat(
-        dir,
-        name,
-        libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-        0,
-    )?;
+    let fd = open_subdir(dir, name)?;
     for e in sys::read_dir(fd.as_fd())? {
         if whiteout::is_hidden(&e.name) {
             let c = cname(&e.name)?;

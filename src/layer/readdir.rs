@@ -16,6 +16,37 @@ pub struct MergedEntry {
     pub name: Vec<u8>,
     /// Its `DT_*` type in the layer that shows it (never `DT_UNKNOWN`).
     pub dtype: u8,
+    /// The layer that shows it.
+    pub layer: crate::layer::LayerIdx,
+    /// `d_ino` in that layer.
+    pub d_ino: u64,
+}
+
+impl MergedEntry {
+    /// The union inode number of this entry, as lookup would report it, without a stat: the
+    /// layer's `d_ino`, or for upper entries the copy-up origin.
+    pub fn union_ino(&self, stack: &Stack, set: &DirSet) -> u64 {
+        let dev = stack.layers.get(self.layer).map_or(0, |l| l.dev);
+        if stack.is_upper(self.layer) {
+            if let (Some(dir), Ok(name)) = (
+                set.upper_fd(stack),
+                std::ffi::CString::new(self.name.clone()),
+            ) {
+                let mut buf = [0u8; 8];
+                if let Ok(8) = sys::getxattr(
+                    sys::At::new(dir.as_fd(), &name),
+                    &stack.origin_xattr,
+                    &mut buf,
+                ) {
+                    let v = u64::from_le_bytes(buf);
+                    if v > 1 {
+                        return v;
+                    }
+                }
+            }
+        }
+        stack.union_ino(dev, self.d_ino)
+    }
 }
 
 /// Lists the visible names of the merged directory `set`, upper entries first, then each lower
@@ -56,6 +87,8 @@ pub fn list(stack: &Stack, set: &DirSet, skip_work: bool) -> SysResult<Vec<Merge
             out.push(MergedEntry {
                 name: e.name,
                 dtype,
+                layer: *l,
+                d_ino: e.ino,
             });
         }
         hidden.extend(layer_hides);

@@ -4,7 +4,7 @@
 use std::ffi::CString;
 use std::os::fd::{AsFd, OwnedFd};
 
-use crate::layer::stack::{LayerIdx, Stack};
+use crate::layer::stack::{open_subdir, LayerIdx, Stack};
 use crate::layer::whiteout;
 use crate::sys::{self, Errno, SysResult};
 
@@ -115,12 +115,7 @@ pub fn lookup(stack: &Stack, set: &DirSet, name: &[u8]) -> SysResult<Option<Foun
                             return Ok(Some(f));
                         }
                         f.dir_layers.push(*l);
-                        let fd = sys::openat(
-                            dir.as_fd(),
-                            &cname,
-                            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-                            0,
-                        )?;
+                        let fd = open_subdir(dir.as_fd(), &cname)?;
                         let opaque = is_opaque(&fd);
                         found = Some(f);
                         if opaque {
@@ -133,12 +128,7 @@ pub fn lookup(stack: &Stack, set: &DirSet, name: &[u8]) -> SysResult<Option<Foun
                             break;
                         }
                         f.dir_layers.push(*l);
-                        let fd = sys::openat(
-                            dir.as_fd(),
-                            &cname,
-                            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-                            0,
-                        )?;
+                        let fd = open_subdir(dir.as_fd(), &cname)?;
                         if is_opaque(&fd) {
                             break;
                         }

@@ -360,6 +360,16 @@ pub fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
     v
 }
 
+/// Opens the subdirectory `name` of `dir` (`O_PATH`), refusing symlinks.
+pub fn open_subdir(dir: BorrowedFd<'_>, name: &CStr) -> SysResult<OwnedFd> {
+    sys::openat(
+        dir,
+        name,
+        libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        0,
+    )
+}
+
 /// Removes `name` in `dir` and everything below it, without following symlinks.
 pub fn remove_tree(dir: BorrowedFd<'_>, name: &CStr) -> SysResult<()> {
     match sys::unlinkat(dir, name, false) {
@@ -367,12 +377,7 @@ pub fn remove_tree(dir: BorrowedFd<'_>, name: &CStr) -> SysResult<()> {
         Err(Errno::EISDIR) | Err(Errno::EPERM) => {}
         Err(e) => return Err(e),
     }
-    let sub = sys::openat(
-        dir,
-        name,
-        libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-        0,
-    )?;
+    let sub = open_subdir(dir, name)?;
     for e in sys::read_dir(sub.as_fd())? {
         let n = CString::new(e.name).map_err(|_| Errno::EINVAL)?;
         remove_tree(sub.as_fd(), &n)?;
