@@ -59,6 +59,34 @@ fn assert_same_meta(a: &fs::Metadata, b: &fs::Metadata, what: &str) {
 }
 
 #[test]
+fn s20_truncate_lower_file_keeps_prefix() {
+    let old = pattern(1 << 20, 201);
+    let stack = Stack::new().lower([file("f", &old), file("g", "short")]);
+    let Some(mut u) = Union::mount(stack) else {
+        return;
+    };
+
+    fs::OpenOptions::new()
+        .write(true)
+        .open(u.m("f"))
+        .unwrap()
+        .set_len(1000)
+        .unwrap();
+    // Growing by truncate leaves a zero-filled tail after the old bytes.
+    fs::OpenOptions::new()
+        .write(true)
+        .open(u.m("g"))
+        .unwrap()
+        .set_len(10)
+        .unwrap();
+    u.remount();
+    assert!(u.read("f") == old[..1000], "truncated content differs");
+    assert_eq!(u.read("g"), b"short\0\0\0\0\0");
+    assert!(fs::read(u.u("f")).unwrap() == old[..1000]);
+    u.check_upper_is_layer_diff();
+}
+
+#[test]
 fn s21_copy_up_keeps_metadata_xattrs_and_special_files() {
     let t = (1_500_000_000, 123_456_789);
     let stack = Stack::new().lower([
@@ -76,17 +104,25 @@ fn s21_copy_up_keeps_metadata_xattrs_and_special_files() {
             .owner(1006, 1007)
             .mtime(t.0, 7),
         blockdev("b", 7, 200).mode(0o600).mtime(t.0, 8),
+        file("suid", "s")
+            .mode(0o6755)
+            .owner(1000, 1000)
+            .mtime(t.0, 9),
+        dir("sgid").mode(0o2775).owner(1000, 1000).mtime(t.0, 10),
     ]);
     let Some(mut u) = Union::mount(stack) else {
         return;
     };
-    let before: Vec<_> = ["f", "l", "p", "c", "b"]
+    let before: Vec<_> = ["f", "l", "p", "c", "b", "suid", "sgid"]
         .iter()
         .map(|n| fs::symlink_metadata(u.m(n)).unwrap())
         .collect();
 
     // Changes that touch neither times nor the checked mode/owner, but force a copy-up.
     lsetxattr(&u.m("f"), "user.new", b"1").unwrap();
+    // Set-id bits must survive a copy-up that is not a chown or a write.
+    lsetxattr(&u.m("suid"), "user.new", b"1").unwrap();
+    lsetxattr(&u.m("sgid"), "user.new", b"1").unwrap();
     std::os::unix::fs::lchown(u.m("l"), Some(1002), Some(1003)).unwrap();
     for n in ["p", "c", "b"] {
         let md = u.stat(n);
@@ -94,7 +130,10 @@ fn s21_copy_up_keeps_metadata_xattrs_and_special_files() {
     }
     u.remount();
 
-    for (n, b) in ["f", "l", "p", "c", "b"].iter().zip(&before) {
+    for (n, b) in ["f", "l", "p", "c", "b", "suid", "sgid"]
+        .iter()
+        .zip(&before)
+    {
         let up = fs::symlink_metadata(u.u(n)).unwrap_or_else(|e| panic!("upper {n}: {e}"));
         assert_same_meta(&up, b, &format!("upper {n}"));
         assert_same_meta(&u.stat(n), b, &format!("merged {n}"));
@@ -122,6 +161,20 @@ fn s21_copy_up_keeps_metadata_xattrs_and_special_files() {
     assert!(b.file_type().is_block_device());
     assert_eq!(b.rdev(), nix::sys::stat::makedev(7, 200));
     assert_eq!(u.stat("b").rdev(), nix::sys::stat::makedev(7, 200));
+    // Removing an xattr is a change too: copied up, gone, and the lower keeps it.
+    lremovexattr(&u.m("f"), "user.color").unwrap();
+    u.remount();
+    assert_errno(
+        lgetxattr(&u.m("f"), "user.color"),
+        libc::ENODATA,
+        "removed xattr",
+    );
+    assert_errno(
+        lgetxattr(&u.u("f"), "user.color"),
+        libc::ENODATA,
+        "removed xattr in upper",
+    );
+    assert_eq!(lgetxattr(&u.l(0, "f"), "user.color").unwrap(), b"blue");
     u.check_upper_is_layer_diff();
 }
 

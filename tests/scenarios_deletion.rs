@@ -96,6 +96,11 @@ fn s15_mkdir_over_whited_out_dir_is_empty() {
         u.assert_enoent("e/b");
         u.remount();
     }
+    // Removing the recreated dir must hide the lower one again.
+    fs::remove_dir(u.m("e")).unwrap();
+    u.remount();
+    u.assert_enoent("e");
+    u.assert_upper_whiteout("e");
     u.check_upper_is_layer_diff();
 }
 
