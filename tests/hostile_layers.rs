@@ -169,6 +169,11 @@ fn hostile_symlinks_under_directories_are_never_followed() {
     std::os::unix::fs::chown(u.m("p/q"), Some(99), Some(99)).unwrap();
     u.write("p/q/z", "mine");
     fs::rename(u.m("p/q/k"), u.m("p/q/k2")).unwrap();
+    // Across hostile spots: rename, hard link, exchange.
+    u.write("a/mv", "moving");
+    fs::rename(u.m("a/mv"), u.m("x/y/moved")).unwrap();
+    fs::hard_link(u.m("x/y/moved"), u.m("up/linked")).unwrap();
+    rename2(&u.m("up/linked"), &u.m("dd/mine"), libc::RENAME_EXCHANGE).unwrap();
     fs::rename(u.m("p"), u.m("p2"))
         .or_else(|e| {
             // The kernel refuses to rename a lower dir without redirect_dir; that is fine here.
@@ -188,6 +193,9 @@ fn hostile_symlinks_under_directories_are_never_followed() {
     );
     assert_eq!(u.read_str("a/f2"), "L1 a/f+");
     assert_eq!(u.read_str("x/y/secret"), "mine");
+    assert_eq!(u.read_str("x/y/moved"), "moving");
+    assert_eq!(u.read_str("dd/mine"), "moving");
+    assert_eq!(u.read_str("up/linked"), "L1 dd");
     assert_eq!(u.read_str("up/x"), "mine");
     assert_eq!(u.stat("up/f").len(), 0);
     no_file(&u, "w");

@@ -272,6 +272,9 @@ fn s10_wh_prefixed_names_are_refused() {
     }
     if !is_kernel() {
         u.assert_enoent(".wh.zzz");
+        // The default home of internal state is under the reserved prefix too.
+        u.assert_enoent(".wh..wh.unionfs");
+        u.assert_enoent(".wh..wh..opq");
         u.assert_enoent(".wh.f");
         assert_eq!(u.names(""), set(&["d", "f", "src"]));
         assert_eq!(u.read_str("f"), "L1");
