@@ -52,8 +52,24 @@ fn s32_rename_lower_dir_moves_all_children() {
         return;
     };
 
+    let kids = ["a", "b", "both", "c", "s", "s/x", "s/y"];
+    let inos: Vec<u64> = kids
+        .iter()
+        .map(|k| u.stat(&format!("d/{k}")).ino())
+        .collect();
     fs::rename(u.m("d"), u.m("e")).unwrap();
     for round in 0..2 {
+        // Identity survives the move: same st_ino, and d_ino agrees.
+        for (k, ino) in kids.iter().zip(&inos) {
+            assert_eq!(u.stat(&format!("e/{k}")).ino(), *ino, "st_ino of e/{k}");
+        }
+        for (name, d_ino) in readdir_inos(&u.m("e")) {
+            assert_eq!(
+                d_ino,
+                u.stat(&format!("e/{name}")).ino(),
+                "d_ino of e/{name}"
+            );
+        }
         u.assert_enoent("d");
         assert_eq!(u.names(""), set(&["e"]), "round {round}");
         assert_eq!(u.names("e"), set(&["a", "b", "both", "c", "s"]));
