@@ -13,7 +13,11 @@ use crate::sys;
 const SIGNALS: [i32; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
 
 /// Runs an invocation to the end; returns the process exit code.
-pub fn run(inv: Invocation) -> i32 {
+pub fn run(mut inv: Invocation) -> i32 {
+    // The daemon and its watchdog leave the caller's working directory: keep paths absolute.
+    if let Ok(abs) = std::path::absolute(&inv.mountpoint) {
+        inv.mountpoint = abs;
+    }
     for w in &inv.warnings {
         eprintln!("unionfs-mount: warning: {w}");
     }

@@ -309,11 +309,12 @@ pub fn is_fuse_mount(path: &Path) -> bool {
     match sys::open_path(path, libc::O_PATH | libc::O_DIRECTORY) {
         Ok(fd) => match sys::fstatfs_type(fd.as_fd()) {
             Ok(t) => t == FUSE_SUPER_MAGIC,
-            // Only a FUSE mount whose daemon is gone answers statfs with ENOTCONN.
-            Err(Errno::ENOTCONN) => true,
+            // Only a FUSE mount whose daemon is gone answers statfs with ENOTCONN (or
+            // ECONNABORTED when the call was in flight as the connection died).
+            Err(Errno::ENOTCONN) | Err(Errno::ECONNABORTED) => true,
             Err(_) => false,
         },
-        Err(Errno::ENOTCONN) => true,
+        Err(Errno::ENOTCONN) | Err(Errno::ECONNABORTED) => true,
         Err(_) => false,
     }
 }

@@ -29,7 +29,8 @@ use crate::layer::whiteout;
 use crate::layer::{LayerIdx, Stack};
 use crate::sys::{self, Errno, SysResult};
 use handle::{Handles, OpenDir, OpenFile};
-use inode::{Inodes, Node, ROOT};
+use inode::{Inodes, Node, ROOT, XATTRS_NONE, XATTRS_SOME, XATTRS_UNKNOWN};
+use std::sync::atomic::Ordering;
 
 /// Tunables of the FUSE adapter.
 #[derive(Debug, Clone)]
@@ -224,11 +225,13 @@ impl UnionFs {
         name: &[u8],
         kind: NewKind,
         mode: u32,
+        umask: u32,
     ) -> SysResult<(FileAttr, Option<OwnedFd>)> {
         let (p, set) = self.dir_ctx(parent)?;
         let owner = Owner {
             uid: req.uid(),
             gid: req.gid(),
+            umask,
         };
         let (found, fd) = ops::create(&self.stack, &p.rel, &set, name, &kind, mode, owner)?;
         self.inodes.mark_upper_chain(parent);
@@ -464,6 +467,26 @@ impl UnionFs {
         Ok(())
     }
 
+    /// Copies a node up and applies an xattr change to its upper copy.
+    fn change_xattr(
+        &self,
+        ino: u64,
+        name: &OsStr,
+        f: impl FnOnce(sys::At<'_>, &CString) -> SysResult<()>,
+    ) -> SysResult<()> {
+        let n = name_bytes(name);
+        if whiteout::is_internal_xattr(n) {
+            return Err(Errno::EPERM);
+        }
+        let node = self.inodes.get(ino)?;
+        self.ensure_upper(&node, true)?;
+        let t = self.xattr_target(ino)?;
+        let c = CString::new(n).map_err(|_| Errno::EINVAL)?;
+        let r = f(t.at(), &c);
+        node.xattrs.store(XATTRS_UNKNOWN, Ordering::Release);
+        r
+    }
+
     /// Where a node's xattrs live: (its parent dir in its layer, its name), or the root itself.
     fn xattr_target(&self, ino: u64) -> SysResult<XTarget> {
         let c = self.ctx(ino)?;
@@ -561,7 +584,10 @@ impl Filesystem for UnionFs {
             | InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_AUTO_INVAL_DATA
             | InitFlags::FUSE_DO_READDIRPLUS
-            | InitFlags::FUSE_READDIRPLUS_AUTO;
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            // ACLs checked and cached by the kernel; umask left to us so default ACLs work.
+            | InitFlags::FUSE_POSIX_ACL
+            | InitFlags::FUSE_DONT_MASK;
         let supported = config.capabilities() & want;
         if let Err(missing) = config.add_capabilities(supported) {
             warn!("kernel refused FUSE capabilities {missing:?}");
@@ -651,7 +677,7 @@ impl Filesystem for UnionFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
@@ -663,7 +689,7 @@ impl Filesystem for UnionFs {
             NewKind::Node { rdev: rdev as u64 }
         };
         let r = self
-            .do_create(req, parent.0, name_bytes(name), kind, mode)
+            .do_create(req, parent.0, name_bytes(name), kind, mode, umask)
             .map(|(a, _)| a);
         self.entry_reply(reply, r);
     }
@@ -674,11 +700,11 @@ impl Filesystem for UnionFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
         let r = self
-            .do_create(req, parent.0, name_bytes(name), NewKind::Dir, mode)
+            .do_create(req, parent.0, name_bytes(name), NewKind::Dir, mode, umask)
             .map(|(a, _)| a);
         self.inodes.invalidate_nlink(parent.0);
         self.entry_reply(reply, r);
@@ -708,6 +734,7 @@ impl Filesystem for UnionFs {
                 name_bytes(link_name),
                 kind,
                 libc::S_IFLNK | 0o777,
+                0,
             )
             .map(|(a, _)| a);
         self.entry_reply(reply, r);
@@ -1056,17 +1083,7 @@ impl Filesystem for UnionFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let r = (|| {
-            let n = name_bytes(name);
-            if whiteout::is_internal_xattr(n) {
-                return Err(Errno::EPERM);
-            }
-            let node = self.inodes.get(ino.0)?;
-            self.ensure_upper(&node, true)?;
-            let fd = self.xattr_target(ino.0)?;
-            let c = CString::new(n).map_err(|_| Errno::EINVAL)?;
-            sys::setxattr(fd.at(), &c, value, flags)
-        })();
+        let r = self.change_xattr(ino.0, name, |at, c| sys::setxattr(at, c, value, flags));
         empty_reply(reply, r)
     }
 
@@ -1076,30 +1093,46 @@ impl Filesystem for UnionFs {
             if whiteout::is_internal_xattr(n) {
                 return Err(Errno::ENODATA);
             }
-            let fd = self.xattr_target(ino.0)?;
+            let node = self.inodes.get(ino.0)?;
+            if node.xattrs.load(Ordering::Acquire) == XATTRS_NONE {
+                return Err(Errno::ENODATA);
+            }
+            let t = self.xattr_target(ino.0)?;
             let c = CString::new(n).map_err(|_| Errno::EINVAL)?;
-            read_xattr(&fd, &c)
+            let r = read_xattr(&t, &c);
+            if r == Err(Errno::ENODATA) && node.xattrs.load(Ordering::Acquire) == XATTRS_UNKNOWN {
+                // One listing now saves a layer access for every later miss on this node.
+                let state = match list_xattrs(&t) {
+                    Ok(l) if l.is_empty() => XATTRS_NONE,
+                    _ => XATTRS_SOME,
+                };
+                node.xattrs.store(state, Ordering::Release);
+            }
+            r
         })();
         reply_xattr(reply, size, r);
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let r = self.xattr_target(ino.0).and_then(|fd| list_xattrs(&fd));
+        let r = (|| {
+            let node = self.inodes.get(ino.0)?;
+            if node.xattrs.load(Ordering::Acquire) == XATTRS_NONE {
+                return Ok(Vec::new());
+            }
+            let l = list_xattrs(&self.xattr_target(ino.0)?)?;
+            let state = if l.is_empty() {
+                XATTRS_NONE
+            } else {
+                XATTRS_SOME
+            };
+            node.xattrs.store(state, Ordering::Release);
+            Ok(l)
+        })();
         reply_xattr(reply, size, r);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r = (|| {
-            let n = name_bytes(name);
-            if whiteout::is_internal_xattr(n) {
-                return Err(Errno::EPERM);
-            }
-            let node = self.inodes.get(ino.0)?;
-            self.ensure_upper(&node, true)?;
-            let fd = self.xattr_target(ino.0)?;
-            let c = CString::new(n).map_err(|_| Errno::EINVAL)?;
-            sys::removexattr(fd.at(), &c)
-        })();
+        let r = self.change_xattr(ino.0, name, |at, c| sys::removexattr(at, c));
         empty_reply(reply, r)
     }
 
@@ -1109,7 +1142,7 @@ impl Filesystem for UnionFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
@@ -1120,6 +1153,7 @@ impl Filesystem for UnionFs {
             name_bytes(name),
             NewKind::File { flags: clean },
             mode,
+            umask,
         );
         match r {
             Ok((a, Some(fd))) => {

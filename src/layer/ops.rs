@@ -45,13 +45,16 @@ pub enum NewKind {
     },
 }
 
-/// Owner of a new entry.
+/// Owner of a new entry, and the creating process's umask.
 #[derive(Debug, Clone, Copy)]
 pub struct Owner {
     /// User id.
     pub uid: u32,
     /// Group id (replaced by the parent's group when the parent is set-group-id).
     pub gid: u32,
+    /// The creator's umask: applied unless the parent has a default ACL, which then decides
+    /// (POSIX.1e semantics; the kernel leaves this to us with FUSE_DONT_MASK).
+    pub umask: u32,
 }
 
 fn whiteout_name(name: &[u8]) -> SysResult<CString> {
@@ -113,7 +116,12 @@ pub fn create(
     let c = cname(name)?;
     let wh = whiteout_name(name)?;
     let over_whiteout = has_entry(up.as_fd(), &wh);
-    let perm = mode & 0o7777;
+    let acl = has_default_acl(up.as_fd());
+    let perm = if acl {
+        mode & 0o7777
+    } else {
+        mode & 0o7777 & !owner.umask
+    };
     let mut file = None;
     match kind {
         NewKind::File { flags } => {
@@ -146,7 +154,7 @@ pub fn create(
         // chown clears set-id bits and our own umask may have masked the mode: put back what
         // the caller asked for, unless a default ACL decided the mode.
         let st = sys::fstat(fd.as_fd()).map_err(undo)?;
-        if st.st_mode & 0o7777 != perm && !has_default_acl(up.as_fd()) {
+        if st.st_mode & 0o7777 != perm && !acl {
             let mut want = perm;
             if matches!(kind, NewKind::Dir) {
                 want |= st.st_mode & libc::S_ISGID; // inherited from a set-group-id parent
