@@ -107,7 +107,13 @@ fn s15_mkdir_over_whited_out_dir_is_empty() {
 #[test]
 fn s16_create_over_whiteout_removes_it() {
     let stack = Stack::new()
-        .lower([file("f", "L1"), symlink("l", "old-target"), file("w", "L1")])
+        .lower([
+            file("f", "L1"),
+            symlink("l", "old-target"),
+            file("w", "L1"),
+            file("ln", "L1"),
+            file("nod", "L1"),
+        ])
         .upper([wh("w")]);
     let Some(mut u) = Union::mount(stack) else {
         return;
@@ -118,6 +124,11 @@ fn s16_create_over_whiteout_removes_it() {
     u.write("f", "new");
     std::os::unix::fs::symlink("new-target", u.m("l")).unwrap();
     u.write("w", "new w");
+    // Hard link and mknod over whited-out names, too.
+    fs::remove_file(u.m("ln")).unwrap();
+    fs::hard_link(u.m("w"), u.m("ln")).unwrap();
+    fs::remove_file(u.m("nod")).unwrap();
+    nix::unistd::mkfifo(&u.m("nod"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
     for _ in 0..2 {
         assert_eq!(u.read_str("f"), "new");
         assert_eq!(u.read_str("w"), "new w");
@@ -125,7 +136,11 @@ fn s16_create_over_whiteout_removes_it() {
             fs::read_link(u.m("l")).unwrap().to_str().unwrap(),
             "new-target"
         );
-        for n in ["f", "l", "w"] {
+        assert_eq!(u.read_str("ln"), "new w");
+        assert!(std::os::unix::fs::FileTypeExt::is_fifo(
+            &u.stat("nod").file_type()
+        ));
+        for n in ["f", "l", "w", "ln", "nod"] {
             u.assert_no_upper_whiteout(n);
         }
         u.assert_upper_file("f", "new");

@@ -180,6 +180,35 @@ fn s48_lower_path_with_escaped_colon() {
 }
 
 #[test]
+fn s48_layer_paths_given_as_symlinks_are_resolved() {
+    // podman passes `overlay/l/XXXX` symlinks to the layer dirs: the command line's own paths
+    // are resolved normally (only entries *inside* layers are never followed).
+    let stack = Stack::new()
+        .lower([file("f", "L1"), file("d/g", "g")])
+        .lower([file("h", "L2")]);
+    let Some(mut u) = Union::build(stack) else {
+        return;
+    };
+    for i in 0..u.lowers.len() {
+        let link = u.root.join(format!("link{i}"));
+        std::os::unix::fs::symlink(&u.lowers[i], &link).unwrap();
+        u.lowers[i] = link;
+    }
+    u.resnapshot();
+    u.do_mount();
+
+    assert_eq!(u.read_str("f"), "L1");
+    assert_eq!(u.read_str("h"), "L2");
+    u.write("d/g", "new");
+    fs::remove_file(u.m("h")).unwrap();
+    u.remount();
+    assert_eq!(u.read_str("d/g"), "new");
+    u.assert_enoent("h");
+    u.assert_upper_whiteout("h");
+    u.check_upper_is_layer_diff();
+}
+
+#[test]
 fn s49_no_upper_is_read_only() {
     let stack = Stack::new()
         .no_upper()

@@ -467,6 +467,8 @@ fn hash_file(p: &Path) -> u64 {
 
 /// Everything about a tree except atimes (reads legitimately change those).
 pub fn snapshot(root: &Path) -> Snapshot {
+    // Layer paths may be symlinks to the real directory, as podman passes them.
+    let root = &fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
     let mut out = BTreeMap::new();
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
