@@ -474,3 +474,139 @@ fn s30_fd_open_before_copy_up_keeps_reading_valid_data() {
     assert!(fs::read(u.u("f")).unwrap() == new);
     u.check_upper_is_layer_diff();
 }
+
+/// Small deterministic PRNG (xorshift64*), so a failure replays exactly.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+#[test]
+fn s20_random_io_on_copied_up_file_matches_model() {
+    // fsx in miniature: writes, truncates, hole punches and reads through two fds of a file that
+    // is copied up by the first write, checked against an in-memory model after every read.
+    let old = pattern(3 << 20, 2020);
+    let stack = Stack::new().lower([file("f", &old)]);
+    let Some(mut u) = Union::mount(stack) else {
+        return;
+    };
+    let mut model = old.clone();
+    let mut rng = Rng(0x5EED_2020);
+    let rw = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(u.m("f"))
+        .unwrap();
+    // Copy up now, so that the second fd opens the upper file and must see every change.
+    rw.write_all_at(b"first", 10).unwrap();
+    model[10..15].copy_from_slice(b"first");
+    let mut ro = fs::File::open(u.m("f")).unwrap();
+    for op in 0..1500 {
+        let max = 4 << 20;
+        match rng.below(11) {
+            0..=3 => {
+                let off = rng.below(max) as usize;
+                let len = 1 + rng.below(256 << 10) as usize;
+                let data = pattern(len, op);
+                rw.write_all_at(&data, off as u64).unwrap();
+                if model.len() < off + len {
+                    model.resize(off + len, 0);
+                }
+                model[off..off + len].copy_from_slice(&data);
+            }
+            4 => {
+                let len = rng.below(max) as usize;
+                rw.set_len(len as u64).unwrap();
+                model.resize(len, 0);
+            }
+            5 => {
+                let off = rng.below(max) as i64;
+                let len = 1 + rng.below(512 << 10) as i64;
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&rw);
+                // SAFETY: fallocate on an fd we own.
+                let r = unsafe {
+                    libc::fallocate(
+                        fd,
+                        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                        off,
+                        len,
+                    )
+                };
+                assert_eq!(r, 0, "punch hole: {}", std::io::Error::last_os_error());
+                let end = ((off + len) as usize).min(model.len());
+                if (off as usize) < end {
+                    model[off as usize..end].fill(0);
+                }
+            }
+            6 if !model.is_empty() => {
+                // A shared writable mapping, as fsx does: stores reach the file at msync.
+                let off = rng.below(model.len() as u64) as usize;
+                let len = (1 + rng.below(64 << 10) as usize).min(model.len() - off);
+                let data = pattern(len, op + 7);
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&rw);
+                let page = off & !4095;
+                let maplen = off + len - page;
+                // SAFETY: a fresh shared mapping of `maplen` bytes of our fd, inside its size,
+                // written only within bounds and unmapped before anything else touches it.
+                unsafe {
+                    let p = libc::mmap(
+                        std::ptr::null_mut(),
+                        maplen,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_SHARED,
+                        fd,
+                        page as i64,
+                    );
+                    assert_ne!(
+                        p,
+                        libc::MAP_FAILED,
+                        "mmap: {}",
+                        std::io::Error::last_os_error()
+                    );
+                    let dst = std::slice::from_raw_parts_mut(p.cast::<u8>(), maplen);
+                    dst[off - page..].copy_from_slice(&data);
+                    assert_eq!(libc::msync(p, maplen, libc::MS_SYNC), 0);
+                    libc::munmap(p, maplen);
+                }
+                model[off..off + len].copy_from_slice(&data);
+            }
+            _ => {
+                let off = rng.below(model.len() as u64 + 1) as usize;
+                let len = rng.below(300 << 10) as usize;
+                let want = &model[off..(off + len).min(model.len())];
+                let mut got = vec![0u8; len];
+                let fd = if op % 2 == 0 { &rw } else { &ro };
+                let mut n = 0;
+                while n < len {
+                    let k = fd.read_at(&mut got[n..], (off + n) as u64).unwrap();
+                    if k == 0 {
+                        break;
+                    }
+                    n += k;
+                }
+                assert_eq!(n, want.len(), "op {op}: short read at {off}");
+                assert!(got[..n] == *want, "op {op}: data differs at {off}+{len}");
+            }
+        }
+    }
+    drop(rw);
+    ro.seek(SeekFrom::Start(0)).unwrap();
+    drop(ro);
+    assert!(u.read("f") == model, "final content differs");
+    u.remount();
+    assert!(u.read("f") == model, "content differs after remount");
+    assert!(
+        fs::read(u.u("f")).unwrap() == model,
+        "upper content differs"
+    );
+    u.check_upper_is_layer_diff();
+}
