@@ -345,3 +345,33 @@ fn cli_o_form_with_separate_workdir() {
     }
     u.check_upper_is_layer_diff();
 }
+
+#[test]
+fn s50_many_lower_layers_mount_and_work() {
+    // 128 layers for unionfs. The kernel is validated with 40: classic mount(2) passes options in
+    // one page, which 128 paths of this length overflow (it would need fsconfig `lowerdir+`).
+    let n = if is_kernel() { 40 } else { 128 };
+    let mut stack = Stack::new();
+    for i in 0..n {
+        stack = stack.lower([
+            file(&format!("own{i}"), format!("{i}")),
+            file("shared/f", format!("layer {i}")),
+            file(&format!("shared/g{i}"), ""),
+        ]);
+    }
+    let Some(mut u) = Union::mount(stack) else {
+        return;
+    };
+
+    assert_eq!(u.read_str("shared/f"), "layer 0");
+    assert_eq!(u.read_str(&format!("own{}", n - 1)), format!("{}", n - 1));
+    assert_eq!(u.names("").len(), n + 1);
+    assert_eq!(u.names("shared").len(), n + 1);
+    fs::remove_file(u.m("shared/f")).unwrap();
+    fs::remove_file(u.m(&format!("own{}", n - 1))).unwrap();
+    u.remount();
+    u.assert_enoent("shared/f");
+    u.assert_upper_whiteout("shared/f");
+    assert_eq!(u.names("").len(), n);
+    u.check_upper_is_layer_diff();
+}
