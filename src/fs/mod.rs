@@ -118,7 +118,10 @@ impl UnionFs {
         let (parent, name) = self.inodes.primary(node.ino)?;
         let p = self.ctx_depth(parent, depth + 1)?;
         let set = DirSet::open(&self.stack, &p.rel, &p.dir_layers)?;
-        let found = resolve::lookup(&self.stack, &set, &name)?.ok_or(Errno::ENOENT)?;
+        let mut found = resolve::lookup(&self.stack, &set, &name)?.ok_or(Errno::ENOENT)?;
+        if let Some(f) = ops::adopt_indexed(&self.stack, &p.rel, &name, &found)? {
+            found = f;
+        }
         let mut st = node.state.write();
         st.layer = found.layer;
         st.dir_layers = found.dir_layers;
@@ -136,6 +139,12 @@ impl UnionFs {
         Ok((c, set))
     }
 
+    /// Attributes of a layer file as the union shows them (`dir_nlink` for merged dirs).
+    fn attr(&self, ino: u64, st: &libc::stat, dir_nlink: Option<u32>) -> FileAttr {
+        let nlink = dir_nlink.or_else(|| Some(self.stack.view_nlink(ino, st)));
+        attr::from_stat(ino, st, nlink)
+    }
+
     fn stat_of(&self, c: &Ctx) -> SysResult<FileAttr> {
         let fd = self.stack.open_rel(c.layer, &c.rel, libc::O_PATH)?;
         let st = sys::fstat(fd.as_fd())?;
@@ -144,7 +153,7 @@ impl UnionFs {
         } else {
             None
         };
-        Ok(attr::from_stat(c.node.ino, &st, nlink))
+        Ok(self.attr(c.node.ino, &st, nlink))
     }
 
     /// st_nlink of a directory: 2 + merged subdirectories (computed only for merged ones).
@@ -168,11 +177,16 @@ impl UnionFs {
         } else {
             None
         };
-        Ok(attr::from_stat(ino, &f.st, nlink))
+        Ok(self.attr(ino, &f.st, nlink))
     }
 
     /// Registers a found entry as a kernel-referenced node and builds its attributes.
     fn remember(&self, parent: u64, prel: &[u8], name: &[u8], f: &Found) -> SysResult<FileAttr> {
+        let adopted = ops::adopt_indexed(&self.stack, prel, name, f)?;
+        if adopted.is_some() {
+            self.inodes.mark_upper_chain(parent);
+        }
+        let f = adopted.as_ref().unwrap_or(f);
         let kind = f.st.st_mode & libc::S_IFMT;
         self.inodes
             .upsert(f.ino, kind, parent, name, f.layer, f.dir_layers.clone(), 1);
@@ -393,7 +407,7 @@ impl UnionFs {
         } else {
             None
         };
-        Ok(attr::from_stat(ino, &st, nlink))
+        Ok(self.attr(ino, &st, nlink))
     }
 
     fn do_rename(
@@ -585,6 +599,8 @@ impl Filesystem for UnionFs {
             | InitFlags::FUSE_AUTO_INVAL_DATA
             | InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
+            // O_TRUNC arrives with the open, so copy-up can skip the data it would discard.
+            | InitFlags::FUSE_ATOMIC_O_TRUNC
             // ACLs checked and cached by the kernel; umask left to us so default ACLs work.
             | InitFlags::FUSE_POSIX_ACL
             | InitFlags::FUSE_DONT_MASK;
@@ -618,13 +634,13 @@ impl Filesystem for UnionFs {
         let r = (|| {
             if let Some(f) = fh.and_then(|f| self.handles.file(f.0)) {
                 let st = sys::fstat(f.fd.as_fd())?;
-                return Ok(attr::from_stat(ino.0, &st, None));
+                return Ok(self.attr(ino.0, &st, None));
             }
             match self.ctx(ino.0).and_then(|c| self.stat_of(&c)) {
                 Err(Errno::ENOENT) => {
                     let f = self.any_open(ino.0).ok_or(Errno::ENOENT)?;
                     let st = sys::fstat(f.fd.as_fd())?;
-                    Ok(attr::from_stat(ino.0, &st, None))
+                    Ok(self.attr(ino.0, &st, None))
                 }
                 r => r,
             }

@@ -212,6 +212,32 @@ pub fn copy_up(
     }
 }
 
+/// If `found` is a lower file whose inode was already copied up under another of its names,
+/// gives this name the same upper inode and returns the upper entry: every name of one lower
+/// inode must show the same data once any of them was written.
+pub fn adopt_indexed(
+    stack: &Stack,
+    parent_rel: &[u8],
+    name: &[u8],
+    found: &Found,
+) -> SysResult<Option<Found>> {
+    let reg = found.st.st_mode & libc::S_IFMT == libc::S_IFREG;
+    if stack.is_upper(found.layer) || !reg || found.st.st_nlink < 2 || !stack.is_indexed(found.ino)
+    {
+        return Ok(None);
+    }
+    let up = copyup::ensure_upper_dir(stack, parent_rel)?;
+    let c = cname(name)?;
+    copyup::link_from_index(stack, up.as_fd(), &c, found.ino)?;
+    let st = sys::fstatat(up.as_fd(), &c)?;
+    Ok(Some(Found {
+        layer: 0,
+        st,
+        ino: found.ino,
+        dir_layers: Vec::new(),
+    }))
+}
+
 /// Removes `name` (a directory when `dir`) from the merged directory: the upper entry goes, and
 /// a whiteout is left where a lower layer still has the name.
 pub fn remove(
