@@ -514,6 +514,9 @@ pub fn view_snapshot(root: &Path) -> Snapshot {
     }
     if let Some(r) = s.get_mut(Path::new("")) {
         r.mtime = (0, 0);
+        // A directory's st_size is the filesystem's business (tmpfs counts entries, hidden
+        // internal ones included).
+        r.size = 0;
     }
     s
 }
@@ -707,19 +710,37 @@ impl Union {
         self.do_mount();
     }
 
-    /// The upper is an OCI layer diff: mounted read-only as the topmost lower over the same
-    /// lowers (internal state left in place, the union must hide it), it shows the same view.
-    /// Leaves the original union mounted again.
+    /// The upper is an OCI layer diff: a copy of it without our internal `.wh..wh.*` entries
+    /// (`.wh..wh..opq` kept), mounted read-only as the topmost lower over the same lowers, shows
+    /// the same view. Leaves the original union mounted again.
     pub fn check_upper_is_layer_diff(&mut self) {
         let before = view_snapshot(&self.mnt);
         self.unmount();
         let upper = self.upper.take().expect("no upper");
-        self.lowers.insert(0, upper.clone());
+        let diff_layer = self.root.join("diff-layer");
+        let _ = fs::remove_dir_all(&diff_layer);
+        // cp -a keeps hard links, xattrs, devices and times, like unpacking a layer tarball.
+        run(
+            "cp",
+            &["-a".as_ref(), upper.as_os_str(), diff_layer.as_os_str()],
+        );
+        for name in list(&diff_layer) {
+            if name.starts_with(".wh..wh.") && name != ".wh..wh..opq" {
+                let p = diff_layer.join(&name);
+                if p.is_dir() {
+                    fs::remove_dir_all(&p).unwrap();
+                } else {
+                    fs::remove_file(&p).unwrap();
+                }
+            }
+        }
+        self.lowers.insert(0, diff_layer.clone());
         let o_form = std::mem::replace(&mut self.stack.o_form, false);
         self.do_mount();
         let after = view_snapshot(&self.mnt);
         self.unmount();
         self.lowers.remove(0);
+        let _ = fs::remove_dir_all(&diff_layer);
         self.upper = Some(upper);
         self.stack.o_form = o_form;
         self.do_mount();
