@@ -240,7 +240,9 @@ impl Stack {
             upper: Some(LayerSpec::default()),
             kernel_opts: vec![],
             tmpfs: false,
-            o_form: false,
+            // UNIONFS_TEST_FORM=o runs every test through the `-o lowerdir=,upperdir=,workdir=`
+            // form (state in a separate work dir) instead of the positional one.
+            o_form: std::env::var("UNIONFS_TEST_FORM").as_deref() == Ok("o"),
         }
     }
     pub fn lower(mut self, entries: impl IntoIterator<Item = E>) -> Self {
@@ -552,6 +554,25 @@ fn visible_upper(mut s: Snapshot) -> Snapshot {
         r.nlink = 0;
     }
     s
+}
+
+fn files_under(root: &Path) -> Vec<(PathBuf, u64)> {
+    let mut out = vec![];
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let Ok(rd) = fs::read_dir(root.join(&rel)) else {
+            continue;
+        };
+        for d in rd.flatten() {
+            let r = rel.join(d.file_name());
+            match d.metadata() {
+                Ok(m) if m.is_dir() => stack.push(r),
+                Ok(m) if m.is_file() => out.push((r, m.len())),
+                _ => {}
+            }
+        }
+    }
+    out
 }
 
 /// Human-readable differences between two snapshots (empty when equal).
@@ -1074,21 +1095,13 @@ impl Union {
         );
     }
 
-    /// Every regular file under the upper, internal state included, with its size.
+    /// Every regular file under the upper, internal state included, and under a separate work
+    /// dir (prefixed `@work/`), with its size: where a copy-up can leave data.
     pub fn upper_all_files(&self) -> Vec<(PathBuf, u64)> {
-        let mut out = vec![];
-        let mut stack = vec![PathBuf::new()];
-        while let Some(rel) = stack.pop() {
-            let Ok(rd) = fs::read_dir(self.u("").join(&rel)) else {
-                continue;
-            };
-            for d in rd.flatten() {
-                let r = rel.join(d.file_name());
-                match d.metadata() {
-                    Ok(m) if m.is_dir() => stack.push(r),
-                    Ok(m) if m.is_file() => out.push((r, m.len())),
-                    _ => {}
-                }
+        let mut out = files_under(&self.u(""));
+        if self.work.exists() {
+            for (p, len) in files_under(&self.work) {
+                out.push((Path::new("@work").join(p), len));
             }
         }
         out
