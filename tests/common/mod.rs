@@ -11,6 +11,15 @@
 //!
 //! Every [`Union`] snapshots its lower layers before mounting and, when dropped, checks that they
 //! are unchanged (after unmounting), then removes its temp dir, even when the test panicked.
+//!
+//! Environment:
+//! - `UNIONFS_TEST_IMPL=kernel` — run on kernel overlayfs (the reference); unset = unionfs.
+//! - `UNIONFS_TEST_FORM=o` — mount unionfs with `-o lowerdir=,upperdir=,workdir=`.
+//! - `UNIONFS_REQUIRE_FUSE=1` — a machine that cannot mount (not root, no `/dev/fuse`) fails the
+//!   tests instead of skipping them (CI sets it).
+//!
+//! Tools the tests run: `sed`, `rm`, `cp`, `dd`, `sha1sum`, `stat` (coreutils), `setpriv`
+//! (util-linux), `setfacl`/`getfacl` (Debian package `acl`).
 
 #![allow(dead_code)]
 
