@@ -762,3 +762,41 @@ fn s26_threads_mixing_copy_up_rename_unlink_and_readdir_stay_consistent() {
     u.assert_upper_whiteout("d0/f1");
     u.check_upper_is_layer_diff();
 }
+
+#[test]
+fn s22_real_changes_still_move_parent_times() {
+    // Copy-up hides its own traces; it must not hide the traces of real changes.
+    let old = (1_400_000_000, 0);
+    let stack = Stack::new().lower([
+        dir("a").mtime(old.0, old.1),
+        dir("a/b").mtime(old.0, old.1),
+        file("a/b/f", "x").mtime(old.0, old.1),
+        file("a/b/g", "y"),
+        dir("c").mtime(old.0, old.1),
+    ]);
+    let Some(mut u) = Union::mount(stack) else {
+        return;
+    };
+    let mt = |u: &Union, p: &str| {
+        let m = u.stat(p);
+        (m.mtime(), m.mtime_nsec())
+    };
+
+    append(&u.m("a/b/f"), b"+");
+    assert_eq!(mt(&u, "a/b"), old, "copy-up moved a/b's mtime");
+    assert!(mt(&u, "a/b/f") > old, "a write did not move f's mtime");
+    u.write("a/b/new", "n");
+    assert!(
+        mt(&u, "a/b") > old,
+        "creating a/b/new did not move a/b's mtime"
+    );
+    fs::remove_file(u.m("a/b/g")).unwrap();
+    fs::create_dir(u.m("c/sub")).unwrap();
+    assert!(mt(&u, "c") > old, "mkdir did not move c's mtime");
+    assert_eq!(mt(&u, "a"), old, "a changed though only a/b's content did");
+    u.remount();
+    assert!(mt(&u, "a/b") > old);
+    assert!(mt(&u, "c") > old);
+    assert_eq!(mt(&u, "a"), old);
+    u.check_upper_is_layer_diff();
+}
