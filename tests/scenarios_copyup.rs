@@ -460,10 +460,34 @@ fn s29_owner_can_chmod_and_remove_readonly_lower_file() {
         dir("d").owner(1000, 1000),
         file("d/f", "x").mode(0o444).owner(1000, 1000),
         file("d/g", "y").mode(0o444).owner(1000, 1000),
+        file("d/other", "o").mode(0o644).owner(2000, 2000),
+        file("r/h", "h").mode(0o666),
     ]);
     let Some(mut u) = Union::mount(stack) else {
         return;
     };
+
+    // Permissions are still enforced: not the owner, not a writable directory.
+    for (what, script) in [
+        (
+            "chmod of another user's file",
+            format!("chmod 777 '{}'", u.m("d/other").display()),
+        ),
+        (
+            "write to a 0444 file",
+            format!("echo z >> '{}'", u.m("d/f").display()),
+        ),
+        (
+            "unlink in a root-owned dir",
+            format!("rm -f '{}'", u.m("r/h").display()),
+        ),
+    ] {
+        let out = as_user(1000, &script);
+        assert!(!out.status.success(), "uid 1000 could do a {what}");
+    }
+    assert_eq!(u.read_str("d/f"), "x");
+    assert!(u.exists("r/h"));
+    assert_eq!(u.stat("d/other").mode() & 0o7777, 0o644);
 
     let d = u.m("d");
     let out = as_user(
