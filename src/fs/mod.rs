@@ -273,7 +273,14 @@ impl UnionFs {
                 self.ensure_upper(&node, flags & libc::O_TRUNC == 0)?;
             }
             let c = self.ctx(ino)?;
-            let fd = self.stack.open_rel(c.layer, &c.rel, clean)?;
+            let fd = if self.stack.is_upper(c.layer) {
+                self.stack.open_rel(c.layer, &c.rel, clean)?
+            } else {
+                // Reading a lower layer must not even move its atime.
+                self.stack
+                    .open_rel(c.layer, &c.rel, clean | libc::O_NOATIME)
+                    .or_else(|_| self.stack.open_rel(c.layer, &c.rel, clean))?
+            };
             Ok((fd, self.stack.is_upper(c.layer)))
         })();
         let (fd, in_upper) = match opened {
