@@ -249,6 +249,19 @@ fn s23_open_trunc_of_large_lower_file_copies_no_data() {
     );
     let lo = fs::metadata(u.l(0, "big")).unwrap();
     assert_eq!(lo.atime(), 1_000_000_000, "the lower's atime moved");
+    // Positive control: the watch does see a read (with O_NOATIME, like a careful daemon).
+    let mut one = [0u8; 1];
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOATIME)
+        .open(u.l(0, "big"))
+        .unwrap()
+        .read_exact(&mut one)
+        .unwrap();
+    assert!(
+        watch.was_read(),
+        "inotify missed a read: the check above proves nothing"
+    );
     assert!(
         took < Duration::from_secs(2),
         "open(O_TRUNC) of 256 MiB took {took:?}"
