@@ -1,1 +1,2 @@
 //! Every unsafe system call wrapper lives here.
+pub mod launch;
