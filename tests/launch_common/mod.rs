@@ -166,6 +166,28 @@ impl Running {
         }
     }
 
+    /// Read one line of the command's stdout (without the newline); panics at EOF.
+    pub fn read_line(&mut self) -> String {
+        let out = self.child.stdout.as_mut().expect("stdout taken");
+        let mut line = Vec::new();
+        let mut b = [0u8; 1];
+        loop {
+            let n = out.read(&mut b).unwrap();
+            assert!(n == 1, "EOF from the command after {:?}", String::from_utf8_lossy(&line));
+            if b[0] == b'\n' {
+                return String::from_utf8_lossy(&line).into_owned();
+            }
+            line.push(b[0]);
+        }
+    }
+
+    /// Write one line to the command's stdin.
+    pub fn write_line(&mut self, l: &str) {
+        use std::io::Write;
+        let i = self.child.stdin.as_mut().expect("stdin taken");
+        i.write_all(format!("{l}\n").as_bytes()).unwrap();
+    }
+
     /// Send a signal to the launcher.
     pub fn signal(&self, s: Signal) {
         kill(self.pid(), s).unwrap();
@@ -173,6 +195,7 @@ impl Running {
 
     /// Wait (with a timeout) and collect output.
     pub fn finish(mut self, timeout: Duration) -> Outcome {
+        drop(self.child.stdin.take());
         let deadline = Instant::now() + timeout;
         let status = loop {
             if let Some(st) = self.child.try_wait().unwrap() {
@@ -216,15 +239,15 @@ impl Drop for Running {
     }
 }
 
-/// Start `unionfs-run ARGS` with output captured (stdin closed).
+/// Start `unionfs-run ARGS` with output captured and stdin a pipe.
 pub fn spawn(args: &[String]) -> Running {
     spawn_cmd(Command::new(BIN).args(args))
 }
 
-/// Start a prepared command with output captured.
+/// Start a prepared command with output captured and stdin a pipe.
 pub fn spawn_cmd(cmd: &mut Command) -> Running {
     let child = cmd
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
