@@ -645,6 +645,11 @@ fn init_run(
         sys::exit_now(EXIT_LAUNCHER);
     }
 
+    // Dispositions set to "ignore" survive exec; a launcher started in the background (or under
+    // nohup) would otherwise hand the command signals it cannot even trap.
+    for s in signals::FORWARDED.into_iter().chain([Signal::SIGPIPE, Signal::SIGTSTP, Signal::SIGTTIN, Signal::SIGTTOU]) {
+        let _ = sys::default_signal(s);
+    }
     let argv: Vec<CString> = cfg
         .command
         .iter()

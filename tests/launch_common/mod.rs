@@ -172,6 +172,12 @@ impl Running {
         let mut line = Vec::new();
         let mut b = [0u8; 1];
         loop {
+            // A missing line must fail the test, not hang it.
+            use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+            use std::os::fd::AsFd;
+            let mut fds = [PollFd::new(out.as_fd(), PollFlags::POLLIN)];
+            let ready = poll(&mut fds, PollTimeout::from(20_000u16)).unwrap();
+            assert!(ready == 1, "no output from the command for 20 s after {:?}", String::from_utf8_lossy(&line));
             let n = out.read(&mut b).unwrap();
             assert!(n == 1, "EOF from the command after {:?}", String::from_utf8_lossy(&line));
             if b[0] == b'\n' {
