@@ -5,6 +5,8 @@
 //! plain directories), [`fs`] is the thin FUSE adapter over it, and [`sys`] holds every `unsafe`
 //! system call wrapper. [`mount`] mounts a stack and serves it; [`launch`] runs containers on it.
 
+pub mod daemon;
+pub mod error;
 pub mod fs;
 pub mod launch;
 pub mod layer;
@@ -12,4 +14,5 @@ pub mod mount;
 pub mod options;
 pub mod sys;
 
+pub use error::{Error, Result};
 pub use mount::{MountConfig, MountGuard};

@@ -1,6 +1,26 @@
 //! Mounting a layer stack and serving it: the `/dev/fuse` mount, worker threads, clean unmount.
+//!
+//! We call mount(2) ourselves with `fd=` instead of letting fuser mount, for three reasons: the
+//! same code works as real root and as root of a user namespace (the launcher's holder process),
+//! the filesystem type is `fuse.unionfs` (what `mount -t` and fstab users expect), and unmount is
+//! always lazy, so a busy mount never makes shutdown fail.
 
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use fuser::{Session, SessionACL};
+
+use crate::error::{Error, Result};
+use crate::fs::{FsOptions, UnionFs};
+use crate::layer::stack::is_within;
+use crate::layer::{Stack, StackConfig};
+use crate::sys::{self, Errno};
+
+/// The filesystem type we mount as (`fuse.` + this subtype).
+pub const SUBTYPE: &str = "unionfs";
 
 /// What to mount: the layer directories and how to serve them.
 #[derive(Debug, Clone)]
@@ -23,6 +43,8 @@ pub struct MountConfig {
     pub read_only: bool,
     /// The source name shown in /proc/mounts.
     pub fsname: String,
+    /// How long the kernel may cache entries and attributes.
+    pub ttl: Duration,
 }
 
 impl MountConfig {
@@ -37,20 +59,262 @@ impl MountConfig {
             suid: true,
             dev: false,
             read_only: false,
-            fsname: "unionfs".to_string(),
+            fsname: SUBTYPE.to_string(),
+            // Layers change only through us and the kernel sees every change we make, so its
+            // caches stay right for as long as it likes to keep them.
+            ttl: Duration::from_secs(3600),
         }
     }
+
+    /// The worker thread count to use.
+    pub fn worker_threads(&self) -> usize {
+        if self.threads > 0 {
+            return self.threads;
+        }
+        // Workers block in layer I/O, so more of them than cores keeps the cores busy.
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        (cores * 2).clamp(4, 16)
+    }
+
+    /// Opens and checks the layers and the mount point, without mounting anything yet.
+    pub fn prepare(&self, mountpoint: &Path) -> Result<Prepared> {
+        let meta = std::fs::metadata(mountpoint).map_err(|e| {
+            Error::sys(
+                format!("mount point {}", mountpoint.display()),
+                e,
+                "create the directory first",
+            )
+        })?;
+        if !meta.is_dir() {
+            return Err(Error::new(format!(
+                "mount point {} is not a directory: give an empty directory",
+                mountpoint.display()
+            )));
+        }
+        let layers = self.lowers.iter().chain(self.upper.iter());
+        for l in layers.chain(self.workdir.iter()) {
+            if is_within(mountpoint, l) {
+                return Err(Error::new(format!(
+                    "mount point {} is inside layer {}: the union would contain itself; \
+                     mount it somewhere outside the layer directories",
+                    mountpoint.display(),
+                    l.display()
+                )));
+            }
+        }
+        let upper = if self.read_only {
+            None
+        } else {
+            self.upper.clone()
+        };
+        let stack = Stack::open(&StackConfig {
+            lowers: self.lowers.clone(),
+            upper,
+            workdir: self.workdir.clone(),
+        })?;
+        Ok(Prepared {
+            cfg: self.clone(),
+            stack: Arc::new(stack),
+            mountpoint: mountpoint.to_path_buf(),
+        })
+    }
+
+    /// Mounts the union on `mountpoint` and serves it with threads of this process.
+    pub fn mount(&self, mountpoint: &Path) -> Result<MountGuard> {
+        self.prepare(mountpoint)?.mount()
+    }
+}
+
+/// A checked configuration with its layers open, ready to mount.
+#[derive(Debug)]
+pub struct Prepared {
+    cfg: MountConfig,
+    stack: Arc<Stack>,
+    mountpoint: PathBuf,
+}
+
+impl Prepared {
+    /// Mounts and starts serving; returns once the kernel has completed the FUSE handshake.
+    pub fn mount(self) -> Result<MountGuard> {
+        let fuse = open_fuse_device()?;
+        let cfg = &self.cfg;
+        let mut flags: libc::c_ulong = 0;
+        if !cfg.suid {
+            flags |= libc::MS_NOSUID;
+        }
+        if !cfg.dev {
+            flags |= libc::MS_NODEV;
+        }
+        if cfg.read_only {
+            flags |= libc::MS_RDONLY;
+        }
+        let mut data = format!(
+            "fd={},rootmode=40000,user_id={},group_id={},default_permissions",
+            std::os::fd::AsRawFd::as_raw_fd(&fuse),
+            sys::geteuid(),
+            sys::getegid()
+        );
+        if cfg.allow_other {
+            data.push_str(",allow_other");
+        }
+        let source = sys::cstr(std::ffi::OsStr::new(&cfg.fsname))
+            .map_err(|_| Error::new("fsname must not contain a NUL byte"))?;
+        let fstype = sys::cstr(std::ffi::OsStr::new(&format!("fuse.{SUBTYPE}")))
+            .map_err(|_| Error::new("bad filesystem type"))?;
+        let cdata =
+            sys::cstr(std::ffi::OsStr::new(&data)).map_err(|_| Error::new("bad mount options"))?;
+        sys::mount(&source, &self.mountpoint, &fstype, flags, &cdata).map_err(|e| {
+            let hint = match e {
+                Errno::EPERM => {
+                    "mounting FUSE needs root, or root of a user namespace that owns the \
+                     current mount namespace"
+                }
+                Errno::ENODEV => "the fuse kernel module is not loaded: modprobe fuse",
+                _ => "",
+            };
+            Error::sys(
+                format!("mounting on {}", self.mountpoint.display()),
+                e.desc(),
+                hint,
+            )
+        })?;
+        let fs = UnionFs::new(Arc::clone(&self.stack), FsOptions { ttl: cfg.ttl });
+        let mut config = fuser::Config::default();
+        config.n_threads = Some(cfg.worker_threads());
+        config.clone_fd = true;
+        let acl = if cfg.allow_other {
+            SessionACL::All
+        } else {
+            SessionACL::Owner
+        };
+        let session = match Session::from_fd(fs, fuse, acl, config) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = sys::umount_lazy(&self.mountpoint);
+                return Err(Error::sys("FUSE handshake with the kernel", e, ""));
+            }
+        };
+        let thread = std::thread::Builder::new()
+            .name("unionfs-session".into())
+            .spawn(move || session.run())
+            .map_err(|e| {
+                let _ = sys::umount_lazy(&self.mountpoint);
+                Error::sys("starting the FUSE session thread", e, "")
+            })?;
+        Ok(MountGuard {
+            mountpoint: self.mountpoint,
+            thread: Some(thread),
+        })
+    }
+}
+
+fn open_fuse_device() -> Result<OwnedFd> {
+    sys::open_path(Path::new("/dev/fuse"), libc::O_RDWR).map_err(|e| {
+        let hint = match e {
+            Errno::EACCES | Errno::EPERM => {
+                "this user may not open /dev/fuse (mode 0600 here): run as root, or give the \
+                 user access (chmod 0666 /dev/fuse, or bind-mount a 0666 node over it in a \
+                 private mount namespace)"
+            }
+            Errno::ENOENT => {
+                "load the fuse module (modprobe fuse) or create the node: mknod /dev/fuse c 10 229"
+            }
+            _ => "",
+        };
+        Error::sys("opening /dev/fuse", e.desc(), hint)
+    })
 }
 
 /// A live mount served by threads of this process; dropping it unmounts (lazily) and stops them.
 #[derive(Debug)]
 pub struct MountGuard {
     mountpoint: PathBuf,
+    thread: Option<JoinHandle<std::io::Result<()>>>,
 }
 
 impl MountGuard {
     /// The directory the union is mounted on.
     pub fn mountpoint(&self) -> &Path {
         &self.mountpoint
+    }
+
+    /// Serves until the filesystem is unmounted by someone (umount, a signal handler).
+    pub fn wait(mut self) -> std::io::Result<()> {
+        match self.thread.take() {
+            Some(t) => t
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("FUSE session thread panicked"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Unmounts (lazily: open files stay usable until closed) and waits up to 10 s for the
+    /// workers to stop.
+    pub fn unmount(mut self) -> Result<()> {
+        self.stop(Duration::from_secs(10))
+    }
+
+    fn stop(&mut self, wait: Duration) -> Result<()> {
+        let Some(t) = self.thread.take() else {
+            return Ok(());
+        };
+        match sys::umount_lazy(&self.mountpoint) {
+            Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
+            Err(e) => {
+                return Err(Error::sys(
+                    format!("unmounting {}", self.mountpoint.display()),
+                    e.desc(),
+                    "",
+                ))
+            }
+        }
+        let deadline = Instant::now() + wait;
+        while !t.is_finished() {
+            if Instant::now() > deadline {
+                // Something still holds a file open on the detached mount: the workers end when
+                // it is closed. Leave them running rather than block the caller forever.
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = t.join();
+        Ok(())
+    }
+}
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        let _ = self.stop(Duration::from_secs(10));
+    }
+}
+
+/// FUSE's `f_type` in statfs.
+pub const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+
+/// Lazily unmounts a union whose daemon may be gone (`--cleanup`). `Ok(false)`: not mounted.
+pub fn cleanup(mountpoint: &Path) -> Result<bool> {
+    match sys::umount_lazy(mountpoint) {
+        Ok(()) => Ok(true),
+        Err(Errno::EINVAL) => Ok(false),
+        Err(e) => Err(Error::sys(
+            format!("unmounting {}", mountpoint.display()),
+            e.desc(),
+            "run as root (or the user who mounted it)",
+        )),
+    }
+}
+
+/// True when `path` is the root of a FUSE mount.
+pub fn is_fuse_mount(path: &Path) -> bool {
+    match sys::open_path(path, libc::O_PATH | libc::O_DIRECTORY) {
+        Ok(fd) => match sys::fstatfs_type(fd.as_fd()) {
+            Ok(t) => t == FUSE_SUPER_MAGIC,
+            // Only a FUSE mount whose daemon is gone answers statfs with ENOTCONN (or
+            // ECONNABORTED when the call was in flight as the connection died).
+            Err(Errno::ENOTCONN) | Err(Errno::ECONNABORTED) => true,
+            Err(_) => false,
+        },
+        Err(Errno::ENOTCONN) | Err(Errno::ECONNABORTED) => true,
+        Err(_) => false,
     }
 }

@@ -1,1 +1,356 @@
-//! Command-line and `-o` option parsing.
+//! The command line of `unionfs-mount`, in both forms: `L1:L2 UPPER MNT` and the
+//! fuse-overlayfs/mount.fuse3 form `-o lowerdir=L1:L2,upperdir=U,workdir=W [SOURCE] MNT`.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::error::{Error, Result};
+use crate::mount::MountConfig;
+
+const EXAMPLES: &str = "\
+Examples:
+  unionfs-mount /layers/app:/layers/base /data/upper /mnt/root
+  unionfs-mount -o lowerdir=/l/app:/l/base,upperdir=/data/upper,workdir=/data/work /mnt/root
+  unionfs-mount /layers/app:/layers/base /mnt/ro          (no upper: read-only union)
+  umount /mnt/root                                        (ends the daemon)
+  unionfs-mount --cleanup /mnt/root                       (after the daemon was killed)
+
+Lowers are listed topmost first; write '\\:' for a ':' inside a path.";
+
+/// Raw command-line arguments.
+#[derive(Debug, Parser)]
+#[command(
+    name = "unionfs-mount",
+    version,
+    about = "Mount a union of read-only lower layers under one writable upper (FUSE)",
+    after_help = EXAMPLES
+)]
+pub struct Args {
+    /// Mount options, comma-separated: lowerdir=, upperdir=, workdir=, ro, rw, dev, nodev,
+    /// suid, nosuid, allow_other, threads=N, fsname=NAME, timeout=SECS; generic mount options
+    /// are accepted.
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    pub options: Vec<String>,
+    /// Stay in the foreground instead of returning once the mount is live.
+    #[arg(short = 'f', long)]
+    pub foreground: bool,
+    /// Log every request (debug level; implies --foreground).
+    #[arg(short = 'd', long)]
+    pub debug: bool,
+    /// Number of FUSE worker threads (default: twice the cores, 4 to 16).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Write the daemon's pid to this file once the mount is live.
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
+    /// Lazily unmount MNT (for a mount whose daemon was killed) and exit.
+    #[arg(long, value_name = "MNT")]
+    pub cleanup: Option<PathBuf>,
+    /// Do not start the watchdog that unmounts if the daemon dies.
+    #[arg(long)]
+    pub no_watchdog: bool,
+    /// LOWERS [UPPER] MNT, or [SOURCE] MNT when -o lowerdir= is given.
+    #[arg(value_name = "ARGS")]
+    pub positional: Vec<PathBuf>,
+}
+
+/// A parsed invocation.
+#[derive(Debug)]
+pub struct Invocation {
+    /// What to mount.
+    pub config: MountConfig,
+    /// Where.
+    pub mountpoint: PathBuf,
+    /// Stay attached.
+    pub foreground: bool,
+    /// Debug logging.
+    pub debug: bool,
+    /// Pid file.
+    pub pid_file: Option<PathBuf>,
+    /// Run the watchdog.
+    pub watchdog: bool,
+    /// Options we accepted but ignore, to tell the user about.
+    pub warnings: Vec<String>,
+}
+
+/// Splits a lower-layer list on `:` (topmost first), honouring `\:` as a literal colon.
+pub fn split_layers(s: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if matches!(chars.peek(), Some(':') | Some('\\')) => {
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                }
+            }
+            ':' => {
+                if !cur.is_empty() {
+                    out.push(PathBuf::from(std::mem::take(&mut cur)));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        out.push(PathBuf::from(cur));
+    }
+    out
+}
+
+/// Splits one `-o` argument on commas, keeping `\,` as a literal comma.
+fn split_options(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek() == Some(&',') => {
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                }
+            }
+            ',' => out.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out
+}
+
+/// Generic mount(8) options that mean nothing to a union: accepted silently.
+const GENERIC: &[&str] = &[
+    "defaults",
+    "exec",
+    "noexec",
+    "atime",
+    "noatime",
+    "relatime",
+    "strictatime",
+    "nodiratime",
+    "diratime",
+    "lazytime",
+    "sync",
+    "async",
+    "dirsync",
+    "auto",
+    "noauto",
+    "user",
+    "users",
+    "nouser",
+    "nofail",
+    "_netdev",
+    "default_permissions",
+    "auto_unmount",
+    "allow_root",
+    "mand",
+    "nomand",
+    "silent",
+    "loud",
+    "iversion",
+    "noiversion",
+];
+
+/// Parses `args` (without the program name) into an invocation.
+pub fn parse_args(args: Args) -> Result<Invocation> {
+    let mut lowers: Option<Vec<PathBuf>> = None;
+    let mut upper = None;
+    let mut workdir = None;
+    let mut warnings = Vec::new();
+    let mut cfg = MountConfig::new(Vec::new(), None);
+    if let Some(t) = args.threads {
+        cfg.threads = t;
+    }
+    for opt in args.options.iter().flat_map(|o| split_options(o)) {
+        let (key, val) = match opt.split_once('=') {
+            Some((k, v)) => (k.to_string(), Some(v.to_string())),
+            None => (opt.clone(), None),
+        };
+        let need = |v: Option<String>| {
+            v.filter(|s| !s.is_empty())
+                .ok_or_else(|| Error::new(format!("option {key}= needs a value, e.g. {key}=/path")))
+        };
+        match key.as_str() {
+            "" => {}
+            "lowerdir" => lowers = Some(split_layers(&need(val)?)),
+            "upperdir" => upper = Some(PathBuf::from(need(val)?)),
+            "workdir" => workdir = Some(PathBuf::from(need(val)?)),
+            "ro" => cfg.read_only = true,
+            "rw" => cfg.read_only = false,
+            "dev" => cfg.dev = true,
+            "nodev" => cfg.dev = false,
+            "suid" => cfg.suid = true,
+            "nosuid" => cfg.suid = false,
+            "allow_other" => cfg.allow_other = true,
+            "fsname" => cfg.fsname = need(val)?,
+            "timeout" | "entry_timeout" | "attr_timeout" => {
+                let v = need(val)?;
+                let secs: f64 = v
+                    .parse()
+                    .map_err(|_| Error::new(format!("{key}={v}: give seconds, e.g. {key}=3600")))?;
+                cfg.ttl = std::time::Duration::from_secs_f64(secs.max(0.0));
+            }
+            "subtype" => {}
+            "threads" => {
+                let v = need(val)?;
+                cfg.threads = v.parse().map_err(|_| {
+                    Error::new(format!("threads={v}: give a whole number, e.g. threads=8"))
+                })?;
+            }
+            k if GENERIC.contains(&k) || k.starts_with("x-") => {}
+            k => warnings.push(format!(
+                "ignoring unknown mount option '{}'",
+                if val.is_some() { opt.as_str() } else { k }
+            )),
+        }
+    }
+    let pos = args.positional;
+    let (config_lowers, config_upper, mountpoint) = match lowers {
+        Some(l) => {
+            let mnt = match pos.len() {
+                1 => pos[0].clone(),
+                2 => pos[1].clone(), // SOURCE MNT, as mount.fuse3 calls us
+                0 => {
+                    return Err(Error::new(
+                        "missing mount point: unionfs-mount -o lowerdir=... MNT",
+                    ))
+                }
+                _ => {
+                    return Err(Error::new(
+                        "too many arguments: with -o lowerdir= give only [SOURCE] MNT",
+                    ))
+                }
+            };
+            (l, upper, mnt)
+        }
+        None => {
+            if upper.is_some() {
+                return Err(Error::new(
+                    "upperdir= given without lowerdir=: add -o lowerdir=L1:L2",
+                ));
+            }
+            match pos.len() {
+                2 => (
+                    split_layers(&pos[0].to_string_lossy()),
+                    None,
+                    pos[1].clone(),
+                ),
+                3 => (
+                    split_layers(&pos[0].to_string_lossy()),
+                    Some(pos[1].clone()),
+                    pos[2].clone(),
+                ),
+                _ => {
+                    return Err(Error::new(
+                        "expected LOWER1:LOWER2:... [UPPER] MNT (or -o lowerdir=...); \
+                         see unionfs-mount --help",
+                    ))
+                }
+            }
+        }
+    };
+    if config_lowers.is_empty() {
+        return Err(Error::new(
+            "no lower layer given: name at least one directory (L1:L2:... or -o lowerdir=)",
+        ));
+    }
+    if workdir.is_some() && config_upper.is_none() {
+        warnings.push("workdir= ignored: there is no upperdir (read-only union)".into());
+        workdir = None;
+    }
+    cfg.lowers = config_lowers;
+    cfg.upper = config_upper;
+    cfg.workdir = workdir;
+    Ok(Invocation {
+        config: cfg,
+        mountpoint,
+        foreground: args.foreground || args.debug,
+        debug: args.debug,
+        pid_file: args.pid_file,
+        watchdog: !args.no_watchdog,
+        warnings,
+    })
+}
+
+/// Parses a full argument vector (program name first).
+pub fn parse<I: IntoIterator<Item = OsString>>(argv: I) -> std::result::Result<Args, clap::Error> {
+    Args::try_parse_from(argv)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inv(args: &[&str]) -> Result<Invocation> {
+        let mut v = vec!["unionfs-mount".to_string()];
+        v.extend(args.iter().map(|s| s.to_string()));
+        parse_args(parse(v.into_iter().map(OsString::from)).expect("clap"))
+    }
+
+    #[test]
+    fn colon_escapes_split_layers() {
+        assert_eq!(
+            split_layers("/a\\:b:/c"),
+            vec![PathBuf::from("/a:b"), PathBuf::from("/c")]
+        );
+        assert_eq!(
+            split_layers("/a::/b:"),
+            vec![PathBuf::from("/a"), PathBuf::from("/b")]
+        );
+    }
+
+    #[test]
+    fn positional_form() {
+        let i = inv(&["/l1:/l2", "/u", "/m"]).unwrap();
+        assert_eq!(
+            i.config.lowers,
+            vec![PathBuf::from("/l1"), PathBuf::from("/l2")]
+        );
+        assert_eq!(i.config.upper, Some(PathBuf::from("/u")));
+        assert_eq!(i.mountpoint, PathBuf::from("/m"));
+        let ro = inv(&["/l1", "/m"]).unwrap();
+        assert!(ro.config.upper.is_none());
+    }
+
+    #[test]
+    fn podman_form_with_trailing_comma_and_volatile() {
+        let i = inv(&[
+            "-o",
+            "lowerdir=/a:/b,upperdir=/u,workdir=/w,,volatile",
+            "/m",
+        ])
+        .unwrap();
+        assert_eq!(i.config.lowers.len(), 2);
+        assert_eq!(i.config.workdir, Some(PathBuf::from("/w")));
+        assert_eq!(i.warnings.len(), 1, "{:?}", i.warnings);
+    }
+
+    #[test]
+    fn mount_fuse3_form_with_generic_options() {
+        let i = inv(&[
+            "unionfs",
+            "/m",
+            "-o",
+            "rw,dev,suid,noatime,lowerdir=/a,upperdir=/u",
+        ])
+        .unwrap();
+        assert_eq!(i.mountpoint, PathBuf::from("/m"));
+        assert!(i.config.dev);
+        assert!(i.warnings.is_empty());
+    }
+
+    #[test]
+    fn bad_inputs_say_what_to_do() {
+        let e = inv(&["/m"]).unwrap_err().to_string();
+        assert!(e.contains("LOWER1"), "{e}");
+        let e = inv(&["-o", "lowerdir=", "/m"]).unwrap_err().to_string();
+        assert!(e.contains("needs a value"), "{e}");
+        let e = inv(&["-o", "threads=x,lowerdir=/a", "/m"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("whole number"), "{e}");
+    }
+}

@@ -1,1 +1,36 @@
-fn main(){}
+//! `unionfs-mount`: mount a union of layers (see `unionfs-mount --help`).
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args = match unionfs::options::parse(std::env::args_os()) {
+        Ok(a) => a,
+        Err(e) => e.exit(),
+    };
+    let level = if args.debug { "debug" } else { "warn" };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
+    if let Some(mnt) = &args.cleanup {
+        return match unionfs::mount::cleanup(mnt) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => {
+                eprintln!(
+                    "unionfs-mount: {} is not mounted: nothing to clean up",
+                    mnt.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("unionfs-mount: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let inv = match unionfs::options::parse_args(args) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("unionfs-mount: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    ExitCode::from(unionfs::daemon::run(inv) as u8)
+}

@@ -1,1 +1,1294 @@
-//! The FUSE adapter.
+//! The FUSE adapter: turns kernel requests into calls on the layer model ([`crate::layer`]),
+//! keeps the inode and handle tables, and maps errors to errno. No layer rule lives here.
+
+pub mod attr;
+pub mod handle;
+pub mod inode;
+
+use std::ffi::{CString, OsStr};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{
+    FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use log::{debug, warn};
+
+use crate::layer::ops::{self, NewKind, Owner, RenameMode};
+use crate::layer::readdir;
+use crate::layer::readdir::MergedEntry;
+use crate::layer::resolve::{self, DirSet, Found};
+use crate::layer::stack::join;
+use crate::layer::whiteout;
+use crate::layer::{LayerIdx, Stack};
+use crate::sys::{self, Errno, SysResult};
+use handle::{Handles, OpenDir, OpenFile};
+use inode::{Inodes, Node, ROOT, XATTRS_NONE, XATTRS_SOME, XATTRS_UNKNOWN};
+use std::sync::atomic::Ordering;
+
+/// Tunables of the FUSE adapter.
+#[derive(Debug, Clone)]
+pub struct FsOptions {
+    /// How long the kernel may cache attributes and entries (layers change only through us).
+    pub ttl: Duration,
+}
+
+impl Default for FsOptions {
+    fn default() -> Self {
+        FsOptions {
+            ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// The union filesystem served over FUSE.
+#[derive(Debug)]
+pub struct UnionFs {
+    stack: Arc<Stack>,
+    inodes: Inodes,
+    handles: Handles,
+    opts: FsOptions,
+}
+
+/// A node with its location resolved for one request.
+struct Ctx {
+    node: Arc<Node>,
+    rel: Vec<u8>,
+    layer: LayerIdx,
+    dir_layers: Vec<LayerIdx>,
+}
+
+fn fe(e: Errno) -> fuser::Errno {
+    fuser::Errno::from_i32(e as i32)
+}
+
+fn name_bytes(name: &OsStr) -> &[u8] {
+    name.as_bytes()
+}
+
+impl UnionFs {
+    /// A filesystem over `stack`.
+    pub fn new(stack: Arc<Stack>, opts: FsOptions) -> Self {
+        let root = resolve::root_layers(&stack);
+        UnionFs {
+            stack,
+            inodes: Inodes::new(root),
+            handles: Handles::default(),
+            opts,
+        }
+    }
+
+    /// The layer stack.
+    pub fn stack(&self) -> &Arc<Stack> {
+        &self.stack
+    }
+
+    fn ctx(&self, ino: u64) -> SysResult<Ctx> {
+        self.ctx_depth(ino, 0)
+    }
+
+    fn ctx_depth(&self, ino: u64, depth: u32) -> SysResult<Ctx> {
+        if depth > 4096 {
+            return Err(Errno::ELOOP);
+        }
+        let node = self.inodes.get(ino)?;
+        if ino != ROOT && node.state.read().epoch != self.inodes.epoch() {
+            self.refresh(&node, depth)?;
+        }
+        let rel = self.inodes.rel_path(ino)?;
+        let st = node.state.read();
+        let (layer, dir_layers) = (st.layer, st.dir_layers.clone());
+        drop(st);
+        Ok(Ctx {
+            node,
+            rel,
+            layer,
+            dir_layers,
+        })
+    }
+
+    /// Re-resolves a node whose layer state predates a bulk change (see `Inodes::bump_epoch`).
+    fn refresh(&self, node: &Arc<Node>, depth: u32) -> SysResult<()> {
+        let (parent, name) = self.inodes.primary(node.ino)?;
+        let p = self.ctx_depth(parent, depth + 1)?;
+        let set = DirSet::open(&self.stack, &p.rel, &p.dir_layers)?;
+        let mut found = resolve::lookup(&self.stack, &set, &name)?.ok_or(Errno::ENOENT)?;
+        if let Some(f) = ops::adopt_indexed(&self.stack, &p.rel, &name, &found)? {
+            found = f;
+        }
+        let mut st = node.state.write();
+        st.layer = found.layer;
+        st.dir_layers = found.dir_layers;
+        st.epoch = self.inodes.epoch();
+        st.nlink = None;
+        Ok(())
+    }
+
+    fn dir_ctx(&self, ino: u64) -> SysResult<(Ctx, DirSet)> {
+        let c = self.ctx(ino)?;
+        if !c.node.is_dir() {
+            return Err(Errno::ENOTDIR);
+        }
+        let set = DirSet::open(&self.stack, &c.rel, &c.dir_layers)?;
+        Ok((c, set))
+    }
+
+    /// Attributes of a layer file as the union shows them (`dir_nlink` for merged dirs).
+    fn attr(&self, ino: u64, st: &libc::stat, dir_nlink: Option<u32>) -> FileAttr {
+        let nlink = dir_nlink.or_else(|| Some(self.stack.view_nlink(ino, st)));
+        attr::from_stat(ino, st, nlink)
+    }
+
+    fn stat_of(&self, c: &Ctx) -> SysResult<FileAttr> {
+        let fd = self.stack.open_rel(c.layer, &c.rel, libc::O_PATH)?;
+        let st = sys::fstat(fd.as_fd())?;
+        let nlink = if c.node.is_dir() {
+            Some(self.dir_nlink(c, &st)?)
+        } else {
+            None
+        };
+        Ok(self.attr(c.node.ino, &st, nlink))
+    }
+
+    /// st_nlink of a directory: 2 + merged subdirectories (computed only for merged ones).
+    fn dir_nlink(&self, c: &Ctx, st: &libc::stat) -> SysResult<u32> {
+        if c.dir_layers.len() <= 1 && c.node.ino != ROOT {
+            return Ok(st.st_nlink as u32);
+        }
+        if let Some(n) = c.node.state.read().nlink {
+            return Ok(n);
+        }
+        let set = DirSet::open(&self.stack, &c.rel, &c.dir_layers)?;
+        let n = 2 + readdir::count_subdirs(&self.stack, &set, c.rel.is_empty())?;
+        c.node.state.write().nlink = Some(n);
+        Ok(n)
+    }
+
+    fn attr_of_found(&self, ino: u64, rel: &[u8], f: &Found) -> SysResult<FileAttr> {
+        let nlink = if f.is_dir() && f.dir_layers.len() > 1 {
+            let set = DirSet::open(&self.stack, rel, &f.dir_layers)?;
+            Some(2 + readdir::count_subdirs(&self.stack, &set, false)?)
+        } else {
+            None
+        };
+        Ok(self.attr(ino, &f.st, nlink))
+    }
+
+    /// Registers a found entry as a kernel-referenced node and builds its attributes.
+    fn remember(&self, parent: u64, prel: &[u8], name: &[u8], f: &Found) -> SysResult<FileAttr> {
+        let adopted = ops::adopt_indexed(&self.stack, prel, name, f)?;
+        if adopted.is_some() {
+            self.inodes.mark_upper_chain(parent);
+        }
+        let f = adopted.as_ref().unwrap_or(f);
+        let kind = f.st.st_mode & libc::S_IFMT;
+        self.inodes
+            .upsert(f.ino, kind, parent, name, f.layer, f.dir_layers.clone(), 1);
+        self.attr_of_found(f.ino, &join(prel, name), f)
+    }
+
+    fn do_lookup(&self, parent: u64, name: &[u8]) -> SysResult<Option<FileAttr>> {
+        if whiteout::is_hidden(name) {
+            return Ok(None);
+        }
+        let (p, set) = self.dir_ctx(parent)?;
+        match resolve::lookup(&self.stack, &set, name)? {
+            Some(f) => self.remember(parent, &p.rel, name, &f).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Copies a node up into the upper (once, whoever asks first).
+    fn ensure_upper(&self, node: &Arc<Node>, with_data: bool) -> SysResult<()> {
+        if !self.stack.has_upper {
+            return Err(Errno::EROFS);
+        }
+        if node.state.read().layer == 0 && node.state.read().epoch == self.inodes.epoch() {
+            return Ok(());
+        }
+        let _guard = node.copy_lock.lock();
+        let c = self.ctx(node.ino)?;
+        if c.layer == 0 {
+            return Ok(());
+        }
+        let (parent, name) = self.inodes.primary(node.ino)?;
+        let prel = self.inodes.rel_path(parent)?;
+        ops::copy_up(&self.stack, &prel, &name, c.layer, node.is_dir(), with_data)?;
+        self.inodes.mark_upper_chain(node.ino);
+        Ok(())
+    }
+
+    fn entry_reply(&self, reply: ReplyEntry, r: SysResult<FileAttr>) {
+        match r {
+            Ok(a) => reply.entry(&self.opts.ttl, &a, Generation(0)),
+            Err(e) => reply.error(fe(e)),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn do_create(
+        &self,
+        req: &Request,
+        parent: u64,
+        name: &[u8],
+        kind: NewKind,
+        mode: u32,
+        umask: u32,
+    ) -> SysResult<(FileAttr, Option<OwnedFd>)> {
+        let (p, set) = self.dir_ctx(parent)?;
+        let owner = Owner {
+            uid: req.uid(),
+            gid: req.gid(),
+            umask,
+        };
+        let (found, fd) = ops::create(&self.stack, &p.rel, &set, name, &kind, mode, owner)?;
+        self.inodes.mark_upper_chain(parent);
+        let a = self.remember(parent, &p.rel, name, &found)?;
+        Ok((a, fd))
+    }
+
+    /// Some open handle of `ino`: the only way left to reach a file whose names are all gone.
+    fn any_open(&self, ino: u64) -> Option<Arc<OpenFile>> {
+        self.handles
+            .files
+            .iter()
+            .find(|f| f.ino == ino)
+            .map(|f| Arc::clone(f.value()))
+    }
+
+    fn open_file(&self, ino: u64, flags: i32) -> SysResult<(u64, FopenFlags)> {
+        let node = self.inodes.get(ino)?;
+        let acc = flags & libc::O_ACCMODE;
+        let writable = acc != libc::O_RDONLY;
+        let clean = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_DIRECT);
+        let opened = (|| {
+            if writable || flags & libc::O_TRUNC != 0 {
+                // An O_TRUNC open throws the data away: copy none of it.
+                self.ensure_upper(&node, flags & libc::O_TRUNC == 0)?;
+            }
+            let c = self.ctx(ino)?;
+            let fd = self.stack.open_rel(c.layer, &c.rel, clean)?;
+            Ok((fd, self.stack.is_upper(c.layer)))
+        })();
+        let (fd, in_upper) = match opened {
+            Ok(v) => v,
+            // Unlinked but still open (e.g. reopened through /proc/PID/fd): reopen that file.
+            Err(Errno::ENOENT) => match self.any_open(ino) {
+                Some(f) if f.in_upper || !writable => (
+                    sys::reopen(f.fd.as_fd(), clean & !libc::O_TRUNC)?,
+                    f.in_upper,
+                ),
+                _ => return Err(Errno::ENOENT),
+            },
+            Err(e) => return Err(e),
+        };
+        let fh = self.handles.next_id();
+        self.handles.files.insert(
+            fh,
+            Arc::new(OpenFile {
+                fd,
+                ino,
+                writable,
+                in_upper,
+            }),
+        );
+        // Every change to file data goes through this mount, so the page cache stays valid
+        // across opens.
+        Ok((fh, FopenFlags::FOPEN_KEEP_CACHE))
+    }
+
+    /// The merged listing: names, types and layers only. Attributes are looked up lazily for
+    /// the entries readdirplus actually sends, so `find` on a cold tree never stats files.
+    fn snapshot(&self, ino: u64) -> SysResult<Vec<MergedEntry>> {
+        let (c, set) = self.dir_ctx(ino)?;
+        readdir::list(&self.stack, &set, c.rel.is_empty())
+    }
+
+    fn dir_entries(&self, ino: u64, fh: u64, offset: u64) -> SysResult<Arc<Vec<MergedEntry>>> {
+        let d = self.handles.dir(fh).ok_or(Errno::EBADF)?;
+        let mut guard = d.entries.lock();
+        // A read from offset 0 is a (re)wind: take a fresh snapshot.
+        if offset == 0 || guard.is_none() {
+            *guard = Some(Arc::new(self.snapshot(ino)?));
+        }
+        guard.as_ref().map(Arc::clone).ok_or(Errno::EIO)
+    }
+
+    fn parent_of(&self, ino: u64) -> u64 {
+        if ino == ROOT {
+            return ROOT;
+        }
+        self.inodes.primary(ino).map(|(p, _)| p).unwrap_or(ROOT)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn do_setattr(
+        &self,
+        ino: u64,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        fh: Option<FileHandle>,
+    ) -> SysResult<FileAttr> {
+        let node = self.inodes.get(ino)?;
+        let open = fh.and_then(|f| self.handles.file(f.0));
+        // A file opened for writing already lives in the upper: use its fd (it may be unlinked).
+        let mut via_fd = open.filter(|f| f.writable);
+        let target: OwnedFd = match &via_fd {
+            Some(f) => f.fd.try_clone().map_err(|_| Errno::EMFILE)?,
+            None => {
+                let by_path = self
+                    .ensure_upper(&node, size != Some(0))
+                    .and_then(|_| self.ctx(ino))
+                    .and_then(|c| self.stack.open_rel(0, &c.rel, libc::O_PATH));
+                match by_path {
+                    Ok(fd) => fd,
+                    // All names gone: an open handle is the file (fchmod on an unlinked file).
+                    Err(Errno::ENOENT) => {
+                        let f = self
+                            .any_open(ino)
+                            .filter(|f| f.in_upper)
+                            .ok_or(Errno::ENOENT)?;
+                        let fd = f.fd.try_clone().map_err(|_| Errno::EMFILE)?;
+                        if f.writable {
+                            via_fd = Some(f);
+                        }
+                        fd
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        let is_link = node.kind == libc::S_IFLNK;
+        if uid.is_some() || gid.is_some() {
+            sys::fchown_fd(target.as_fd(), uid, gid)?;
+        }
+        if let Some(m) = mode {
+            if !is_link {
+                sys::fchmod_fd(target.as_fd(), m & 0o7777)?;
+            }
+        }
+        if let Some(sz) = size {
+            match &via_fd {
+                Some(f) => sys::ftruncate(f.fd.as_fd(), sz)?,
+                None => {
+                    let w = sys::reopen(target.as_fd(), libc::O_WRONLY)?;
+                    sys::ftruncate(w.as_fd(), sz)?;
+                }
+            }
+        }
+        if atime.is_some() || mtime.is_some() {
+            let times = [attr::timespec(atime), attr::timespec(mtime)];
+            if is_link {
+                let (parent, name) = self.inodes.primary(ino)?;
+                let prel = self.inodes.rel_path(parent)?;
+                let pfd = self
+                    .stack
+                    .open_rel(0, &prel, libc::O_PATH | libc::O_DIRECTORY)?;
+                let cname = CString::new(name).map_err(|_| Errno::EINVAL)?;
+                sys::utimensat(pfd.as_fd(), &cname, &times)?;
+            } else {
+                sys::utimens_fd(target.as_fd(), &times)?;
+            }
+        }
+        let st = sys::fstat(target.as_fd())?;
+        let nlink = if node.is_dir() {
+            let c = self.ctx(ino)?;
+            Some(self.dir_nlink(&c, &st)?)
+        } else {
+            None
+        };
+        Ok(self.attr(ino, &st, nlink))
+    }
+
+    fn do_rename(
+        &self,
+        parent: u64,
+        name: &[u8],
+        newparent: u64,
+        newname: &[u8],
+        flags: RenameFlags,
+    ) -> SysResult<()> {
+        if flags.contains(RenameFlags::RENAME_WHITEOUT) {
+            return Err(Errno::EINVAL);
+        }
+        let mode = RenameMode {
+            noreplace: flags.contains(RenameFlags::RENAME_NOREPLACE),
+            exchange: flags.contains(RenameFlags::RENAME_EXCHANGE),
+        };
+        let (sp, sset) = self.dir_ctx(parent)?;
+        let (dp, dset) = self.dir_ctx(newparent)?;
+        let (src, dst) = ops::rename(
+            &self.stack,
+            &sp.rel,
+            &sset,
+            name,
+            &dp.rel,
+            &dset,
+            newname,
+            mode,
+        )?;
+        let moved_tree = |f: &Found| f.is_dir() && f.dir_layers.iter().any(|l| *l != 0);
+        if moved_tree(&src) || dst.as_ref().is_some_and(moved_tree) {
+            // Whole trees moved into the upper: every node re-resolves on next use.
+            self.inodes.bump_epoch();
+        }
+        self.inodes.mark_upper_chain(parent);
+        self.inodes.mark_upper_chain(newparent);
+        if mode.exchange {
+            if let Some(d) = &dst {
+                self.inodes
+                    .move_alias(d.ino, newparent, newname, parent, name);
+            }
+        } else if let Some(d) = &dst {
+            if d.ino != src.ino {
+                self.inodes.drop_alias(d.ino, newparent, newname);
+            }
+        }
+        if dst.as_ref().is_none_or(|d| d.ino != src.ino) || mode.exchange {
+            self.inodes
+                .move_alias(src.ino, parent, name, newparent, newname);
+        }
+        if let Ok(n) = self.inodes.get(src.ino) {
+            let mut st = n.state.write();
+            st.layer = 0;
+            if n.is_dir() {
+                st.dir_layers = vec![0];
+            }
+        }
+        if let Some(d) = &dst {
+            if mode.exchange {
+                if let Ok(n) = self.inodes.get(d.ino) {
+                    let mut st = n.state.write();
+                    st.layer = 0;
+                    if n.is_dir() {
+                        st.dir_layers = vec![0];
+                    }
+                }
+            }
+        }
+        self.inodes.invalidate_nlink(parent);
+        self.inodes.invalidate_nlink(newparent);
+        Ok(())
+    }
+
+    /// Copies a node up and applies an xattr change to its upper copy.
+    fn change_xattr(
+        &self,
+        ino: u64,
+        name: &OsStr,
+        f: impl FnOnce(sys::At<'_>, &CString) -> SysResult<()>,
+    ) -> SysResult<()> {
+        let n = name_bytes(name);
+        if whiteout::is_internal_xattr(n) {
+            return Err(Errno::EPERM);
+        }
+        let node = self.inodes.get(ino)?;
+        self.ensure_upper(&node, true)?;
+        let t = self.xattr_target(ino)?;
+        let c = CString::new(n).map_err(|_| Errno::EINVAL)?;
+        let r = f(t.at(), &c);
+        node.xattrs.store(XATTRS_UNKNOWN, Ordering::Release);
+        r
+    }
+
+    /// Where a node's xattrs live: (its parent dir in its layer, its name), or the root itself.
+    fn xattr_target(&self, ino: u64) -> SysResult<XTarget> {
+        let c = self.ctx(ino)?;
+        if ino == ROOT {
+            let dir = self
+                .stack
+                .open_rel(c.layer, b"", libc::O_PATH | libc::O_DIRECTORY)?;
+            return Ok(XTarget {
+                dir,
+                name: c".".to_owned(),
+            });
+        }
+        let (parent, name) = self.inodes.primary(ino)?;
+        let prel = self.inodes.rel_path(parent)?;
+        let dir = self
+            .stack
+            .open_rel(c.layer, &prel, libc::O_PATH | libc::O_DIRECTORY)?;
+        Ok(XTarget {
+            dir,
+            name: CString::new(name).map_err(|_| Errno::EINVAL)?,
+        })
+    }
+}
+
+/// An object for xattr calls: a directory fd and a name in it.
+struct XTarget {
+    dir: OwnedFd,
+    name: CString,
+}
+
+impl XTarget {
+    fn at(&self) -> sys::At<'_> {
+        sys::At::new(self.dir.as_fd(), &self.name)
+    }
+}
+
+fn empty_reply(reply: ReplyEmpty, r: SysResult<()>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(fe(e)),
+    }
+}
+
+fn reply_xattr(reply: ReplyXattr, size: u32, data: SysResult<Vec<u8>>) {
+    match data {
+        Ok(v) if size == 0 => reply.size(v.len() as u32),
+        Ok(v) if v.len() > size as usize => reply.error(fuser::Errno::ERANGE),
+        Ok(v) => reply.data(&v),
+        Err(e) => reply.error(fe(e)),
+    }
+}
+
+fn read_xattr(t: &XTarget, name: &CString) -> SysResult<Vec<u8>> {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        match sys::getxattr(t.at(), name, &mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            Err(Errno::ERANGE) if buf.len() < (1 << 20) => {
+                let need = sys::getxattr(t.at(), name, &mut [])?;
+                buf.resize(need.max(buf.len() * 2), 0);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn list_xattrs(t: &XTarget) -> SysResult<Vec<u8>> {
+    let mut buf = vec![0u8; 4096];
+    let n = loop {
+        match sys::listxattr(t.at(), &mut buf) {
+            Ok(n) => break n,
+            Err(Errno::ERANGE) if buf.len() < (1 << 20) => {
+                let need = sys::listxattr(t.at(), &mut [])?;
+                buf.resize(need.max(buf.len() * 2), 0);
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let mut out = Vec::with_capacity(n);
+    for name in buf[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        if !whiteout::is_internal_xattr(name) {
+            out.extend_from_slice(name);
+            out.push(0);
+        }
+    }
+    Ok(out)
+}
+
+impl Filesystem for UnionFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let want = InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            | InitFlags::FUSE_AUTO_INVAL_DATA
+            | InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            // O_TRUNC arrives with the open, so copy-up can skip the data it would discard.
+            | InitFlags::FUSE_ATOMIC_O_TRUNC
+            // ACLs checked and cached by the kernel; umask left to us so default ACLs work.
+            | InitFlags::FUSE_POSIX_ACL
+            | InitFlags::FUSE_DONT_MASK;
+        let supported = config.capabilities() & want;
+        if let Err(missing) = config.add_capabilities(supported) {
+            warn!("kernel refused FUSE capabilities {missing:?}");
+        }
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_readahead(1 << 20);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.do_lookup(parent.0, name_bytes(name)) {
+            Ok(Some(a)) => reply.entry(&self.opts.ttl, &a, Generation(0)),
+            Ok(None) => {
+                // A negative entry: repeated stats of a missing name stay in the kernel.
+                let mut a = attr::from_stat(0, &zero_stat(), None);
+                a.ino = INodeNo(0);
+                reply.entry(&self.opts.ttl, &a, Generation(0));
+            }
+            Err(e) => reply.error(fe(e)),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.inodes.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let r = (|| {
+            if let Some(f) = fh.and_then(|f| self.handles.file(f.0)) {
+                let st = sys::fstat(f.fd.as_fd())?;
+                return Ok(self.attr(ino.0, &st, None));
+            }
+            match self.ctx(ino.0).and_then(|c| self.stat_of(&c)) {
+                Err(Errno::ENOENT) => {
+                    let f = self.any_open(ino.0).ok_or(Errno::ENOENT)?;
+                    let st = sys::fstat(f.fd.as_fd())?;
+                    Ok(self.attr(ino.0, &st, None))
+                }
+                r => r,
+            }
+        })();
+        match r {
+            Ok(a) => reply.attr(&self.opts.ttl, &a),
+            Err(e) => reply.error(fe(e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<std::time::SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<std::time::SystemTime>,
+        _chgtime: Option<std::time::SystemTime>,
+        _bkuptime: Option<std::time::SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        match self.do_setattr(ino.0, mode, uid, gid, size, atime, mtime, fh) {
+            Ok(a) => reply.attr(&self.opts.ttl, &a),
+            Err(e) => reply.error(fe(e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let r = (|| {
+            let c = self.ctx(ino.0)?;
+            let fd = self.stack.open_rel(c.layer, &c.rel, libc::O_PATH)?;
+            sys::readlinkat(fd.as_fd(), c"")
+        })();
+        match r {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(fe(e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let kind = if mode & libc::S_IFMT == libc::S_IFREG {
+            NewKind::File {
+                flags: libc::O_WRONLY,
+            }
+        } else {
+            NewKind::Node { rdev: rdev as u64 }
+        };
+        let r = self
+            .do_create(req, parent.0, name_bytes(name), kind, mode, umask)
+            .map(|(a, _)| a);
+        self.entry_reply(reply, r);
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let r = self
+            .do_create(req, parent.0, name_bytes(name), NewKind::Dir, mode, umask)
+            .map(|(a, _)| a);
+        self.inodes.invalidate_nlink(parent.0);
+        self.entry_reply(reply, r);
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.remove(parent.0, name_bytes(name), false, reply);
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.remove(parent.0, name_bytes(name), true, reply);
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let kind = NewKind::Symlink(target.as_os_str().as_bytes().to_vec());
+        let r = self
+            .do_create(
+                req,
+                parent.0,
+                name_bytes(link_name),
+                kind,
+                libc::S_IFLNK | 0o777,
+                0,
+            )
+            .map(|(a, _)| a);
+        self.entry_reply(reply, r);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        empty_reply(
+            reply,
+            self.do_rename(
+                parent.0,
+                name_bytes(name),
+                newparent.0,
+                name_bytes(newname),
+                flags,
+            ),
+        )
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let r = (|| {
+            let newname = name_bytes(newname);
+            let node = self.inodes.get(ino.0)?;
+            let c = self.ctx(ino.0)?;
+            let (sparent, sname) = self.inodes.primary(ino.0)?;
+            let sprel = self.inodes.rel_path(sparent)?;
+            let (dp, dset) = self.dir_ctx(newparent.0)?;
+            let src = Found {
+                layer: c.layer,
+                st: {
+                    let fd = self.stack.open_rel(c.layer, &c.rel, libc::O_PATH)?;
+                    sys::fstat(fd.as_fd())?
+                },
+                ino: ino.0,
+                dir_layers: Vec::new(),
+            };
+            let _guard = node.copy_lock.lock();
+            ops::link(&self.stack, &sprel, &sname, &src, &dp.rel, &dset, newname)?;
+            drop(_guard);
+            self.inodes.mark_upper_chain(ino.0);
+            self.inodes.mark_upper_chain(newparent.0);
+            let set = DirSet::open(&self.stack, &dp.rel, &[0])?;
+            let f = resolve::lookup(&self.stack, &set, newname)?.ok_or(Errno::ENOENT)?;
+            let mut f = f;
+            f.ino = ino.0; // one inode, whatever number the layer gives the new name
+            self.remember(newparent.0, &dp.rel, newname, &f)
+        })();
+        self.entry_reply(reply, r);
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.open_file(ino.0, flags.0) {
+            Ok((fh, f)) => reply.opened(FileHandle(fh), f),
+            Err(e) => reply.error(fe(e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let Some(f) = self.handles.file(fh.0) else {
+            return reply.error(fuser::Errno::EBADF);
+        };
+        let mut buf = vec![0u8; size as usize];
+        let mut got = 0;
+        while got < buf.len() {
+            match sys::pread(f.fd.as_fd(), &mut buf[got..], offset + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) => return reply.error(fe(e)),
+            }
+        }
+        reply.data(&buf[..got]);
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let Some(f) = self.handles.file(fh.0) else {
+            return reply.error(fuser::Errno::EBADF);
+        };
+        let mut done = 0;
+        while done < data.len() {
+            match sys::pwrite(f.fd.as_fd(), &data[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if done == 0 => return reply.error(fe(e)),
+                Err(_) => break,
+            }
+        }
+        reply.written(done as u32);
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.handles.files.remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.handles.file(fh.0) {
+            Some(f) => match sys::fsync(f.fd.as_fd(), datasync) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(fe(e)),
+            },
+            None => reply.error(fuser::Errno::EBADF),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.inodes.get(ino.0) {
+            Ok(n) if n.is_dir() => {
+                let fh = self.handles.next_id();
+                self.handles.dirs.insert(fh, Arc::new(OpenDir::default()));
+                // The kernel may cache listings: every change to a directory passes through it.
+                let flags = FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE;
+                reply.opened(FileHandle(fh), flags);
+            }
+            Ok(_) => reply.error(fuser::Errno::ENOTDIR),
+            Err(e) => reply.error(fe(e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let entries = match self.dir_entries(ino.0, fh.0, offset) {
+            Ok(e) => e,
+            Err(e) => return reply.error(fe(e)),
+        };
+        // Offsets: 1 is ".", 2 is "..", 3 + i is entry i.
+        let mut off = offset;
+        if off == 0 {
+            if reply.add(ino, 1, FileType::Directory, ".") {
+                return reply.ok();
+            }
+            off = 1;
+        }
+        if off == 1 {
+            let p = self.parent_of(ino.0);
+            if reply.add(INodeNo(p), 2, FileType::Directory, "..") {
+                return reply.ok();
+            }
+            off = 2;
+        }
+        let set = match self.dir_ctx(ino.0) {
+            Ok((_, set)) => set,
+            Err(e) => return reply.error(fe(e)),
+        };
+        for (i, e) in entries.iter().enumerate().skip((off - 2) as usize) {
+            let kind = attr::file_type(dtype_mode(e.dtype));
+            let d_ino = e.union_ino(&self.stack, &set);
+            if reply.add(
+                INodeNo(d_ino),
+                3 + i as u64,
+                kind,
+                OsStr::from_bytes(&e.name),
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let r = (|| {
+            let entries = self.dir_entries(ino.0, fh.0, offset)?;
+            let (c, set) = self.dir_ctx(ino.0)?;
+            Ok::<_, Errno>((entries, c, set))
+        })();
+        let (entries, c, set) = match r {
+            Ok(v) => v,
+            Err(e) => return reply.error(fe(e)),
+        };
+        let ttl = self.opts.ttl;
+        // Same offsets as readdir (the kernel may switch between the two on one stream).
+        let mut off = offset;
+        if off < 2 {
+            let dir_attr = match self.stat_of(&c) {
+                Ok(a) => a,
+                Err(e) => return reply.error(fe(e)),
+            };
+            let dots = [
+                (INodeNo(ino.0), 1u64, "."),
+                (INodeNo(self.parent_of(ino.0)), 2, ".."),
+            ];
+            for (dino, doff, dname) in dots.into_iter().skip(off as usize) {
+                let mut a = dir_attr;
+                a.ino = dino;
+                // The kernel does not instantiate "." and "..": no lookup is counted for them.
+                if reply.add(dino, doff, dname, &ttl, &a, Generation(0)) {
+                    return reply.ok();
+                }
+            }
+            off = 2;
+        }
+        for (i, e) in entries.iter().enumerate().skip((off - 2) as usize) {
+            // Every entry sent here counts as a lookup for the kernel: register it as one.
+            let found = match resolve::lookup(&self.stack, &set, &e.name) {
+                Ok(Some(f)) => f,
+                Ok(None) => continue, // removed since the listing was taken
+                Err(err) => {
+                    debug!("readdirplus: {:?}: {err}", OsStr::from_bytes(&e.name));
+                    continue;
+                }
+            };
+            let a = match self.remember(ino.0, &c.rel, &e.name, &found) {
+                Ok(a) => a,
+                Err(err) => {
+                    debug!("readdirplus: {:?}: {err}", OsStr::from_bytes(&e.name));
+                    continue;
+                }
+            };
+            if reply.add(
+                INodeNo(found.ino),
+                3 + i as u64,
+                OsStr::from_bytes(&e.name),
+                &ttl,
+                &a,
+                Generation(0),
+            ) {
+                // Not sent: take the lookup back.
+                self.inodes.forget(found.ino, 1);
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.handles.dirs.remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match sys::fstatvfs(self.stack.layers[0].fd.as_fd()) {
+            Ok(s) => reply.statfs(
+                s.f_blocks,
+                s.f_bfree,
+                s.f_bavail,
+                s.f_files,
+                s.f_ffree,
+                s.f_bsize as u32,
+                s.f_namemax as u32,
+                s.f_frsize as u32,
+            ),
+            Err(e) => reply.error(fe(e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let r = self.change_xattr(ino.0, name, |at, c| sys::setxattr(at, c, value, flags));
+        empty_reply(reply, r)
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let r = (|| {
+            let n = name_bytes(name);
+            if whiteout::is_internal_xattr(n) {
+                return Err(Errno::ENODATA);
+            }
+            let node = self.inodes.get(ino.0)?;
+            if node.xattrs.load(Ordering::Acquire) == XATTRS_NONE {
+                return Err(Errno::ENODATA);
+            }
+            let t = self.xattr_target(ino.0)?;
+            let c = CString::new(n).map_err(|_| Errno::EINVAL)?;
+            let r = read_xattr(&t, &c);
+            if r == Err(Errno::ENODATA) && node.xattrs.load(Ordering::Acquire) == XATTRS_UNKNOWN {
+                // One listing now saves a layer access for every later miss on this node.
+                let state = match list_xattrs(&t) {
+                    Ok(l) if l.is_empty() => XATTRS_NONE,
+                    _ => XATTRS_SOME,
+                };
+                node.xattrs.store(state, Ordering::Release);
+            }
+            r
+        })();
+        reply_xattr(reply, size, r);
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let r = (|| {
+            let node = self.inodes.get(ino.0)?;
+            if node.xattrs.load(Ordering::Acquire) == XATTRS_NONE {
+                return Ok(Vec::new());
+            }
+            let l = list_xattrs(&self.xattr_target(ino.0)?)?;
+            let state = if l.is_empty() {
+                XATTRS_NONE
+            } else {
+                XATTRS_SOME
+            };
+            node.xattrs.store(state, Ordering::Release);
+            Ok(l)
+        })();
+        reply_xattr(reply, size, r);
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let r = self.change_xattr(ino.0, name, |at, c| sys::removexattr(at, c));
+        empty_reply(reply, r)
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let clean = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_DIRECT);
+        let r = self.do_create(
+            req,
+            parent.0,
+            name_bytes(name),
+            NewKind::File { flags: clean },
+            mode,
+            umask,
+        );
+        match r {
+            Ok((a, Some(fd))) => {
+                let fh = self.handles.next_id();
+                let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
+                self.handles.files.insert(
+                    fh,
+                    Arc::new(OpenFile {
+                        fd,
+                        ino: a.ino.0,
+                        writable,
+                        in_upper: true,
+                    }),
+                );
+                reply.created(
+                    &self.opts.ttl,
+                    &a,
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::FOPEN_KEEP_CACHE,
+                );
+            }
+            Ok((_, None)) => reply.error(fuser::Errno::EIO),
+            Err(e) => reply.error(fe(e)),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        match self.handles.file(fh.0) {
+            Some(f) => match sys::fallocate(f.fd.as_fd(), mode, offset, length) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(fe(e)),
+            },
+            None => reply.error(fuser::Errno::EBADF),
+        }
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        match self.handles.file(fh.0) {
+            Some(f) => match sys::lseek(f.fd.as_fd(), offset, whence) {
+                Ok(o) => reply.offset(o),
+                Err(e) => reply.error(fe(e)),
+            },
+            None => reply.error(fuser::Errno::EBADF),
+        }
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: fuser::CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        let (Some(a), Some(b)) = (self.handles.file(fh_in.0), self.handles.file(fh_out.0)) else {
+            return reply.error(fuser::Errno::EBADF);
+        };
+        let mut oi = offset_in as i64;
+        let mut oo = offset_out as i64;
+        let len = len.min(1 << 30) as usize;
+        match sys::copy_file_range(a.fd.as_fd(), &mut oi, b.fd.as_fd(), &mut oo, len) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(fe(e)),
+        }
+    }
+}
+
+impl UnionFs {
+    fn remove(&self, parent: u64, name: &[u8], dir: bool, reply: ReplyEmpty) {
+        let r = (|| {
+            let (p, set) = self.dir_ctx(parent)?;
+            let f = ops::remove(&self.stack, &p.rel, &set, name, dir)?;
+            self.inodes.mark_upper_chain(parent);
+            self.inodes.drop_alias(f.ino, parent, name);
+            if dir {
+                self.inodes.invalidate_nlink(parent);
+            }
+            Ok(())
+        })();
+        empty_reply(reply, r)
+    }
+}
+
+/// An `st_mode` type for a `DT_*` value.
+fn dtype_mode(dtype: u8) -> u32 {
+    match dtype {
+        libc::DT_DIR => libc::S_IFDIR,
+        libc::DT_LNK => libc::S_IFLNK,
+        libc::DT_FIFO => libc::S_IFIFO,
+        libc::DT_SOCK => libc::S_IFSOCK,
+        libc::DT_CHR => libc::S_IFCHR,
+        libc::DT_BLK => libc::S_IFBLK,
+        _ => libc::S_IFREG,
+    }
+}
+
+fn zero_stat() -> libc::stat {
+    sys::zeroed_stat()
+}

@@ -73,19 +73,20 @@ impl RootProvider for UnionRoot {
         mc.allow_other = true;
         mc.suid = true;
         mc.fsname = "unionfs-run".to_string();
+        // Device nodes in a layer must not become a way to the host's devices; the container's
+        // /dev is a tmpfs with binds of the safe ones.
+        mc.dev = false;
         mount_union(&mc, target)
     }
 }
 
-/// Mount the union through the library (the holder process keeps the guard).
-///
-/// WIRING: `MountConfig::mount` is being written on main; until it lands this reports that the
-/// union is not available, and `--root-source bind` is the stand-in for development.
+/// Mount the union through the library; the holder process keeps the guard, whose drop
+/// unmounts lazily and stops the FUSE threads.
 fn mount_union(mc: &crate::MountConfig, target: &Path) -> Result<Box<dyn Any>, Error> {
-    let _ = (mc, target);
-    Err(Error::msg(
-        "this build has no union mount yet (MountConfig::mount is not merged); use --root-source bind for development",
-    ))
+    let guard = mc
+        .mount(target)
+        .map_err(|e| Error::msg(format!("mounting the union: {e}")))?;
+    Ok(Box::new(guard))
 }
 
 /// Check that this process can open /dev/fuse, with a message that says how to fix it.

@@ -1,1 +1,11 @@
-//! The on-disk layer model.
+//! The on-disk model of a layer stack, with no FUSE in it: everything here works on plain
+//! directories, so the layer rules are unit-testable without a mount.
+
+pub mod copyup;
+pub mod ops;
+pub mod readdir;
+pub mod resolve;
+pub mod stack;
+pub mod whiteout;
+
+pub use stack::{LayerIdx, Stack, StackConfig};

@@ -1,2 +1,859 @@
-//! Every unsafe system call wrapper lives here.
+//! Every `unsafe` system call wrapper of the filesystem lives here, each with a safe signature.
+//!
+//! The rest of the crate works with `OwnedFd`/`BorrowedFd`, `CStr` names and `Errno` results. Each
+//! unsafe block below says why it is sound. Wrappers retry `EINTR` where the call is restartable.
+
 pub mod launch;
+
+use std::ffi::{CStr, CString, OsStr};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+
+pub use nix::errno::Errno;
+
+/// Result of a system call wrapper.
+pub type SysResult<T> = Result<T, Errno>;
+
+/// `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS`: a path that stays in the layer.
+pub const RESOLVE_IN_LAYER: u64 = 0x08 | 0x04 | 0x02;
+
+/// `struct open_how` of openat2(2); defined here because libc does not carry it on every target.
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+fn check(ret: libc::c_int) -> SysResult<libc::c_int> {
+    if ret < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn check_size(ret: libc::ssize_t) -> SysResult<usize> {
+    if ret < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+fn retry<T>(mut f: impl FnMut() -> SysResult<T>) -> SysResult<T> {
+    loop {
+        match f() {
+            Err(Errno::EINTR) => continue,
+            r => return r,
+        }
+    }
+}
+
+/// A NUL-terminated copy of `name`; names with an inner NUL cannot exist on Linux.
+pub fn cstr(name: &OsStr) -> SysResult<CString> {
+    CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)
+}
+
+fn owned(fd: libc::c_int) -> OwnedFd {
+    // SAFETY: callers pass a descriptor just returned by the kernel, owned by nobody else.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// openat2(2) of `path` below `dir` with `resolve` restrictions; `EAGAIN` (rename race) is retried.
+pub fn openat2(
+    dir: BorrowedFd<'_>,
+    path: &CStr,
+    flags: i32,
+    mode: u32,
+    resolve: u64,
+) -> SysResult<OwnedFd> {
+    let how = OpenHow {
+        flags: (flags | libc::O_CLOEXEC) as u64,
+        mode: mode as u64,
+        resolve,
+    };
+    let mut tries = 0;
+    loop {
+        // SAFETY: `how` and `path` outlive the call; the size argument matches the struct.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                dir.as_raw_fd(),
+                path.as_ptr(),
+                &how as *const OpenHow,
+                std::mem::size_of::<OpenHow>(),
+            )
+        };
+        if r >= 0 {
+            return Ok(owned(r as libc::c_int));
+        }
+        match Errno::last() {
+            Errno::EINTR => continue,
+            Errno::EAGAIN if tries < 16 => tries += 1,
+            e => return Err(e),
+        }
+    }
+}
+
+/// openat(2) of one name in `dir` (never a path: callers pass single components).
+pub fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: i32, mode: u32) -> SysResult<OwnedFd> {
+    retry(|| {
+        // SAFETY: `name` is a valid C string for the duration of the call.
+        let fd = unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                flags | libc::O_CLOEXEC,
+                mode as libc::c_uint,
+            )
+        };
+        check(fd).map(owned)
+    })
+}
+
+/// Opens a plain host path (used only for the layer roots and the mount point given by the user).
+pub fn open_path(path: &std::path::Path, flags: i32) -> SysResult<OwnedFd> {
+    let c = cstr(path.as_os_str())?;
+    // SAFETY: `c` is a valid C string for the duration of the call.
+    let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC) };
+    check(fd).map(owned)
+}
+
+/// fstat(2).
+pub fn fstat(fd: BorrowedFd<'_>) -> SysResult<libc::stat> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: the kernel fills `st` completely when the call succeeds.
+    check(unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: initialised by the successful call above.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// fstatat(2) of one name in `dir`, never following a symlink.
+pub fn fstatat(dir: BorrowedFd<'_>, name: &CStr) -> SysResult<libc::stat> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `name` is valid; the kernel fills `st` completely on success.
+    check(unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            st.as_mut_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    // SAFETY: initialised by the successful call above.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// mkdirat(2).
+pub fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> SysResult<()> {
+    // SAFETY: `name` is a valid C string.
+    check(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode as libc::mode_t) }).map(drop)
+}
+
+/// mknodat(2).
+pub fn mknodat(dir: BorrowedFd<'_>, name: &CStr, mode: u32, rdev: u64) -> SysResult<()> {
+    // SAFETY: `name` is a valid C string.
+    check(unsafe {
+        libc::mknodat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            mode as libc::mode_t,
+            rdev as libc::dev_t,
+        )
+    })
+    .map(drop)
+}
+
+/// symlinkat(2): creates `name` in `dir` pointing at `target`.
+pub fn symlinkat(target: &CStr, dir: BorrowedFd<'_>, name: &CStr) -> SysResult<()> {
+    // SAFETY: both strings are valid C strings.
+    check(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) }).map(drop)
+}
+
+/// linkat(2) without following symlinks.
+pub fn linkat(
+    olddir: BorrowedFd<'_>,
+    oldname: &CStr,
+    newdir: BorrowedFd<'_>,
+    newname: &CStr,
+) -> SysResult<()> {
+    // SAFETY: both strings are valid C strings.
+    check(unsafe {
+        libc::linkat(
+            olddir.as_raw_fd(),
+            oldname.as_ptr(),
+            newdir.as_raw_fd(),
+            newname.as_ptr(),
+            0,
+        )
+    })
+    .map(drop)
+}
+
+/// unlinkat(2); `dir_flag` removes a directory.
+pub fn unlinkat(dir: BorrowedFd<'_>, name: &CStr, dir_flag: bool) -> SysResult<()> {
+    let flags = if dir_flag { libc::AT_REMOVEDIR } else { 0 };
+    // SAFETY: `name` is a valid C string.
+    check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) }).map(drop)
+}
+
+/// renameat2(2) with `RENAME_*` flags.
+pub fn renameat2(
+    olddir: BorrowedFd<'_>,
+    oldname: &CStr,
+    newdir: BorrowedFd<'_>,
+    newname: &CStr,
+    flags: u32,
+) -> SysResult<()> {
+    // SAFETY: both strings are valid C strings.
+    check(unsafe {
+        libc::renameat2(
+            olddir.as_raw_fd(),
+            oldname.as_ptr(),
+            newdir.as_raw_fd(),
+            newname.as_ptr(),
+            flags,
+        )
+    })
+    .map(drop)
+}
+
+/// readlinkat(2) of one name, or of the symlink an `O_PATH` fd refers to (empty name).
+pub fn readlinkat(dir: BorrowedFd<'_>, name: &CStr) -> SysResult<Vec<u8>> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    // SAFETY: the buffer is writable for its whole length, which is what we pass.
+    let n = check_size(unsafe {
+        libc::readlinkat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            buf.as_mut_ptr() as *mut libc::c_char,
+            buf.len(),
+        )
+    })?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// fchownat(2) on the object an fd (`O_PATH` included) refers to.
+pub fn fchown_fd(fd: BorrowedFd<'_>, uid: Option<u32>, gid: Option<u32>) -> SysResult<()> {
+    let u = uid.unwrap_or(u32::MAX);
+    let g = gid.unwrap_or(u32::MAX);
+    // SAFETY: the empty string is a valid C string; AT_EMPTY_PATH makes the call act on `fd`.
+    check(unsafe {
+        libc::fchownat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            u,
+            g,
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+    .map(drop)
+}
+
+/// The /proc/self/fd path of `fd`, for calls that have no fd form for `O_PATH` descriptors.
+fn proc_fd_path(fd: BorrowedFd<'_>) -> CString {
+    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
+}
+
+const SYS_FCHMODAT2: libc::c_long = 452;
+
+/// chmod of the object an fd refers to; `EOPNOTSUPP` for a symlink (their mode is fixed).
+pub fn fchmod_fd(fd: BorrowedFd<'_>, mode: u32) -> SysResult<()> {
+    // SAFETY: the empty string is a valid C string; AT_EMPTY_PATH makes the call act on `fd`.
+    let r = unsafe {
+        libc::syscall(
+            SYS_FCHMODAT2,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            mode as libc::mode_t,
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    match Errno::last() {
+        Errno::ENOSYS | Errno::EINVAL => {
+            // Kernels before 6.6 lack fchmodat2: go through /proc (the fd is never a symlink
+            // here, callers check the type first).
+            let p = proc_fd_path(fd);
+            // SAFETY: `p` is a valid C string.
+            check(unsafe { libc::chmod(p.as_ptr(), mode as libc::mode_t) }).map(drop)
+        }
+        e => Err(e),
+    }
+}
+
+/// Sets atime/mtime (`UTIME_OMIT`/`UTIME_NOW` allowed) of `name` in `dir` without following it.
+pub fn utimensat(dir: BorrowedFd<'_>, name: &CStr, times: &[libc::timespec; 2]) -> SysResult<()> {
+    // SAFETY: `name` and `times` are valid for the duration of the call.
+    check(unsafe {
+        libc::utimensat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+    .map(drop)
+}
+
+/// Sets atime/mtime of what an fd (`O_PATH` included) refers to; never used on symlinks.
+pub fn utimens_fd(fd: BorrowedFd<'_>, times: &[libc::timespec; 2]) -> SysResult<()> {
+    let p = proc_fd_path(fd);
+    // SAFETY: `p` and `times` are valid for the duration of the call.
+    check(unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), times.as_ptr(), 0) }).map(drop)
+}
+
+/// Sets atime/mtime of an open (non-`O_PATH`) file.
+pub fn futimens(fd: BorrowedFd<'_>, times: &[libc::timespec; 2]) -> SysResult<()> {
+    // SAFETY: `times` is valid for the duration of the call.
+    check(unsafe { libc::futimens(fd.as_raw_fd(), times.as_ptr()) }).map(drop)
+}
+
+// The *xattrat family (Linux 6.13) names the object as (directory fd, name) with
+// AT_SYMLINK_NOFOLLOW, so it reaches symlinks and device nodes without opening them. (It does
+// not accept O_PATH fds with an empty name, hence the pair.)
+const SYS_SETXATTRAT: libc::c_long = 463;
+const SYS_GETXATTRAT: libc::c_long = 464;
+const SYS_LISTXATTRAT: libc::c_long = 465;
+const SYS_REMOVEXATTRAT: libc::c_long = 466;
+
+#[repr(C)]
+struct XattrArgs {
+    value: u64,
+    size: u32,
+    flags: u32,
+}
+
+/// An object named relative to a directory fd (`.` for the directory itself).
+#[derive(Debug, Clone, Copy)]
+pub struct At<'a> {
+    /// The directory.
+    pub dir: BorrowedFd<'a>,
+    /// One name in it, never followed if it is a symlink.
+    pub name: &'a CStr,
+}
+
+impl<'a> At<'a> {
+    /// `name` in `dir`.
+    pub fn new(dir: BorrowedFd<'a>, name: &'a CStr) -> Self {
+        At { dir, name }
+    }
+
+    /// The directory `dir` itself.
+    pub fn dir(dir: BorrowedFd<'a>) -> Self {
+        At { dir, name: c"." }
+    }
+
+    /// Path form for kernels without the *xattrat calls: /proc/self/fd/DIR/NAME.
+    fn proc_path(&self) -> CString {
+        let mut v = format!("/proc/self/fd/{}/", self.dir.as_raw_fd()).into_bytes();
+        v.extend_from_slice(self.name.to_bytes());
+        CString::new(v).unwrap_or_default()
+    }
+}
+
+/// getxattr without following symlinks; returns the value length (empty `buf` asks the size).
+pub fn getxattr(at: At<'_>, xname: &CStr, buf: &mut [u8]) -> SysResult<usize> {
+    let mut args = XattrArgs {
+        value: buf.as_mut_ptr() as u64,
+        size: buf.len() as u32,
+        flags: 0,
+    };
+    // SAFETY: `args.value` points at `buf`, writable for `args.size` bytes; strings are valid.
+    let r = unsafe {
+        libc::syscall(
+            SYS_GETXATTRAT,
+            at.dir.as_raw_fd(),
+            at.name.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            xname.as_ptr(),
+            &mut args as *mut XattrArgs,
+            std::mem::size_of::<XattrArgs>(),
+        )
+    };
+    if r >= 0 {
+        return Ok(r as usize);
+    }
+    match Errno::last() {
+        Errno::ENOSYS => {
+            let p = at.proc_path();
+            // SAFETY: `buf` is writable for its length; strings are valid.
+            check_size(unsafe {
+                libc::lgetxattr(
+                    p.as_ptr(),
+                    xname.as_ptr(),
+                    buf.as_mut_ptr() as *mut libc::c_void,
+                    buf.len(),
+                )
+            })
+        }
+        e => Err(e),
+    }
+}
+
+/// setxattr without following symlinks.
+pub fn setxattr(at: At<'_>, xname: &CStr, value: &[u8], flags: i32) -> SysResult<()> {
+    let args = XattrArgs {
+        value: value.as_ptr() as u64,
+        size: value.len() as u32,
+        flags: flags as u32,
+    };
+    // SAFETY: `args.value` points at `value`, readable for `args.size` bytes; strings are valid.
+    let r = unsafe {
+        libc::syscall(
+            SYS_SETXATTRAT,
+            at.dir.as_raw_fd(),
+            at.name.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            xname.as_ptr(),
+            &args as *const XattrArgs,
+            std::mem::size_of::<XattrArgs>(),
+        )
+    };
+    if r >= 0 {
+        return Ok(());
+    }
+    match Errno::last() {
+        Errno::ENOSYS => {
+            let p = at.proc_path();
+            // SAFETY: `value` is readable for its length; strings are valid.
+            check(unsafe {
+                libc::lsetxattr(
+                    p.as_ptr(),
+                    xname.as_ptr(),
+                    value.as_ptr() as *const libc::c_void,
+                    value.len(),
+                    flags,
+                )
+            })
+            .map(drop)
+        }
+        e => Err(e),
+    }
+}
+
+/// listxattr without following symlinks (NUL-separated names).
+pub fn listxattr(at: At<'_>, buf: &mut [u8]) -> SysResult<usize> {
+    // SAFETY: `buf` is writable for its length; strings are valid.
+    let r = unsafe {
+        libc::syscall(
+            SYS_LISTXATTRAT,
+            at.dir.as_raw_fd(),
+            at.name.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            buf.as_mut_ptr() as *mut libc::c_char,
+            buf.len(),
+        )
+    };
+    if r >= 0 {
+        return Ok(r as usize);
+    }
+    match Errno::last() {
+        Errno::ENOSYS => {
+            let p = at.proc_path();
+            // SAFETY: `buf` is writable for its length.
+            check_size(unsafe {
+                libc::llistxattr(p.as_ptr(), buf.as_mut_ptr() as *mut libc::c_char, buf.len())
+            })
+        }
+        e => Err(e),
+    }
+}
+
+/// removexattr without following symlinks.
+pub fn removexattr(at: At<'_>, xname: &CStr) -> SysResult<()> {
+    // SAFETY: strings are valid C strings.
+    let r = unsafe {
+        libc::syscall(
+            SYS_REMOVEXATTRAT,
+            at.dir.as_raw_fd(),
+            at.name.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            xname.as_ptr(),
+        )
+    };
+    if r >= 0 {
+        return Ok(());
+    }
+    match Errno::last() {
+        Errno::ENOSYS => {
+            let p = at.proc_path();
+            // SAFETY: strings are valid C strings.
+            check(unsafe { libc::lremovexattr(p.as_ptr(), xname.as_ptr()) }).map(drop)
+        }
+        e => Err(e),
+    }
+}
+
+/// pread(2) into `buf`; returns the number of bytes read.
+pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], off: u64) -> SysResult<usize> {
+    retry(|| {
+        // SAFETY: `buf` is writable for its length.
+        check_size(unsafe {
+            libc::pread(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr() as *mut libc::c_void,
+                buf.len(),
+                off as libc::off_t,
+            )
+        })
+    })
+}
+
+/// pwrite(2) of `buf`; returns the number of bytes written.
+pub fn pwrite(fd: BorrowedFd<'_>, buf: &[u8], off: u64) -> SysResult<usize> {
+    retry(|| {
+        // SAFETY: `buf` is readable for its length.
+        check_size(unsafe {
+            libc::pwrite(
+                fd.as_raw_fd(),
+                buf.as_ptr() as *const libc::c_void,
+                buf.len(),
+                off as libc::off_t,
+            )
+        })
+    })
+}
+
+/// copy_file_range(2) with explicit offsets (updated in place).
+pub fn copy_file_range(
+    src: BorrowedFd<'_>,
+    off_in: &mut i64,
+    dst: BorrowedFd<'_>,
+    off_out: &mut i64,
+    len: usize,
+) -> SysResult<usize> {
+    retry(|| {
+        // SAFETY: the offsets are valid, exclusively borrowed integers.
+        check_size(unsafe {
+            libc::copy_file_range(
+                src.as_raw_fd(),
+                off_in as *mut i64,
+                dst.as_raw_fd(),
+                off_out as *mut i64,
+                len,
+                0,
+            )
+        })
+    })
+}
+
+const FICLONE: libc::c_ulong = 0x4004_9409;
+
+/// FICLONE: make `dst` share `src`'s extents (reflink) where the filesystem can.
+pub fn ficlone(dst: BorrowedFd<'_>, src: BorrowedFd<'_>) -> SysResult<()> {
+    // SAFETY: FICLONE takes the source descriptor by value; no memory is passed.
+    check(unsafe { libc::ioctl(dst.as_raw_fd(), FICLONE as _, src.as_raw_fd()) }).map(drop)
+}
+
+/// lseek(2); `ENXIO` tells SEEK_DATA/SEEK_HOLE callers there is no more data.
+pub fn lseek(fd: BorrowedFd<'_>, off: i64, whence: i32) -> SysResult<i64> {
+    // SAFETY: plain integer arguments.
+    let r = unsafe { libc::lseek(fd.as_raw_fd(), off as libc::off_t, whence) };
+    if r < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(r as i64)
+    }
+}
+
+/// ftruncate(2).
+pub fn ftruncate(fd: BorrowedFd<'_>, len: u64) -> SysResult<()> {
+    retry(|| {
+        // SAFETY: plain integer arguments.
+        check(unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) }).map(drop)
+    })
+}
+
+/// fallocate(2).
+pub fn fallocate(fd: BorrowedFd<'_>, mode: i32, off: u64, len: u64) -> SysResult<()> {
+    retry(|| {
+        // SAFETY: plain integer arguments.
+        check(unsafe {
+            libc::fallocate(fd.as_raw_fd(), mode, off as libc::off_t, len as libc::off_t)
+        })
+        .map(drop)
+    })
+}
+
+/// fsync(2) or fdatasync(2).
+pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> SysResult<()> {
+    retry(|| {
+        // SAFETY: plain integer argument.
+        let r = unsafe {
+            if datasync {
+                libc::fdatasync(fd.as_raw_fd())
+            } else {
+                libc::fsync(fd.as_raw_fd())
+            }
+        };
+        check(r).map(drop)
+    })
+}
+
+/// fstatvfs(2).
+pub fn fstatvfs(fd: BorrowedFd<'_>) -> SysResult<libc::statvfs> {
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: the kernel fills `st` completely on success.
+    check(unsafe { libc::fstatvfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: initialised by the successful call above.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// Re-opens the object an `O_PATH` fd refers to with real access flags (never following links).
+pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> SysResult<OwnedFd> {
+    let p = proc_fd_path(fd);
+    retry(|| {
+        // SAFETY: `p` is a valid C string.
+        let r = unsafe { libc::open(p.as_ptr(), flags | libc::O_CLOEXEC) };
+        check(r).map(owned)
+    })
+}
+
+/// One entry of a directory listing.
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    /// The name (never `.` or `..`).
+    pub name: Vec<u8>,
+    /// `d_ino` as the layer reports it.
+    pub ino: u64,
+    /// `d_type` (`DT_*`), `DT_UNKNOWN` on filesystems that do not fill it.
+    pub dtype: u8,
+}
+
+/// Lists a directory given an fd of it (the fd is duplicated; the caller keeps its own).
+pub fn read_dir(dir: BorrowedFd<'_>) -> SysResult<Vec<DirEntry>> {
+    let fd = openat(dir, c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+    let raw: RawFd = std::os::fd::IntoRawFd::into_raw_fd(fd);
+    // SAFETY: `raw` is an open directory fd whose ownership passes to the DIR stream.
+    let dirp = unsafe { libc::fdopendir(raw) };
+    if dirp.is_null() {
+        let e = Errno::last();
+        // SAFETY: fdopendir failed, so `raw` is still ours to close.
+        unsafe { libc::close(raw) };
+        return Err(e);
+    }
+    let mut out = Vec::new();
+    loop {
+        Errno::clear();
+        // SAFETY: `dirp` is a valid DIR stream until closedir below.
+        let ent = unsafe { libc::readdir64(dirp) };
+        if ent.is_null() {
+            let e = Errno::last_raw();
+            // SAFETY: `dirp` is valid and closed exactly once.
+            unsafe { libc::closedir(dirp) };
+            if e != 0 {
+                return Err(Errno::from_raw(e));
+            }
+            return Ok(out);
+        }
+        // SAFETY: a non-null dirent from readdir64 is valid until the next readdir64 call, and
+        // d_name is NUL-terminated.
+        let (name, ino, dtype) = unsafe {
+            let e = &*ent;
+            (
+                CStr::from_ptr(e.d_name.as_ptr()).to_bytes().to_vec(),
+                e.d_ino,
+                e.d_type,
+            )
+        };
+        if name == b"." || name == b".." {
+            continue;
+        }
+        out.push(DirEntry { name, ino, dtype });
+    }
+}
+
+/// Sets the process umask; the daemon uses 0 so that the modes the kernel sends are kept.
+pub fn set_umask(mask: u32) -> u32 {
+    // SAFETY: umask cannot fail.
+    unsafe { libc::umask(mask as libc::mode_t) as u32 }
+}
+
+/// `umount2(target, MNT_DETACH)`: a lazy unmount that works even when the daemon is gone.
+pub fn umount_lazy(target: &std::path::Path) -> SysResult<()> {
+    let c = cstr(target.as_os_str())?;
+    // SAFETY: `c` is a valid C string.
+    check(unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) }).map(drop)
+}
+
+/// mount(2) with a data string.
+pub fn mount(
+    source: &CStr,
+    target: &std::path::Path,
+    fstype: &CStr,
+    flags: libc::c_ulong,
+    data: &CStr,
+) -> SysResult<()> {
+    let t = cstr(target.as_os_str())?;
+    // SAFETY: all strings are valid C strings for the duration of the call.
+    check(unsafe {
+        libc::mount(
+            source.as_ptr(),
+            t.as_ptr(),
+            fstype.as_ptr(),
+            flags,
+            data.as_ptr() as *const libc::c_void,
+        )
+    })
+    .map(drop)
+}
+
+/// fork(2). Only called before any thread is started (daemonising, the watchdog).
+pub fn fork() -> SysResult<libc::pid_t> {
+    // SAFETY: the callers are single-threaded at this point, so the child inherits no lock
+    // held by another thread.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(pid)
+    }
+}
+
+/// A close-on-exec pipe: (read end, write end).
+pub fn pipe() -> SysResult<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    Ok((owned(fds[0]), owned(fds[1])))
+}
+
+/// setsid(2).
+pub fn setsid() {
+    // SAFETY: no memory is involved; failure (already a group leader) is harmless.
+    unsafe { libc::setsid() };
+}
+
+/// Points stdin, stdout and stderr at /dev/null (a daemon must not hold the caller's terminal).
+pub fn stdio_to_null() {
+    if let Ok(null) = open_path(std::path::Path::new("/dev/null"), libc::O_RDWR) {
+        for target in 0..3 {
+            // SAFETY: dup2 onto the standard descriptors; `null` stays open across the calls.
+            unsafe { libc::dup2(null.as_raw_fd(), target) };
+        }
+    }
+}
+
+/// Blocks `signals` in the calling thread (threads spawned later inherit the mask).
+pub fn block_signals(signals: &[i32]) {
+    // SAFETY: `set` is initialised by sigemptyset before use.
+    unsafe {
+        let mut set = std::mem::zeroed::<libc::sigset_t>();
+        libc::sigemptyset(&mut set);
+        for s in signals {
+            libc::sigaddset(&mut set, *s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Waits for one of `signals` (which must be blocked) and returns it.
+pub fn wait_signal(signals: &[i32]) -> i32 {
+    // SAFETY: `set` is initialised by sigemptyset; sigwait writes one int.
+    unsafe {
+        let mut set = std::mem::zeroed::<libc::sigset_t>();
+        libc::sigemptyset(&mut set);
+        for s in signals {
+            libc::sigaddset(&mut set, *s);
+        }
+        let mut sig = 0;
+        libc::sigwait(&set, &mut sig);
+        sig
+    }
+}
+
+/// Asks the kernel to send `sig` to this process when its parent dies.
+pub fn set_parent_death_signal(sig: i32) {
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) };
+}
+
+/// kill(2) by pid.
+pub fn kill(pid: libc::pid_t, sig: i32) -> SysResult<()> {
+    // SAFETY: plain integer arguments.
+    check(unsafe { libc::kill(pid, sig) }).map(drop)
+}
+
+/// The effective uid of this process.
+pub fn geteuid() -> u32 {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// The effective gid of this process.
+pub fn getegid() -> u32 {
+    // SAFETY: getegid cannot fail.
+    unsafe { libc::getegid() }
+}
+
+/// Borrow helper so callers can write `sys::fd(&owned)`.
+pub fn fd<F: AsFd>(f: &F) -> BorrowedFd<'_> {
+    f.as_fd()
+}
+
+/// An all-zero `stat` (for negative entries).
+pub fn zeroed_stat() -> libc::stat {
+    // SAFETY: libc::stat is plain old data; all-zero bytes are a valid value of it.
+    unsafe { std::mem::zeroed() }
+}
+
+/// The `f_type` of the filesystem an fd is on.
+pub fn fstatfs_type(fd: BorrowedFd<'_>) -> SysResult<i64> {
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: the kernel fills `st` completely on success.
+    check(unsafe { libc::fstatfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: initialised by the successful call above.
+    Ok(unsafe { st.assume_init() }.f_type)
+}
+
+/// Closes every descriptor except `keep` (a forked helper must not hold the parent's pipes).
+pub fn close_all_except(keep: RawFd) {
+    // SAFETY: close_range on ranges that do not include `keep`; we own every fd in this process
+    // at this point (single-threaded child right after fork).
+    unsafe {
+        if keep > 0 {
+            libc::syscall(libc::SYS_close_range, 0u32, (keep - 1) as u32, 0u32);
+        }
+        libc::syscall(libc::SYS_close_range, (keep + 1) as u32, u32::MAX, 0u32);
+    }
+}
+
+/// read(2) into `buf`.
+pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> SysResult<usize> {
+    retry(|| {
+        // SAFETY: `buf` is writable for its length.
+        check_size(unsafe {
+            libc::read(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr() as *mut libc::c_void,
+                buf.len(),
+            )
+        })
+    })
+}
+
+/// write(2) of `buf`.
+pub fn write(fd: BorrowedFd<'_>, buf: &[u8]) -> SysResult<usize> {
+    retry(|| {
+        // SAFETY: `buf` is readable for its length.
+        check_size(unsafe {
+            libc::write(
+                fd.as_raw_fd(),
+                buf.as_ptr() as *const libc::c_void,
+                buf.len(),
+            )
+        })
+    })
+}
+
+/// Ends the process at once, without running destructors (a forked child must not unwind
+/// into its parent's state).
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and touches no Rust state.
+    unsafe { libc::_exit(code) }
+}

@@ -1,0 +1,286 @@
+//! The inode table. A node holds no file descriptor: it records where its entry is (parent and
+//! name, for hard links every known name) and which layer shows it, so a walk over millions of
+//! files costs memory only for what the kernel still references. The FUSE nodeid *is* st_ino
+//! (fuser sends `attr.ino` as nodeid), and st_ino is the layer file's own inode number, so a
+//! name looked up again after `forget` gets the same nodeid.
+
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use parking_lot::{Mutex, RwLock};
+
+use crate::layer::LayerIdx;
+use crate::sys::{Errno, SysResult};
+
+/// The FUSE root nodeid.
+pub const ROOT: u64 = 1;
+
+/// Where an entry is and how the union sees it.
+#[derive(Debug, Clone)]
+pub struct NodeState {
+    /// (parent nodeid, name) pairs; the first is the one used to reach the entry. Empty when
+    /// every name is gone (the node then lives on only through open handles).
+    pub aliases: Vec<(u64, Vec<u8>)>,
+    /// Layer of the visible entry.
+    pub layer: LayerIdx,
+    /// Directories: every contributing layer, topmost first.
+    pub dir_layers: Vec<LayerIdx>,
+    /// Table epoch this state was computed in (see [`Inodes::epoch`]).
+    pub epoch: u64,
+    /// Merged directories: cached st_nlink.
+    pub nlink: Option<u32>,
+}
+
+/// One inode the kernel knows.
+#[derive(Debug)]
+pub struct Node {
+    /// Nodeid and st_ino.
+    pub ino: u64,
+    /// `S_IFMT` bits.
+    pub kind: u32,
+    /// Location and layer state.
+    pub state: RwLock<NodeState>,
+    /// Kernel lookup count (FUSE forget protocol).
+    pub lookups: AtomicU64,
+    /// Serialises copy-up of this node so concurrent writers produce one copy.
+    pub copy_lock: Mutex<()>,
+    /// [`XATTRS_UNKNOWN`], [`XATTRS_NONE`] or [`XATTRS_SOME`]: lets `ls -l`'s per-file
+    /// getxattr calls on files without xattrs be answered without touching the layer.
+    pub xattrs: AtomicU8,
+}
+
+/// Not known whether the node has visible xattrs.
+pub const XATTRS_UNKNOWN: u8 = 0;
+/// The node has no visible xattrs (only we change that, through setxattr).
+pub const XATTRS_NONE: u8 = 1;
+/// The node has visible xattrs.
+pub const XATTRS_SOME: u8 = 2;
+
+impl Node {
+    fn new(ino: u64, kind: u32, layer: LayerIdx, epoch: u64, lookups: u64) -> Node {
+        Node {
+            ino,
+            kind,
+            state: RwLock::new(NodeState {
+                aliases: Vec::new(),
+                layer,
+                dir_layers: Vec::new(),
+                epoch,
+                nlink: None,
+            }),
+            lookups: AtomicU64::new(lookups),
+            copy_lock: Mutex::new(()),
+            xattrs: AtomicU8::new(XATTRS_UNKNOWN),
+        }
+    }
+
+    /// True for a directory.
+    pub fn is_dir(&self) -> bool {
+        self.kind == libc::S_IFDIR
+    }
+}
+
+/// All nodes, by nodeid.
+#[derive(Debug)]
+pub struct Inodes {
+    map: DashMap<u64, Arc<Node>>,
+    /// Bumped when a change moves many entries between layers at once (a directory rename
+    /// materializing a tree): nodes computed in an older epoch are re-resolved on next use.
+    epoch: AtomicU64,
+}
+
+impl Inodes {
+    /// A table holding only the root, which merges `root_layers`.
+    pub fn new(root_layers: Vec<LayerIdx>) -> Self {
+        let map = DashMap::new();
+        let top = root_layers.first().copied().unwrap_or(0);
+        let root = Node::new(ROOT, libc::S_IFDIR, top, 0, 1);
+        root.state.write().dir_layers = root_layers;
+        map.insert(ROOT, Arc::new(root));
+        Inodes {
+            map,
+            epoch: AtomicU64::new(0),
+        }
+    }
+
+    /// The current epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Invalidates every node's layer state (they re-resolve lazily).
+    pub fn bump_epoch(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The node for `ino`; `ESTALE` if the kernel names one we do not have.
+    pub fn get(&self, ino: u64) -> SysResult<Arc<Node>> {
+        self.map
+            .get(&ino)
+            .map(|n| Arc::clone(n.value()))
+            .ok_or(Errno::ESTALE)
+    }
+
+    /// Number of nodes held (for stats and tests of the forget protocol).
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// True when only the root is held.
+    pub fn is_empty(&self) -> bool {
+        self.map.len() <= 1
+    }
+
+    /// Records a lookup result for (`parent`, `name`) and counts `lookups` kernel references.
+    #[allow(clippy::too_many_arguments)]
+    pub fn upsert(
+        &self,
+        ino: u64,
+        kind: u32,
+        parent: u64,
+        name: &[u8],
+        layer: LayerIdx,
+        dir_layers: Vec<LayerIdx>,
+        lookups: u64,
+    ) -> Arc<Node> {
+        let epoch = self.epoch();
+        let mut entry = self
+            .map
+            .entry(ino)
+            .or_insert_with(|| Arc::new(Node::new(ino, kind, layer, epoch, 0)));
+        if entry.kind != kind {
+            // The layer reused an inode number for a different file: the old node is gone.
+            let old = entry.lookups.load(Ordering::Acquire);
+            *entry = Arc::new(Node::new(ino, kind, layer, epoch, old));
+        }
+        // Counted while the shard lock is held, so a concurrent forget cannot drop the node;
+        // the state lock is taken only after the shard lock is released (lock order: never a
+        // shard lock while holding a node's state lock, or the other way round).
+        node_lookups_add(entry.value(), lookups);
+        let node = Arc::clone(entry.value());
+        drop(entry);
+        {
+            let mut st = node.state.write();
+            // The name just resolved goes first, paired with the layer it was found in.
+            st.aliases.retain(|(p, n)| !(*p == parent && n == name));
+            st.aliases.insert(0, (parent, name.to_vec()));
+            st.layer = layer;
+            st.dir_layers = dir_layers;
+            st.epoch = epoch;
+            st.nlink = None;
+        }
+        node
+    }
+
+    /// Drops `n` kernel references; the node goes when none are left (never the root).
+    pub fn forget(&self, ino: u64, n: u64) {
+        if ino == ROOT {
+            return;
+        }
+        self.map.remove_if(&ino, |_, node| {
+            let prev = node.lookups.fetch_sub(
+                n.min(node.lookups.load(Ordering::Acquire)),
+                Ordering::AcqRel,
+            );
+            prev <= n
+        });
+    }
+
+    /// The path of `ino` below the union root, `/`-separated (empty for the root).
+    pub fn rel_path(&self, ino: u64) -> SysResult<Vec<u8>> {
+        let mut comps: Vec<Vec<u8>> = Vec::new();
+        let mut cur = ino;
+        let mut depth = 0;
+        while cur != ROOT {
+            depth += 1;
+            if depth > 8192 {
+                return Err(Errno::ELOOP);
+            }
+            let node = self.get(cur)?;
+            let aliases = node.state.read().aliases.clone();
+            // Prefer a name whose parent we still know.
+            let (parent, name) = aliases
+                .into_iter()
+                .find(|(p, _)| *p == ROOT || self.map.contains_key(p))
+                .ok_or(Errno::ENOENT)?;
+            comps.push(name);
+            cur = parent;
+        }
+        let mut out = Vec::new();
+        for (i, c) in comps.iter().rev().enumerate() {
+            if i > 0 {
+                out.push(b'/');
+            }
+            out.extend_from_slice(c);
+        }
+        Ok(out)
+    }
+
+    /// The name `ino` is reached by: (parent, name).
+    pub fn primary(&self, ino: u64) -> SysResult<(u64, Vec<u8>)> {
+        let node = self.get(ino)?;
+        let aliases = node.state.read().aliases.clone();
+        aliases
+            .into_iter()
+            .find(|(p, _)| *p == ROOT || self.map.contains_key(p))
+            .ok_or(Errno::ENOENT)
+    }
+
+    /// Forgets the name (`parent`, `name`) of `ino` after an unlink or a rename away.
+    pub fn drop_alias(&self, ino: u64, parent: u64, name: &[u8]) {
+        if let Ok(node) = self.get(ino) {
+            node.state
+                .write()
+                .aliases
+                .retain(|(p, n)| !(*p == parent && n == name));
+        }
+    }
+
+    /// Moves the name (`op`, `oname`) of `ino` to (`np`, `nname`).
+    pub fn move_alias(&self, ino: u64, op: u64, oname: &[u8], np: u64, nname: &[u8]) {
+        if let Ok(node) = self.get(ino) {
+            let mut st = node.state.write();
+            st.aliases.retain(|(p, n)| !(*p == op && n == oname));
+            st.aliases.insert(0, (np, nname.to_vec()));
+        }
+    }
+
+    /// After directories on the path to `ino` were created in the upper, record that each of
+    /// them (`ino` included) now has an upper part, so lookups below them see upper entries.
+    pub fn mark_upper_chain(&self, ino: u64) {
+        let mut cur = ino;
+        let mut depth = 0;
+        while depth < 8192 {
+            depth += 1;
+            let Ok(node) = self.get(cur) else { return };
+            {
+                let mut st = node.state.write();
+                if node.is_dir() && !st.dir_layers.contains(&0) {
+                    st.dir_layers.insert(0, 0);
+                }
+                st.layer = 0;
+                st.nlink = None;
+            }
+            if cur == ROOT {
+                return;
+            }
+            let next = node.state.read().aliases.first().map(|(p, _)| *p);
+            match next {
+                Some(p) => cur = p,
+                None => return,
+            }
+        }
+    }
+
+    /// Forgets the cached st_nlink of a directory whose subdirectories changed.
+    pub fn invalidate_nlink(&self, ino: u64) {
+        if let Ok(node) = self.get(ino) {
+            node.state.write().nlink = None;
+        }
+    }
+}
+
+fn node_lookups_add(node: &Node, n: u64) {
+    node.lookups.fetch_add(n, Ordering::AcqRel);
+}

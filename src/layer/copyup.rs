@@ -1,0 +1,402 @@
+//! Atomic copy-up: an entry is staged in the work dir with its data, owner, mode, xattrs and
+//! times, then published into the upper with one rename, so a crash at any point leaves the old
+//! view or the new one. Ancestors are copied first; parents' times are restored afterwards so that
+//! copy-up is invisible in the view.
+
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use crate::layer::resolve::{self, DirSet};
+use crate::layer::stack::{join, open_subdir, remove_tree, LayerIdx, Stack};
+use crate::layer::whiteout;
+use crate::sys::{self, Errno, SysResult};
+
+fn ts(sec: i64, nsec: i64) -> libc::timespec {
+    libc::timespec {
+        tv_sec: sec as libc::time_t,
+        tv_nsec: nsec as _,
+    }
+}
+
+/// atime and mtime of a stat, as utimensat wants them.
+pub fn times_of(st: &libc::stat) -> [libc::timespec; 2] {
+    [
+        ts(st.st_atime, st.st_atime_nsec),
+        ts(st.st_mtime, st.st_mtime_nsec),
+    ]
+}
+
+/// Puts a directory's atime/mtime back after we changed its entries for internal reasons.
+pub fn restore_times(dir: BorrowedFd<'_>, before: &libc::stat) {
+    let _ = sys::utimens_fd(dir, &times_of(before));
+}
+
+/// Copies every xattr of `src` to `dst` except the layer format's and ours.
+fn copy_xattrs(src: sys::At<'_>, dst: sys::At<'_>) -> SysResult<()> {
+    let mut names = vec![0u8; 4096];
+    let n = loop {
+        match sys::listxattr(src, &mut names) {
+            Ok(n) => break n,
+            Err(Errno::ERANGE) => {
+                let need = sys::listxattr(src, &mut [])?;
+                names.resize(need.max(names.len() * 2), 0);
+            }
+            Err(Errno::EOPNOTSUPP) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    };
+    let mut value = vec![0u8; 65536];
+    for name in names[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        if whiteout::is_internal_xattr(name) {
+            continue;
+        }
+        let cname = CString::new(name).map_err(|_| Errno::EINVAL)?;
+        let len = match sys::getxattr(src, &cname, &mut value) {
+            Ok(len) => len,
+            Err(Errno::ENODATA) => continue,
+            Err(e) => return Err(e),
+        };
+        match sys::setxattr(dst, &cname, &value[..len], 0) {
+            Ok(()) => {}
+            // security.* labels the upper filesystem cannot hold are not worth failing for.
+            Err(Errno::EOPNOTSUPP) if !name.starts_with(b"user.") => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Metadata of a staged entry: xattrs, origin, owner, mode (after owner: chown clears setuid),
+/// times last. `stage` names it in the work dir for the symlink case.
+fn copy_meta(
+    stack: &Stack,
+    src: sys::At<'_>,
+    dst: BorrowedFd<'_>,
+    stage: &CStr,
+    st: &libc::stat,
+    origin: u64,
+) -> SysResult<()> {
+    let kind = st.st_mode & libc::S_IFMT;
+    let dst_at = sys::At::new(stack.work()?, stage);
+    copy_xattrs(src, dst_at)?;
+    // user.* cannot go on symlinks or devices: those keep a stable ino only with trusted.*.
+    let _ = sys::setxattr(dst_at, &stack.origin_xattr, &origin.to_le_bytes(), 0);
+    match sys::fchown_fd(dst, Some(st.st_uid), Some(st.st_gid)) {
+        Ok(()) => {}
+        // A rootless daemon cannot give away files to ids outside its namespace.
+        Err(Errno::EPERM) | Err(Errno::EINVAL) if sys::geteuid() != 0 => {}
+        Err(e) => return Err(e),
+    }
+    if kind != libc::S_IFLNK {
+        sys::fchmod_fd(dst, st.st_mode & 0o7777)?;
+        sys::utimens_fd(dst, &times_of(st))?;
+    } else {
+        sys::utimensat(stack.work()?, stage, &times_of(st))?;
+    }
+    Ok(())
+}
+
+/// Copies file data keeping holes: reflink if the filesystem can, else copy_file_range over the
+/// data extents, else read/write.
+pub fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: u64) -> SysResult<()> {
+    if size == 0 {
+        return Ok(());
+    }
+    if sys::ficlone(dst, src).is_ok() {
+        return Ok(());
+    }
+    let mut off: i64 = 0;
+    let end = size as i64;
+    while off < end {
+        let data = match sys::lseek(src, off, libc::SEEK_DATA) {
+            Ok(d) => d,
+            Err(Errno::ENXIO) => break,
+            Err(Errno::EINVAL) | Err(Errno::EOPNOTSUPP) => off,
+            Err(e) => return Err(e),
+        };
+        let hole = match sys::lseek(src, data, libc::SEEK_HOLE) {
+            Ok(h) => h.min(end),
+            Err(_) => end,
+        };
+        copy_range(src, dst, data, hole)?;
+        off = hole;
+    }
+    sys::ftruncate(dst, size)
+}
+
+fn copy_range(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, from: i64, to: i64) -> SysResult<()> {
+    let mut off_in = from;
+    let mut off_out = from;
+    while off_in < to {
+        let want = ((to - off_in) as usize).min(1 << 30);
+        match sys::copy_file_range(src, &mut off_in, dst, &mut off_out, want) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(Errno::EXDEV)
+            | Err(Errno::EINVAL)
+            | Err(Errno::ENOSYS)
+            | Err(Errno::EOPNOTSUPP) => {
+                return copy_range_rw(src, dst, off_in, to);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn copy_range_rw(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, from: i64, to: i64) -> SysResult<()> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = from as u64;
+    while off < to as u64 {
+        let want = ((to as u64 - off) as usize).min(buf.len());
+        let n = sys::pread(src, &mut buf[..want], off)?;
+        if n == 0 {
+            break;
+        }
+        let mut w = 0;
+        while w < n {
+            w += sys::pwrite(dst, &buf[w..n], off + w as u64)?;
+        }
+        off += n as u64;
+    }
+    Ok(())
+}
+
+/// Publishes staged `stage` as `name` in `upper_parent`, keeping the parent's times. Returns
+/// `Ok(false)` when someone else published the name first (the staged copy is then removed).
+fn publish(
+    stack: &Stack,
+    stage: &CStr,
+    upper_parent: BorrowedFd<'_>,
+    name: &CStr,
+) -> SysResult<bool> {
+    let work = stack.work()?;
+    let before = sys::fstat(upper_parent)?;
+    match sys::renameat2(work, stage, upper_parent, name, libc::RENAME_NOREPLACE) {
+        Ok(()) => {
+            restore_times(upper_parent, &before);
+            Ok(true)
+        }
+        Err(Errno::EEXIST) => {
+            let _ = remove_tree(work, stage);
+            Ok(false)
+        }
+        Err(e) => {
+            let _ = remove_tree(work, stage);
+            Err(e)
+        }
+    }
+}
+
+/// Finds the topmost lower layer in which `rel` is a directory (the source of its copy-up).
+fn lower_dir_source(stack: &Stack, rel: &[u8]) -> SysResult<(LayerIdx, OwnedFd)> {
+    let first = if stack.has_upper { 1 } else { 0 };
+    for l in first..stack.layers.len() {
+        match stack.open_rel(l, rel, libc::O_PATH | libc::O_DIRECTORY) {
+            Ok(fd) => return Ok((l, fd)),
+            Err(Errno::ENOENT) | Err(Errno::ENOTDIR) | Err(Errno::ELOOP) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(Errno::ENOENT)
+}
+
+/// Copies up the directory `name` (at `parent_rel`) into `upper_parent`, without its children.
+fn copy_up_dir(
+    stack: &Stack,
+    upper_parent: BorrowedFd<'_>,
+    parent_rel: &[u8],
+    name: &CStr,
+) -> SysResult<()> {
+    let rel = join(parent_rel, name.to_bytes());
+    let (src_layer, src) = lower_dir_source(stack, &rel)?;
+    let st = sys::fstat(src.as_fd())?;
+    let origin = stack.entry_ino(src_layer, sys::At::dir(src.as_fd()), &st);
+    let work = stack.work()?;
+    let stage = stack.stage_name();
+    sys::mkdirat(work, &stage, 0o700)?;
+    let staged = open_subdir(work, &stage)?;
+    let src_at = sys::At::dir(src.as_fd());
+    if let Err(e) = copy_meta(stack, src_at, staged.as_fd(), &stage, &st, origin) {
+        let _ = remove_tree(work, &stage);
+        return Err(e);
+    }
+    publish(stack, &stage, upper_parent, name).map(drop)
+}
+
+/// Makes sure directory `rel` exists in the upper (copying up missing ancestors, topmost first)
+/// and returns its `O_PATH` fd there.
+pub fn ensure_upper_dir(stack: &Stack, rel: &[u8]) -> SysResult<OwnedFd> {
+    let upper = stack.upper().ok_or(Errno::EROFS)?;
+    if let Ok(fd) = stack.open_rel(0, rel, libc::O_PATH | libc::O_DIRECTORY) {
+        return Ok(fd);
+    }
+    let mut cur = sys::openat(upper.fd.as_fd(), c".", libc::O_PATH | libc::O_DIRECTORY, 0)?;
+    let mut cur_rel: Vec<u8> = Vec::new();
+    for comp in rel.split(|b| *b == b'/').filter(|c| !c.is_empty()) {
+        let c = CString::new(comp).map_err(|_| Errno::EINVAL)?;
+        let next = match open_subdir(cur.as_fd(), &c) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => {
+                copy_up_dir(stack, cur.as_fd(), &cur_rel, &c)?;
+                open_subdir(cur.as_fd(), &c)?
+            }
+            Err(e) => return Err(e),
+        };
+        cur = next;
+        cur_rel = join(&cur_rel, comp);
+    }
+    Ok(cur)
+}
+
+/// Copies up the non-directory `name` of directory `parent_rel` from layer `src_layer`.
+/// `with_data: false` is for opens with O_TRUNC and truncates to 0: the data would be thrown away.
+pub fn copy_up_entry(
+    stack: &Stack,
+    parent_rel: &[u8],
+    name: &[u8],
+    src_layer: LayerIdx,
+    with_data: bool,
+) -> SysResult<()> {
+    let cname = CString::new(name).map_err(|_| Errno::EINVAL)?;
+    let upper_parent = ensure_upper_dir(stack, parent_rel)?;
+    if sys::fstatat(upper_parent.as_fd(), &cname).is_ok() {
+        return Ok(()); // already there (another thread or an earlier call)
+    }
+    let src_dir = stack.open_rel(src_layer, parent_rel, libc::O_PATH | libc::O_DIRECTORY)?;
+    let st = sys::fstatat(src_dir.as_fd(), &cname)?;
+    let kind = st.st_mode & libc::S_IFMT;
+    if kind == libc::S_IFREG && st.st_nlink > 1 {
+        let ino = stack.union_ino(st.st_dev, st.st_ino);
+        if stack.is_indexed(ino) {
+            return link_from_index(stack, upper_parent.as_fd(), &cname, ino);
+        }
+    }
+    if kind == libc::S_IFDIR {
+        return copy_up_dir(stack, upper_parent.as_fd(), parent_rel, &cname);
+    }
+    let src_at = sys::At::new(src_dir.as_fd(), &cname);
+    let origin = stack.entry_ino(src_layer, src_at, &st);
+    let work = stack.work()?;
+    let stage = stack.stage_name();
+    let staged: SysResult<OwnedFd> = (|| match kind {
+        libc::S_IFREG => {
+            let dst = sys::openat(
+                work,
+                &stage,
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+                0o600,
+            )?;
+            if with_data {
+                // O_NOATIME: copying up must not change even the lower file's atime.
+                let flags = libc::O_RDONLY | libc::O_NOFOLLOW;
+                let src = sys::openat(src_dir.as_fd(), &cname, flags | libc::O_NOATIME, 0)
+                    .or_else(|_| sys::openat(src_dir.as_fd(), &cname, flags, 0))?;
+                copy_data(src.as_fd(), dst.as_fd(), st.st_size as u64)?;
+            }
+            Ok(dst)
+        }
+        libc::S_IFLNK => {
+            let target = sys::readlinkat(src_dir.as_fd(), &cname)?;
+            let t = CString::new(target).map_err(|_| Errno::EINVAL)?;
+            sys::symlinkat(&t, work, &stage)?;
+            sys::openat(work, &stage, libc::O_PATH | libc::O_NOFOLLOW, 0)
+        }
+        _ => {
+            sys::mknodat(work, &stage, st.st_mode, st.st_rdev)?;
+            sys::openat(work, &stage, libc::O_PATH | libc::O_NOFOLLOW, 0)
+        }
+    })();
+    let staged = match staged {
+        Ok(fd) => fd,
+        Err(e) => {
+            let _ = sys::unlinkat(work, &stage, false);
+            return Err(e);
+        }
+    };
+    if let Err(e) = copy_meta(stack, src_at, staged.as_fd(), &stage, &st, origin) {
+        let _ = sys::unlinkat(work, &stage, false);
+        return Err(e);
+    }
+    drop(staged);
+    if let (Some(index), true) = (&stack.index, kind == libc::S_IFREG && st.st_nlink > 1) {
+        // A file with several lower names: record the copy in the index first, so the other
+        // names join this upper inode instead of being copied again.
+        let key = Stack::index_key(origin);
+        match sys::linkat(work, &stage, index.as_fd(), &key) {
+            Ok(()) => {}
+            Err(Errno::EEXIST) => {
+                let _ = sys::unlinkat(work, &stage, false);
+                return link_from_index(stack, upper_parent.as_fd(), &cname, origin);
+            }
+            Err(e) => {
+                let _ = sys::unlinkat(work, &stage, false);
+                return Err(e);
+            }
+        }
+    }
+    publish(stack, &stage, upper_parent.as_fd(), &cname).map(drop)
+}
+
+/// Gives `name` in `upper_parent` the upper inode already copied up for union inode `ino`
+/// (another name of the same lower file), keeping the parent's times.
+pub fn link_from_index(
+    stack: &Stack,
+    upper_parent: BorrowedFd<'_>,
+    name: &CStr,
+    ino: u64,
+) -> SysResult<()> {
+    let index = stack.index.as_ref().ok_or(Errno::EROFS)?;
+    let before = sys::fstat(upper_parent)?;
+    match sys::linkat(index.as_fd(), &Stack::index_key(ino), upper_parent, name) {
+        Ok(()) | Err(Errno::EEXIST) => {
+            restore_times(upper_parent, &before);
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Copies a whole merged directory tree into the upper and marks it opaque, so it no longer
+/// depends on the lower layers (what a directory rename needs to keep the upper an OCI diff).
+pub fn materialize_dir(stack: &Stack, rel: &[u8], layers: &[LayerIdx]) -> SysResult<()> {
+    let upper_dir = ensure_upper_dir(stack, rel)?;
+    let set = DirSet::open(stack, rel, layers)?;
+    if set.dirs.len() == 1 && stack.is_upper(set.dirs[0].0) {
+        return Ok(()); // nothing below contributes
+    }
+    for e in crate::layer::readdir::list(stack, &set, rel.is_empty())? {
+        let Some(f) = resolve::lookup(stack, &set, &e.name)? else {
+            continue;
+        };
+        if f.is_dir() {
+            materialize_dir(stack, &join(rel, &e.name), &f.dir_layers)?;
+        } else if !stack.is_upper(f.layer) {
+            copy_up_entry(stack, rel, &e.name, f.layer, true)?;
+        }
+    }
+    make_opaque(stack, upper_dir.as_fd())
+}
+
+/// Marks an upper directory opaque and drops the whiteouts inside it, which an opaque directory
+/// never needs (the marker goes first, so the view never changes in between).
+pub fn make_opaque(_stack: &Stack, upper_dir: BorrowedFd<'_>) -> SysResult<()> {
+    let before = sys::fstat(upper_dir)?;
+    match sys::openat(
+        upper_dir,
+        whiteout::OPAQUE_MARKER,
+        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+        0o644,
+    ) {
+        Ok(_) | Err(Errno::EEXIST) => {}
+        Err(e) => return Err(e),
+    }
+    for e in sys::read_dir(upper_dir)? {
+        if whiteout::whited_out(&e.name).is_some() {
+            let c = CString::new(e.name).map_err(|_| Errno::EINVAL)?;
+            let _ = sys::unlinkat(upper_dir, &c, false);
+        }
+    }
+    restore_times(upper_dir, &before);
+    Ok(())
+}

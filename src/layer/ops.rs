@@ -1,0 +1,455 @@
+//! The changes a union makes to its upper layer: create, remove, rename, link, each written so
+//! that the upper stays a valid OCI layer diff and a crash leaves the old or the new view.
+
+use std::ffi::CString;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use crate::layer::copyup;
+use crate::layer::readdir;
+use crate::layer::resolve::{self, DirSet, Found};
+use crate::layer::stack::{join, open_subdir, remove_tree, Stack};
+use crate::layer::whiteout;
+use crate::sys::{self, Errno, SysResult};
+
+/// Refuses names the union reserves (`.wh.*`) or the kernel cannot hold.
+pub fn check_new_name(name: &[u8]) -> SysResult<()> {
+    if whiteout::is_hidden(name) {
+        return Err(Errno::EINVAL);
+    }
+    if name.len() > 255 {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    Ok(())
+}
+
+fn cname(name: &[u8]) -> SysResult<CString> {
+    CString::new(name).map_err(|_| Errno::EINVAL)
+}
+
+/// What kind of entry to create.
+#[derive(Debug, Clone)]
+pub enum NewKind {
+    /// A regular file, opened with these flags.
+    File {
+        /// open(2) flags for the returned fd.
+        flags: i32,
+    },
+    /// A directory.
+    Dir,
+    /// A symlink to this target.
+    Symlink(Vec<u8>),
+    /// A fifo, socket or device node (`mode` carries the type).
+    Node {
+        /// Device number for character and block devices.
+        rdev: u64,
+    },
+}
+
+/// Owner of a new entry, and the creating process's umask.
+#[derive(Debug, Clone, Copy)]
+pub struct Owner {
+    /// User id.
+    pub uid: u32,
+    /// Group id (replaced by the parent's group when the parent is set-group-id).
+    pub gid: u32,
+    /// The creator's umask: applied unless the parent has a default ACL, which then decides
+    /// (POSIX.1e semantics; the kernel leaves this to us with FUSE_DONT_MASK).
+    pub umask: u32,
+}
+
+fn whiteout_name(name: &[u8]) -> SysResult<CString> {
+    let wh = whiteout::whiteout_for(name);
+    if wh.len() > 255 {
+        // `.wh.` plus the name does not fit in NAME_MAX: the OCI format cannot record this delete.
+        return Err(Errno::ENAMETOOLONG);
+    }
+    cname(&wh)
+}
+
+fn has_entry(dir: BorrowedFd<'_>, name: &CString) -> bool {
+    sys::fstatat(dir, name).is_ok()
+}
+
+/// Writes a `.wh.NAME` whiteout in an upper directory (idempotent).
+pub fn write_whiteout(upper_dir: BorrowedFd<'_>, name: &[u8]) -> SysResult<()> {
+    let wh = whiteout_name(name)?;
+    match sys::openat(
+        upper_dir,
+        &wh,
+        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+        0o600,
+    ) {
+        Ok(_) | Err(Errno::EEXIST) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes a `.wh.NAME` whiteout from an upper directory if there is one.
+pub fn drop_whiteout(upper_dir: BorrowedFd<'_>, name: &[u8]) -> SysResult<()> {
+    let wh = whiteout_name(name)?;
+    match sys::unlinkat(upper_dir, &wh, false) {
+        Ok(()) | Err(Errno::ENOENT) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn has_default_acl(dir: BorrowedFd<'_>) -> bool {
+    sys::getxattr(sys::At::dir(dir), c"system.posix_acl_default", &mut []).is_ok()
+}
+
+/// Creates `name` in the merged directory `parent_rel`, over a whiteout if there is one. Returns
+/// the new entry as the union sees it, and for files the open fd.
+pub fn create(
+    stack: &Stack,
+    parent_rel: &[u8],
+    parent: &DirSet,
+    name: &[u8],
+    kind: &NewKind,
+    mode: u32,
+    owner: Owner,
+) -> SysResult<(Found, Option<OwnedFd>)> {
+    check_new_name(name)?;
+    if resolve::lookup(stack, parent, name)?.is_some() {
+        return Err(Errno::EEXIST);
+    }
+    let up = copyup::ensure_upper_dir(stack, parent_rel)?;
+    let c = cname(name)?;
+    let wh = whiteout_name(name)?;
+    let over_whiteout = has_entry(up.as_fd(), &wh);
+    let acl = has_default_acl(up.as_fd());
+    let perm = if acl {
+        mode & 0o7777
+    } else {
+        mode & 0o7777 & !owner.umask
+    };
+    let mut file = None;
+    match kind {
+        NewKind::File { flags } => {
+            let f = sys::openat(
+                up.as_fd(),
+                &c,
+                (flags & !libc::O_TRUNC) | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+                perm,
+            )?;
+            file = Some(f);
+        }
+        NewKind::Dir => sys::mkdirat(up.as_fd(), &c, perm)?,
+        NewKind::Symlink(target) => sys::symlinkat(&cname(target)?, up.as_fd(), &c)?,
+        NewKind::Node { rdev } => sys::mknodat(up.as_fd(), &c, mode, *rdev)?,
+    }
+    let undo = |e: Errno| {
+        let _ = sys::unlinkat(up.as_fd(), &c, matches!(kind, NewKind::Dir));
+        e
+    };
+    let fd = sys::openat(up.as_fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0).map_err(undo)?;
+    let pst = sys::fstat(up.as_fd()).map_err(undo)?;
+    let gid = if pst.st_mode & libc::S_ISGID != 0 {
+        pst.st_gid
+    } else {
+        owner.gid
+    };
+    sys::fchown_fd(fd.as_fd(), Some(owner.uid), Some(gid)).map_err(undo)?;
+    let is_link = matches!(kind, NewKind::Symlink(_));
+    if !is_link {
+        // chown clears set-id bits and our own umask may have masked the mode: put back what
+        // the caller asked for, unless a default ACL decided the mode.
+        let st = sys::fstat(fd.as_fd()).map_err(undo)?;
+        if st.st_mode & 0o7777 != perm && !acl {
+            let mut want = perm;
+            if matches!(kind, NewKind::Dir) {
+                want |= st.st_mode & libc::S_ISGID; // inherited from a set-group-id parent
+            }
+            if st.st_mode & 0o7777 != want {
+                sys::fchmod_fd(fd.as_fd(), want).map_err(undo)?;
+            }
+        }
+    }
+    if over_whiteout {
+        if matches!(kind, NewKind::Dir) {
+            // The old directory below must not shine through the new one.
+            copyup::make_opaque(stack, fd.as_fd()).map_err(undo)?;
+        }
+        drop_whiteout(up.as_fd(), name)?;
+    }
+    let st = sys::fstat(fd.as_fd())?;
+    let ino = stack.entry_ino(0, sys::At::new(up.as_fd(), &c), &st);
+    let dir_layers = if matches!(kind, NewKind::Dir) {
+        vec![0]
+    } else {
+        Vec::new()
+    };
+    Ok((
+        Found {
+            layer: 0,
+            st,
+            ino,
+            dir_layers,
+        },
+        file,
+    ))
+}
+
+/// Brings an entry of the union into the upper: a file is copied (without data for a
+/// truncate-to-zero), a directory gets its ancestors and itself created there.
+pub fn copy_up(
+    stack: &Stack,
+    parent_rel: &[u8],
+    name: &[u8],
+    layer: crate::layer::LayerIdx,
+    is_dir: bool,
+    with_data: bool,
+) -> SysResult<()> {
+    if stack.is_upper(layer) {
+        return Ok(());
+    }
+    if !stack.has_upper {
+        return Err(Errno::EROFS);
+    }
+    if is_dir {
+        copyup::ensure_upper_dir(stack, &join(parent_rel, name)).map(drop)
+    } else {
+        copyup::copy_up_entry(stack, parent_rel, name, layer, with_data)
+    }
+}
+
+/// If `found` is a lower file whose inode was already copied up under another of its names,
+/// gives this name the same upper inode and returns the upper entry: every name of one lower
+/// inode must show the same data once any of them was written.
+pub fn adopt_indexed(
+    stack: &Stack,
+    parent_rel: &[u8],
+    name: &[u8],
+    found: &Found,
+) -> SysResult<Option<Found>> {
+    let reg = found.st.st_mode & libc::S_IFMT == libc::S_IFREG;
+    if stack.is_upper(found.layer) || !reg || found.st.st_nlink < 2 || !stack.is_indexed(found.ino)
+    {
+        return Ok(None);
+    }
+    let up = copyup::ensure_upper_dir(stack, parent_rel)?;
+    let c = cname(name)?;
+    copyup::link_from_index(stack, up.as_fd(), &c, found.ino)?;
+    let st = sys::fstatat(up.as_fd(), &c)?;
+    Ok(Some(Found {
+        layer: 0,
+        st,
+        ino: found.ino,
+        dir_layers: Vec::new(),
+    }))
+}
+
+/// Removes `name` (a directory when `dir`) from the merged directory: the upper entry goes, and
+/// a whiteout is left where a lower layer still has the name.
+pub fn remove(
+    stack: &Stack,
+    parent_rel: &[u8],
+    parent: &DirSet,
+    name: &[u8],
+    dir: bool,
+) -> SysResult<Found> {
+    if !stack.has_upper {
+        return Err(Errno::EROFS);
+    }
+    let f = resolve::lookup(stack, parent, name)?.ok_or(Errno::ENOENT)?;
+    if dir && !f.is_dir() {
+        return Err(Errno::ENOTDIR);
+    }
+    if !dir && f.is_dir() {
+        return Err(Errno::EISDIR);
+    }
+    let rel = join(parent_rel, name);
+    if dir {
+        let set = DirSet::open(stack, &rel, &f.dir_layers)?;
+        if !readdir::is_empty(stack, &set, false)? {
+            return Err(Errno::ENOTEMPTY);
+        }
+    }
+    let need_whiteout = resolve::lower_has(stack, parent, name)?;
+    let up = copyup::ensure_upper_dir(stack, parent_rel)?;
+    if need_whiteout {
+        // Written first: beside the upper entry it changes nothing until that entry goes.
+        write_whiteout(up.as_fd(), name)?;
+    }
+    if stack.is_upper(f.layer) {
+        let c = cname(name)?;
+        if dir {
+            // Move it out in one step, then clean it up where nobody sees it.
+            let work = stack.work()?;
+            let stage = stack.stage_name();
+            sys::renameat2(up.as_fd(), &c, work, &stage, libc::RENAME_NOREPLACE)?;
+            let _ = remove_tree(work, &stage);
+        } else {
+            sys::unlinkat(up.as_fd(), &c, false)?;
+        }
+    }
+    Ok(f)
+}
+
+/// Flags of [`rename`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RenameMode {
+    /// RENAME_NOREPLACE.
+    pub noreplace: bool,
+    /// RENAME_EXCHANGE.
+    pub exchange: bool,
+}
+
+/// Brings a rename source or target fully into the upper. Directories with lower parts are
+/// materialized (copied whole and made opaque): that is what lets a lower directory be renamed
+/// without EXDEV while the upper stays a plain OCI diff. Cost: proportional to the tree size.
+fn bring_up(stack: &Stack, parent_rel: &[u8], name: &[u8], f: &Found) -> SysResult<()> {
+    if f.is_dir() {
+        if f.dir_layers.iter().any(|l| !stack.is_upper(*l)) {
+            copyup::materialize_dir(stack, &join(parent_rel, name), &f.dir_layers)?;
+        }
+        Ok(())
+    } else {
+        copy_up(stack, parent_rel, name, f.layer, false, true)
+    }
+}
+
+/// Renames `sname` in `sp_rel` to `dname` in `dp_rel`.
+#[allow(clippy::too_many_arguments)]
+pub fn rename(
+    stack: &Stack,
+    sp_rel: &[u8],
+    sp: &DirSet,
+    sname: &[u8],
+    dp_rel: &[u8],
+    dp: &DirSet,
+    dname: &[u8],
+    mode: RenameMode,
+) -> SysResult<(Found, Option<Found>)> {
+    if !stack.has_upper {
+        return Err(Errno::EROFS);
+    }
+    check_new_name(dname)?;
+    check_new_name(sname)?;
+    let src = resolve::lookup(stack, sp, sname)?.ok_or(Errno::ENOENT)?;
+    let dst = resolve::lookup(stack, dp, dname)?;
+    if mode.noreplace && dst.is_some() {
+        return Err(Errno::EEXIST);
+    }
+    if mode.exchange && dst.is_none() {
+        return Err(Errno::ENOENT);
+    }
+    if let Some(d) = &dst {
+        if !mode.exchange {
+            if d.ino == src.ino && !src.is_dir() {
+                return Ok((src, dst)); // POSIX: both names are links to one file: nothing to do
+            }
+            match (src.is_dir(), d.is_dir()) {
+                (true, false) => return Err(Errno::ENOTDIR),
+                (false, true) => return Err(Errno::EISDIR),
+                (true, true) => {
+                    let set = DirSet::open(stack, &join(dp_rel, dname), &d.dir_layers)?;
+                    if !readdir::is_empty(stack, &set, false)? {
+                        return Err(Errno::ENOTEMPTY);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    bring_up(stack, sp_rel, sname, &src)?;
+    if mode.exchange {
+        if let Some(d) = &dst {
+            bring_up(stack, dp_rel, dname, d)?;
+        }
+    }
+    let sp_up = copyup::ensure_upper_dir(stack, sp_rel)?;
+    let dp_up = copyup::ensure_upper_dir(stack, dp_rel)?;
+    let src_lower = resolve::lower_has(stack, sp, sname)?;
+    let dst_lower = resolve::lower_has(stack, dp, dname)?;
+    let sc = cname(sname)?;
+    let dc = cname(dname)?;
+    if mode.exchange {
+        let d = dst.as_ref().ok_or(Errno::ENOENT)?;
+        if src.is_dir() && dst_lower {
+            opaque_child(stack, sp_up.as_fd(), &sc)?;
+        }
+        if d.is_dir() && src_lower {
+            opaque_child(stack, dp_up.as_fd(), &dc)?;
+        }
+        sys::renameat2(
+            sp_up.as_fd(),
+            &sc,
+            dp_up.as_fd(),
+            &dc,
+            libc::RENAME_EXCHANGE,
+        )?;
+        return Ok((src, dst));
+    }
+    if let Some(d) = &dst {
+        if d.is_dir() && stack.is_upper(d.layer) {
+            // Merged-empty, so only whiteouts (and maybe an opaque marker) are left in it.
+            clear_whiteouts(dp_up.as_fd(), &dc)?;
+        }
+    }
+    if src.is_dir() && dst_lower {
+        opaque_child(stack, sp_up.as_fd(), &sc)?;
+    }
+    let wrote_whiteout = src_lower && !has_entry(sp_up.as_fd(), &whiteout_name(sname)?);
+    if src_lower {
+        write_whiteout(sp_up.as_fd(), sname)?;
+    }
+    let flags = if mode.noreplace {
+        libc::RENAME_NOREPLACE
+    } else {
+        0
+    };
+    if let Err(e) = sys::renameat2(sp_up.as_fd(), &sc, dp_up.as_fd(), &dc, flags) {
+        if wrote_whiteout {
+            let _ = drop_whiteout(sp_up.as_fd(), sname);
+        }
+        return Err(e);
+    }
+    drop_whiteout(dp_up.as_fd(), dname)?;
+    Ok((src, dst))
+}
+
+fn opaque_child(stack: &Stack, dir: BorrowedFd<'_>, name: &CString) -> SysResult<()> {
+    let fd = open_subdir(dir, name)?;
+    copyup::make_opaque(stack, fd.as_fd())
+}
+
+fn clear_whiteouts(dir: BorrowedFd<'_>, name: &CString) -> SysResult<()> {
+    let fd = open_subdir(dir, name)?;
+    for e in sys::read_dir(fd.as_fd())? {
+        if whiteout::is_hidden(&e.name) {
+            let c = cname(&e.name)?;
+            sys::unlinkat(fd.as_fd(), &c, false)?;
+        } else {
+            return Err(Errno::ENOTEMPTY);
+        }
+    }
+    Ok(())
+}
+
+/// Hard-links the union entry `sname` (in `sp_rel`, found as `src`) as `dname` in `dp_rel`.
+#[allow(clippy::too_many_arguments)]
+pub fn link(
+    stack: &Stack,
+    sp_rel: &[u8],
+    sname: &[u8],
+    src: &Found,
+    dp_rel: &[u8],
+    dp: &DirSet,
+    dname: &[u8],
+) -> SysResult<()> {
+    check_new_name(dname)?;
+    if !stack.has_upper {
+        return Err(Errno::EROFS);
+    }
+    if src.is_dir() {
+        return Err(Errno::EPERM);
+    }
+    if resolve::lookup(stack, dp, dname)?.is_some() {
+        return Err(Errno::EEXIST);
+    }
+    copy_up(stack, sp_rel, sname, src.layer, false, true)?;
+    let sp_up = copyup::ensure_upper_dir(stack, sp_rel)?;
+    let dp_up = copyup::ensure_upper_dir(stack, dp_rel)?;
+    sys::linkat(sp_up.as_fd(), &cname(sname)?, dp_up.as_fd(), &cname(dname)?)?;
+    drop_whiteout(dp_up.as_fd(), dname)
+}

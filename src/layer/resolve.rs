@@ -1,0 +1,177 @@
+//! Name lookup through the layers: whiteouts (file and 0/0 char device forms), opaque
+//! directories (marker file and xattrs), the same-layer rule, and directory merging.
+
+use std::ffi::CString;
+use std::os::fd::{AsFd, OwnedFd};
+
+use crate::layer::stack::{open_subdir, LayerIdx, Stack};
+use crate::layer::whiteout;
+use crate::sys::{self, Errno, SysResult};
+
+/// A merged directory opened in each layer that contributes to it, top-down.
+#[derive(Debug)]
+pub struct DirSet {
+    /// (layer, `O_PATH` directory fd) pairs, topmost first.
+    pub dirs: Vec<(LayerIdx, OwnedFd)>,
+}
+
+impl DirSet {
+    /// Opens the merged directory `rel` in `layers` (layers where it is missing are skipped:
+    /// they can vanish only through our own changes, which the caller already knows about).
+    pub fn open(stack: &Stack, rel: &[u8], layers: &[LayerIdx]) -> SysResult<DirSet> {
+        let mut dirs = Vec::with_capacity(layers.len());
+        for &l in layers {
+            match stack.open_rel(l, rel, libc::O_PATH | libc::O_DIRECTORY) {
+                Ok(fd) => dirs.push((l, fd)),
+                Err(Errno::ENOENT) | Err(Errno::ENOTDIR) | Err(Errno::ELOOP) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        if dirs.is_empty() {
+            return Err(Errno::ENOENT);
+        }
+        Ok(DirSet { dirs })
+    }
+
+    /// The upper's fd of this directory, if it exists there.
+    pub fn upper_fd(&self, stack: &Stack) -> Option<&OwnedFd> {
+        self.dirs
+            .first()
+            .filter(|(l, _)| stack.is_upper(*l))
+            .map(|(_, fd)| fd)
+    }
+
+    /// The same set without the upper layer (what a delete must hide with a whiteout).
+    pub fn lowers_only(&self, stack: &Stack) -> Vec<&(LayerIdx, OwnedFd)> {
+        self.dirs
+            .iter()
+            .filter(|(l, _)| !stack.is_upper(*l))
+            .collect()
+    }
+}
+
+/// A name as the union sees it.
+#[derive(Debug, Clone)]
+pub struct Found {
+    /// The layer holding the visible (topmost) entry.
+    pub layer: LayerIdx,
+    /// Its stat in that layer.
+    pub st: libc::stat,
+    /// The union inode number.
+    pub ino: u64,
+    /// For directories: every layer that contributes to it, topmost first.
+    pub dir_layers: Vec<LayerIdx>,
+}
+
+impl Found {
+    /// True for a directory.
+    pub fn is_dir(&self) -> bool {
+        self.st.st_mode & libc::S_IFMT == libc::S_IFDIR
+    }
+}
+
+/// True if directory `fd` is opaque: a `.wh..wh..opq` marker or an overlay opaque xattr.
+pub fn is_opaque(fd: &OwnedFd) -> bool {
+    if sys::fstatat(fd.as_fd(), whiteout::OPAQUE_MARKER).is_ok() {
+        return true;
+    }
+    let mut buf = [0u8; 2];
+    let at = sys::At::dir(fd.as_fd());
+    whiteout::OPAQUE_XATTRS
+        .iter()
+        .any(|x| matches!(sys::getxattr(at, x, &mut buf), Ok(1) if buf[0] == b'y'))
+}
+
+/// True if the layer directory `dir` holds a whiteout for `name` (either form).
+fn has_whiteout(dir: &OwnedFd, name: &[u8]) -> bool {
+    let Ok(wh) = CString::new(whiteout::whiteout_for(name)) else {
+        return false;
+    };
+    sys::fstatat(dir.as_fd(), &wh).is_ok()
+}
+
+/// Looks `name` up in the merged directory `set`. `Ok(None)` when the union has no such name.
+pub fn lookup(stack: &Stack, set: &DirSet, name: &[u8]) -> SysResult<Option<Found>> {
+    if whiteout::is_hidden(name) {
+        return Ok(None);
+    }
+    let cname = CString::new(name).map_err(|_| Errno::EINVAL)?;
+    let mut found: Option<Found> = None;
+    for (l, dir) in &set.dirs {
+        match sys::fstatat(dir.as_fd(), &cname) {
+            Ok(st) if whiteout::is_chardev_whiteout(&st) => break,
+            Ok(st) => {
+                let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+                match &mut found {
+                    None => {
+                        let ino = stack.entry_ino(*l, sys::At::new(dir.as_fd(), &cname), &st);
+                        let mut f = Found {
+                            layer: *l,
+                            st,
+                            ino,
+                            dir_layers: Vec::new(),
+                        };
+                        if !is_dir {
+                            return Ok(Some(f));
+                        }
+                        f.dir_layers.push(*l);
+                        let fd = open_subdir(dir.as_fd(), &cname)?;
+                        let opaque = is_opaque(&fd);
+                        found = Some(f);
+                        if opaque {
+                            break;
+                        }
+                    }
+                    Some(f) => {
+                        // A directory above merges only with directories below it.
+                        if !is_dir {
+                            break;
+                        }
+                        f.dir_layers.push(*l);
+                        let fd = open_subdir(dir.as_fd(), &cname)?;
+                        if is_opaque(&fd) {
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(Errno::ENOENT) => {}
+            Err(e) => return Err(e),
+        }
+        // A whiteout hides the layers below its own, never an entry beside it.
+        if has_whiteout(dir, name) {
+            break;
+        }
+    }
+    Ok(found)
+}
+
+/// The layers of the root directory: every layer down to the first opaque root.
+pub fn root_layers(stack: &Stack) -> Vec<LayerIdx> {
+    let mut v = Vec::new();
+    for (i, l) in stack.layers.iter().enumerate() {
+        v.push(i);
+        if let Ok(fd) = sys::openat(l.fd.as_fd(), c".", libc::O_PATH | libc::O_DIRECTORY, 0) {
+            if is_opaque(&fd) {
+                break;
+            }
+        }
+    }
+    v
+}
+
+/// True if some lower layer of `set` still shows `name` (so deleting it needs a whiteout).
+pub fn lower_has(stack: &Stack, set: &DirSet, name: &[u8]) -> SysResult<bool> {
+    let lowers: Vec<(LayerIdx, OwnedFd)> = set
+        .lowers_only(stack)
+        .into_iter()
+        .map(|(l, fd)| fd.try_clone().map(|fd| (*l, fd)))
+        .collect::<Result<_, _>>()
+        .map_err(|_| Errno::EMFILE)?;
+    if lowers.is_empty() {
+        return Ok(false);
+    }
+    // The upper's whiteouts do not count: they are what we may be about to (re)write.
+    let sub = DirSet { dirs: lowers };
+    Ok(lookup(stack, &sub, name)?.is_some())
+}

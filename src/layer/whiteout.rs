@@ -1,0 +1,78 @@
+//! The naming rules of the OCI/AUFS layer format: `.wh.<name>` whiteouts, the `.wh..wh..opq`
+//! opaque marker, reserved `.wh..wh.*` names, and the kernel overlayfs forms we also read
+//! (0/0 character devices, `*.overlay.opaque` xattrs).
+
+use std::ffi::CStr;
+
+/// Every name with this prefix is layer metadata and never shows in the union.
+pub const WH_PREFIX: &[u8] = b".wh.";
+/// The opaque-directory marker file.
+pub const OPAQUE_MARKER: &CStr = c".wh..wh..opq";
+/// Names with this prefix are reserved for layer-format metadata (ours included).
+pub const RESERVED_PREFIX: &[u8] = b".wh..wh.";
+/// The default name of our work directory inside the upper layer.
+pub const DEFAULT_WORK_NAME: &str = ".wh..wh.unionfs";
+/// Opaque-directory xattrs written by kernel overlayfs and by rootless tools.
+pub const OPAQUE_XATTRS: [&CStr; 2] = [c"trusted.overlay.opaque", c"user.overlay.opaque"];
+
+/// True for a name the union never shows and never lets anyone create (`.wh.*`).
+pub fn is_hidden(name: &[u8]) -> bool {
+    name.starts_with(WH_PREFIX)
+}
+
+/// The whiteout file name for `name`.
+pub fn whiteout_for(name: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(WH_PREFIX.len() + name.len());
+    v.extend_from_slice(WH_PREFIX);
+    v.extend_from_slice(name);
+    v
+}
+
+/// If `name` is a whiteout file (`.wh.X`, not a reserved `.wh..wh.*` name), the name it hides.
+pub fn whited_out(name: &[u8]) -> Option<&[u8]> {
+    if name.starts_with(RESERVED_PREFIX) {
+        return None;
+    }
+    name.strip_prefix(WH_PREFIX).filter(|n| !n.is_empty())
+}
+
+/// True for a kernel-overlayfs style whiteout: a character device with device number 0/0.
+pub fn is_chardev_whiteout(st: &libc::stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == 0
+}
+
+/// True for xattrs that belong to the layer format or to us, which the union never exposes,
+/// copies up, or lets anyone set through the mount.
+pub fn is_internal_xattr(name: &[u8]) -> bool {
+    const INTERNAL: [&[u8]; 4] = [
+        b"trusted.unionfs.",
+        b"user.unionfs.",
+        b"trusted.overlay.",
+        b"user.overlay.",
+    ];
+    INTERNAL.iter().any(|p| name.starts_with(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whiteout_names_round_trip() {
+        assert_eq!(whiteout_for(b"f"), b".wh.f");
+        assert_eq!(whited_out(b".wh.f"), Some(&b"f"[..]));
+        assert_eq!(whited_out(b".wh..wh..opq"), None);
+        assert_eq!(whited_out(b".wh."), None);
+        assert_eq!(whited_out(b"f"), None);
+        assert!(is_hidden(b".wh.x"));
+        assert!(!is_hidden(b".whx"));
+    }
+
+    #[test]
+    fn internal_xattrs_are_recognised() {
+        assert!(is_internal_xattr(b"trusted.unionfs.origin"));
+        assert!(is_internal_xattr(b"user.overlay.opaque"));
+        assert!(!is_internal_xattr(b"user.mime_type"));
+        assert!(!is_internal_xattr(b"security.capability"));
+    }
+}

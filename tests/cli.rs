@@ -1,0 +1,451 @@
+//! The `unionfs-mount` command line and daemon lifecycle, with real FUSE mounts: error paths,
+//! both argument forms, read-only unions, signals, a killed daemon, and the library guard.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_unionfs-mount");
+
+/// True when this machine can run FUSE tests; with UNIONFS_REQUIRE_FUSE=1 a machine that
+/// cannot is a failure, not a skip.
+fn fuse_available() -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    let dev = Path::new("/dev/fuse").exists();
+    if root && dev {
+        return true;
+    }
+    let why = format!("needs root and /dev/fuse (root={root}, /dev/fuse={dev})");
+    if std::env::var("UNIONFS_REQUIRE_FUSE").as_deref() == Ok("1") {
+        panic!("UNIONFS_REQUIRE_FUSE=1 but this test {why}");
+    }
+    eprintln!("skipping: this test {why}");
+    false
+}
+
+/// A temp dir with layer dirs; unmounts and kills what it started when dropped, even on panic.
+struct Fixture {
+    root: PathBuf,
+    mounts: Vec<PathBuf>,
+    pids: Vec<i32>,
+}
+
+impl Fixture {
+    fn new(tag: &str) -> Fixture {
+        let root = std::env::temp_dir().join(format!(
+            "unionfs-cli-{tag}-{}-{}",
+            std::process::id(),
+            rand_u64()
+        ));
+        fs::create_dir_all(&root).unwrap();
+        Fixture {
+            root,
+            mounts: Vec::new(),
+            pids: Vec::new(),
+        }
+    }
+    fn dir(&self, name: &str) -> PathBuf {
+        let p = self.root.join(name);
+        fs::create_dir_all(&p).unwrap();
+        p
+    }
+    fn run(&mut self, args: &[&str]) -> Output {
+        let pidfile = self.root.join(format!("pid-{}", self.mounts.len()));
+        let out = Command::new(BIN)
+            .arg("--pid-file")
+            .arg(&pidfile)
+            .args(args)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            if let Some(m) = args.last() {
+                self.mounts.push(PathBuf::from(m));
+            }
+            if let Ok(p) = fs::read_to_string(&pidfile) {
+                self.pids.push(p.trim().parse().unwrap());
+            }
+        }
+        out
+    }
+}
+
+fn rand_u64() -> u64 {
+    let mut b = [0u8; 8];
+    let _ =
+        fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
+    u64::from_le_bytes(b)
+}
+
+fn is_mounted(p: &Path) -> bool {
+    let Ok(canon) = fs::canonicalize(p) else {
+        return true; // ENOTCONN on a dead FUSE mount also lands here
+    };
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(canon.to_str().unwrap()))
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie counts as gone: it has exited.
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s.split(") ").nth(1).is_some_and(|r| r.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < end, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        for m in &self.mounts {
+            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+        }
+        for p in &self.pids {
+            if alive(*p) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(*p),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        let _ = fs::remove_dir_all(&self.root);
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn missing_layer_names_the_path_and_the_fix() {
+    let mut fx = Fixture::new("missing");
+    let mnt = fx.dir("mnt");
+    let nope = fx.root.join("no-such-layer");
+    let o = fx.run(&[nope.to_str().unwrap(), mnt.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("no-such-layer") && e.contains("create it"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_arguments_and_options_fail_clearly() {
+    let mut fx = Fixture::new("badopt");
+    let l = fx.dir("l");
+    let mnt = fx.dir("mnt");
+    let o = fx.run(&[
+        "-o",
+        &format!("lowerdir={},threads=many", l.display()),
+        mnt.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("threads=many"), "{}", stderr(&o));
+    let o = fx.run(&[mnt.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("LOWER1"), "{}", stderr(&o));
+    let o = fx.run(&[
+        "-o",
+        &format!("upperdir={}", l.display()),
+        mnt.to_str().unwrap(),
+    ]);
+    assert!(stderr(&o).contains("lowerdir"), "{}", stderr(&o));
+}
+
+#[test]
+fn overlapping_layers_and_mountpoints_are_refused() {
+    let mut fx = Fixture::new("overlap");
+    let l = fx.dir("l");
+    let inner = fx.dir("l/upper");
+    let mnt = fx.dir("mnt");
+    let o = fx.run(&[
+        l.to_str().unwrap(),
+        inner.to_str().unwrap(),
+        mnt.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("overlap"), "{}", stderr(&o));
+    let u = fx.dir("u");
+    let inside = fx.dir("l/mnt");
+    let o = fx.run(&[
+        l.to_str().unwrap(),
+        u.to_str().unwrap(),
+        inside.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("inside layer"), "{}", stderr(&o));
+}
+
+#[test]
+fn workdir_on_another_filesystem_is_refused() {
+    if !fuse_available() {
+        return;
+    }
+    let mut fx = Fixture::new("workfs");
+    let l = fx.dir("l");
+    let u = fx.dir("u");
+    let w = fx.dir("w");
+    let mnt = fx.dir("mnt");
+    nix::mount::mount(
+        Some("tmpfs"),
+        &w,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    fx.mounts.push(w.clone());
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        l.display(),
+        u.display(),
+        w.display()
+    );
+    let o = fx.run(&["-o", &opts, mnt.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("another filesystem"), "{}", stderr(&o));
+    assert!(!is_mounted(&mnt));
+}
+
+#[test]
+fn podman_form_mounts_ignores_unknown_options_and_umount_ends_the_daemon() {
+    if !fuse_available() {
+        return;
+    }
+    let mut fx = Fixture::new("podman");
+    let l1 = fx.dir("l1");
+    let l2 = fx.dir("l2");
+    fs::write(l2.join("f"), "low").unwrap();
+    let u = fx.dir("u");
+    let w = fx.dir("w");
+    let mnt = fx.dir("mnt");
+    let opts = format!(
+        "lowerdir={}:{},upperdir={},workdir={},,volatile",
+        l1.display(),
+        l2.display(),
+        u.display(),
+        w.display()
+    );
+    let o = fx.run(&["-o", &opts, mnt.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("volatile"),
+        "no warning: {}",
+        stderr(&o)
+    );
+    assert_eq!(fs::read_to_string(mnt.join("f")).unwrap(), "low");
+    fs::write(mnt.join("g"), "new").unwrap();
+    assert_eq!(fs::read_to_string(u.join("g")).unwrap(), "new");
+    let pid = *fx.pids.last().unwrap();
+    let st = Command::new("umount").arg(&mnt).status().unwrap();
+    assert!(st.success());
+    wait_until("daemon exit after umount", || !alive(pid));
+    assert!(!is_mounted(&mnt));
+}
+
+#[test]
+fn read_only_union_gives_erofs_and_reads_work() {
+    if !fuse_available() {
+        return;
+    }
+    let mut fx = Fixture::new("ro");
+    let l = fx.dir("l");
+    fs::write(l.join("f"), "data").unwrap();
+    let mnt = fx.dir("mnt");
+    let o = fx.run(&[l.to_str().unwrap(), mnt.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(fs::read_to_string(mnt.join("f")).unwrap(), "data");
+    for r in [
+        fs::write(mnt.join("f"), "x"),
+        fs::write(mnt.join("new"), "x"),
+        fs::remove_file(mnt.join("f")),
+        fs::create_dir(mnt.join("d")),
+    ] {
+        assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EROFS));
+    }
+    assert_eq!(fs::read_to_string(l.join("f")).unwrap(), "data");
+    assert_eq!(fs::read_dir(&l).unwrap().count(), 1);
+}
+
+#[test]
+fn sigterm_unmounts_cleanly() {
+    if !fuse_available() {
+        return;
+    }
+    let mut fx = Fixture::new("term");
+    let l = fx.dir("l");
+    let u = fx.dir("u");
+    let mnt = fx.dir("mnt");
+    let o = fx.run(&[
+        l.to_str().unwrap(),
+        u.to_str().unwrap(),
+        mnt.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let pid = *fx.pids.last().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    wait_until("daemon exit after SIGTERM", || !alive(pid));
+    assert!(!is_mounted(&mnt));
+}
+
+#[test]
+fn killed_daemon_is_unmounted_by_the_watchdog_or_cleanup() {
+    if !fuse_available() {
+        return;
+    }
+    let mut fx = Fixture::new("kill");
+    let l = fx.dir("l");
+    let u = fx.dir("u");
+    let mnt = fx.dir("mnt");
+    let o = fx.run(&[
+        l.to_str().unwrap(),
+        u.to_str().unwrap(),
+        mnt.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let pid = *fx.pids.last().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_until("watchdog unmount", || !is_mounted(&mnt));
+
+    // Without the watchdog the mount is left dead until --cleanup.
+    let mnt2 = fx.dir("mnt2");
+    let o = fx.run(&[
+        "--no-watchdog",
+        l.to_str().unwrap(),
+        u.to_str().unwrap(),
+        mnt2.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let pid = *fx.pids.last().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_until("daemon death", || !alive(pid));
+    // Attributes may still be cached by the kernel; statfs always asks the daemon.
+    let dead = nix::sys::statfs::statfs(&mnt2).unwrap_err();
+    assert!(
+        matches!(
+            dead,
+            nix::errno::Errno::ENOTCONN | nix::errno::Errno::ECONNABORTED
+        ),
+        "{dead}"
+    );
+    let o = Command::new(BIN)
+        .arg("--cleanup")
+        .arg(&mnt2)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!is_mounted(&mnt2));
+    assert!(fs::metadata(&mnt2).unwrap().is_dir());
+}
+
+#[test]
+fn colon_in_lower_path_is_escaped() {
+    if !fuse_available() {
+        return;
+    }
+    let mut fx = Fixture::new("colon");
+    let l = fx.dir("a:b");
+    fs::write(l.join("f"), "colon").unwrap();
+    let mnt = fx.dir("mnt");
+    let arg = l.to_str().unwrap().replace(':', "\\:");
+    let o = fx.run(&[&arg, mnt.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(fs::read_to_string(mnt.join("f")).unwrap(), "colon");
+}
+
+#[test]
+fn library_guard_mounts_and_unmounts_on_drop() {
+    if !fuse_available() {
+        return;
+    }
+    let fx = Fixture::new("lib");
+    let l = fx.dir("l");
+    fs::write(l.join("f"), "lower").unwrap();
+    let u = fx.dir("u");
+    let mnt = fx.dir("mnt");
+    {
+        let guard = unionfs::MountConfig::new(vec![l.clone()], Some(u.clone()))
+            .mount(&mnt)
+            .unwrap();
+        assert_eq!(guard.mountpoint(), mnt.as_path());
+        fs::write(mnt.join("f"), "changed").unwrap();
+        assert_eq!(fs::read_to_string(mnt.join("f")).unwrap(), "changed");
+        let ino_view = fs::metadata(mnt.join("f")).unwrap().ino();
+        assert_eq!(ino_view, fs::metadata(l.join("f")).unwrap().ino());
+    }
+    assert!(!is_mounted(&mnt));
+    assert_eq!(fs::read_to_string(u.join("f")).unwrap(), "changed");
+    assert_eq!(fs::read_to_string(l.join("f")).unwrap(), "lower");
+}
+
+#[test]
+fn version_is_printed() {
+    let o = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains(env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn full_disk_during_copy_up_loses_nothing() {
+    if !fuse_available() {
+        return;
+    }
+    let mut fx = Fixture::new("enospc");
+    let l = fx.dir("l");
+    let big: Vec<u8> = (0..4 << 20).map(|i| (i % 251) as u8).collect();
+    fs::write(l.join("big"), &big).unwrap();
+    fs::write(l.join("small"), "s").unwrap();
+    // Upper and work on a 1 MiB tmpfs: the 4 MiB copy-up cannot fit.
+    let t = fx.dir("tmpfs");
+    nix::mount::mount(
+        Some("tmpfs"),
+        &t,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=1m"),
+    )
+    .unwrap();
+    fx.mounts.push(t.clone());
+    let u = t.join("u");
+    fs::create_dir(&u).unwrap();
+    let mnt = fx.dir("mnt");
+    let o = fx.run(&[
+        l.to_str().unwrap(),
+        u.to_str().unwrap(),
+        mnt.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r = fs::OpenOptions::new().append(true).open(mnt.join("big"));
+    assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::ENOSPC));
+    // The view still shows the whole old file; nothing partial is left anywhere.
+    assert_eq!(fs::read(mnt.join("big")).unwrap(), big);
+    assert!(!u.join("big").exists());
+    let work = u.join(".wh..wh.unionfs");
+    assert_eq!(fs::read_dir(&work).unwrap().count(), 0, "staging leftovers");
+    assert_eq!(fs::read(l.join("big")).unwrap(), big);
+    // Small changes still work on the nearly full upper.
+    fs::write(mnt.join("small"), "changed").unwrap();
+    assert_eq!(fs::read_to_string(u.join("small")).unwrap(), "changed");
+}
