@@ -96,35 +96,12 @@ pub fn base_lower() -> PathBuf {
     example_layers().join("base")
 }
 
-/// Whether the launcher can mount the FUSE union in this build.
-pub fn union_available() -> bool {
-    static OK: OnceLock<bool> = OnceLock::new();
-    *OK.get_or_init(|| {
-        let out = Command::new(BIN)
-            .args(["--read-only"])
-            .arg(base_lower())
-            .args(["--", "/bin/true"])
-            .output()
-            .unwrap();
-        !String::from_utf8_lossy(&out.stderr).contains("no union mount yet")
-    })
-}
-
-/// Arguments choosing the root: the union when this build has it, else the bind stand-in.
+/// Arguments choosing the container root: none, i.e. the FUSE union (the product).
 ///
-/// Tests of union semantics call [`require_union`] instead and fail when it is missing.
+/// `--root-source bind` (a plain bind of the topmost lower) exists for development only; tests
+/// that are about cgroups as an unprivileged user use it so they need no /dev/fuse access.
 pub fn root_args() -> Vec<String> {
-    if union_available() {
-        vec![]
-    } else {
-        eprintln!("NOTE: union mount not in this build; using --root-source bind");
-        vec!["--root-source".into(), "bind".into()]
-    }
-}
-
-/// Fail (CI) or skip when the union is not in this build.
-pub fn require_union() -> bool {
-    require(union_available(), "the FUSE union (MountConfig::mount) is not in this build")
+    Vec::new()
 }
 
 /// The result of one launch.
