@@ -104,6 +104,11 @@ pub fn root_args() -> Vec<String> {
     Vec::new()
 }
 
+/// Fail (CI) or skip when the FUSE union cannot serve a container root here.
+pub fn require_union() -> bool {
+    require(Path::new("/dev/fuse").exists(), "the FUSE union needs /dev/fuse")
+}
+
 /// The result of one launch.
 #[derive(Debug)]
 pub struct Outcome {
