@@ -21,7 +21,10 @@ fn command_is_pid_1_and_sees_only_the_container() {
     if !require_root() {
         return;
     }
-    let o = base_run(&[], "echo pid=$$; ps -o pid,comm | tail -n +2 | wc -l; ls /proc | grep -c '^[0-9]'");
+    let o = base_run(
+        &[],
+        "echo pid=$$; ps -o pid,comm | tail -n +2 | wc -l; ls /proc | grep -c '^[0-9]'",
+    );
     assert_eq!(o.code, 0, "{o:?}");
     let lines: Vec<&str> = o.stdout.lines().collect();
     assert_eq!(lines[0], "pid=1", "{o:?}");
@@ -48,13 +51,20 @@ fn hostname_is_isolated_and_net_none_has_only_lo() {
     assert_eq!(l[1], "box1", "{o:?}");
     assert_eq!(l[2], "lo", "only lo expected: {o:?}");
     assert_eq!(l[3], "1", "{o:?}");
-    assert_eq!(nix::unistd::gethostname().unwrap(), host, "host name changed");
+    assert_eq!(
+        nix::unistd::gethostname().unwrap(),
+        host,
+        "host name changed"
+    );
     // lo is up: ping it.
     let o = base_run(&[], "ping -c 1 -W 2 127.0.0.1 >/dev/null && echo up");
     assert_eq!(o.stdout.trim(), "up", "{o:?}");
     // --net host shares the host's interfaces.
     let o = base_run(&["--net", "host"], "grep -c : /proc/net/dev");
-    let host_ifaces = std::fs::read_to_string("/proc/net/dev").unwrap().matches(':').count();
+    let host_ifaces = std::fs::read_to_string("/proc/net/dev")
+        .unwrap()
+        .matches(':')
+        .count();
     assert_eq!(o.stdout.trim(), host_ifaces.to_string(), "{o:?}");
 }
 
@@ -73,7 +83,10 @@ fn exit_codes_pass_through() {
     a.extend(args(&["--", "nosuchcommand"]));
     let o = run(&a);
     assert_eq!(o.code, 127, "{o:?}");
-    assert!(o.stderr.contains("nosuchcommand: command not found"), "{o:?}");
+    assert!(
+        o.stderr.contains("nosuchcommand: command not found"),
+        "{o:?}"
+    );
 }
 
 #[test]
@@ -102,15 +115,40 @@ fn env_cwd_user_and_binds() {
     let ro = format!("{}:/mnt/ro:ro", t.0.display());
     let rw = format!("{}:/mnt/rw", t.0.display());
     let o = base_run(
-        &["--env", "FOO=bar baz", "--cwd", "/etc", "--bind", &ro, "--bind", &rw, "--user", "65534:65534"],
+        &[
+            "--env",
+            "FOO=bar baz",
+            "--cwd",
+            "/etc",
+            "--bind",
+            &ro,
+            "--bind",
+            &rw,
+            "--user",
+            "65534:65534",
+        ],
         "echo \"$FOO\"; pwd; id -u; id -g; cat /mnt/ro/hostfile; \
          touch /mnt/ro/x 2>/dev/null && echo ro-writable || echo ro-refused; \
          cat /proc/self/status | grep CapEff; grep NoNewPrivs /proc/self/status",
     );
     assert_eq!(o.code, 0, "{o:?}");
     let l: Vec<&str> = o.stdout.lines().collect();
-    assert_eq!(&l[..6], ["bar baz", "/etc", "65534", "65534", "from host", "ro-refused"], "{o:?}");
-    assert!(l[6].ends_with("0000000000000000"), "non-root keeps no capabilities: {o:?}");
+    assert_eq!(
+        &l[..6],
+        [
+            "bar baz",
+            "/etc",
+            "65534",
+            "65534",
+            "from host",
+            "ro-refused"
+        ],
+        "{o:?}"
+    );
+    assert!(
+        l[6].ends_with("0000000000000000"),
+        "non-root keeps no capabilities: {o:?}"
+    );
     assert!(l[7].ends_with('1'), "no_new_privs not set: {o:?}");
 }
 
@@ -135,10 +173,19 @@ fn root_in_container_has_the_default_capabilities_and_masked_paths() {
 
 #[test]
 fn bad_arguments_say_what_to_do() {
-    let o = run(&args(&["/nonexistent-layer", "--tmp-upper", "--", "/bin/true"]));
+    let o = run(&args(&[
+        "/nonexistent-layer",
+        "--tmp-upper",
+        "--",
+        "/bin/true",
+    ]));
     // clap rejects options after positionals only with `last`; this order is valid.
     assert_eq!(o.code, 125, "{o:?}");
-    assert!(o.stderr.contains("lower layer /nonexistent-layer is not a directory"), "{o:?}");
+    assert!(
+        o.stderr
+            .contains("lower layer /nonexistent-layer is not a directory"),
+        "{o:?}"
+    );
     let o = run(&args(&["/tmp", "--", "/bin/true"]));
     assert_eq!(o.code, 125, "{o:?}");
     assert!(o.stderr.contains("--tmp-upper"), "{o:?}");

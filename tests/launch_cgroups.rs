@@ -29,7 +29,11 @@ fn v2_mount() -> Option<PathBuf> {
 
 fn require_v1() -> Option<BTreeMap<String, PathBuf>> {
     let m = v1_mounts().filter(|m| m.contains_key("memory") && m.contains_key("pids"));
-    require(m.is_some(), "this test needs cgroup v1 memory and pids hierarchies").then(|| m.unwrap())
+    require(
+        m.is_some(),
+        "this test needs cgroup v1 memory and pids hierarchies",
+    )
+    .then(|| m.unwrap())
 }
 
 fn require_v2() -> Option<PathBuf> {
@@ -48,13 +52,20 @@ fn launch(extra: &[&str], cmd: &str) -> Running {
 
 /// The cgroup directories (under `root`) that contain `pid`.
 fn cgroup_of(root: &Path, pid: Pid) -> Option<PathBuf> {
-    std::fs::read_dir(root).ok()?.flatten().map(|e| e.path()).find(|d| {
-        d.file_name().unwrap().to_string_lossy().starts_with("unionfs-run.")
-            && std::fs::read_to_string(d.join("cgroup.procs"))
-                .unwrap_or_default()
-                .lines()
-                .any(|l| l.trim() == pid.to_string())
-    })
+    std::fs::read_dir(root)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|d| {
+            d.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("unionfs-run.")
+                && std::fs::read_to_string(d.join("cgroup.procs"))
+                    .unwrap_or_default()
+                    .lines()
+                    .any(|l| l.trim() == pid.to_string())
+        })
 }
 
 #[test]
@@ -97,14 +108,23 @@ fn fork_loop_is_contained_by_pids_limit() {
     assert_eq!(r.read_line(), "up");
     let init = r.init_pid();
     let cg = cgroup_of(&m["pids"], init).expect("init not in a pids cgroup");
-    assert_eq!(std::fs::read_to_string(cg.join("pids.max")).unwrap().trim(), "32");
+    assert_eq!(
+        std::fs::read_to_string(cg.join("pids.max")).unwrap().trim(),
+        "32"
+    );
     r.write_line("go");
     let o = r.finish(Duration::from_secs(60));
     assert_eq!(o.code, 0, "{o:?}");
     let l: Vec<&str> = o.stdout.lines().collect();
-    assert_eq!(l[0], "inner=2", "the fork loop did not hit the limit: {o:?}");
+    assert_eq!(
+        l[0], "inner=2",
+        "the fork loop did not hit the limit: {o:?}"
+    );
     let count: usize = l[1].strip_prefix("count=").unwrap().parse().unwrap();
-    assert!((20..32).contains(&count), "{count} sleeps under --pids 32: {o:?}");
+    assert!(
+        (20..32).contains(&count),
+        "{count} sleeps under --pids 32: {o:?}"
+    );
     assert_eq!(l[2], "done");
     assert!(!cg.exists());
 }
@@ -115,14 +135,22 @@ fn cpu_quota_is_written() {
         return;
     }
     let Some(m) = require_v1() else { return };
-    if !require(m.contains_key("cpu"), "this test needs the v1 cpu hierarchy") {
+    if !require(
+        m.contains_key("cpu"),
+        "this test needs the v1 cpu hierarchy",
+    ) {
         return;
     }
     let mut r = launch(&["--cpus", "0.5"], "echo up; sleep 30");
     assert_eq!(r.read_line(), "up");
     let init = r.init_pid();
     let cg = cgroup_of(&m["cpu"], init).expect("init not in a cpu cgroup");
-    assert_eq!(std::fs::read_to_string(cg.join("cpu.cfs_quota_us")).unwrap().trim(), "50000");
+    assert_eq!(
+        std::fs::read_to_string(cg.join("cpu.cfs_quota_us"))
+            .unwrap()
+            .trim(),
+        "50000"
+    );
     nix::sys::signal::kill(init, nix::sys::signal::Signal::SIGKILL).unwrap();
     assert_eq!(r.finish(Duration::from_secs(20)).code, 137);
     assert!(!cg.exists());
@@ -134,7 +162,10 @@ fn v2_places_the_container_and_removes_its_cgroup() {
         return;
     }
     let Some(u) = require_v2() else { return };
-    let mut r = launch(&["--cgroup", "v2"], "cat /proc/self/cgroup; echo up; sleep 30");
+    let mut r = launch(
+        &["--cgroup", "v2"],
+        "cat /proc/self/cgroup; echo up; sleep 30",
+    );
     let mut seen = Vec::new();
     loop {
         let l = r.read_line();
@@ -195,7 +226,11 @@ fn teardown_kills_everything(backend: Box<dyn Backend>) {
     // Placed before it forks anything, so the whole tree is inside.
     guard.add(tree.pid()).unwrap();
     tree.go();
-    assert!(wait_for(Duration::from_secs(5), || guard.backend().procs(&name).len() >= 6));
+    assert!(wait_for(Duration::from_secs(5), || guard
+        .backend()
+        .procs(&name)
+        .len()
+        >= 6));
     let inside = guard.backend().procs(&name);
     guard.teardown().unwrap();
     for p in inside {
@@ -237,7 +272,11 @@ fn rootless_without_delegation_warns_once_and_runs() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ran", "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "ran",
+        "{stderr}"
+    );
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert_eq!(stderr.matches("warning").count(), 1, "{stderr}");
     assert!(stderr.contains("WITHOUT resource limits"), "{stderr}");

@@ -80,8 +80,16 @@ fn twenty_launches_leave_nothing_behind() {
         survivors()
     );
     assert_eq!(leftover_mounts(), Vec::<String>::new(), "mounts left");
-    assert_eq!(stale_cgroups(), Vec::<std::path::PathBuf>::new(), "cgroups left");
-    assert_eq!(stale_staging(), Vec::<std::path::PathBuf>::new(), "staging dirs left");
+    assert_eq!(
+        stale_cgroups(),
+        Vec::<std::path::PathBuf>::new(),
+        "cgroups left"
+    );
+    assert_eq!(
+        stale_staging(),
+        Vec::<std::path::PathBuf>::new(),
+        "staging dirs left"
+    );
     // The upper holds only what the runs wrote.
     let names: Vec<String> = std::fs::read_dir(&upper.0)
         .unwrap()
@@ -89,5 +97,9 @@ fn twenty_launches_leave_nothing_behind() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| !n.starts_with(".wh..wh."))
         .collect();
-    assert_eq!(names, vec!["f".to_string()], "unexpected entries in the upper");
+    assert_eq!(
+        names,
+        vec!["f".to_string()],
+        "unexpected entries in the upper"
+    );
 }

@@ -22,7 +22,12 @@ impl UserLayers {
         let dir = TempDir::new("rootless-layers");
         let src = example_layers();
         for l in ["base", "app", "whiteout"] {
-            let st = Command::new("cp").arg("-a").arg(src.join(l)).arg(dir.join(l)).status().unwrap();
+            let st = Command::new("cp")
+                .arg("-a")
+                .arg(src.join(l))
+                .arg(dir.join(l))
+                .status()
+                .unwrap();
             assert!(st.success());
         }
         std::fs::create_dir(dir.join("upper")).unwrap();
@@ -37,7 +42,12 @@ impl UserLayers {
 
     fn lowers(&self) -> String {
         let d = &self.dir.0;
-        format!("{}:{}:{}", d.join("whiteout").display(), d.join("app").display(), d.join("base").display())
+        format!(
+            "{}:{}:{}",
+            d.join("whiteout").display(),
+            d.join("app").display(),
+            d.join("base").display()
+        )
     }
 
     fn upper(&self) -> PathBuf {
@@ -115,7 +125,12 @@ fn rootless_writes_land_in_upper_as_the_user() {
     }
     let l = UserLayers::new();
     let mut a = vec![l.lowers(), l.upper().to_string_lossy().into_owned()];
-    a.extend(args(&["--", "/bin/sh", "-c", "echo hi > /etc/new; rm /etc/passwd; rm /app/hello.sh"]));
+    a.extend(args(&[
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo hi > /etc/new; rm /etc/passwd; rm /app/hello.sh",
+    ]));
     let (r, _node) = rootless(true, &a);
     let o = r.finish(Duration::from_secs(30));
     assert_eq!(o.code, 0, "{o:?}");
@@ -156,7 +171,9 @@ fn rootless_without_fuse_access_says_how_to_fix_it() {
     if !require_rootless() {
         return;
     }
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata("/dev/fuse").unwrap().permissions());
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata("/dev/fuse").unwrap().permissions(),
+    );
     if mode & 0o006 == 0o006 {
         // A host whose /dev/fuse is 0666 gives everyone access: nothing to report there.
         eprintln!("SKIPPED: /dev/fuse is world-accessible on this host");
@@ -169,5 +186,9 @@ fn rootless_without_fuse_access_says_how_to_fix_it() {
     assert_eq!(o.code, 125, "{o:?}");
     assert!(o.stderr.contains("cannot open /dev/fuse"), "{o:?}");
     assert!(o.stderr.contains("chmod 0666 /dev/fuse"), "{o:?}");
-    assert!(!Path::new("/dev/fuse").metadata().unwrap().permissions().readonly());
+    assert!(!Path::new("/dev/fuse")
+        .metadata()
+        .unwrap()
+        .permissions()
+        .readonly());
 }

@@ -24,7 +24,10 @@ fn forwarded_signals_reach_the_command() {
     if !require_root() {
         return;
     }
-    let mut r = launch(&[], &TRAPS.replace("sleep 0.05", "sleep 0.05; [ -e /tmp/n ] && touch /tmp/stop"));
+    let mut r = launch(
+        &[],
+        &TRAPS.replace("sleep 0.05", "sleep 0.05; [ -e /tmp/n ] && touch /tmp/stop"),
+    );
     assert_eq!(r.read_line(), "up");
     for (sig, name) in [
         (Signal::SIGUSR1, "USR1"),
@@ -63,7 +66,13 @@ fn zombies_under(pid: nix::unistd::Pid) -> usize {
         .into_iter()
         .filter(|p| {
             std::fs::read_to_string(format!("/proc/{p}/stat"))
-                .map(|s| s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+                .map(|s| {
+                    s.rsplit(')')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start()
+                        .starts_with('Z')
+                })
                 .unwrap_or(false)
         })
         .count()
@@ -83,7 +92,12 @@ fn init_reaps_zombies_and_passes_the_exit_code() {
         assert_eq!(r.read_line(), "up");
         let pid1 = r.init_pid();
         let seen = wait_for(Duration::from_secs(1), || zombies_under(pid1) >= 5);
-        assert_eq!(seen, want_zombies, "--init={init}: zombies {}", zombies_under(pid1));
+        assert_eq!(
+            seen,
+            want_zombies,
+            "--init={init}: zombies {}",
+            zombies_under(pid1)
+        );
         let o = r.finish(Duration::from_secs(10));
         assert_eq!(o.code, 0, "{o:?}");
     }

@@ -9,8 +9,11 @@ use std::path::{Path, PathBuf};
 
 use launch_common::*;
 
+/// Path → (mode, size, content) of every entry of a layer.
+type Snapshot = BTreeMap<PathBuf, (u32, u64, Vec<u8>)>;
+
 /// Every entry under `dir` with type, mode, size and (for files) content.
-fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u32, u64, Vec<u8>)> {
+fn snapshot(dir: &Path) -> Snapshot {
     let mut out = BTreeMap::new();
     let mut todo = vec![dir.to_path_buf()];
     while let Some(d) = todo.pop() {
@@ -20,14 +23,20 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u32, u64, Vec<u8>)> {
             let content = if m.is_file() {
                 std::fs::read(&p).unwrap()
             } else if m.file_type().is_symlink() {
-                std::fs::read_link(&p).unwrap().into_os_string().into_encoded_bytes()
+                std::fs::read_link(&p)
+                    .unwrap()
+                    .into_os_string()
+                    .into_encoded_bytes()
             } else {
                 Vec::new()
             };
             if m.is_dir() {
                 todo.push(p.clone());
             }
-            out.insert(p.strip_prefix(dir).unwrap().to_path_buf(), (m.mode(), m.size(), content));
+            out.insert(
+                p.strip_prefix(dir).unwrap().to_path_buf(),
+                (m.mode(), m.size(), content),
+            );
         }
     }
     out
@@ -35,12 +44,20 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u32, u64, Vec<u8>)> {
 
 fn stack() -> String {
     let l = example_layers();
-    format!("{}:{}:{}", l.join("whiteout").display(), l.join("app").display(), l.join("base").display())
+    format!(
+        "{}:{}:{}",
+        l.join("whiteout").display(),
+        l.join("app").display(),
+        l.join("base").display()
+    )
 }
 
-fn lowers_snapshot() -> Vec<BTreeMap<PathBuf, (u32, u64, Vec<u8>)>> {
+fn lowers_snapshot() -> Vec<Snapshot> {
     let l = example_layers();
-    ["whiteout", "app", "base"].iter().map(|n| snapshot(&l.join(n))).collect()
+    ["whiteout", "app", "base"]
+        .iter()
+        .map(|n| snapshot(&l.join(n)))
+        .collect()
 }
 
 #[test]
@@ -65,10 +82,17 @@ fn writes_land_in_upper_deletes_become_whiteouts_lowers_unchanged() {
     assert_eq!(o.stdout.trim(), "changed");
     let u = &upper.0;
     assert_eq!(std::fs::read_to_string(u.join("newfile")).unwrap(), "new\n");
-    assert_eq!(std::fs::read_to_string(u.join("etc/hostname")).unwrap(), "changed\n");
-    assert_eq!(std::fs::read_to_string(u.join("var/lib/x/y")).unwrap(), "y\n");
+    assert_eq!(
+        std::fs::read_to_string(u.join("etc/hostname")).unwrap(),
+        "changed\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(u.join("var/lib/x/y")).unwrap(),
+        "y\n"
+    );
     for wh in ["etc/.wh.passwd", ".wh.app"] {
-        let m = std::fs::symlink_metadata(u.join(wh)).unwrap_or_else(|_| panic!("no {wh} in upper"));
+        let m =
+            std::fs::symlink_metadata(u.join(wh)).unwrap_or_else(|_| panic!("no {wh} in upper"));
         assert!(m.is_file(), "{wh} is not a plain whiteout file");
     }
     assert_eq!(lowers_snapshot(), before, "a lower layer changed");
@@ -101,7 +125,10 @@ fn whiteout_layer_hides_and_app_layer_overrides() {
     ]);
     let o = run(&a);
     assert_eq!(o.code, 0, "{o:?}");
-    assert_eq!(o.stdout, "app\nmotd-gone\ndoc-gone\n0\nhello from the app layer on container\n");
+    assert_eq!(
+        o.stdout,
+        "app\nmotd-gone\ndoc-gone\n0\nhello from the app layer on container\n"
+    );
 }
 
 #[test]
@@ -110,7 +137,14 @@ fn read_only_root_refuses_writes_and_tmp_upper_leaves_nothing() {
         return;
     }
     let before = lowers_snapshot();
-    let a = args(&["--read-only", &stack(), "--", "/bin/sh", "-c", "echo x > /f"]);
+    let a = args(&[
+        "--read-only",
+        &stack(),
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo x > /f",
+    ]);
     let o = run(&a);
     assert_ne!(o.code, 0, "{o:?}");
     assert!(o.stderr.contains("Read-only file system"), "{o:?}");

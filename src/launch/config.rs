@@ -130,15 +130,15 @@ impl LaunchConfig {
             ));
         }
         if self.lowers.is_empty() {
-            return Err(Error::msg("no lower layer given: the first argument is LOWER1[:LOWER2...]"));
+            return Err(Error::msg(
+                "no lower layer given: the first argument is LOWER1[:LOWER2...]",
+            ));
         }
         let modes = [self.upper.is_some(), self.tmp_upper, self.read_only];
         match modes.iter().filter(|m| **m).count() {
-            0 => {
-                return Err(Error::msg(
-                    "no upper layer: give UPPER, or --tmp-upper for a throwaway one, or --read-only",
-                ))
-            }
+            0 => return Err(Error::msg(
+                "no upper layer: give UPPER, or --tmp-upper for a throwaway one, or --read-only",
+            )),
             1 => {}
             _ => {
                 return Err(Error::msg(
@@ -162,7 +162,9 @@ impl LaunchConfig {
         }
         if let Some(c) = self.limits.cpus {
             if !(c > 0.0 && c.is_finite()) {
-                return Err(Error::msg("--cpus must be a positive number, e.g. 0.5 or 2"));
+                return Err(Error::msg(
+                    "--cpus must be a positive number, e.g. 0.5 or 2",
+                ));
             }
         }
         if self.hostname.is_empty() || self.hostname.len() > 64 {

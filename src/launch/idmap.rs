@@ -90,13 +90,30 @@ pub enum MapPlan {
 impl MapPlan {
     /// Decide how to map, given our effective ids outside and the requested ranges.
     pub fn decide(euid: u32, egid: u32, uids: &[IdRange], gids: &[IdRange]) -> MapPlan {
-        let single = |id: u32| vec![IdRange { inside: 0, outside: id, count: 1 }];
-        let uids = if uids.is_empty() { single(euid) } else { uids.to_vec() };
-        let gids = if gids.is_empty() { single(egid) } else { gids.to_vec() };
+        let single = |id: u32| {
+            vec![IdRange {
+                inside: 0,
+                outside: id,
+                count: 1,
+            }]
+        };
+        let uids = if uids.is_empty() {
+            single(euid)
+        } else {
+            uids.to_vec()
+        };
+        let gids = if gids.is_empty() {
+            single(egid)
+        } else {
+            gids.to_vec()
+        };
         if euid == 0 {
             MapPlan::Direct { uids, gids }
         } else if uids == single(euid) && gids == single(egid) {
-            MapPlan::SingleId { uid: euid, gid: egid }
+            MapPlan::SingleId {
+                uid: euid,
+                gid: egid,
+            }
         } else {
             MapPlan::Helpers { uids, gids }
         }
@@ -128,9 +145,14 @@ impl MapPlan {
             }
             MapPlan::SingleId { uid, gid } => {
                 let p = format!("/proc/{pid}/setgroups");
-                std::fs::write(&p, "deny")
-                    .map_err(|e| Error::msg(format!("writing {p}: {e}")))?;
-                let one = |id| [IdRange { inside: 0, outside: id, count: 1 }];
+                std::fs::write(&p, "deny").map_err(|e| Error::msg(format!("writing {p}: {e}")))?;
+                let one = |id| {
+                    [IdRange {
+                        inside: 0,
+                        outside: id,
+                        count: 1,
+                    }]
+                };
                 write_proc(pid, IdKind::Gid, &one(*gid))?;
                 write_proc(pid, IdKind::Uid, &one(*uid))
             }
@@ -165,7 +187,11 @@ fn run_helper(pid: Pid, kind: IdKind, ranges: &[IdRange]) -> Result<(), Error> {
     let mut cmd = Command::new(kind.helper());
     cmd.arg(pid.to_string());
     for r in ranges {
-        cmd.args([r.inside.to_string(), r.outside.to_string(), r.count.to_string()]);
+        cmd.args([
+            r.inside.to_string(),
+            r.outside.to_string(),
+            r.count.to_string(),
+        ]);
     }
     let out = cmd.output().map_err(|e| {
         Error::msg(format!(
@@ -192,20 +218,40 @@ mod tests {
     #[test]
     fn parse_range() {
         let r: IdRange = "0:100000:65536".parse().unwrap();
-        assert_eq!(r, IdRange { inside: 0, outside: 100000, count: 65536 });
+        assert_eq!(
+            r,
+            IdRange {
+                inside: 0,
+                outside: 100000,
+                count: 65536
+            }
+        );
         assert!("0:1".parse::<IdRange>().is_err());
         assert!("0:1:0".parse::<IdRange>().is_err());
     }
 
     #[test]
     fn plans() {
-        assert!(matches!(MapPlan::decide(0, 0, &[], &[]), MapPlan::Direct { .. }));
+        assert!(matches!(
+            MapPlan::decide(0, 0, &[], &[]),
+            MapPlan::Direct { .. }
+        ));
         let p = MapPlan::decide(1000, 1000, &[], &[]);
-        assert_eq!(p, MapPlan::SingleId { uid: 1000, gid: 1000 });
+        assert_eq!(
+            p,
+            MapPlan::SingleId {
+                uid: 1000,
+                gid: 1000
+            }
+        );
         assert!(!p.setgroups_allowed());
         assert!(p.maps(IdKind::Uid, 0) && !p.maps(IdKind::Uid, 1));
         let r: IdRange = "1:100000:65536".parse().unwrap();
-        let own = IdRange { inside: 0, outside: 1000, count: 1 };
+        let own = IdRange {
+            inside: 0,
+            outside: 1000,
+            count: 1,
+        };
         let p = MapPlan::decide(1000, 1000, &[own, r], &[own, r]);
         assert!(matches!(p, MapPlan::Helpers { .. }));
         assert!(p.maps(IdKind::Gid, 65536) && !p.maps(IdKind::Gid, 65537));

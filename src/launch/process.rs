@@ -187,7 +187,13 @@ fn recv(sock: &mut UnixStream) -> Option<String> {
     let mut b = [0u8; 1];
     loop {
         match sock.read(&mut b) {
-            Ok(0) => return if out.is_empty() { None } else { Some(String::from_utf8_lossy(&out).into()) },
+            Ok(0) => {
+                return if out.is_empty() {
+                    None
+                } else {
+                    Some(String::from_utf8_lossy(&out).into())
+                }
+            }
             Ok(_) if b[0] == b'\n' => return Some(String::from_utf8_lossy(&out).into()),
             Ok(_) => out.push(b[0]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -237,7 +243,11 @@ impl Prepared {
         }
         for b in &cfg.binds {
             if std::fs::metadata(&b.src).is_err() {
-                return Err(Error::msg(format!("--bind source {} does not exist", b.src.display())).into());
+                return Err(Error::msg(format!(
+                    "--bind source {} does not exist",
+                    b.src.display()
+                ))
+                .into());
             }
         }
         let provider = provider_for(&cfg);
@@ -303,7 +313,10 @@ impl Prepared {
                 }
                 return Ok(None);
             }
-            return Err(Error::msg(format!("cannot create cgroups with {}: {why}", backend.describe())));
+            return Err(Error::msg(format!(
+                "cannot create cgroups with {}: {why}",
+                backend.describe()
+            )));
         }
         let missing = backend.unsupported(&cfg.limits);
         if !missing.is_empty() {
@@ -344,7 +357,8 @@ impl Prepared {
                         Some(m) => return Err(holder_error(m)),
                         None => return Err(holder_gone(&mut holder)),
                     }
-                    plan.apply(child).map_err(|e| e.context("writing the user namespace id maps"))?;
+                    plan.apply(child)
+                        .map_err(|e| e.context("writing the user namespace id maps"))?;
                     send(&mut p_h, "mapped")?;
                 }
                 let init = match recv(&mut p_h) {
@@ -424,7 +438,10 @@ impl Running {
         let set = signals::wait_set();
         let code = 'outer: loop {
             loop {
-                match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL)) {
+                match waitpid(
+                    Pid::from_raw(-1),
+                    Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL),
+                ) {
                     Ok(WaitStatus::StillAlive) => break,
                     Ok(st) if st.pid() == Some(r.init.pid) => {
                         r.init.reaped = true;
@@ -501,7 +518,15 @@ fn holder_run(
     // Terminal signals go to the launcher, which forwards them; the holder must outlive the
     // container's root users, so it leaves the foreground process group and ignores them.
     let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
-    for s in [Signal::SIGINT, Signal::SIGQUIT, Signal::SIGHUP, Signal::SIGTSTP, Signal::SIGTTIN, Signal::SIGTTOU, Signal::SIGPIPE] {
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGQUIT,
+        Signal::SIGHUP,
+        Signal::SIGTSTP,
+        Signal::SIGTTIN,
+        Signal::SIGTTOU,
+        Signal::SIGPIPE,
+    ] {
         let _ = sys::ignore_signal(s);
     }
     signals::set_mask(&p.old_mask).ctx(|| "restoring the signal mask".into())?;
@@ -528,12 +553,24 @@ fn holder_run(
     }
     let flags = namespaces::holder_flags(false);
     nix::sched::unshare(flags).ctx(|| "creating a mount namespace".into())?;
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .ctx(|| "making / private in the holder".into())?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .ctx(|| "making / private in the holder".into())?;
 
     let st = &p.staging.0;
-    mount(Some("tmpfs"), st, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755"))
-        .ctx(|| format!("mounting a tmpfs on {}", st.display()))?;
+    mount(
+        Some("tmpfs"),
+        st,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755"),
+    )
+    .ctx(|| format!("mounting a tmpfs on {}", st.display()))?;
     let root = p.staging.root();
     std::fs::create_dir(&root).ctx(|| format!("mkdir {}", root.display()))?;
     let (upper, work) = if p.cfg.tmp_upper {
@@ -544,8 +581,14 @@ fn holder_run(
     } else {
         (None, None)
     };
-    mount(None::<&str>, st, None::<&str>, MsFlags::MS_SHARED, None::<&str>)
-        .ctx(|| "making the staging mount shared".into())?;
+    mount(
+        None::<&str>,
+        st,
+        None::<&str>,
+        MsFlags::MS_SHARED,
+        None::<&str>,
+    )
+    .ctx(|| "making the staging mount shared".into())?;
 
     // Clone the init now, while this process is single-threaded (see the module comment).
     let mut stack = vec![0u8; 1 << 20];
@@ -568,7 +611,10 @@ fn holder_run(
     drop(init_sock);
     drop(stack);
 
-    let guard = match p.provider.mount(&p.staging.root(), upper.as_deref(), work.as_deref()) {
+    let guard = match p
+        .provider
+        .mount(&p.staging.root(), upper.as_deref(), work.as_deref())
+    {
         Ok(g) => g,
         Err(e) => {
             let _ = kill(init_pid, Signal::SIGKILL);
@@ -614,9 +660,16 @@ fn init_run(
         _ => sys::exit_now(EXIT_LAUNCHER),
     }
     // The launcher has put us in our cgroup: make it the root of our cgroup view.
-    nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP).ctx(|| "creating a cgroup namespace".into())?;
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .ctx(|| "making / private in the container".into())?;
+    nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
+        .ctx(|| "creating a cgroup namespace".into())?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .ctx(|| "making / private in the container".into())?;
     Plan::new(root, cfg.net, &cfg.binds).apply()?;
     nix::unistd::sethostname(&cfg.hostname).ctx(|| "sethostname".into())?;
     if cfg.net == NetMode::None {
@@ -635,7 +688,8 @@ fn init_run(
     if uid.is_root() {
         capabilities::restrict_to_default()?;
     }
-    nix::unistd::chdir(&cfg.cwd).ctx(|| format!("--cwd {}: cannot change into it", cfg.cwd.display()))?;
+    nix::unistd::chdir(&cfg.cwd)
+        .ctx(|| format!("--cwd {}: cannot change into it", cfg.cwd.display()))?;
     nix::sys::prctl::set_no_new_privs().ctx(|| "prctl(PR_SET_NO_NEW_PRIVS)".into())?;
     // setresuid cleared it; the launcher may have died meanwhile, in which case we must go.
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).ctx(|| "prctl(PR_SET_PDEATHSIG)".into())?;
@@ -647,16 +701,18 @@ fn init_run(
 
     // Dispositions set to "ignore" survive exec; a launcher started in the background (or under
     // nohup) would otherwise hand the command signals it cannot even trap.
-    for s in signals::FORWARDED.into_iter().chain([Signal::SIGPIPE, Signal::SIGTSTP, Signal::SIGTTIN, Signal::SIGTTOU]) {
+    for s in signals::FORWARDED.into_iter().chain([
+        Signal::SIGPIPE,
+        Signal::SIGTSTP,
+        Signal::SIGTTIN,
+        Signal::SIGTTOU,
+    ]) {
         let _ = sys::default_signal(s);
     }
-    let argv: Vec<CString> = cfg
-        .command
-        .iter()
-        .map(|a| cstring(a))
-        .collect::<Result<_, _>>()?;
+    let argv: Vec<CString> = cfg.command.iter().map(cstring).collect::<Result<_, _>>()?;
     if cfg.init {
-        sys::install_noop_handlers(&signals::FORWARDED).ctx(|| "installing signal handlers".into())?;
+        sys::install_noop_handlers(&signals::FORWARDED)
+            .ctx(|| "installing signal handlers".into())?;
         signals::block(&signals::wait_set()).ctx(|| "blocking signals".into())?;
         match sys::fork_single_threaded().ctx(|| "fork".into())? {
             ForkResult::Child => {
@@ -677,14 +733,16 @@ fn init_run(
 }
 
 fn cstring(s: &OsString) -> Result<CString, Failure> {
-    CString::new(s.as_bytes())
-        .map_err(|_| Error::msg(format!("{s:?} contains a NUL byte")).into())
+    CString::new(s.as_bytes()).map_err(|_| Error::msg(format!("{s:?} contains a NUL byte")).into())
 }
 
 fn environment(cfg: &LaunchConfig) -> Vec<CString> {
     let home = if cfg.user.uid == 0 { "/root" } else { "/" };
     let mut vars: Vec<(String, String)> = vec![
-        ("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()),
+        (
+            "PATH".into(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        ),
         ("HOME".into(), home.into()),
         ("HOSTNAME".into(), cfg.hostname.clone()),
         ("container".into(), "unionfs-run".into()),

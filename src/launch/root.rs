@@ -136,7 +136,10 @@ impl RootProvider for BindRoot {
         if self.dir.is_dir() {
             Ok(())
         } else {
-            Err(Error::msg(format!("{} is not a directory", self.dir.display())))
+            Err(Error::msg(format!(
+                "{} is not a directory",
+                self.dir.display()
+            )))
         }
     }
 
@@ -153,7 +156,13 @@ impl RootProvider for BindRoot {
             MsFlags::MS_BIND | MsFlags::MS_REC,
             None::<&str>,
         )
-        .ctx(|| format!("bind-mounting {} on {}", self.dir.display(), target.display()))?;
+        .ctx(|| {
+            format!(
+                "bind-mounting {} on {}",
+                self.dir.display(),
+                target.display()
+            )
+        })?;
         let guard = BindGuard(target.to_path_buf());
         if self.read_only {
             super::rootfs::remount_read_only(target)?;

@@ -274,7 +274,8 @@ fn apply_step(s: &Step) -> Result<(), Error> {
         }
         Step::Sys { target } => {
             mkdir_p(target)?;
-            let ro = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+            let ro =
+                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
             // A fresh sysfs needs a network namespace owned by our user namespace; with
             // `--net host` in a rootless run the kernel refuses it, so bind the host's.
             if mount(Some("sysfs"), target, Some("sysfs"), ro, None::<&str>).is_ok() {
@@ -395,16 +396,33 @@ mod tests {
                 _ => None,
             })
             .collect();
-        for want in ["/r/proc", "/r/dev", "/r/dev/null", "/r/dev/pts", "/r/dev/shm", "/r/sys", "/r/data"] {
-            assert!(targets.iter().any(|t| t == want), "{want} missing from {targets:?}");
+        for want in [
+            "/r/proc",
+            "/r/dev",
+            "/r/dev/null",
+            "/r/dev/pts",
+            "/r/dev/shm",
+            "/r/sys",
+            "/r/data",
+        ] {
+            assert!(
+                targets.iter().any(|t| t == want),
+                "{want} missing from {targets:?}"
+            );
         }
         // /dev must be mounted before the device binds that go into it.
         let pos = |w: &str| targets.iter().position(|t| t == w).unwrap();
         assert!(pos("/r/dev") < pos("/r/dev/null"));
-        assert!(p.after_pivot.contains(&Step::MaskFile("/proc/kcore".into())));
-        assert!(p.after_pivot.contains(&Step::MaskDir("/sys/firmware".into())));
         assert!(p
-            .before_pivot
-            .contains(&Step::Bind { src: "/h".into(), target: "/r/data".into(), read_only: true }));
+            .after_pivot
+            .contains(&Step::MaskFile("/proc/kcore".into())));
+        assert!(p
+            .after_pivot
+            .contains(&Step::MaskDir("/sys/firmware".into())));
+        assert!(p.before_pivot.contains(&Step::Bind {
+            src: "/h".into(),
+            target: "/r/data".into(),
+            read_only: true
+        }));
     }
 }

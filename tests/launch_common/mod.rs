@@ -76,7 +76,10 @@ pub fn example_layers() -> PathBuf {
         // Test binaries may run in parallel (nextest): one builds, the others wait.
         let _l = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
         if !dir.join("base/bin/busybox").exists() {
-            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/make-example-layers.sh");
+            let script = concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/scripts/make-example-layers.sh"
+            );
             let out = Command::new("sh").arg(script).arg(&dir).output().unwrap();
             assert!(
                 out.status.success(),
@@ -106,7 +109,10 @@ pub fn root_args() -> Vec<String> {
 
 /// Fail (CI) or skip when the FUSE union cannot serve a container root here.
 pub fn require_union() -> bool {
-    require(Path::new("/dev/fuse").exists(), "the FUSE union needs /dev/fuse")
+    require(
+        Path::new("/dev/fuse").exists(),
+        "the FUSE union needs /dev/fuse",
+    )
 }
 
 /// The result of one launch.
@@ -159,9 +165,17 @@ impl Running {
             use std::os::fd::AsFd;
             let mut fds = [PollFd::new(out.as_fd(), PollFlags::POLLIN)];
             let ready = poll(&mut fds, PollTimeout::from(20_000u16)).unwrap();
-            assert!(ready == 1, "no output from the command for 20 s after {:?}", String::from_utf8_lossy(&line));
+            assert!(
+                ready == 1,
+                "no output from the command for 20 s after {:?}",
+                String::from_utf8_lossy(&line)
+            );
             let n = out.read(&mut b).unwrap();
-            assert!(n == 1, "EOF from the command after {:?}", String::from_utf8_lossy(&line));
+            assert!(
+                n == 1,
+                "EOF from the command after {:?}",
+                String::from_utf8_lossy(&line)
+            );
             if b[0] == b'\n' {
                 return String::from_utf8_lossy(&line).into_owned();
             }
@@ -259,7 +273,11 @@ pub fn children(pid: Pid) -> Vec<Pid> {
     if let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) {
         for t in rd.flatten() {
             let c = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-            out.extend(c.split_whitespace().filter_map(|s| s.parse().ok()).map(Pid::from_raw));
+            out.extend(
+                c.split_whitespace()
+                    .filter_map(|s| s.parse().ok())
+                    .map(Pid::from_raw),
+            );
         }
     }
     out
@@ -286,7 +304,12 @@ pub fn ns_of(pid: Pid, ns: &str) -> Option<PathBuf> {
 /// Whether `pid` is alive (and not a zombie).
 pub fn alive(pid: Pid) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Ok(s) => !s
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
         Err(_) => false,
     }
 }

@@ -97,7 +97,10 @@ pub trait Backend: std::fmt::Debug + Send {
 }
 
 /// Pick a backend for `choice` on `layout`.
-pub fn backend_for(choice: CgroupChoice, layout: &Layout) -> Result<Option<Box<dyn Backend>>, Error> {
+pub fn backend_for(
+    choice: CgroupChoice,
+    layout: &Layout,
+) -> Result<Option<Box<dyn Backend>>, Error> {
     let v1 = |m: &BTreeMap<String, PathBuf>| Box::new(v1::V1::new(m.clone())) as Box<dyn Backend>;
     let v2 = |p: &Path| Box::new(v2::V2::new(p.to_path_buf())) as Box<dyn Backend>;
     Ok(match (choice, layout) {
@@ -258,15 +261,26 @@ mod tests {
             o => panic!("{o:?}"),
         }
         let v2 = "30 29 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n";
-        assert_eq!(layout_from_mountinfo(v2), Layout::V2("/sys/fs/cgroup".into()));
+        assert_eq!(
+            layout_from_mountinfo(v2),
+            Layout::V2("/sys/fs/cgroup".into())
+        );
         assert_eq!(layout_from_mountinfo(""), Layout::None);
     }
 
     #[test]
     fn chooses_backends() {
         let l = layout_from_mountinfo(HYBRID);
-        assert!(backend_for(CgroupChoice::Auto, &l).unwrap().unwrap().describe().contains("v1"));
-        assert!(backend_for(CgroupChoice::V2, &l).unwrap().unwrap().describe().contains("v2"));
+        assert!(backend_for(CgroupChoice::Auto, &l)
+            .unwrap()
+            .unwrap()
+            .describe()
+            .contains("v1"));
+        assert!(backend_for(CgroupChoice::V2, &l)
+            .unwrap()
+            .unwrap()
+            .describe()
+            .contains("v2"));
         assert!(backend_for(CgroupChoice::Disabled, &l).unwrap().is_none());
         assert!(backend_for(CgroupChoice::V1, &Layout::V2("/x".into())).is_err());
     }

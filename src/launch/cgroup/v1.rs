@@ -100,10 +100,13 @@ impl Backend for V1 {
         if self.parents.is_empty() {
             return Some("no memory, pids, cpu or freezer hierarchy is mounted".into());
         }
-        self.parents
-            .values()
-            .find(|p| !writable(p))
-            .map(|p| format!("{} is not writable by uid {}", p.display(), nix::unistd::geteuid()))
+        self.parents.values().find(|p| !writable(p)).map(|p| {
+            format!(
+                "{} is not writable by uid {}",
+                p.display(),
+                nix::unistd::geteuid()
+            )
+        })
     }
 
     fn unsupported(&self, limits: &Limits) -> Vec<&'static str> {
@@ -123,9 +126,8 @@ impl Backend for V1 {
     fn create(&self, name: &str, limits: &Limits) -> Result<(), Error> {
         for (ctrl, parent) in &self.parents {
             let d = parent.join(name);
-            std::fs::create_dir(&d).map_err(|e| {
-                Error::msg(format!("creating cgroup {}: {e}", d.display()))
-            })?;
+            std::fs::create_dir(&d)
+                .map_err(|e| Error::msg(format!("creating cgroup {}: {e}", d.display())))?;
             let _ = ctrl;
         }
         if let (Some(m), Some(d)) = (limits.memory, self.dir("memory", name)) {
@@ -195,7 +197,11 @@ impl Backend for V1 {
     }
 
     fn list_ours(&self) -> Vec<String> {
-        let mut all: Vec<String> = self.parents.values().flat_map(|p| list_ours_in(p)).collect();
+        let mut all: Vec<String> = self
+            .parents
+            .values()
+            .flat_map(|p| list_ours_in(p))
+            .collect();
         all.sort();
         all.dedup();
         all

@@ -127,7 +127,10 @@ impl Backend for V2 {
     }
 
     fn add(&self, name: &str, pid: Pid) -> Result<(), Error> {
-        write_file(&self.parent.join(name).join("cgroup.procs"), &pid.to_string())
+        write_file(
+            &self.parent.join(name).join("cgroup.procs"),
+            &pid.to_string(),
+        )
     }
 
     fn procs(&self, name: &str) -> Vec<Pid> {
