@@ -286,3 +286,67 @@ fn rootless_without_delegation_warns_once_and_runs() {
 fn root_args_bind() -> Vec<String> {
     args(&["--root-source", "bind"])
 }
+
+/// A v2 cgroup delegated to uid 65534 (as systemd's `Delegate=yes` would), removed on drop.
+struct Delegated(PathBuf);
+
+impl Drop for Delegated {
+    fn drop(&mut self) {
+        if let Ok(rd) = std::fs::read_dir(&self.0) {
+            for e in rd.flatten().filter(|e| e.path().is_dir()) {
+                let _ = std::fs::write(e.path().join("cgroup.kill"), "1");
+                let _ = wait_for(Duration::from_secs(5), || {
+                    std::fs::remove_dir(e.path()).is_ok()
+                });
+            }
+        }
+        let _ = std::fs::write(self.0.join("cgroup.kill"), "1");
+        let _ = wait_for(Duration::from_secs(5), || {
+            std::fs::remove_dir(&self.0).is_ok()
+        });
+    }
+}
+
+#[test]
+fn rootless_uses_a_delegated_v2_subtree() {
+    if !require_root() {
+        return;
+    }
+    let Some(u) = require_v2() else { return };
+    let d = Delegated(u.join(format!("unionfs-deleg-test-{}", std::process::id())));
+    std::fs::create_dir(&d.0).unwrap();
+    for f in [
+        "",
+        "cgroup.procs",
+        "cgroup.subtree_control",
+        "cgroup.threads",
+    ] {
+        nix::unistd::chown(&d.0.join(f), Some(65534.into()), Some(65534.into())).unwrap();
+    }
+    let mut cmd = Command::new("sh");
+    cmd.args([
+        "-c",
+        "echo $$ > \"$D/cgroup.procs\" && exec setpriv --reuid=65534 --regid=65534 --clear-groups \"$@\"",
+        "sh",
+        BIN,
+        "--root-source",
+        "bind",
+        "--cgroup",
+        "v2",
+        "--tmp-upper",
+    ])
+    .arg(base_lower())
+    .args(["--", "/bin/sh", "-c", "echo up; read x; echo done"])
+    .env("D", &d.0);
+    let mut r = spawn_cmd(&mut cmd);
+    assert_eq!(r.read_line(), "up");
+    let init = r.init_pid();
+    let cg = cgroup_of(&d.0, init).expect("init not placed in the delegated subtree");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&cg).unwrap().uid(), 65534);
+    r.write_line("go");
+    let o = r.finish(Duration::from_secs(20));
+    assert_eq!(o.code, 0, "{o:?}");
+    assert!(!o.stderr.contains("warning"), "{o:?}");
+    assert!(!cg.exists(), "{} left behind", cg.display());
+}

@@ -117,7 +117,7 @@ pub struct LaunchConfig {
 }
 
 impl LaunchConfig {
-    /// Whether the holder needs a new user namespace.
+    /// Whether the run needs a user namespace (rootless, or explicit id maps).
     pub fn needs_userns(&self) -> bool {
         self.rootless || !self.uid_maps.is_empty() || !self.gid_maps.is_empty()
     }

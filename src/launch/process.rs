@@ -32,6 +32,7 @@ use nix::unistd::{ForkResult, Gid, Pid, Uid};
 use super::cgroup::{self, CgroupGuard};
 use super::config::{LaunchConfig, NetMode};
 use super::idmap::{IdKind, MapPlan};
+use super::namespaces::UsernsOwner;
 use super::root::{provider_for, RootProvider};
 use super::rootfs::Plan;
 use super::{capabilities, instance, namespaces, signals, Context, Error};
@@ -211,6 +212,7 @@ pub struct Prepared {
     cfg: LaunchConfig,
     provider: Box<dyn RootProvider>,
     maps: Option<MapPlan>,
+    userns: Option<UsernsOwner>,
     cgroup: Option<CgroupGuard>,
     staging: Staging,
     old_mask: SigSet,
@@ -282,10 +284,12 @@ impl Prepared {
         // Block the signals we forward before any child exists, so none is lost between the
         // fork and the forwarding loop; children restore the old mask before they exec.
         let old_mask = signals::block(&signals::wait_set()).ctx(|| "blocking signals".into())?;
+        let userns = namespaces::userns_owner(&cfg);
         Ok(Prepared {
             cfg,
             provider,
             maps,
+            userns,
             cgroup,
             staging,
             old_mask,
@@ -351,7 +355,7 @@ impl Prepared {
                     let st = holder.finish(Duration::from_secs(1));
                     Error::msg(format!("the holder process exited during setup ({st:?})")).into()
                 };
-                if let Some(plan) = &self.maps {
+                if let (Some(plan), Some(UsernsOwner::Holder)) = (&self.maps, self.userns) {
                     match recv(&mut p_h).as_deref() {
                         Some("unshared") => {}
                         Some(m) => return Err(holder_error(m)),
@@ -400,6 +404,10 @@ pub struct HolderReady {
 impl HolderReady {
     /// Put the init in its cgroup, let it set up the container and exec the command.
     pub fn release(mut self) -> Result<Running, Failure> {
+        if let (Some(plan), Some(UsernsOwner::Init)) = (&self.prepared.maps, self.prepared.userns) {
+            plan.apply(self.init.pid)
+                .map_err(|e| e.context("writing the container's id maps"))?;
+        }
         if let Some(cg) = &self.prepared.cgroup {
             cg.add(self.init.pid)
                 .map_err(|e| e.context("placing the container in its cgroup"))?;
@@ -531,8 +539,7 @@ fn holder_run(
     }
     signals::set_mask(&p.old_mask).ctx(|| "restoring the signal mask".into())?;
 
-    let userns = p.maps.is_some();
-    if userns {
+    if p.userns == Some(UsernsOwner::Holder) {
         nix::sched::unshare(CloneFlags::CLONE_NEWUSER).ctx(|| {
             "creating a user namespace (unshare CLONE_NEWUSER; check sysctl user.max_user_namespaces \
              and kernel.unprivileged_userns_clone)"
@@ -597,14 +604,15 @@ fn holder_run(
     let cfg = &p.cfg;
     let old_mask = p.old_mask;
     let init_pid = sys::clone_single_threaded(
-        namespaces::container_flags(cfg.net),
+        namespaces::container_flags(cfg.net, p.userns == Some(UsernsOwner::Init)),
         &mut stack,
         Box::new(|| {
             // The holder's socket must not stay open here: if the holder dies during setup the
             // launcher waits for EOF on it.
             let _ = nix::unistd::close(to_p_fd);
             let sock = UnixStream::from(init_sock.take().expect("clone runs once"));
-            init_main(cfg, &root, sock, p.maps.as_ref(), old_mask)
+            let own_userns = p.userns == Some(UsernsOwner::Init);
+            init_main(cfg, &root, sock, p.maps.as_ref(), own_userns, old_mask)
         }),
     )
     .ctx(|| "creating the container's namespaces (clone)".into())?;
@@ -636,9 +644,10 @@ fn init_main(
     root: &Path,
     mut sock: UnixStream,
     maps: Option<&MapPlan>,
+    own_userns: bool,
     old_mask: SigSet,
 ) -> isize {
-    let (code, e) = match init_run(cfg, root, &mut sock, maps, old_mask) {
+    let (code, e) = match init_run(cfg, root, &mut sock, maps, own_userns, old_mask) {
         Ok(never) => match never {},
         Err(f) => (f.code, f.error),
     };
@@ -651,6 +660,7 @@ fn init_run(
     root: &Path,
     sock: &mut UnixStream,
     maps: Option<&MapPlan>,
+    own_userns: bool,
     old_mask: SigSet,
 ) -> Result<std::convert::Infallible, Failure> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).ctx(|| "prctl(PR_SET_PDEATHSIG)".into())?;
@@ -658,6 +668,15 @@ fn init_run(
         Some("go") => {}
         // The launcher is gone (or changed its mind): nothing to do.
         _ => sys::exit_now(EXIT_LAUNCHER),
+    }
+    if own_userns {
+        // Our host uid is not mapped in our own namespace, and the kernel refuses to create
+        // files (mount points, /dev entries) for an unmapped fsuid: become its root first.
+        nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
+            .ctx(|| "setresgid(0) in the container's user namespace".into())?;
+        nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
+            .ctx(|| "setresuid(0) in the container's user namespace".into())?;
+        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).ctx(|| "prctl(PR_SET_PDEATHSIG)".into())?;
     }
     // The launcher has put us in our cgroup: make it the root of our cgroup view.
     nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
