@@ -610,7 +610,11 @@ fn holder_run(
             // The holder's socket must not stay open here: if the holder dies during setup the
             // launcher waits for EOF on it.
             let _ = nix::unistd::close(to_p_fd);
-            let sock = UnixStream::from(init_sock.take().expect("clone runs once"));
+            let Some(fd) = init_sock.take() else {
+                // The kernel runs this closure once per clone; nothing to talk to otherwise.
+                sys::exit_now(EXIT_LAUNCHER)
+            };
+            let sock = UnixStream::from(fd);
             let own_userns = p.userns == Some(UsernsOwner::Init);
             init_main(cfg, &root, sock, p.maps.as_ref(), own_userns, old_mask)
         }),

@@ -50,8 +50,10 @@ impl V1 {
                 let p = if root {
                     m
                 } else {
-                    let rel = own.get(&c).map(|s| s.trim_start_matches('/')).unwrap_or("");
-                    m.join(rel)
+                    match own.get(&c).map(|s| s.trim_matches('/')).unwrap_or("") {
+                        "" => m,
+                        rel => m.join(rel),
+                    }
                 };
                 (c, p)
             })

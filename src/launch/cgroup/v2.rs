@@ -34,7 +34,10 @@ impl V2 {
         let parent = if nix::unistd::geteuid().is_root() {
             mount
         } else {
-            mount.join(own_path().trim_start_matches('/'))
+            match own_path().trim_matches('/') {
+                "" => mount,
+                rel => mount.join(rel),
+            }
         };
         V2 { parent }
     }
