@@ -217,3 +217,44 @@ impl V1 {
         self.parents.get(ctrl).map(|p| p.as_path())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_limits_per_controller() {
+        let root = std::env::temp_dir().join(format!("unionfs-cg1-unit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let mut parents = BTreeMap::new();
+        for c in ["memory", "pids", "cpu"] {
+            std::fs::create_dir_all(root.join(c)).unwrap();
+            parents.insert(c.to_string(), root.join(c));
+        }
+        let b = V1::with_parents(parents);
+        let limits = Limits {
+            memory: Some(1 << 30),
+            pids: Some(10),
+            cpus: Some(0.25),
+        };
+        assert!(b.unsupported(&limits).is_empty());
+        b.create("unionfs-run.2.2", &limits).unwrap();
+        let read = |c: &str, f: &str| {
+            std::fs::read_to_string(root.join(c).join("unionfs-run.2.2").join(f)).unwrap()
+        };
+        assert_eq!(
+            read("memory", "memory.limit_in_bytes"),
+            (1u64 << 30).to_string()
+        );
+        assert_eq!(read("pids", "pids.max"), "10");
+        assert_eq!(read("cpu", "cpu.cfs_quota_us"), "25000");
+        assert_eq!(read("cpu", "cpu.cfs_period_us"), "100000");
+        assert!(b.describe().contains("memory, pids"));
+        std::fs::remove_dir_all(&root).unwrap();
+        let none = V1::with_parents(BTreeMap::new());
+        assert_eq!(
+            none.unsupported(&limits),
+            vec!["--memory", "--pids", "--cpus"]
+        );
+    }
+}

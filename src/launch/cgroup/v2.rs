@@ -168,3 +168,56 @@ impl Backend for V2 {
         list_ours_in(&self.parent)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory standing in for a cgroup2 parent (plain files, no kernel behind them).
+    fn fake_parent(controllers: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "unionfs-cg2-unit-{}-{}",
+            std::process::id(),
+            controllers.replace(' ', "_")
+        ));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("cgroup.controllers"), controllers).unwrap();
+        d
+    }
+
+    #[test]
+    fn writes_limits_and_enables_controllers() {
+        let p = fake_parent("cpu memory pids");
+        let b = V2::with_parent(p.clone());
+        let limits = Limits {
+            memory: Some(64 << 20),
+            pids: Some(32),
+            cpus: Some(1.5),
+        };
+        assert!(b.unsupported(&limits).is_empty());
+        b.create("unionfs-run.1.1", &limits).unwrap();
+        let d = p.join("unionfs-run.1.1");
+        let read = |f: &str| std::fs::read_to_string(d.join(f)).unwrap();
+        assert_eq!(read("memory.max"), (64u64 << 20).to_string());
+        assert_eq!(read("pids.max"), "32");
+        assert_eq!(read("cpu.max"), "150000 100000");
+        let sc = std::fs::read_to_string(p.join("cgroup.subtree_control")).unwrap();
+        assert_eq!(sc, "+memory +pids +cpu");
+        assert_eq!(b.list_ours(), vec!["unionfs-run.1.1".to_string()]);
+        std::fs::remove_dir_all(&p).unwrap();
+    }
+
+    #[test]
+    fn reports_missing_controllers() {
+        let p = fake_parent("");
+        let b = V2::with_parent(p.clone());
+        let limits = Limits {
+            memory: Some(1),
+            pids: None,
+            cpus: Some(1.0),
+        };
+        assert_eq!(b.unsupported(&limits), vec!["--memory", "--cpus"]);
+        std::fs::remove_dir_all(&p).unwrap();
+    }
+}
