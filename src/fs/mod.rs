@@ -30,7 +30,7 @@ use crate::layer::{LayerIdx, Stack};
 use crate::sys::{self, Errno, SysResult};
 use handle::{Handles, OpenDir, OpenFile};
 use inode::{Inodes, Node, ROOT, XATTRS_NONE, XATTRS_SOME, XATTRS_UNKNOWN};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Tunables of the FUSE adapter.
 #[derive(Debug, Clone)]
@@ -54,6 +54,9 @@ pub struct UnionFs {
     inodes: Inodes,
     handles: Handles,
     opts: FsOptions,
+    /// Odd while a rename is changing paths: a request that built a path from the inode
+    /// table concurrently and got ENOENT retries (see `retry`).
+    rename_seq: AtomicU64,
 }
 
 /// A node with its location resolved for one request.
@@ -81,12 +84,37 @@ impl UnionFs {
             inodes: Inodes::new(root),
             handles: Handles::default(),
             opts,
+            rename_seq: AtomicU64::new(0),
         }
     }
 
     /// The layer stack.
     pub fn stack(&self) -> &Arc<Stack> {
         &self.stack
+    }
+
+    /// Runs `f`, again if it failed with ENOENT while a concurrent rename moved the path it
+    /// built (the kernel does not lock ancestors of a renamed directory against other ops).
+    fn retry<T>(&self, mut f: impl FnMut() -> SysResult<T>) -> SysResult<T> {
+        let mut waited = 0u32;
+        for _ in 0..64 {
+            let mut seq = self.rename_seq.load(Ordering::Acquire);
+            // A rename that materializes a large tree can take a while: wait for it (bounded).
+            while seq % 2 == 1 && waited < 20_000 {
+                waited += 1;
+                if waited < 100 {
+                    std::thread::yield_now();
+                } else {
+                    std::thread::sleep(std::time::Duration::from_micros(500));
+                }
+                seq = self.rename_seq.load(Ordering::Acquire);
+            }
+            match f() {
+                Err(Errno::ENOENT) if self.rename_seq.load(Ordering::Acquire) != seq => continue,
+                r => return r,
+            }
+        }
+        f()
     }
 
     fn ctx(&self, ino: u64) -> SysResult<Ctx> {
@@ -241,13 +269,16 @@ impl UnionFs {
         mode: u32,
         umask: u32,
     ) -> SysResult<(FileAttr, Option<OwnedFd>)> {
-        let (p, set) = self.dir_ctx(parent)?;
         let owner = Owner {
             uid: req.uid(),
             gid: req.gid(),
             umask,
         };
-        let (found, fd) = ops::create(&self.stack, &p.rel, &set, name, &kind, mode, owner)?;
+        let (p, found, fd) = self.retry(|| {
+            let (p, set) = self.dir_ctx(parent)?;
+            let (found, fd) = ops::create(&self.stack, &p.rel, &set, name, &kind, mode, owner)?;
+            Ok((p, found, fd))
+        })?;
         self.inodes.mark_upper_chain(parent);
         let a = self.remember(parent, &p.rel, name, &found)?;
         Ok((a, fd))
@@ -273,7 +304,14 @@ impl UnionFs {
                 self.ensure_upper(&node, flags & libc::O_TRUNC == 0)?;
             }
             let c = self.ctx(ino)?;
-            let fd = self.stack.open_rel(c.layer, &c.rel, clean)?;
+            let fd = if self.stack.is_upper(c.layer) {
+                self.stack.open_rel(c.layer, &c.rel, clean)?
+            } else {
+                // Reading a lower layer must not even move its atime.
+                self.stack
+                    .open_rel(c.layer, &c.rel, clean | libc::O_NOATIME)
+                    .or_else(|_| self.stack.open_rel(c.layer, &c.rel, clean))?
+            };
             Ok((fd, self.stack.is_upper(c.layer)))
         })();
         let (fd, in_upper) = match opened {
@@ -427,6 +465,7 @@ impl UnionFs {
         };
         let (sp, sset) = self.dir_ctx(parent)?;
         let (dp, dset) = self.dir_ctx(newparent)?;
+        let _seq = SeqGuard::enter(&self.rename_seq);
         let (src, dst) = ops::rename(
             &self.stack,
             &sp.rel,
@@ -503,6 +542,10 @@ impl UnionFs {
 
     /// Where a node's xattrs live: (its parent dir in its layer, its name), or the root itself.
     fn xattr_target(&self, ino: u64) -> SysResult<XTarget> {
+        self.retry(|| self.xattr_target_once(ino))
+    }
+
+    fn xattr_target_once(&self, ino: u64) -> SysResult<XTarget> {
         let c = self.ctx(ino)?;
         if ino == ROOT {
             let dir = self
@@ -534,6 +577,22 @@ struct XTarget {
 impl XTarget {
     fn at(&self) -> sys::At<'_> {
         sys::At::new(self.dir.as_fd(), &self.name)
+    }
+}
+
+/// Marks a rename in progress (odd sequence) until dropped.
+struct SeqGuard<'a>(&'a AtomicU64);
+
+impl<'a> SeqGuard<'a> {
+    fn enter(seq: &'a AtomicU64) -> Self {
+        seq.fetch_add(1, Ordering::AcqRel);
+        SeqGuard(seq)
+    }
+}
+
+impl Drop for SeqGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
     }
 }
 
@@ -614,7 +673,7 @@ impl Filesystem for UnionFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.do_lookup(parent.0, name_bytes(name)) {
+        match self.retry(|| self.do_lookup(parent.0, name_bytes(name))) {
             Ok(Some(a)) => reply.entry(&self.opts.ttl, &a, Generation(0)),
             Ok(None) => {
                 // A negative entry: repeated stats of a missing name stay in the kernel.
@@ -636,7 +695,7 @@ impl Filesystem for UnionFs {
                 let st = sys::fstat(f.fd.as_fd())?;
                 return Ok(self.attr(ino.0, &st, None));
             }
-            match self.ctx(ino.0).and_then(|c| self.stat_of(&c)) {
+            match self.retry(|| self.ctx(ino.0).and_then(|c| self.stat_of(&c))) {
                 Err(Errno::ENOENT) => {
                     let f = self.any_open(ino.0).ok_or(Errno::ENOENT)?;
                     let st = sys::fstat(f.fd.as_fd())?;
@@ -669,18 +728,18 @@ impl Filesystem for UnionFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        match self.do_setattr(ino.0, mode, uid, gid, size, atime, mtime, fh) {
+        match self.retry(|| self.do_setattr(ino.0, mode, uid, gid, size, atime, mtime, fh)) {
             Ok(a) => reply.attr(&self.opts.ttl, &a),
             Err(e) => reply.error(fe(e)),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let r = (|| {
+        let r = self.retry(|| {
             let c = self.ctx(ino.0)?;
             let fd = self.stack.open_rel(c.layer, &c.rel, libc::O_PATH)?;
             sys::readlinkat(fd.as_fd(), c"")
-        })();
+        });
         match r {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(fe(e)),
@@ -817,7 +876,7 @@ impl Filesystem for UnionFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.open_file(ino.0, flags.0) {
+        match self.retry(|| self.open_file(ino.0, flags.0)) {
             Ok((fh, f)) => reply.opened(FileHandle(fh), f),
             Err(e) => reply.error(fe(e)),
         }
@@ -1262,7 +1321,7 @@ impl Filesystem for UnionFs {
 
 impl UnionFs {
     fn remove(&self, parent: u64, name: &[u8], dir: bool, reply: ReplyEmpty) {
-        let r = (|| {
+        let r = self.retry(|| {
             let (p, set) = self.dir_ctx(parent)?;
             let f = ops::remove(&self.stack, &p.rel, &set, name, dir)?;
             self.inodes.mark_upper_chain(parent);
@@ -1271,7 +1330,7 @@ impl UnionFs {
                 self.inodes.invalidate_nlink(parent);
             }
             Ok(())
-        })();
+        });
         empty_reply(reply, r)
     }
 }

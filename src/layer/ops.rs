@@ -229,7 +229,16 @@ pub fn adopt_indexed(
     let up = copyup::ensure_upper_dir(stack, parent_rel)?;
     let c = cname(name)?;
     copyup::link_from_index(stack, up.as_fd(), &c, found.ino)?;
-    let st = sys::fstatat(up.as_fd(), &c)?;
+    let mut st = sys::fstatat(up.as_fd(), &c)?;
+    if st.st_nlink > found.st.st_nlink {
+        // Every lower name now has its upper link: the index entry has done its job, and
+        // dropping it keeps the upper's link counts right when it becomes a lower layer.
+        if let Some(index) = &stack.index {
+            if sys::unlinkat(index.as_fd(), &Stack::index_key(found.ino), false).is_ok() {
+                st = sys::fstatat(up.as_fd(), &c)?;
+            }
+        }
+    }
     Ok(Some(Found {
         layer: 0,
         st,
