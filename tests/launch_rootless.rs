@@ -192,3 +192,128 @@ fn rootless_without_fuse_access_says_how_to_fix_it() {
         .permissions()
         .readonly());
 }
+
+#[test]
+fn rootless_init_reaps_and_forwards() {
+    if !require_rootless() {
+        return;
+    }
+    let l = UserLayers::new();
+    let a = args(&[
+        "--init",
+        "--tmp-upper",
+        &l.lowers(),
+        "--",
+        "/bin/sh",
+        "-c",
+        "for i in 1 2 3; do (sleep 0.1 &); done; echo up; exec sleep 30",
+    ]);
+    let (mut r, _node) = rootless(true, &a);
+    assert_eq!(r.read_line(), "up");
+    std::thread::sleep(Duration::from_millis(500));
+    let zombies = descendants(r.pid())
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .map(|s| {
+                    s.rsplit(')')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start()
+                        .starts_with('Z')
+                })
+                .unwrap_or(false)
+        })
+        .count();
+    assert_eq!(zombies, 0);
+    // The reaper forwards SIGTERM to `sleep`, which dies of it.
+    r.signal(Signal::SIGTERM);
+    let o = r.finish(Duration::from_secs(20));
+    assert_eq!(o.code, 143, "{o:?}");
+}
+
+/// v1 cgroups (memory, pids, cpu, freezer) delegated to uid 65534, removed on drop.
+struct DelegatedV1(Vec<PathBuf>);
+
+impl Drop for DelegatedV1 {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            if let Ok(rd) = std::fs::read_dir(d) {
+                for e in rd.flatten().filter(|e| e.path().is_dir()) {
+                    for p in std::fs::read_to_string(e.path().join("cgroup.procs"))
+                        .unwrap_or_default()
+                        .lines()
+                    {
+                        if let Ok(p) = p.trim().parse::<i32>() {
+                            let _ = kill(nix::unistd::Pid::from_raw(p), Signal::SIGKILL);
+                        }
+                    }
+                    let _ = wait_for(Duration::from_secs(5), || {
+                        std::fs::remove_dir(e.path()).is_ok()
+                    });
+                }
+            }
+            let _ = wait_for(Duration::from_secs(5), || std::fs::remove_dir(d).is_ok());
+        }
+    }
+}
+
+#[test]
+fn rootless_with_a_delegated_v1_subtree_gets_limits() {
+    if !require_rootless() {
+        return;
+    }
+    let ctrls = ["memory", "pids", "cpu", "freezer"];
+    let have = ctrls.iter().all(|c| {
+        Path::new("/sys/fs/cgroup")
+            .join(c)
+            .join("cgroup.procs")
+            .exists()
+    });
+    if !require(
+        have,
+        "this test needs the v1 memory, pids, cpu and freezer hierarchies",
+    ) {
+        return;
+    }
+    let name = format!("unionfs-deleg-v1-{}", std::process::id());
+    let deleg = DelegatedV1(
+        ctrls
+            .iter()
+            .map(|c| Path::new("/sys/fs/cgroup").join(c).join(&name))
+            .collect(),
+    );
+    for d in &deleg.0 {
+        std::fs::create_dir(d).unwrap();
+        for f in ["", "cgroup.procs", "tasks"] {
+            nix::unistd::chown(&d.join(f), Some(NOBODY.into()), Some(NOBODY.into())).unwrap();
+        }
+    }
+    let l = UserLayers::new();
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(
+            "set -e; for c in memory pids cpu freezer; do echo $$ > /sys/fs/cgroup/$c/$NAME/cgroup.procs; done; \
+             mknod -m 0666 \"$NODE/fuse\" c 10 229; mount --bind \"$NODE/fuse\" /dev/fuse; \
+             exec setpriv --reuid=65534 --regid=65534 --clear-groups \"$@\"",
+        )
+        .arg("sh")
+        .arg(BIN)
+        .args(["--memory", "64M", "--pids", "32", "--tmp-upper", &l.lowers()])
+        .args(["--", "/bin/sh", "-c", "x=aaaaaaaaaaaaaaaa; while true; do x=\"$x$x\"; done"])
+        .env("NAME", &name);
+    let node = TempDir::new("v1-node");
+    cmd.env("NODE", &node.0);
+    let o = spawn_cmd(&mut cmd).finish(Duration::from_secs(60));
+    assert_eq!(o.code, 137, "{o:?}");
+    assert!(!o.stderr.contains("warning"), "limits should apply: {o:?}");
+    // The launcher's own cgroup (inside the delegated one) is gone again.
+    for d in &deleg.0 {
+        let left: Vec<_> = std::fs::read_dir(d)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .collect();
+        assert!(left.is_empty(), "{left:?} left in {}", d.display());
+    }
+}
