@@ -194,6 +194,16 @@ pub fn parse_args(args: Args) -> Result<Invocation> {
                 cfg.ttl = std::time::Duration::from_secs_f64(secs.max(0.0));
             }
             "subtype" => {}
+            "passthrough" => match val.as_deref() {
+                None | Some("on") | Some("auto") => cfg.passthrough = true,
+                Some("off") => cfg.passthrough = false,
+                Some(v) => {
+                    return Err(Error::new(format!(
+                        "passthrough={v}: use passthrough=auto or passthrough=off"
+                    )))
+                }
+            },
+            "nopassthrough" => cfg.passthrough = false,
             "threads" => {
                 let v = need(val)?;
                 cfg.threads = v.parse().map_err(|_| {

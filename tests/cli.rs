@@ -454,3 +454,46 @@ fn full_disk_during_copy_up_loses_nothing() {
     fs::write(mnt.join("small"), "changed").unwrap();
     assert_eq!(fs::read_to_string(u.join("small")).unwrap(), "changed");
 }
+
+#[test]
+fn exec_and_a_writer_after_a_reader_of_the_lower_copy() {
+    if !fuse_available() {
+        return;
+    }
+    let mut fx = Fixture::new("rw");
+    let l = fx.dir("l");
+    fs::write(l.join("f"), "lower data").unwrap();
+    fs::copy("/bin/true", l.join("true")).unwrap();
+    let u = fx.dir("u");
+    let mnt = fx.dir("mnt");
+    let o = fx.run(&[
+        l.to_str().unwrap(),
+        u.to_str().unwrap(),
+        mnt.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Programs run from a lower layer and from the upper (the kernel opens them for exec with
+    // internal flags that must not reach the layer).
+    assert!(Command::new(mnt.join("true")).status().unwrap().success());
+    fs::copy("/bin/true", mnt.join("true2")).unwrap();
+    assert!(Command::new(mnt.join("true2")).status().unwrap().success());
+    // A reader of the lower copy, then a writer: both work, each sees its own file.
+    let reader = fs::File::open(mnt.join("f")).unwrap();
+    let mut writer = fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(mnt.join("f"))
+        .unwrap();
+    std::io::Write::write_all(&mut writer, b"upper data").unwrap();
+    drop(writer);
+    let mut old = String::new();
+    std::io::Read::read_to_string(&mut &reader, &mut old).unwrap();
+    assert_eq!(old, "lower data");
+    assert_eq!(fs::read_to_string(mnt.join("f")).unwrap(), "upper data");
+    assert_eq!(fs::read_to_string(u.join("f")).unwrap(), "upper data");
+    assert_eq!(fs::read_to_string(l.join("f")).unwrap(), "lower data");
+    drop(reader);
+    // And again once the old reader is gone.
+    fs::write(mnt.join("f"), "again").unwrap();
+    assert_eq!(fs::read_to_string(mnt.join("f")).unwrap(), "again");
+}

@@ -37,14 +37,48 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct FsOptions {
     /// How long the kernel may cache attributes and entries (layers change only through us).
     pub ttl: Duration,
+    /// Use FUSE passthrough for file data when the kernel and our privileges allow it.
+    pub passthrough: bool,
 }
 
 impl Default for FsOptions {
     fn default() -> Self {
         FsOptions {
             ttl: Duration::from_secs(3600),
+            passthrough: true,
         }
     }
+}
+
+/// How the kernel does I/O on one open file.
+enum IoMode {
+    /// Through the daemon, with the page cache kept across opens.
+    Cached,
+    /// Through the daemon, bypassing the page cache (passthrough refused for this file).
+    Direct,
+    /// Passthrough opens of this inode use another backing file (the lower copy, for readers
+    /// that opened it before the copy-up): the kernel cannot mix the two on one inode.
+    Conflict,
+    /// The kernel reads and writes the backing file itself.
+    Passthrough(Arc<fuser::BackingId>),
+}
+
+/// True when this process may register passthrough backing files: root with CAP_SYS_ADMIN in
+/// the initial user namespace (the kernel's rule).
+fn passthrough_privileged() -> bool {
+    const INIT_USER_NS_INO: u64 = 0xEFFF_FFFD;
+    let in_init_ns = std::fs::metadata("/proc/self/ns/user")
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m) == INIT_USER_NS_INO)
+        .unwrap_or(false);
+    let cap_sys_admin = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << 21) != 0);
+    in_init_ns && cap_sys_admin
 }
 
 /// The union filesystem served over FUSE.
@@ -57,6 +91,11 @@ pub struct UnionFs {
     /// Odd while a rename is changing paths: a request that built a path from the inode
     /// table concurrently and got ENOENT retries (see `retry`).
     rename_seq: AtomicU64,
+    /// Union inodes whose name now lives under another nodeid (see `rehome`).
+    redirect: dashmap::DashMap<u64, u64>,
+    next_synthetic: AtomicU64,
+    /// Set once the session exists; used to drop kernel dentries from outside a request.
+    notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
 }
 
 /// A node with its location resolved for one request.
@@ -85,12 +124,54 @@ impl UnionFs {
             handles: Handles::default(),
             opts,
             rename_seq: AtomicU64::new(0),
+            redirect: dashmap::DashMap::new(),
+            next_synthetic: AtomicU64::new(1),
+            notifier: Arc::new(std::sync::OnceLock::new()),
         }
     }
 
     /// The layer stack.
     pub fn stack(&self) -> &Arc<Stack> {
         &self.stack
+    }
+
+    /// Where the mount code hands over the session's notifier once it exists.
+    pub fn notifier_slot(&self) -> Arc<std::sync::OnceLock<fuser::Notifier>> {
+        Arc::clone(&self.notifier)
+    }
+
+    /// The nodeid the kernel knows a union inode by.
+    fn map_ino(&self, ino: u64) -> u64 {
+        self.redirect.get(&ino).map_or(ino, |v| *v)
+    }
+
+    /// Gives the name of `node` a new nodeid and answers ESTALE, so that the kernel looks the
+    /// name up again and retries the open on a fresh inode whose passthrough backing file can
+    /// be the upper copy, while readers that opened the lower copy keep their own inode.
+    /// Cost: the file shows a new st_ino until the next mount.
+    fn rehome(&self, node: &Node) -> Errno {
+        let Ok((parent, name)) = self.inodes.primary(node.ino) else {
+            return Errno::EIO;
+        };
+        let new = (0xfd << 56) | self.next_synthetic.fetch_add(1, Ordering::Relaxed);
+        self.inodes
+            .upsert(new, node.kind, parent, &name, 0, Vec::new(), 0);
+        self.inodes.drop_alias(node.ino, parent, &name);
+        self.redirect.insert(node.ino, new);
+        // Earlier redirects to this node follow it to the new one.
+        for mut e in self.redirect.iter_mut() {
+            if *e.value() == node.ino {
+                *e.value_mut() = new;
+            }
+        }
+        if let Some(n) = self.notifier.get().cloned() {
+            // Never from inside a request: a pending lookup in the same directory would
+            // deadlock the worker.
+            std::thread::spawn(move || {
+                let _ = n.inval_entry(INodeNo(parent), OsStr::from_bytes(&name));
+            });
+        }
+        Errno::ESTALE
     }
 
     /// Runs `f`, again if it failed with ENOENT while a concurrent rename moved the path it
@@ -216,9 +297,10 @@ impl UnionFs {
         }
         let f = adopted.as_ref().unwrap_or(f);
         let kind = f.st.st_mode & libc::S_IFMT;
+        let ino = self.map_ino(f.ino);
         self.inodes
-            .upsert(f.ino, kind, parent, name, f.layer, f.dir_layers.clone(), 1);
-        self.attr_of_found(f.ino, &join(prel, name), f)
+            .upsert(ino, kind, parent, name, f.layer, f.dir_layers.clone(), 1);
+        self.attr_of_found(ino, &join(prel, name), f)
     }
 
     fn do_lookup(&self, parent: u64, name: &[u8]) -> SysResult<Option<FileAttr>> {
@@ -293,11 +375,106 @@ impl UnionFs {
             .map(|f| Arc::clone(f.value()))
     }
 
-    fn open_file(&self, ino: u64, flags: i32) -> SysResult<(u64, FopenFlags)> {
+    /// Chooses the I/O mode of a new handle on `node` whose file is `fd` and registers the
+    /// passthrough backing file when it is the first open. A writer arriving while readers
+    /// pass through to the lower copy gets direct I/O on the upper copy instead: the kernel
+    /// allows only one backing file per inode at a time.
+    fn io_mode(
+        &self,
+        node: &Node,
+        fd: &OwnedFd,
+        in_upper: bool,
+        writable: bool,
+        register: &dyn Fn(&OwnedFd) -> std::io::Result<fuser::BackingId>,
+    ) -> IoMode {
+        if !self.opts.passthrough {
+            return IoMode::Cached;
+        }
+        let mut pt = node.pt.lock();
+        if pt.opens > 0 {
+            let shared = pt.backing.clone();
+            if let Some(b) = shared {
+                if pt.upper == in_upper && (pt.writable || !writable) {
+                    pt.opens += 1;
+                    return IoMode::Passthrough(b);
+                }
+            }
+            return IoMode::Conflict;
+        }
+        // The backing file serves every later open too: open upper copies read-write.
+        let (bfd, bwritable) = if in_upper {
+            match sys::reopen(fd.as_fd(), libc::O_RDWR) {
+                Ok(f) => (f, true),
+                Err(_) => match fd.try_clone() {
+                    Ok(f) => (f, writable),
+                    Err(_) => return IoMode::Direct,
+                },
+            }
+        } else {
+            match fd.try_clone() {
+                Ok(f) => (f, false),
+                Err(_) => return IoMode::Direct,
+            }
+        };
+        match register(&bfd) {
+            Ok(id) => {
+                let id = Arc::new(id);
+                *pt = inode::Passthrough {
+                    backing: Some(Arc::clone(&id)),
+                    upper: in_upper,
+                    writable: bwritable,
+                    opens: 1,
+                };
+                IoMode::Passthrough(id)
+            }
+            Err(e) => {
+                debug!("passthrough refused for inode {}: {e}", node.ino);
+                IoMode::Direct
+            }
+        }
+    }
+
+    /// Registers an open file and says how the kernel should do its I/O.
+    fn new_handle(
+        &self,
+        node: &Node,
+        fd: OwnedFd,
+        writable: bool,
+        in_upper: bool,
+        register: &dyn Fn(&OwnedFd) -> std::io::Result<fuser::BackingId>,
+    ) -> (u64, FopenFlags, Option<Arc<fuser::BackingId>>) {
+        let mode = self.io_mode(node, &fd, in_upper, writable, register);
+        let (flags, backing) = match mode {
+            // Every change to file data goes through this mount, so the page cache stays
+            // valid across opens.
+            IoMode::Cached => (FopenFlags::FOPEN_KEEP_CACHE, None),
+            IoMode::Direct | IoMode::Conflict => (FopenFlags::FOPEN_DIRECT_IO, None),
+            IoMode::Passthrough(b) => (FopenFlags::empty(), Some(b)),
+        };
+        let fh = self.handles.next_id();
+        self.handles.files.insert(
+            fh,
+            Arc::new(OpenFile {
+                fd,
+                ino: node.ino,
+                writable,
+                in_upper,
+                backing: backing.clone(),
+            }),
+        );
+        (fh, flags, backing)
+    }
+
+    fn open_file(
+        &self,
+        ino: u64,
+        flags: i32,
+        register: &dyn Fn(&OwnedFd) -> std::io::Result<fuser::BackingId>,
+    ) -> SysResult<(u64, FopenFlags, Option<Arc<fuser::BackingId>>)> {
         let node = self.inodes.get(ino)?;
         let acc = flags & libc::O_ACCMODE;
         let writable = acc != libc::O_RDONLY;
-        let clean = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_DIRECT);
+        let clean = open_flags(flags);
         let opened = (|| {
             if writable || flags & libc::O_TRUNC != 0 {
                 // An O_TRUNC open throws the data away: copy none of it.
@@ -326,19 +503,14 @@ impl UnionFs {
             },
             Err(e) => return Err(e),
         };
-        let fh = self.handles.next_id();
-        self.handles.files.insert(
-            fh,
-            Arc::new(OpenFile {
-                fd,
-                ino,
-                writable,
-                in_upper,
-            }),
-        );
-        // Every change to file data goes through this mount, so the page cache stays valid
-        // across opens.
-        Ok((fh, FopenFlags::FOPEN_KEEP_CACHE))
+        if self.opts.passthrough && in_upper {
+            let pt = node.pt.lock();
+            if pt.opens > 0 && !(pt.upper && pt.writable) {
+                drop(pt);
+                return Err(self.rehome(&node));
+            }
+        }
+        Ok(self.new_handle(&node, fd, writable, in_upper, register))
     }
 
     /// The merged listing: names, types and layers only. Attributes are looked up lazily for
@@ -486,18 +658,23 @@ impl UnionFs {
         if mode.exchange {
             if let Some(d) = &dst {
                 self.inodes
-                    .move_alias(d.ino, newparent, newname, parent, name);
+                    .move_alias(self.map_ino(d.ino), newparent, newname, parent, name);
             }
         } else if let Some(d) = &dst {
-            if d.ino != src.ino {
-                self.inodes.drop_alias(d.ino, newparent, newname);
+            if self.map_ino(d.ino) != self.map_ino(src.ino) {
+                self.inodes
+                    .drop_alias(self.map_ino(d.ino), newparent, newname);
             }
         }
-        if dst.as_ref().is_none_or(|d| d.ino != src.ino) || mode.exchange {
+        if dst
+            .as_ref()
+            .is_none_or(|d| self.map_ino(d.ino) != self.map_ino(src.ino))
+            || mode.exchange
+        {
             self.inodes
-                .move_alias(src.ino, parent, name, newparent, newname);
+                .move_alias(self.map_ino(src.ino), parent, name, newparent, newname);
         }
-        if let Ok(n) = self.inodes.get(src.ino) {
+        if let Ok(n) = self.inodes.get(self.map_ino(src.ino)) {
             let mut st = n.state.write();
             st.layer = 0;
             if n.is_dir() {
@@ -506,7 +683,7 @@ impl UnionFs {
         }
         if let Some(d) = &dst {
             if mode.exchange {
-                if let Ok(n) = self.inodes.get(d.ino) {
+                if let Ok(n) = self.inodes.get(self.map_ino(d.ino)) {
                     let mut st = n.state.write();
                     st.layer = 0;
                     if n.is_dir() {
@@ -653,6 +830,21 @@ fn list_xattrs(t: &XTarget) -> SysResult<Vec<u8>> {
 
 impl Filesystem for UnionFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        if self.opts.passthrough {
+            let ok = passthrough_privileged()
+                && config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
+                && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+                && config.set_max_stack_depth(1).is_ok();
+            self.opts.passthrough = ok;
+        }
+        log::info!(
+            "data path: {}",
+            if self.opts.passthrough {
+                "passthrough"
+            } else {
+                "through the daemon"
+            }
+        );
         let want = InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_AUTO_INVAL_DATA
@@ -876,8 +1068,12 @@ impl Filesystem for UnionFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.retry(|| self.open_file(ino.0, flags.0)) {
-            Ok((fh, f)) => reply.opened(FileHandle(fh), f),
+        let register = |fd: &OwnedFd| reply.open_backing(fd);
+        match self.retry(|| self.open_file(ino.0, flags.0, &register)) {
+            Ok((fh, _, Some(b))) => {
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b)
+            }
+            Ok((fh, f, None)) => reply.opened(FileHandle(fh), f),
             Err(e) => reply.error(fe(e)),
         }
     }
@@ -956,7 +1152,17 @@ impl Filesystem for UnionFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.handles.files.remove(&fh.0);
+        if let Some((_, f)) = self.handles.files.remove(&fh.0) {
+            if f.backing.is_some() {
+                if let Ok(node) = self.inodes.get(f.ino) {
+                    let mut pt = node.pt.lock();
+                    pt.opens = pt.opens.saturating_sub(1);
+                    if pt.opens == 0 {
+                        pt.backing = None; // closes the backing file once the last user goes
+                    }
+                }
+            }
+        }
         reply.ok();
     }
 
@@ -1024,7 +1230,7 @@ impl Filesystem for UnionFs {
         };
         for (i, e) in entries.iter().enumerate().skip((off - 2) as usize) {
             let kind = attr::file_type(dtype_mode(e.dtype));
-            let d_ino = e.union_ino(&self.stack, &set);
+            let d_ino = self.map_ino(e.union_ino(&self.stack, &set));
             if reply.add(
                 INodeNo(d_ino),
                 3 + i as u64,
@@ -1094,7 +1300,7 @@ impl Filesystem for UnionFs {
                 }
             };
             if reply.add(
-                INodeNo(found.ino),
+                INodeNo(self.map_ino(found.ino)),
                 3 + i as u64,
                 OsStr::from_bytes(&e.name),
                 &ttl,
@@ -1102,7 +1308,7 @@ impl Filesystem for UnionFs {
                 Generation(0),
             ) {
                 // Not sent: take the lookup back.
-                self.inodes.forget(found.ino, 1);
+                self.inodes.forget(self.map_ino(found.ino), 1);
                 break;
             }
         }
@@ -1221,7 +1427,7 @@ impl Filesystem for UnionFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let clean = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_DIRECT);
+        let clean = open_flags(flags);
         let r = self.do_create(
             req,
             parent.0,
@@ -1232,24 +1438,17 @@ impl Filesystem for UnionFs {
         );
         match r {
             Ok((a, Some(fd))) => {
-                let fh = self.handles.next_id();
                 let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
-                self.handles.files.insert(
-                    fh,
-                    Arc::new(OpenFile {
-                        fd,
-                        ino: a.ino.0,
-                        writable,
-                        in_upper: true,
-                    }),
-                );
-                reply.created(
-                    &self.opts.ttl,
-                    &a,
-                    Generation(0),
-                    FileHandle(fh),
-                    FopenFlags::FOPEN_KEEP_CACHE,
-                );
+                let Ok(node) = self.inodes.get(a.ino.0) else {
+                    return reply.error(fuser::Errno::EIO);
+                };
+                let register = |fd: &OwnedFd| reply.open_backing(fd);
+                let (fh, fl, backing) = self.new_handle(&node, fd, writable, true, &register);
+                let (ttl, fh) = (&self.opts.ttl, FileHandle(fh));
+                match backing {
+                    Some(b) => reply.created_passthrough(ttl, &a, Generation(0), fh, fl, &b),
+                    None => reply.created(ttl, &a, Generation(0), fh, fl),
+                }
             }
             Ok((_, None)) => reply.error(fuser::Errno::EIO),
             Err(e) => reply.error(fe(e)),
@@ -1325,7 +1524,7 @@ impl UnionFs {
             let (p, set) = self.dir_ctx(parent)?;
             let f = ops::remove(&self.stack, &p.rel, &set, name, dir)?;
             self.inodes.mark_upper_chain(parent);
-            self.inodes.drop_alias(f.ino, parent, name);
+            self.inodes.drop_alias(self.map_ino(f.ino), parent, name);
             if dir {
                 self.inodes.invalidate_nlink(parent);
             }
@@ -1333,6 +1532,20 @@ impl UnionFs {
         });
         empty_reply(reply, r)
     }
+}
+
+/// The open(2) flags we pass on to a layer file: the kernel also sends internal bits (such as
+/// `__FMODE_EXEC` for exec), which openat2 rejects, and creation flags we handle ourselves.
+fn open_flags(flags: i32) -> i32 {
+    flags
+        & (libc::O_ACCMODE
+            | libc::O_APPEND
+            | libc::O_NONBLOCK
+            | libc::O_SYNC
+            | libc::O_DSYNC
+            | libc::O_TRUNC
+            | libc::O_LARGEFILE
+            | libc::O_NOATIME)
 }
 
 /// An `st_mode` type for a `DT_*` value.
