@@ -3,6 +3,8 @@
 //! The rest of the crate works with `OwnedFd`/`BorrowedFd`, `CStr` names and `Errno` results. Each
 //! unsafe block below says why it is sound. Wrappers retry `EINTR` where the call is restartable.
 
+pub mod launch;
+
 use std::ffi::{CStr, CString, OsStr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
