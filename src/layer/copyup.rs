@@ -83,8 +83,11 @@ fn copy_meta(
     let _ = sys::setxattr(dst_at, &stack.origin_xattr, &origin.to_le_bytes(), 0);
     match sys::fchown_fd(dst, Some(st.st_uid), Some(st.st_gid)) {
         Ok(()) => {}
-        // A rootless daemon cannot give away files to ids outside its namespace.
-        Err(Errno::EPERM) | Err(Errno::EINVAL) if sys::geteuid() != 0 => {}
+        // In a user namespace a lower file may belong to an id that is not mapped there
+        // (EINVAL/EOVERFLOW); an unprivileged daemon cannot give files away (EPERM). The
+        // copy then belongs to the daemon, which is what such a user sees anyway.
+        Err(Errno::EINVAL) | Err(Errno::EOVERFLOW) => {}
+        Err(Errno::EPERM) if sys::geteuid() != 0 => {}
         Err(e) => return Err(e),
     }
     if kind != libc::S_IFLNK {
