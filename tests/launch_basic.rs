@@ -2,7 +2,7 @@
 
 mod launch_common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use launch_common::*;
 use nix::sys::signal::{kill, Signal};
@@ -100,6 +100,14 @@ fn killed_command_gives_128_plus_signal() {
     a.extend(args(&["--", "/bin/sleep", "30"]));
     let r = spawn(&a);
     let init = r.init_pid();
+    // Kill the command, not the init still setting up (that is a launcher failure, 125).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(format!("/proc/{init}/comm"))
+        .map_or(true, |c| c.trim() != "sleep")
+    {
+        assert!(Instant::now() < deadline, "the command never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     kill(init, Signal::SIGKILL).unwrap();
     let o = r.finish(Duration::from_secs(20));
     assert_eq!(o.code, 137, "{o:?}");

@@ -1,7 +1,7 @@
 //! The changes a union makes to its upper layer: create, remove, rename, link, each written so
 //! that the upper stays a valid OCI layer diff and a crash leaves the old or the new view.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use crate::layer::copyup;
@@ -70,9 +70,35 @@ fn has_entry(dir: BorrowedFd<'_>, name: &CString) -> bool {
     sys::fstatat(dir, name).is_ok()
 }
 
-/// Writes a `.wh.NAME` whiteout in an upper directory (idempotent).
-pub fn write_whiteout(upper_dir: BorrowedFd<'_>, name: &[u8]) -> SysResult<()> {
+/// Name of the shared empty file in the work dir that whiteouts are hard links of.
+const SHARED_WHITEOUT: &CStr = c"whiteout";
+
+/// Writes a `.wh.NAME` whiteout in an upper directory (idempotent). Whiteouts are hard links
+/// of one empty file in the work dir: a link costs no inode allocation, which on ext4 is most
+/// of the price of deleting a lower file (overlayfs shares its whiteout inode the same way).
+/// Each is still an ordinary empty `.wh.NAME` file to anything reading the upper.
+pub fn write_whiteout(stack: &Stack, upper_dir: BorrowedFd<'_>, name: &[u8]) -> SysResult<()> {
     let wh = whiteout_name(name)?;
+    if let Ok(work) = stack.work() {
+        for _ in 0..3 {
+            match sys::linkat(work, SHARED_WHITEOUT, upper_dir, &wh) {
+                Ok(()) | Err(Errno::EEXIST) => return Ok(()),
+                Err(Errno::ENOENT) => {
+                    let _ = sys::openat(
+                        work,
+                        SHARED_WHITEOUT,
+                        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+                        0o600,
+                    );
+                }
+                // Too many links (ext4 allows 65000): start a fresh shared file.
+                Err(Errno::EMLINK) => {
+                    let _ = sys::unlinkat(work, SHARED_WHITEOUT, false);
+                }
+                Err(_) => break,
+            }
+        }
+    }
     match sys::openat(
         upper_dir,
         &wh,
@@ -277,7 +303,7 @@ pub fn remove(
     let up = copyup::ensure_upper_dir(stack, parent_rel)?;
     if need_whiteout {
         // Written first: beside the upper entry it changes nothing until that entry goes.
-        write_whiteout(up.as_fd(), name)?;
+        write_whiteout(stack, up.as_fd(), name)?;
     }
     if stack.is_upper(f.layer) {
         let c = cname(name)?;
@@ -400,7 +426,7 @@ pub fn rename(
     }
     let wrote_whiteout = src_lower && !has_entry(sp_up.as_fd(), &whiteout_name(sname)?);
     if src_lower {
-        write_whiteout(sp_up.as_fd(), sname)?;
+        write_whiteout(stack, sp_up.as_fd(), sname)?;
     }
     let flags = if mode.noreplace {
         libc::RENAME_NOREPLACE
