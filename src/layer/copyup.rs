@@ -327,7 +327,11 @@ pub fn copy_up_entry(
         // names join this upper inode instead of being copied again.
         let key = Stack::index_key(origin);
         match sys::linkat(work, &stage, index.as_fd(), &key) {
-            Ok(()) => {}
+            Ok(()) => {
+                if stack.nlink_record(origin).is_none() {
+                    stack.set_nlink_record(origin, st.st_nlink as u32)?;
+                }
+            }
             Err(Errno::EEXIST) => {
                 let _ = sys::unlinkat(work, &stage, false);
                 return link_from_index(stack, upper_parent.as_fd(), &cname, origin);

@@ -261,6 +261,7 @@ pub fn adopt_indexed(
         // dropping it keeps the upper's link counts right when it becomes a lower layer.
         if let Some(index) = &stack.index {
             if sys::unlinkat(index.as_fd(), &Stack::index_key(found.ino), false).is_ok() {
+                stack.drop_nlink_record(found.ino);
                 st = sys::fstatat(up.as_fd(), &c)?;
             }
         }
@@ -300,6 +301,9 @@ pub fn remove(
         }
     }
     let need_whiteout = resolve::lower_has(stack, parent, name)?;
+    // A name of a lower multi-link file goes: the other names now show one link less.
+    let tracked = !dir && stack.has_upper && stack.tracks_nlink(f.ino, f.layer, &f.st);
+    let view_links = stack.view_nlink(f.ino, &f.st);
     let up = copyup::ensure_upper_dir(stack, parent_rel)?;
     if need_whiteout {
         // Written first: beside the upper entry it changes nothing until that entry goes.
@@ -316,6 +320,9 @@ pub fn remove(
         } else {
             sys::unlinkat(up.as_fd(), &c, false)?;
         }
+    }
+    if tracked {
+        stack.set_nlink_record(f.ino, view_links.saturating_sub(1))?;
     }
     Ok(f)
 }
@@ -424,6 +431,11 @@ pub fn rename(
     if src.is_dir() && dst_lower {
         opaque_child(stack, sp_up.as_fd(), &sc)?;
     }
+    // A replaced target that is a name of a lower multi-link file: the others lose a link.
+    let replaced = dst
+        .as_ref()
+        .filter(|d| d.ino != src.ino && stack.tracks_nlink(d.ino, d.layer, &d.st))
+        .map(|d| (d.ino, stack.view_nlink(d.ino, &d.st)));
     let wrote_whiteout = src_lower && !has_entry(sp_up.as_fd(), &whiteout_name(sname)?);
     if src_lower {
         write_whiteout(stack, sp_up.as_fd(), sname)?;
@@ -440,6 +452,9 @@ pub fn rename(
         return Err(e);
     }
     drop_whiteout(dp_up.as_fd(), dname)?;
+    if let Some((ino, links)) = replaced {
+        stack.set_nlink_record(ino, links.saturating_sub(1))?;
+    }
     Ok((src, dst))
 }
 
@@ -482,9 +497,14 @@ pub fn link(
     if resolve::lookup(stack, dp, dname)?.is_some() {
         return Err(Errno::EEXIST);
     }
+    let tracked = stack.tracks_nlink(src.ino, src.layer, &src.st);
+    let view_links = stack.view_nlink(src.ino, &src.st);
     copy_up(stack, sp_rel, sname, src.layer, false, true)?;
     let sp_up = copyup::ensure_upper_dir(stack, sp_rel)?;
     let dp_up = copyup::ensure_upper_dir(stack, dp_rel)?;
     sys::linkat(sp_up.as_fd(), &cname(sname)?, dp_up.as_fd(), &cname(dname)?)?;
+    if tracked {
+        stack.set_nlink_record(src.ino, view_links + 1)?;
+    }
     drop_whiteout(dp_up.as_fd(), dname)
 }
