@@ -96,6 +96,11 @@ pub struct UnionFs {
     next_synthetic: AtomicU64,
     /// Set once the session exists; used to drop kernel dentries from outside a request.
     notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
+    /// Open layer directories of recently used merged directories, keyed by nodeid with the
+    /// layer list they were opened for. Directory fds follow renames, so an entry stays right
+    /// until the directory's layers change or it is removed. Bounded (see `dirset_cap`).
+    dirsets: dashmap::DashMap<u64, (Vec<LayerIdx>, Arc<DirSet>)>,
+    dirset_cap: usize,
 }
 
 /// A node with its location resolved for one request.
@@ -117,6 +122,7 @@ fn name_bytes(name: &OsStr) -> &[u8] {
 impl UnionFs {
     /// A filesystem over `stack`.
     pub fn new(stack: Arc<Stack>, opts: FsOptions) -> Self {
+        let dirset_cap = (4096 / stack.layers.len().max(1)).max(16);
         let root = resolve::root_layers(&stack);
         UnionFs {
             stack,
@@ -127,6 +133,8 @@ impl UnionFs {
             redirect: dashmap::DashMap::new(),
             next_synthetic: AtomicU64::new(1),
             notifier: Arc::new(std::sync::OnceLock::new()),
+            dirsets: dashmap::DashMap::new(),
+            dirset_cap,
         }
     }
 
@@ -239,12 +247,24 @@ impl UnionFs {
         Ok(())
     }
 
-    fn dir_ctx(&self, ino: u64) -> SysResult<(Ctx, DirSet)> {
+    fn dir_ctx(&self, ino: u64) -> SysResult<(Ctx, Arc<DirSet>)> {
         let c = self.ctx(ino)?;
         if !c.node.is_dir() {
             return Err(Errno::ENOTDIR);
         }
-        let set = DirSet::open(&self.stack, &c.rel, &c.dir_layers)?;
+        if let Some(e) = self.dirsets.get(&ino) {
+            if e.0 == c.dir_layers {
+                let set = Arc::clone(&e.1);
+                drop(e);
+                return Ok((c, set));
+            }
+        }
+        let set = Arc::new(DirSet::open(&self.stack, &c.rel, &c.dir_layers)?);
+        if self.dirsets.len() >= self.dirset_cap {
+            self.dirsets.clear(); // crude, but keeps the fd count bounded
+        }
+        self.dirsets
+            .insert(ino, (c.dir_layers.clone(), Arc::clone(&set)));
         Ok((c, set))
     }
 
@@ -661,6 +681,7 @@ impl UnionFs {
                     .move_alias(self.map_ino(d.ino), newparent, newname, parent, name);
             }
         } else if let Some(d) = &dst {
+            self.dirsets.remove(&self.map_ino(d.ino));
             if self.map_ino(d.ino) != self.map_ino(src.ino) {
                 self.inodes
                     .drop_alias(self.map_ino(d.ino), newparent, newname);
@@ -879,6 +900,9 @@ impl Filesystem for UnionFs {
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         self.inodes.forget(ino.0, nlookup);
+        if self.inodes.get(ino.0).is_err() {
+            self.dirsets.remove(&ino.0);
+        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -1527,6 +1551,8 @@ impl UnionFs {
             self.inodes.drop_alias(self.map_ino(f.ino), parent, name);
             if dir {
                 self.inodes.invalidate_nlink(parent);
+                // Its inode number may come back for a new directory.
+                self.dirsets.remove(&self.map_ino(f.ino));
             }
             Ok(())
         });
