@@ -122,7 +122,9 @@ fn name_bytes(name: &OsStr) -> &[u8] {
 impl UnionFs {
     /// A filesystem over `stack`.
     pub fn new(stack: Arc<Stack>, opts: FsOptions) -> Self {
-        let dirset_cap = (4096 / stack.layers.len().max(1)).max(16);
+        // Directory fds are cached within a quarter of what we may open.
+        let fds = (sys::raise_nofile_limit() / 4).clamp(256, 16384) as usize;
+        let dirset_cap = (fds / stack.layers.len().max(1)).max(16);
         let root = resolve::root_layers(&stack);
         UnionFs {
             stack,
