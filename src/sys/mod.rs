@@ -880,5 +880,5 @@ pub fn raise_nofile_limit() -> u64 {
             }
         }
     }
-    rl.rlim_cur as u64
+    rl.rlim_cur
 }
