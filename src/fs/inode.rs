@@ -183,9 +183,11 @@ impl Inodes {
             st.aliases.retain(|(p, n)| !(*p == parent && n == name));
             st.aliases.insert(0, (parent, name.to_vec()));
             st.layer = layer;
+            if st.dir_layers != dir_layers {
+                st.nlink = None; // the subdirectory count came from other layers
+            }
             st.dir_layers = dir_layers;
             st.epoch = epoch;
-            st.nlink = None;
         }
         node
     }

@@ -301,16 +301,6 @@ impl UnionFs {
         Ok(n)
     }
 
-    fn attr_of_found(&self, ino: u64, rel: &[u8], f: &Found) -> SysResult<FileAttr> {
-        let nlink = if f.is_dir() && f.dir_layers.len() > 1 {
-            let set = DirSet::open(&self.stack, rel, &f.dir_layers)?;
-            Some(2 + readdir::count_subdirs(&self.stack, &set, false)?)
-        } else {
-            None
-        };
-        Ok(self.attr(ino, &f.st, nlink))
-    }
-
     /// Registers a found entry as a kernel-referenced node and builds its attributes.
     fn remember(&self, parent: u64, prel: &[u8], name: &[u8], f: &Found) -> SysResult<FileAttr> {
         let adopted = ops::adopt_indexed(&self.stack, prel, name, f)?;
@@ -320,9 +310,24 @@ impl UnionFs {
         let f = adopted.as_ref().unwrap_or(f);
         let kind = f.st.st_mode & libc::S_IFMT;
         let ino = self.map_ino(f.ino);
-        self.inodes
+        let node = self
+            .inodes
             .upsert(ino, kind, parent, name, f.layer, f.dir_layers.clone(), 1);
-        self.attr_of_found(ino, &join(prel, name), f)
+        if f.is_dir() && f.dir_layers.len() > 1 {
+            // Merged directory: 2 + subdirectories, counted once and kept until they change.
+            let cached = node.state.read().nlink;
+            let n = match cached {
+                Some(n) => n,
+                None => {
+                    let set = DirSet::open(&self.stack, &join(prel, name), &f.dir_layers)?;
+                    let n = 2 + readdir::count_subdirs(&self.stack, &set, false)?;
+                    node.state.write().nlink = Some(n);
+                    n
+                }
+            };
+            return Ok(self.attr(ino, &f.st, Some(n)));
+        }
+        Ok(self.attr(ino, &f.st, None))
     }
 
     fn do_lookup(&self, parent: u64, name: &[u8]) -> SysResult<Option<FileAttr>> {
