@@ -71,6 +71,28 @@ impl Fixture {
     }
 }
 
+impl Fixture {
+    /// Mounts a fresh one-lower union `l`, upper `u` on `mnt` with extra `args`; returns the
+    /// three paths and the daemon's pid.
+    fn mount_simple(&mut self, args: &[&str]) -> (PathBuf, PathBuf, PathBuf, i32) {
+        let (l, u, mnt) = (self.dir("l"), self.dir("u"), self.dir("mnt"));
+        let mut a: Vec<&str> = args.to_vec();
+        a.extend([
+            l.to_str().unwrap(),
+            u.to_str().unwrap(),
+            mnt.to_str().unwrap(),
+        ]);
+        let o = self.run(&a);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let pid = *self.pids.last().unwrap();
+        (l, u, mnt, pid)
+    }
+}
+
+fn signal(pid: i32, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).unwrap();
+}
+
 fn rand_u64() -> u64 {
     let mut b = [0u8; 8];
     let _ =
@@ -283,21 +305,8 @@ fn sigterm_unmounts_cleanly() {
         return;
     }
     let mut fx = Fixture::new("term");
-    let l = fx.dir("l");
-    let u = fx.dir("u");
-    let mnt = fx.dir("mnt");
-    let o = fx.run(&[
-        l.to_str().unwrap(),
-        u.to_str().unwrap(),
-        mnt.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let pid = *fx.pids.last().unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    let (_, _, mnt, pid) = fx.mount_simple(&[]);
+    signal(pid, nix::sys::signal::Signal::SIGTERM);
     wait_until("daemon exit after SIGTERM", || !alive(pid));
     assert!(!is_mounted(&mnt));
 }
@@ -308,21 +317,8 @@ fn killed_daemon_is_unmounted_by_the_watchdog_or_cleanup() {
         return;
     }
     let mut fx = Fixture::new("kill");
-    let l = fx.dir("l");
-    let u = fx.dir("u");
-    let mnt = fx.dir("mnt");
-    let o = fx.run(&[
-        l.to_str().unwrap(),
-        u.to_str().unwrap(),
-        mnt.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let pid = *fx.pids.last().unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    let (l, u, mnt, pid) = fx.mount_simple(&[]);
+    signal(pid, nix::sys::signal::Signal::SIGKILL);
     wait_until("watchdog unmount", || !is_mounted(&mnt));
 
     // Without the watchdog the mount is left dead until --cleanup.
@@ -335,11 +331,7 @@ fn killed_daemon_is_unmounted_by_the_watchdog_or_cleanup() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let pid = *fx.pids.last().unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    signal(pid, nix::sys::signal::Signal::SIGKILL);
     wait_until("daemon death", || !alive(pid));
     // Attributes may still be cached by the kernel; statfs always asks the daemon.
     let dead = nix::sys::statfs::statfs(&mnt2).unwrap_err();
