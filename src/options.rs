@@ -51,6 +51,22 @@ pub struct Args {
     /// Do not start the watchdog that unmounts if the daemon dies.
     #[arg(long)]
     pub no_watchdog: bool,
+    /// mount(8) helper flags (no mtab, sloppy, verbose, type, namespace): accepted and ignored
+    /// so that `mount -t fuse.unionfs` and fstab entries work.
+    #[arg(short = 'n', hide = true)]
+    pub no_mtab: bool,
+    /// See `no_mtab`.
+    #[arg(short = 's', hide = true)]
+    pub sloppy: bool,
+    /// See `no_mtab`.
+    #[arg(short = 'v', hide = true)]
+    pub verbose: bool,
+    /// See `no_mtab`.
+    #[arg(short = 't', hide = true, value_name = "TYPE")]
+    pub fstype: Option<String>,
+    /// See `no_mtab`.
+    #[arg(short = 'N', hide = true, value_name = "NS")]
+    pub namespace: Option<String>,
     /// LOWERS [UPPER] MNT, or [SOURCE] MNT when -o lowerdir= is given.
     #[arg(value_name = "ARGS")]
     pub positional: Vec<PathBuf>,
@@ -350,6 +366,22 @@ mod tests {
         assert_eq!(i.mountpoint, PathBuf::from("/m"));
         assert!(i.config.dev);
         assert!(i.warnings.is_empty());
+    }
+
+    #[test]
+    fn mount_helper_flags_are_accepted() {
+        let i = inv(&[
+            "unionfs",
+            "/m",
+            "-n",
+            "-s",
+            "-v",
+            "-t",
+            "fuse.unionfs",
+            "-o",
+            "lowerdir=/a",
+        ]);
+        assert_eq!(i.unwrap().mountpoint, PathBuf::from("/m"));
     }
 
     #[test]

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs unionfs-mount and unionfs-run into PREFIX/bin (default /usr/local), plus the names
+# mount(8) looks for, so that `mount -t fuse.unionfs` and /etc/fstab entries work:
+#   PREFIX/bin/unionfs          -> unionfs-mount  (what mount.fuse3 runs for type fuse.unionfs)
+#   /sbin/mount.fuse.unionfs    -> unionfs-mount  (what mount(8) runs directly, with --mount-helper)
+#
+#   scripts/install.sh [--prefix DIR] [--mount-helper]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+prefix=/usr/local
+helper=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --prefix) prefix=$2; shift ;;
+    --mount-helper) helper=1 ;;
+    *) echo "usage: $0 [--prefix DIR] [--mount-helper]" >&2; exit 2 ;;
+  esac
+  shift
+done
+cargo build --release --bins
+install -d "$prefix/bin"
+install -m 0755 target/release/unionfs-mount target/release/unionfs-run "$prefix/bin/"
+ln -sf unionfs-mount "$prefix/bin/unionfs"
+if [ $helper = 1 ]; then
+  ln -sf "$prefix/bin/unionfs-mount" /sbin/mount.fuse.unionfs
+fi
+echo "installed into $prefix/bin; try: mount -t fuse.unionfs unionfs MNT -o lowerdir=L1:L2,upperdir=U,workdir=W"
