@@ -216,6 +216,7 @@ impl Prepared {
         Ok(MountGuard {
             mountpoint: self.mountpoint,
             thread: Some(thread),
+            stack: self.stack,
         })
     }
 }
@@ -242,12 +243,23 @@ fn open_fuse_device() -> Result<OwnedFd> {
 pub struct MountGuard {
     mountpoint: PathBuf,
     thread: Option<JoinHandle<std::io::Result<()>>>,
+    stack: Arc<Stack>,
 }
 
 impl MountGuard {
     /// The directory the union is mounted on.
     pub fn mountpoint(&self) -> &Path {
         &self.mountpoint
+    }
+
+    /// The union's counters (see [`crate::stats::Stats::report`]).
+    pub fn stats(&self) -> &crate::stats::Stats {
+        &self.stack.stats
+    }
+
+    /// A shared handle on the layer stack (for reporting after the guard is consumed).
+    pub fn stack(&self) -> Arc<Stack> {
+        Arc::clone(&self.stack)
     }
 
     /// Serves until the filesystem is unmounted by someone (umount, a signal handler).

@@ -48,6 +48,10 @@ pub struct Args {
     /// Lazily unmount MNT (for a mount whose daemon was killed) and exit.
     #[arg(long, value_name = "MNT")]
     pub cleanup: Option<PathBuf>,
+    /// On SIGUSR1, write the daemon's counters (requests by type, copy-ups, whiteouts, open
+    /// handles, inodes, passthrough) to this file; without it they go to the daemon's stderr.
+    #[arg(long, value_name = "FILE")]
+    pub stats_file: Option<PathBuf>,
     /// Do not start the watchdog that unmounts if the daemon dies.
     #[arg(long)]
     pub no_watchdog: bool,
@@ -87,6 +91,8 @@ pub struct Invocation {
     pub pid_file: Option<PathBuf>,
     /// Run the watchdog.
     pub watchdog: bool,
+    /// Where SIGUSR1 writes the counters.
+    pub stats_file: Option<PathBuf>,
     /// Options we accepted but ignore, to tell the user about.
     pub warnings: Vec<String>,
 }
@@ -297,6 +303,7 @@ pub fn parse_args(args: Args) -> Result<Invocation> {
         debug: args.debug,
         pid_file: args.pid_file,
         watchdog: !args.no_watchdog,
+        stats_file: args.stats_file,
         warnings,
     })
 }

@@ -489,3 +489,58 @@ fn exec_and_a_writer_after_a_reader_of_the_lower_copy() {
     fs::write(mnt.join("f"), "again").unwrap();
     assert_eq!(fs::read_to_string(mnt.join("f")).unwrap(), "again");
 }
+
+/// Parses `key value` lines of a stats report.
+fn parse_stats(s: &str) -> std::collections::HashMap<String, String> {
+    s.lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn sigusr1_reports_counters_that_match_the_workload() {
+    if !fuse_available() {
+        return;
+    }
+    let mut fx = Fixture::new("stats");
+    let stats = fx.root.join("stats");
+    let l = fx.dir("l");
+    for i in 0..3 {
+        fs::write(l.join(format!("f{i}")), vec![7u8; 1000]).unwrap();
+    }
+    let (u, mnt) = (fx.dir("u"), fx.dir("mnt"));
+    let o = fx.run(&[
+        "--stats-file",
+        stats.to_str().unwrap(),
+        l.to_str().unwrap(),
+        u.to_str().unwrap(),
+        mnt.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let pid = *fx.pids.last().unwrap();
+    // Workload: two copy-ups of 1000-byte files, two deletes of lower files (two
+    // whiteouts), one held-open file.
+    fs::OpenOptions::new()
+        .append(true)
+        .open(mnt.join("f0"))
+        .unwrap();
+    fs::OpenOptions::new()
+        .append(true)
+        .open(mnt.join("f1"))
+        .unwrap();
+    fs::remove_file(mnt.join("f1")).unwrap();
+    fs::remove_file(mnt.join("f2")).unwrap();
+    let held = fs::File::open(mnt.join("f0")).unwrap();
+    signal(pid, nix::sys::signal::Signal::SIGUSR1);
+    wait_until("stats file", || stats.exists());
+    let s = parse_stats(&fs::read_to_string(&stats).unwrap());
+    assert_eq!(s["copy_ups"], "2", "{s:?}");
+    assert_eq!(s["bytes_copied"], "2000", "{s:?}");
+    assert_eq!(s["whiteouts"], "2", "{s:?}");
+    assert_eq!(s["open_handles"], "1", "{s:?}");
+    assert_eq!(s["requests.unlink"], "2", "{s:?}");
+    assert!(s["requests.open"].parse::<u64>().unwrap() >= 3, "{s:?}");
+    assert!(["on", "off"].contains(&s["passthrough"].as_str()), "{s:?}");
+    drop(held);
+}

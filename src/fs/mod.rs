@@ -313,6 +313,10 @@ impl UnionFs {
         let node = self
             .inodes
             .upsert(ino, kind, parent, name, f.layer, f.dir_layers.clone(), 1);
+        if node.lookups.load(Ordering::Relaxed) == 1 {
+            let held = self.inodes.len() as u64;
+            self.stack.stats.inodes.store(held, Ordering::Relaxed);
+        }
         if f.is_dir() && f.dir_layers.len() > 1 {
             // Merged directory: 2 + subdirectories, counted once and kept until they change.
             let cached = node.state.read().nlink;
@@ -479,6 +483,10 @@ impl UnionFs {
             IoMode::Passthrough(b) => (FopenFlags::empty(), Some(b)),
         };
         let fh = self.handles.next_id();
+        self.stack
+            .stats
+            .open_handles
+            .fetch_add(1, Ordering::Relaxed);
         self.handles.files.insert(
             fh,
             Arc::new(OpenFile {
@@ -858,6 +866,7 @@ fn list_xattrs(t: &XTarget) -> SysResult<Vec<u8>> {
 
 impl Filesystem for UnionFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        self.stack.stats.count("init");
         if self.opts.passthrough {
             let ok = passthrough_privileged()
                 && config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
@@ -865,6 +874,10 @@ impl Filesystem for UnionFs {
                 && config.set_max_stack_depth(1).is_ok();
             self.opts.passthrough = ok;
         }
+        self.stack
+            .stats
+            .passthrough
+            .store(self.opts.passthrough, Ordering::Relaxed);
         log::info!(
             "data path: {}",
             if self.opts.passthrough {
@@ -893,6 +906,7 @@ impl Filesystem for UnionFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.stack.stats.count("lookup");
         match self.retry(|| self.do_lookup(parent.0, name_bytes(name))) {
             Ok(Some(a)) => reply.entry(&self.opts.ttl, &a, Generation(0)),
             Ok(None) => {
@@ -906,13 +920,17 @@ impl Filesystem for UnionFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.stack.stats.count("forget");
         self.inodes.forget(ino.0, nlookup);
         if self.inodes.get(ino.0).is_err() {
             self.dirsets.remove(&ino.0);
+            let held = self.inodes.len() as u64;
+            self.stack.stats.inodes.store(held, Ordering::Relaxed);
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.stack.stats.count("getattr");
         let r = (|| {
             if let Some(f) = fh.and_then(|f| self.handles.file(f.0)) {
                 let st = sys::fstat(f.fd.as_fd())?;
@@ -951,6 +969,7 @@ impl Filesystem for UnionFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        self.stack.stats.count("setattr");
         match self.retry(|| self.do_setattr(ino.0, mode, uid, gid, size, atime, mtime, fh)) {
             Ok(a) => reply.attr(&self.opts.ttl, &a),
             Err(e) => reply.error(fe(e)),
@@ -958,6 +977,7 @@ impl Filesystem for UnionFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.stack.stats.count("readlink");
         let r = self.retry(|| {
             let c = self.ctx(ino.0)?;
             let fd = self.stack.open_rel(c.layer, &c.rel, libc::O_PATH)?;
@@ -979,6 +999,7 @@ impl Filesystem for UnionFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        self.stack.stats.count("mknod");
         let kind = if mode & libc::S_IFMT == libc::S_IFREG {
             NewKind::File {
                 flags: libc::O_WRONLY,
@@ -1001,6 +1022,7 @@ impl Filesystem for UnionFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        self.stack.stats.count("mkdir");
         let r = self
             .do_create(req, parent.0, name_bytes(name), NewKind::Dir, mode, umask)
             .map(|(a, _)| a);
@@ -1009,10 +1031,12 @@ impl Filesystem for UnionFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.stack.stats.count("unlink");
         self.remove(parent.0, name_bytes(name), false, reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.stack.stats.count("rmdir");
         self.remove(parent.0, name_bytes(name), true, reply);
     }
 
@@ -1024,6 +1048,7 @@ impl Filesystem for UnionFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        self.stack.stats.count("symlink");
         let kind = NewKind::Symlink(target.as_os_str().as_bytes().to_vec());
         let r = self
             .do_create(
@@ -1048,6 +1073,7 @@ impl Filesystem for UnionFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        self.stack.stats.count("rename");
         empty_reply(
             reply,
             self.do_rename(
@@ -1068,6 +1094,7 @@ impl Filesystem for UnionFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        self.stack.stats.count("link");
         let r = (|| {
             let newname = name_bytes(newname);
             let node = self.inodes.get(ino.0)?;
@@ -1099,6 +1126,7 @@ impl Filesystem for UnionFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.stack.stats.count("open");
         let register = |fd: &OwnedFd| reply.open_backing(fd);
         match self.retry(|| self.open_file(ino.0, flags.0, &register)) {
             Ok((fh, _, Some(b))) => {
@@ -1120,6 +1148,7 @@ impl Filesystem for UnionFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        self.stack.stats.count("read");
         let Some(f) = self.handles.file(fh.0) else {
             return reply.error(fuser::Errno::EBADF);
         };
@@ -1147,6 +1176,7 @@ impl Filesystem for UnionFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        self.stack.stats.count("write");
         let Some(f) = self.handles.file(fh.0) else {
             return reply.error(fuser::Errno::EBADF);
         };
@@ -1170,6 +1200,7 @@ impl Filesystem for UnionFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        self.stack.stats.count("flush");
         reply.ok();
     }
 
@@ -1183,7 +1214,12 @@ impl Filesystem for UnionFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.stack.stats.count("release");
         if let Some((_, f)) = self.handles.files.remove(&fh.0) {
+            self.stack
+                .stats
+                .open_handles
+                .fetch_sub(1, Ordering::Relaxed);
             if f.backing.is_some() {
                 if let Ok(node) = self.inodes.get(f.ino) {
                     let mut pt = node.pt.lock();
@@ -1205,6 +1241,7 @@ impl Filesystem for UnionFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.stack.stats.count("fsync");
         match self.handles.file(fh.0) {
             Some(f) => match sys::fsync(f.fd.as_fd(), datasync) {
                 Ok(()) => reply.ok(),
@@ -1215,6 +1252,7 @@ impl Filesystem for UnionFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.stack.stats.count("opendir");
         match self.inodes.get(ino.0) {
             Ok(n) if n.is_dir() => {
                 let fh = self.handles.next_id();
@@ -1236,6 +1274,7 @@ impl Filesystem for UnionFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        self.stack.stats.count("readdir");
         let entries = match self.dir_entries(ino.0, fh.0, offset) {
             Ok(e) => e,
             Err(e) => return reply.error(fe(e)),
@@ -1282,6 +1321,7 @@ impl Filesystem for UnionFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        self.stack.stats.count("readdirplus");
         let r = (|| {
             let entries = self.dir_entries(ino.0, fh.0, offset)?;
             let (c, set) = self.dir_ctx(ino.0)?;
@@ -1354,6 +1394,7 @@ impl Filesystem for UnionFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        self.stack.stats.count("releasedir");
         self.handles.dirs.remove(&fh.0);
         reply.ok();
     }
@@ -1366,10 +1407,12 @@ impl Filesystem for UnionFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.stack.stats.count("fsyncdir");
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.stack.stats.count("statfs");
         match sys::fstatvfs(self.stack.layers[0].fd.as_fd()) {
             Ok(s) => reply.statfs(
                 s.f_blocks,
@@ -1395,11 +1438,13 @@ impl Filesystem for UnionFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        self.stack.stats.count("setxattr");
         let r = self.change_xattr(ino.0, name, |at, c| sys::setxattr(at, c, value, flags));
         empty_reply(reply, r)
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        self.stack.stats.count("getxattr");
         let r = (|| {
             let n = name_bytes(name);
             if whiteout::is_internal_xattr(n) {
@@ -1426,6 +1471,7 @@ impl Filesystem for UnionFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.stack.stats.count("listxattr");
         let r = (|| {
             let node = self.inodes.get(ino.0)?;
             if node.xattrs.load(Ordering::Acquire) == XATTRS_NONE {
@@ -1444,6 +1490,7 @@ impl Filesystem for UnionFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.stack.stats.count("removexattr");
         let r = self.change_xattr(ino.0, name, |at, c| sys::removexattr(at, c));
         empty_reply(reply, r)
     }
@@ -1458,6 +1505,7 @@ impl Filesystem for UnionFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        self.stack.stats.count("create");
         let clean = open_flags(flags);
         let r = self.do_create(
             req,
@@ -1496,6 +1544,7 @@ impl Filesystem for UnionFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        self.stack.stats.count("fallocate");
         match self.handles.file(fh.0) {
             Some(f) => match sys::fallocate(f.fd.as_fd(), mode, offset, length) {
                 Ok(()) => reply.ok(),
@@ -1514,6 +1563,7 @@ impl Filesystem for UnionFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
+        self.stack.stats.count("lseek");
         match self.handles.file(fh.0) {
             Some(f) => match sys::lseek(f.fd.as_fd(), offset, whence) {
                 Ok(o) => reply.offset(o),
@@ -1536,6 +1586,7 @@ impl Filesystem for UnionFs {
         _flags: fuser::CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
+        self.stack.stats.count("copy_file_range");
         let (Some(a), Some(b)) = (self.handles.file(fh_in.0), self.handles.file(fh_out.0)) else {
             return reply.error(fuser::Errno::EBADF);
         };

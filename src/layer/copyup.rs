@@ -10,6 +10,7 @@ use crate::layer::resolve::{self, DirSet};
 use crate::layer::stack::{join, open_subdir, remove_tree, LayerIdx, Stack};
 use crate::layer::whiteout;
 use crate::sys::{self, Errno, SysResult};
+use std::sync::atomic::Ordering::Relaxed;
 
 fn ts(sec: i64, nsec: i64) -> libc::timespec {
     libc::timespec {
@@ -224,7 +225,10 @@ fn copy_up_dir(
         let _ = remove_tree(work, &stage);
         return Err(e);
     }
-    publish(stack, &stage, upper_parent, name).map(drop)
+    if publish(stack, &stage, upper_parent, name)? {
+        stack.stats.copy_ups.fetch_add(1, Relaxed);
+    }
+    Ok(())
 }
 
 /// Makes sure directory `rel` exists in the upper (copying up missing ancestors, topmost first)
@@ -342,7 +346,16 @@ pub fn copy_up_entry(
             }
         }
     }
-    publish(stack, &stage, upper_parent.as_fd(), &cname).map(drop)
+    if publish(stack, &stage, upper_parent.as_fd(), &cname)? {
+        stack.stats.copy_ups.fetch_add(1, Relaxed);
+        if with_data && kind == libc::S_IFREG {
+            stack
+                .stats
+                .bytes_copied
+                .fetch_add(st.st_size as u64, Relaxed);
+        }
+    }
+    Ok(())
 }
 
 /// Gives `name` in `upper_parent` the upper inode already copied up for union inode `ino`

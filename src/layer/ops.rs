@@ -10,6 +10,7 @@ use crate::layer::resolve::{self, DirSet, Found};
 use crate::layer::stack::{join, open_subdir, remove_tree, Stack};
 use crate::layer::whiteout;
 use crate::sys::{self, Errno, SysResult};
+use std::sync::atomic::Ordering::Relaxed;
 
 /// Refuses names the union reserves (`.wh.*`) or the kernel cannot hold.
 pub fn check_new_name(name: &[u8]) -> SysResult<()> {
@@ -82,7 +83,11 @@ pub fn write_whiteout(stack: &Stack, upper_dir: BorrowedFd<'_>, name: &[u8]) -> 
     if let Ok(work) = stack.work() {
         for _ in 0..3 {
             match sys::linkat(work, SHARED_WHITEOUT, upper_dir, &wh) {
-                Ok(()) | Err(Errno::EEXIST) => return Ok(()),
+                Ok(()) => {
+                    stack.stats.whiteouts.fetch_add(1, Relaxed);
+                    return Ok(());
+                }
+                Err(Errno::EEXIST) => return Ok(()),
                 Err(Errno::ENOENT) => {
                     let _ = sys::openat(
                         work,
@@ -105,7 +110,11 @@ pub fn write_whiteout(stack: &Stack, upper_dir: BorrowedFd<'_>, name: &[u8]) -> 
         libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
         0o600,
     ) {
-        Ok(_) | Err(Errno::EEXIST) => Ok(()),
+        Ok(_) => {
+            stack.stats.whiteouts.fetch_add(1, Relaxed);
+            Ok(())
+        }
+        Err(Errno::EEXIST) => Ok(()),
         Err(e) => Err(e),
     }
 }

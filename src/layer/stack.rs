@@ -48,6 +48,8 @@ pub struct Stack {
     /// The work dir's name inside the upper root, when it lives there (hidden from listings).
     pub work_in_upper: bool,
     next_stage: std::sync::atomic::AtomicU64,
+    /// Counters of this union's activity.
+    pub stats: crate::stats::Stats,
 }
 
 /// The layer directories of a union.
@@ -140,6 +142,7 @@ impl Stack {
             devs,
             work_in_upper: false,
             next_stage: std::sync::atomic::AtomicU64::new(1),
+            stats: crate::stats::Stats::default(),
         };
         if has_upper {
             stack.open_work(cfg)?;
