@@ -8,6 +8,7 @@
 
 pub mod capabilities;
 pub mod cgroup;
+pub mod cli;
 pub mod config;
 pub mod idmap;
 pub mod instance;
