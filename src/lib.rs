@@ -11,6 +11,7 @@ pub mod fs;
 pub mod launch;
 pub mod layer;
 pub mod mount;
+pub mod oci;
 pub mod options;
 pub mod stats;
 pub mod sys;

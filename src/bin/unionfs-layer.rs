@@ -1,0 +1,111 @@
+//! `unionfs-layer`: OCI layer tarballs in and out of unionfs layer directories.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Export an upper directory as an OCI layer tarball, import a layer tarball as a lower layer
+/// directory, or list the changes an upper directory makes.
+#[derive(Debug, Parser)]
+#[command(name = "unionfs-layer", version)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Write UPPER as an OCI layer tarball (to stdout, or --output FILE).
+    Export {
+        /// The upper directory (after unmount, or of a read-only moment).
+        upper: PathBuf,
+        /// Write here instead of stdout.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Compress with gzip (application/vnd.oci.image.layer.v1.tar+gzip).
+        #[arg(long)]
+        gzip: bool,
+    },
+    /// Unpack a layer tarball (plain or gzip) into DIR, refusing entries that would leave it.
+    Import {
+        /// The tarball ("-" for stdin).
+        tarball: PathBuf,
+        /// The directory to fill (created if missing).
+        dir: PathBuf,
+    },
+    /// List the changes of an upper directory: A added, M modified, D deleted, R replaced dir.
+    Diff {
+        /// The upper directory.
+        upper: PathBuf,
+        /// Lower layers (topmost first, ':'-separated) to tell added from modified.
+        #[arg(long)]
+        lowers: Option<String>,
+    },
+}
+
+fn run(cli: Cli) -> unionfs::Result<()> {
+    match cli.cmd {
+        Cmd::Export {
+            upper,
+            output,
+            gzip,
+        } => {
+            let sink: Box<dyn Write> = match &output {
+                Some(p) => Box::new(std::fs::File::create(p).map_err(|e| {
+                    unionfs::Error::sys(format!("creating {}", p.display()), e, "")
+                })?),
+                None => Box::new(std::io::stdout().lock()),
+            };
+            let sink = std::io::BufWriter::new(sink);
+            if gzip {
+                let gz = flate2::write::GzEncoder::new(sink, flate2::Compression::default());
+                let gz = unionfs::oci::export(&upper, gz)?;
+                gz.finish()
+                    .and_then(|mut w| w.flush())
+                    .map_err(|e| unionfs::Error::sys("finishing gzip", e, ""))?;
+            } else {
+                unionfs::oci::export(&upper, sink)?
+                    .flush()
+                    .map_err(|e| unionfs::Error::sys("writing the tarball", e, ""))?;
+            }
+            Ok(())
+        }
+        Cmd::Import { tarball, dir } => {
+            let stats = if tarball.as_os_str() == "-" {
+                unionfs::oci::import(std::io::stdin().lock(), &dir)?
+            } else {
+                let f = std::fs::File::open(&tarball).map_err(|e| {
+                    unionfs::Error::sys(format!("opening {}", tarball.display()), e, "")
+                })?;
+                unionfs::oci::import(f, &dir)?
+            };
+            eprintln!(
+                "unionfs-layer: {} entries into {}",
+                stats.entries,
+                dir.display()
+            );
+            Ok(())
+        }
+        Cmd::Diff { upper, lowers } => {
+            let lowers = lowers
+                .map(|l| unionfs::options::split_layers(&l))
+                .unwrap_or_default();
+            for c in unionfs::oci::diff(&upper, &lowers)? {
+                println!("{c}");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("unionfs-layer: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
