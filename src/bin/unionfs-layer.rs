@@ -1,49 +1,10 @@
 //! `unionfs-layer`: OCI layer tarballs in and out of unionfs layer directories.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-
-/// Export an upper directory as an OCI layer tarball, import a layer tarball as a lower layer
-/// directory, or list the changes an upper directory makes.
-#[derive(Debug, Parser)]
-#[command(name = "unionfs-layer", version)]
-struct Cli {
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(Debug, Subcommand)]
-enum Cmd {
-    /// Write UPPER as an OCI layer tarball (to stdout, or --output FILE).
-    Export {
-        /// The upper directory (after unmount, or of a read-only moment).
-        upper: PathBuf,
-        /// Write here instead of stdout.
-        #[arg(short, long)]
-        output: Option<PathBuf>,
-        /// Compress with gzip (application/vnd.oci.image.layer.v1.tar+gzip).
-        #[arg(long)]
-        gzip: bool,
-    },
-    /// Unpack a layer tarball (plain or gzip) into DIR, refusing entries that would leave it.
-    Import {
-        /// The tarball ("-" for stdin).
-        tarball: PathBuf,
-        /// The directory to fill (created if missing).
-        dir: PathBuf,
-    },
-    /// List the changes of an upper directory: A added, M modified, D deleted, R replaced dir.
-    Diff {
-        /// The upper directory.
-        upper: PathBuf,
-        /// Lower layers (topmost first, ':'-separated) to tell added from modified.
-        #[arg(long)]
-        lowers: Option<String>,
-    },
-}
+use clap::Parser;
+use unionfs::oci::cli::{Cli, Cmd};
 
 fn run(cli: Cli) -> unionfs::Result<()> {
     match cli.cmd {

@@ -12,6 +12,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+pub mod cli;
+
 use crate::error::{Error, Result};
 use crate::layer::stack::{open_below, open_subdir};
 use crate::layer::whiteout;
