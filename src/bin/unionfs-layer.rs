@@ -12,6 +12,7 @@ fn run(cli: Cli) -> unionfs::Result<()> {
             upper,
             output,
             gzip,
+            zstd,
         } => {
             let sink: Box<dyn Write> = match &output {
                 Some(p) => Box::new(std::fs::File::create(p).map_err(|e| {
@@ -20,7 +21,14 @@ fn run(cli: Cli) -> unionfs::Result<()> {
                 None => Box::new(std::io::stdout().lock()),
             };
             let sink = std::io::BufWriter::new(sink);
-            if gzip {
+            if zstd {
+                let z = zstd::stream::write::Encoder::new(sink, 3)
+                    .map_err(|e| unionfs::Error::sys("starting zstd", e, ""))?;
+                let z = unionfs::oci::export(&upper, z)?;
+                z.finish()
+                    .and_then(|mut w| w.flush())
+                    .map_err(|e| unionfs::Error::sys("finishing zstd", e, ""))?;
+            } else if gzip {
                 let gz = flate2::write::GzEncoder::new(sink, flate2::Compression::default());
                 let gz = unionfs::oci::export(&upper, gz)?;
                 gz.finish()

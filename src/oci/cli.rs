@@ -26,10 +26,13 @@ pub enum Cmd {
         #[arg(short, long)]
         output: Option<PathBuf>,
         /// Compress with gzip (application/vnd.oci.image.layer.v1.tar+gzip).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "zstd")]
         gzip: bool,
+        /// Compress with zstd (application/vnd.oci.image.layer.v1.tar+zstd).
+        #[arg(long)]
+        zstd: bool,
     },
-    /// Unpack a layer tarball (plain or gzip) into DIR, refusing entries that would leave it.
+    /// Unpack a layer tarball (plain, gzip or zstd) into DIR, refusing entries that would leave it.
     Import {
         /// The tarball ("-" for stdin).
         tarball: PathBuf,

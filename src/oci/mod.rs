@@ -198,20 +198,27 @@ fn parent_dir(root: BorrowedFd<'_>, comps: &[Vec<u8>]) -> std::result::Result<Ow
     Ok(cur)
 }
 
-/// Unpacks an OCI/Docker layer tarball (plain or gzip) into `dir` so that it can serve as a
+/// Unpacks an OCI/Docker layer tarball (plain, gzip or zstd) into `dir` so that it can serve as a
 /// lower layer. Entries that would land outside `dir` (absolute names, `..`, paths or hard
 /// links through symlinks) stop the import with an error naming the entry.
 pub fn import<R: Read>(input: R, dir: &Path) -> Result<ImportStats> {
     let mut input = std::io::BufReader::new(input);
-    let gz = {
+    let (gz, zst) = {
         use std::io::BufRead;
         let head = input
             .fill_buf()
             .map_err(|e| ioerr("reading the tarball", e))?;
-        head.starts_with(&[0x1f, 0x8b])
+        (
+            head.starts_with(&[0x1f, 0x8b]),
+            head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]),
+        )
     };
     if gz {
         import_tar(tar::Archive::new(flate2::read::GzDecoder::new(input)), dir)
+    } else if zst {
+        let z = zstd::stream::read::Decoder::with_buffer(input)
+            .map_err(|e| ioerr("starting zstd decompression", e))?;
+        import_tar(tar::Archive::new(z), dir)
     } else {
         import_tar(tar::Archive::new(input), dir)
     }
