@@ -299,6 +299,11 @@ impl UnionFs {
         let prel = self.inodes.rel_path(parent)?;
         ops::copy_up(&self.stack, &prel, &name, c.layer, node.is_dir(), with_data)?;
         self.inodes.mark_upper_chain(node.ino);
+        if !node.is_dir() && self.stack.is_indexed(node.ino) {
+            // Its other names got upper links too, maybe in directories new to the upper:
+            // every node re-resolves its layers on next use.
+            self.inodes.bump_epoch();
+        }
         Ok(())
     }
 

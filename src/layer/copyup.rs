@@ -354,6 +354,46 @@ pub fn copy_up_entry(
                 .bytes_copied
                 .fetch_add(st.st_size as u64, Relaxed);
         }
+        if let (Some(index), true) = (&stack.index, kind == libc::S_IFREG && st.st_nlink > 1) {
+            link_other_names(stack, src_layer, &st, origin, &join(parent_rel, name))?;
+            // Every visible name now links the upper copy: its link count is its names again,
+            // and the upper reads the same as a plain layer (no index link to count).
+            if sys::unlinkat(index.as_fd(), &Stack::index_key(origin), false).is_ok() {
+                stack.drop_nlink_record(origin);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Gives every other visible name of a copied-up lower file its link to the upper copy, so
+/// that the upper alone (a layer diff) shows the change under all names.
+fn link_other_names(
+    stack: &Stack,
+    src_layer: LayerIdx,
+    st: &libc::stat,
+    origin: u64,
+    done: &[u8],
+) -> SysResult<()> {
+    let links = stack.hardlinks(src_layer);
+    let Some(paths) = links.get(&st.st_ino) else {
+        return Ok(());
+    };
+    for p in paths.iter().filter(|p| p.as_slice() != done) {
+        let (parent, name) = match p.iter().rposition(|b| *b == b'/') {
+            Some(i) => (&p[..i], &p[i + 1..]),
+            None => (&p[..0], &p[..]),
+        };
+        // Only names the union still shows as this file (not deleted or shadowed).
+        let Some(found) = resolve::lookup_path(stack, p)? else {
+            continue;
+        };
+        if found.ino != origin || stack.is_upper(found.layer) {
+            continue;
+        }
+        let up = ensure_upper_dir(stack, parent)?;
+        let c = CString::new(name).map_err(|_| Errno::EINVAL)?;
+        link_from_index(stack, up.as_fd(), &c, origin)?;
     }
     Ok(())
 }

@@ -231,6 +231,35 @@ fn lookup_in(
     Ok(found)
 }
 
+/// Resolves a whole relative path through the union, component by component.
+pub fn lookup_path(stack: &Stack, rel: &[u8]) -> SysResult<Option<Found>> {
+    let mut layers = root_layers(stack);
+    let mut cur: Vec<u8> = Vec::new();
+    let comps: Vec<&[u8]> = rel
+        .split(|b| *b == b'/')
+        .filter(|c| !c.is_empty())
+        .collect();
+    for (i, c) in comps.iter().enumerate() {
+        let set = match DirSet::open(stack, &cur, &layers) {
+            Ok(s) => s,
+            Err(Errno::ENOENT) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let Some(f) = lookup(stack, &set, c)? else {
+            return Ok(None);
+        };
+        if i + 1 == comps.len() {
+            return Ok(Some(f));
+        }
+        if !f.is_dir() {
+            return Ok(None);
+        }
+        layers = f.dir_layers;
+        cur = crate::layer::stack::join(&cur, c);
+    }
+    Ok(None)
+}
+
 /// The layers of the root directory: every layer down to the first opaque root.
 pub fn root_layers(stack: &Stack) -> Vec<LayerIdx> {
     let mut v = Vec::new();

@@ -2,10 +2,12 @@
 //! directory fd once, plus the work directory. Every later access is relative to these fds and
 //! resolved with openat2 so that it cannot leave its layer.
 
+use std::collections::HashMap;
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::layer::whiteout;
@@ -50,7 +52,13 @@ pub struct Stack {
     next_stage: std::sync::atomic::AtomicU64,
     /// Counters of this union's activity.
     pub stats: crate::stats::Stats,
+    /// Per lower layer, built on first need: the paths of every file with several names,
+    /// by inode number (to give all names of a copied-up file their upper link).
+    hardlinks: parking_lot::Mutex<HashMap<LayerIdx, Arc<HardLinks>>>,
 }
+
+/// Paths (relative to the layer root) of multi-link files, by inode number.
+pub type HardLinks = HashMap<u64, Vec<Vec<u8>>>;
 
 /// The layer directories of a union.
 #[derive(Debug, Clone)]
@@ -143,6 +151,7 @@ impl Stack {
             work_in_upper: false,
             next_stage: std::sync::atomic::AtomicU64::new(1),
             stats: crate::stats::Stats::default(),
+            hardlinks: parking_lot::Mutex::new(HashMap::new()),
         };
         if has_upper {
             stack.open_work(cfg)?;
@@ -330,6 +339,26 @@ impl Stack {
         self.union_ino(st.st_dev, st.st_ino)
     }
 
+    /// The multi-link files of lower layer `idx` (walked once, then kept: lowers never change).
+    pub fn hardlinks(&self, idx: LayerIdx) -> Arc<HardLinks> {
+        let mut all = self.hardlinks.lock();
+        if let Some(h) = all.get(&idx) {
+            return Arc::clone(h);
+        }
+        let mut map = HardLinks::new();
+        if let Some(layer) = self.layers.get(idx) {
+            if let Ok(root) =
+                sys::openat(layer.fd.as_fd(), c".", libc::O_PATH | libc::O_DIRECTORY, 0)
+            {
+                collect_hardlinks(root.as_fd(), Vec::new(), &mut map, 0);
+            }
+        }
+        map.retain(|_, v| v.len() > 1);
+        let map = Arc::new(map);
+        all.insert(idx, Arc::clone(&map));
+        map
+    }
+
     /// The index entry name of union inode `ino`.
     pub fn index_key(ino: u64) -> CString {
         CString::new(format!("{ino:016x}")).unwrap_or_default()
@@ -441,6 +470,40 @@ pub fn open_below(root: BorrowedFd<'_>, rel: &[u8], flags: i32) -> SysResult<Own
         sys::RESOLVE_IN_LAYER,
     )?;
     open_below(dir.as_fd(), &rel[cut + 1..], flags)
+}
+
+fn collect_hardlinks(dir: BorrowedFd<'_>, rel: Vec<u8>, map: &mut HardLinks, depth: u32) {
+    if depth > 4096 {
+        return;
+    }
+    let Ok(entries) = sys::read_dir(dir) else {
+        return;
+    };
+    for e in entries {
+        let Ok(c) = CString::new(e.name.clone()) else {
+            continue;
+        };
+        let path = join(&rel, &e.name);
+        match e.dtype {
+            libc::DT_DIR => {
+                if let Ok(sub) = open_subdir(dir, &c) {
+                    collect_hardlinks(sub.as_fd(), path, map, depth + 1);
+                }
+            }
+            libc::DT_REG | libc::DT_UNKNOWN => {
+                if let Ok(st) = sys::fstatat(dir, &c) {
+                    if st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_nlink > 1 {
+                        map.entry(st.st_ino).or_default().push(path);
+                    } else if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                        if let Ok(sub) = open_subdir(dir, &c) {
+                            collect_hardlinks(sub.as_fd(), path, map, depth + 1);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Joins a parent relative path and a name.
