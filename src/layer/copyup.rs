@@ -273,7 +273,7 @@ pub fn copy_up_entry(
     let src_dir = stack.open_rel(src_layer, parent_rel, libc::O_PATH | libc::O_DIRECTORY)?;
     let st = sys::fstatat(src_dir.as_fd(), &cname)?;
     let kind = st.st_mode & libc::S_IFMT;
-    if kind == libc::S_IFREG && st.st_nlink > 1 {
+    if kind != libc::S_IFDIR && st.st_nlink > 1 {
         let ino = stack.union_ino(st.st_dev, st.st_ino);
         if stack.is_indexed(ino) {
             return link_from_index(stack, upper_parent.as_fd(), &cname, ino);
@@ -326,7 +326,7 @@ pub fn copy_up_entry(
         return Err(e);
     }
     drop(staged);
-    if let (Some(index), true) = (&stack.index, kind == libc::S_IFREG && st.st_nlink > 1) {
+    if let (Some(index), true) = (&stack.index, st.st_nlink > 1) {
         // A file with several lower names: record the copy in the index first, so the other
         // names join this upper inode instead of being copied again.
         let key = Stack::index_key(origin);
@@ -354,7 +354,7 @@ pub fn copy_up_entry(
                 .bytes_copied
                 .fetch_add(st.st_size as u64, Relaxed);
         }
-        if let (Some(index), true) = (&stack.index, kind == libc::S_IFREG && st.st_nlink > 1) {
+        if let (Some(index), true) = (&stack.index, st.st_nlink > 1) {
             link_other_names(stack, src_layer, &st, origin, &join(parent_rel, name))?;
             // Every visible name now links the upper copy: its link count is its names again,
             // and the upper reads the same as a plain layer (no index link to count).

@@ -256,7 +256,7 @@ pub fn adopt_indexed(
     name: &[u8],
     found: &Found,
 ) -> SysResult<Option<Found>> {
-    let reg = found.st.st_mode & libc::S_IFMT == libc::S_IFREG;
+    let reg = found.st.st_mode & libc::S_IFMT != libc::S_IFDIR;
     if stack.is_upper(found.layer) || !reg || found.st.st_nlink < 2 || !stack.is_indexed(found.ino)
     {
         return Ok(None);

@@ -413,7 +413,7 @@ impl Stack {
     /// True when the link count of this regular file is tracked by us rather than by the
     /// layer: a lower file with several names, or one copied up through the index.
     pub fn tracks_nlink(&self, ino: u64, layer: LayerIdx, st: &libc::stat) -> bool {
-        st.st_mode & libc::S_IFMT == libc::S_IFREG
+        st.st_mode & libc::S_IFMT != libc::S_IFDIR
             && ((!self.is_upper(layer) && st.st_nlink > 1)
                 || self.is_indexed(ino)
                 || self.nlink_record(ino).is_some())
@@ -423,7 +423,7 @@ impl Stack {
     /// and the index's own link is not a name in the view.
     pub fn view_nlink(&self, ino: u64, st: &libc::stat) -> u32 {
         let n = st.st_nlink as u32;
-        if n <= 1 || st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        if n <= 1 || st.st_mode & libc::S_IFMT == libc::S_IFDIR {
             return n;
         }
         if let Some(r) = self.nlink_record(ino) {
@@ -490,9 +490,9 @@ fn collect_hardlinks(dir: BorrowedFd<'_>, rel: Vec<u8>, map: &mut HardLinks, dep
                     collect_hardlinks(sub.as_fd(), path, map, depth + 1);
                 }
             }
-            libc::DT_REG | libc::DT_UNKNOWN => {
+            _ => {
                 if let Ok(st) = sys::fstatat(dir, &c) {
-                    if st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_nlink > 1 {
+                    if st.st_mode & libc::S_IFMT != libc::S_IFDIR && st.st_nlink > 1 {
                         map.entry(st.st_ino).or_default().push(path);
                     } else if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
                         if let Ok(sub) = open_subdir(dir, &c) {
@@ -501,7 +501,6 @@ fn collect_hardlinks(dir: BorrowedFd<'_>, rel: Vec<u8>, map: &mut HardLinks, dep
                     }
                 }
             }
-            _ => {}
         }
     }
 }
