@@ -86,13 +86,19 @@ pub struct Workspace {
     /// The mount point.
     pub mnt: PathBuf,
     rotations: usize,
+    tmpfs: bool,
 }
 
 static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 impl Workspace {
     /// Creates the directories for `nlowers` lowers (and an upper unless `no_upper`).
-    pub fn new(tag: &str, nlowers: usize, no_upper: bool) -> Result<Workspace, String> {
+    pub fn new(
+        tag: &str,
+        nlowers: usize,
+        no_upper: bool,
+        tmpfs: bool,
+    ) -> Result<Workspace, String> {
         let base = std::env::var_os("UNIONFS_HARNESS_TMP")
             .map(PathBuf::from)
             .unwrap_or_else(std::env::temp_dir);
@@ -110,6 +116,11 @@ impl Workspace {
             remove_tree(&root)?;
         }
         mk(&root)?;
+        if tmpfs {
+            let c = |s: &str| std::ffi::CString::new(s).map_err(|_| "NUL".to_string());
+            sys::mount(&c("harness")?, &root, &c("tmpfs")?, 0, &c("mode=0755")?)
+                .map_err(|e| format!("mounting a tmpfs on {}: {}", root.display(), e.desc()))?;
+        }
         let mut lowers = Vec::new();
         for i in 0..nlowers.max(1) {
             let l = root.join(format!("lower{i}"));
@@ -134,6 +145,7 @@ impl Workspace {
             work,
             mnt,
             rotations: 0,
+            tmpfs,
         })
     }
 
@@ -199,6 +211,9 @@ impl Drop for Workspace {
             if sys::umount_lazy(&self.mnt).is_err() {
                 break;
             }
+        }
+        if self.tmpfs {
+            let _ = sys::umount_lazy(&self.root);
         }
         let _ = remove_tree(&self.root);
     }

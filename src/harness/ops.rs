@@ -365,6 +365,15 @@ impl State {
                 let n = xname(st)?;
                 let mut buf = vec![0u8; 128 * 1024];
                 let len = with_at(&p, |a| sys::getxattr(a, &n, &mut buf))?;
+                // With `data`, the value must be that payload (lets big values be checked
+                // without writing them out in the scenario).
+                if st.data.is_some() && buf[..len] != payload(st)[..] {
+                    problems.push(format!(
+                        "getxattr {}: value of {len} bytes differs from the {} expected",
+                        st.name.as_deref().unwrap_or(""),
+                        payload(st).len()
+                    ));
+                }
                 return Ok(Some(String::from_utf8_lossy(&buf[..len]).into_owned()));
             }
             "listxattr" => {
@@ -418,13 +427,9 @@ impl State {
                 }
             }
             "stat" => {
-                let n = view::node(&p).map_err(|m| {
-                    if m.contains("No such file") {
-                        std::io::Error::from_raw_os_error(libc::ENOENT)
-                    } else {
-                        std::io::Error::other(m)
-                    }
-                })?;
+                // lstat first: its errno is the step's result.
+                std::fs::symlink_metadata(&p)?;
+                let n = view::node(&p).map_err(std::io::Error::other)?;
                 let label = st.path.as_deref().unwrap_or(".");
                 if let Some(e) = &st.expect_stat {
                     problems.extend(view::check_node("stat", label, &n, e, None));

@@ -43,7 +43,7 @@ impl Instance {
             .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
             .take(40)
             .collect();
-        let ws = Workspace::new(&format!("{imp}-{tag}"), s.lower.len(), s.no_upper)?;
+        let ws = Workspace::new(&format!("{imp}-{tag}"), s.lower.len(), s.no_upper, s.tmpfs)?;
         for (i, l) in s.lower.iter().enumerate() {
             build_layer(&ws.lowers[i], l, u.format())?;
         }
@@ -53,7 +53,7 @@ impl Instance {
         let lowers_before = ws
             .lowers
             .iter()
-            .map(|l| capture(l, ReadAs::View))
+            .map(|l| capture(l, ReadAs::Raw))
             .collect::<Result<Vec<_>, _>>()?;
         u.mount(&ws)?;
         let state = State {
@@ -144,7 +144,7 @@ impl Instance {
         // Rotation adds lowers in front; the original ones are the last `before.len()`.
         let orig = &self.ws.lowers[self.ws.lowers.len() - self.lowers_before.len()..];
         for (i, (dir, before)) in orig.iter().zip(&self.lowers_before).enumerate() {
-            let after = capture(dir, ReadAs::View)?;
+            let after = capture(dir, ReadAs::Raw)?;
             lower_changes.extend(raw_changes(&format!("lower {i}"), before, &after));
         }
         Ok(Finished {

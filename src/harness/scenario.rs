@@ -32,6 +32,14 @@ pub struct Scenario {
     /// pass is reported as a failure, so the line is removed when the bug is fixed.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub known_bug: String,
+    /// Takes long (big trees): `cargo test` runs it only with UNIONFS_HARNESS_SLOW=1; the CLI
+    /// always runs it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub slow: bool,
+    /// Put all layers on a fresh tmpfs instead of the temp dir's filesystem (e.g. for xattr
+    /// values larger than one ext4 block).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub tmpfs: bool,
     /// No upper layer: a read-only union.
     #[serde(default, skip_serializing_if = "is_false")]
     pub no_upper: bool,

@@ -11,7 +11,6 @@ use std::ffi::OsStr;
 use std::fmt::Write as _;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
 use crate::harness::scenario::{Kind, NodeExpect, TreeExpect};
@@ -77,6 +76,9 @@ pub enum ReadAs {
     View,
     /// A layer: whiteouts and opaque markers in any known format, internal entries dropped.
     Layer,
+    /// Everything as it is on disk, without reading file data (metadata, ctime included, is
+    /// enough to see a change).
+    Raw,
 }
 
 fn fnv(h: &mut u64, bytes: &[u8]) {
@@ -112,7 +114,21 @@ pub fn xattrs(path: &Path) -> Result<BTreeMap<String, String>, String> {
         Some(n) => sys::At::new(sys::fd(&dir), n),
         None => sys::At::dir(sys::fd(&dir)),
     };
-    let mut buf = vec![0u8; 64 * 1024];
+    xattrs_at(at, path)
+}
+
+fn xattrs_at(at: sys::At<'_>, path: &Path) -> Result<BTreeMap<String, String>, String> {
+    // Ask the sizes first: most nodes have no xattrs, and big zeroed buffers per node make
+    // capturing a 10,000-entry tree slow.
+    let size = match sys::listxattr(at, &mut []) {
+        Ok(n) => n,
+        Err(sys::Errno::ENOTSUP) => 0,
+        Err(e) => return Err(format!("listxattr {}: {}", path.display(), e.desc())),
+    };
+    if size == 0 {
+        return Ok(BTreeMap::new());
+    }
+    let mut buf = vec![0u8; size + 1024];
     let n = match sys::listxattr(at, &mut buf) {
         Ok(n) => n,
         Err(sys::Errno::ENOTSUP) => 0,
@@ -121,7 +137,8 @@ pub fn xattrs(path: &Path) -> Result<BTreeMap<String, String>, String> {
     let mut out = BTreeMap::new();
     for xname in buf[..n].split(|b| *b == 0).filter(|s| !s.is_empty()) {
         let cname = sys::cstr(OsStr::from_bytes(xname)).map_err(|e| e.desc().to_string())?;
-        let mut val = vec![0u8; 128 * 1024];
+        let want = sys::getxattr(at, &cname, &mut []).unwrap_or(0);
+        let mut val = vec![0u8; want + 1024];
         match sys::getxattr(at, &cname, &mut val) {
             Ok(len) => {
                 out.insert(
@@ -186,51 +203,66 @@ fn is_opaque_xattrs(x: &BTreeMap<String, String>) -> bool {
 
 /// Captures one node at `path` (lstat, content, target, xattrs).
 pub fn node(path: &Path) -> Result<Node, String> {
-    let md =
-        std::fs::symlink_metadata(path).map_err(|e| format!("lstat {}: {e}", path.display()))?;
-    let ft = md.file_type();
-    let kind = if ft.is_dir() {
-        Kind::Dir
-    } else if ft.is_symlink() {
-        Kind::Symlink
-    } else if ft.is_fifo() {
-        Kind::Fifo
-    } else if ft.is_char_device() {
-        Kind::Chardev
-    } else if ft.is_block_device() {
-        Kind::Blockdev
-    } else if ft.is_socket() {
-        Kind::Socket
-    } else {
-        Kind::File
+    let (dir, name) = at(path)?;
+    match name {
+        Some(n) => node_at(sys::fd(&dir), &n, path, true),
+        None => {
+            // A root: name it through its parent so the same code applies.
+            let parent = path.join("..");
+            let pfd = sys::open_path(&parent, libc::O_PATH | libc::O_DIRECTORY)
+                .map_err(|e| format!("open {}: {}", parent.display(), e.desc()))?;
+            let me = sys::cstr(path.file_name().unwrap_or(OsStr::new(".")))
+                .map_err(|e| e.desc().to_string())?;
+            node_at(sys::fd(&pfd), &me, path, true)
+        }
+    }
+}
+
+/// Captures `name` in the directory `dir` (`path` is for messages); `content`: read file data.
+fn node_at(
+    dir: std::os::fd::BorrowedFd<'_>,
+    name: &std::ffi::CStr,
+    path: &Path,
+    content: bool,
+) -> Result<Node, String> {
+    let st =
+        sys::fstatat(dir, name).map_err(|e| format!("lstat {}: {}", path.display(), e.desc()))?;
+    let kind = match st.st_mode & libc::S_IFMT {
+        libc::S_IFDIR => Kind::Dir,
+        libc::S_IFLNK => Kind::Symlink,
+        libc::S_IFIFO => Kind::Fifo,
+        libc::S_IFCHR => Kind::Chardev,
+        libc::S_IFBLK => Kind::Blockdev,
+        libc::S_IFSOCK => Kind::Socket,
+        _ => Kind::File,
     };
-    let rdev = md.rdev();
     let mut n = Node {
         kind,
-        mode: md.mode() & 0o7777,
-        uid: md.uid(),
-        gid: md.gid(),
-        size: md.size(),
-        nlink: md.nlink(),
-        ino: md.ino(),
-        mtime: md.mtime(),
-        mtime_nsec: md.mtime_nsec(),
-        ctime: md.ctime(),
-        alloc: md.blocks() * 512,
-        rdev: [libc::major(rdev), libc::minor(rdev)],
+        mode: st.st_mode & 0o7777,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        size: st.st_size as u64,
+        nlink: st.st_nlink as u64,
+        ino: st.st_ino,
+        mtime: st.st_mtime as i64,
+        mtime_nsec: st.st_mtime_nsec as i64,
+        ctime: st.st_ctime as i64,
+        alloc: st.st_blocks as u64 * 512,
+        rdev: [libc::major(st.st_rdev), libc::minor(st.st_rdev)],
         digest: FNV_START,
         ..Node::default()
     };
     match kind {
         Kind::Symlink => {
-            let t = std::fs::read_link(path)
-                .map_err(|e| format!("readlink {}: {e}", path.display()))?;
-            n.target = Some(t.to_string_lossy().into_owned());
+            let t = sys::readlinkat(dir, name)
+                .map_err(|e| format!("readlink {}: {}", path.display(), e.desc()))?;
+            n.target = Some(String::from_utf8_lossy(&t).into_owned());
         }
-        Kind::File => {
-            let mut f =
-                std::fs::File::open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
-            let mut buf = vec![0u8; 1 << 20];
+        Kind::File if content => {
+            let fd = sys::openat(dir, name, libc::O_RDONLY | libc::O_NOFOLLOW, 0)
+                .map_err(|e| format!("open {}: {}", path.display(), e.desc()))?;
+            let mut f = std::fs::File::from(fd);
+            let mut buf = vec![0u8; (n.size as usize + 1).clamp(4096, 1 << 20)];
             let mut keep = Vec::new();
             let mut total = 0u64;
             loop {
@@ -252,7 +284,7 @@ pub fn node(path: &Path) -> Result<Node, String> {
         }
         _ => {}
     }
-    n.xattrs = xattrs(path)?;
+    n.xattrs = xattrs_at(sys::At::new(dir, name), path)?;
     Ok(n)
 }
 
@@ -291,9 +323,12 @@ fn walk(root: &Path, dir: &str, how: ReadAs, t: &mut Tree) -> Result<(), String>
         names.push(e.file_name().to_string_lossy().into_owned());
     }
     names.sort();
+    let dfd = sys::open_path(&real, libc::O_PATH | libc::O_DIRECTORY)
+        .map_err(|e| format!("open {}: {}", real.display(), e.desc()))?;
     for name in names {
         let p = join(dir, &name);
         let full = real.join(&name);
+        let cname = sys::cstr(OsStr::new(&name)).map_err(|e| e.desc().to_string())?;
         if how == ReadAs::Layer {
             if name == ".wh..wh..opq" {
                 if let Some(n) = t.nodes.get_mut(dir) {
@@ -309,12 +344,11 @@ fn walk(root: &Path, dir: &str, how: ReadAs, t: &mut Tree) -> Result<(), String>
                 continue;
             }
         }
-        if std::fs::symlink_metadata(&full).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
-        {
+        if sys::fstatat(sys::fd(&dfd), &cname).err() == Some(sys::Errno::ENOENT) {
             t.ghosts.insert(p);
             continue;
         }
-        let mut n = node(&full)?;
+        let mut n = node_at(sys::fd(&dfd), &cname, &full, how != ReadAs::Raw)?;
         if how == ReadAs::Layer {
             if n.kind == Kind::Chardev && n.rdev == [0, 0] {
                 t.whiteouts.insert(p);
@@ -721,6 +755,7 @@ pub fn check_node(
 pub fn check_tree(label: &str, t: &Tree, e: &TreeExpect) -> Vec<String> {
     let mut errs = Vec::new();
     let mut listed = BTreeSet::new();
+    listed.insert(".".to_string());
     for ne in &e.entries {
         let p = if ne.path.is_empty() {
             "."
