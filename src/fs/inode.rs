@@ -4,7 +4,7 @@
 //! (fuser sends `attr.ino` as nodeid), and st_ino is the layer file's own inode number, so a
 //! name looked up again after `forget` gets the same nodeid.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -45,7 +45,17 @@ pub struct Node {
     pub lookups: AtomicU64,
     /// Serialises copy-up of this node so concurrent writers produce one copy.
     pub copy_lock: Mutex<()>,
+    /// [`XATTRS_UNKNOWN`], [`XATTRS_NONE`] or [`XATTRS_SOME`]: lets `ls -l`'s per-file
+    /// getxattr calls on files without xattrs be answered without touching the layer.
+    pub xattrs: AtomicU8,
 }
+
+/// Not known whether the node has visible xattrs.
+pub const XATTRS_UNKNOWN: u8 = 0;
+/// The node has no visible xattrs (only we change that, through setxattr).
+pub const XATTRS_NONE: u8 = 1;
+/// The node has visible xattrs.
+pub const XATTRS_SOME: u8 = 2;
 
 impl Node {
     fn new(ino: u64, kind: u32, layer: LayerIdx, epoch: u64, lookups: u64) -> Node {
@@ -61,6 +71,7 @@ impl Node {
             }),
             lookups: AtomicU64::new(lookups),
             copy_lock: Mutex::new(()),
+            xattrs: AtomicU8::new(XATTRS_UNKNOWN),
         }
     }
 

@@ -29,7 +29,8 @@ use crate::layer::whiteout;
 use crate::layer::{LayerIdx, Stack};
 use crate::sys::{self, Errno, SysResult};
 use handle::{Handles, OpenDir, OpenFile};
-use inode::{Inodes, Node, ROOT};
+use inode::{Inodes, Node, ROOT, XATTRS_NONE, XATTRS_SOME, XATTRS_UNKNOWN};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Tunables of the FUSE adapter.
 #[derive(Debug, Clone)]
@@ -53,6 +54,9 @@ pub struct UnionFs {
     inodes: Inodes,
     handles: Handles,
     opts: FsOptions,
+    /// Odd while a rename is changing paths: a request that built a path from the inode
+    /// table concurrently and got ENOENT retries (see `retry`).
+    rename_seq: AtomicU64,
 }
 
 /// A node with its location resolved for one request.
@@ -80,12 +84,37 @@ impl UnionFs {
             inodes: Inodes::new(root),
             handles: Handles::default(),
             opts,
+            rename_seq: AtomicU64::new(0),
         }
     }
 
     /// The layer stack.
     pub fn stack(&self) -> &Arc<Stack> {
         &self.stack
+    }
+
+    /// Runs `f`, again if it failed with ENOENT while a concurrent rename moved the path it
+    /// built (the kernel does not lock ancestors of a renamed directory against other ops).
+    fn retry<T>(&self, mut f: impl FnMut() -> SysResult<T>) -> SysResult<T> {
+        let mut waited = 0u32;
+        for _ in 0..64 {
+            let mut seq = self.rename_seq.load(Ordering::Acquire);
+            // A rename that materializes a large tree can take a while: wait for it (bounded).
+            while seq % 2 == 1 && waited < 20_000 {
+                waited += 1;
+                if waited < 100 {
+                    std::thread::yield_now();
+                } else {
+                    std::thread::sleep(std::time::Duration::from_micros(500));
+                }
+                seq = self.rename_seq.load(Ordering::Acquire);
+            }
+            match f() {
+                Err(Errno::ENOENT) if self.rename_seq.load(Ordering::Acquire) != seq => continue,
+                r => return r,
+            }
+        }
+        f()
     }
 
     fn ctx(&self, ino: u64) -> SysResult<Ctx> {
@@ -117,7 +146,10 @@ impl UnionFs {
         let (parent, name) = self.inodes.primary(node.ino)?;
         let p = self.ctx_depth(parent, depth + 1)?;
         let set = DirSet::open(&self.stack, &p.rel, &p.dir_layers)?;
-        let found = resolve::lookup(&self.stack, &set, &name)?.ok_or(Errno::ENOENT)?;
+        let mut found = resolve::lookup(&self.stack, &set, &name)?.ok_or(Errno::ENOENT)?;
+        if let Some(f) = ops::adopt_indexed(&self.stack, &p.rel, &name, &found)? {
+            found = f;
+        }
         let mut st = node.state.write();
         st.layer = found.layer;
         st.dir_layers = found.dir_layers;
@@ -135,6 +167,12 @@ impl UnionFs {
         Ok((c, set))
     }
 
+    /// Attributes of a layer file as the union shows them (`dir_nlink` for merged dirs).
+    fn attr(&self, ino: u64, st: &libc::stat, dir_nlink: Option<u32>) -> FileAttr {
+        let nlink = dir_nlink.or_else(|| Some(self.stack.view_nlink(ino, st)));
+        attr::from_stat(ino, st, nlink)
+    }
+
     fn stat_of(&self, c: &Ctx) -> SysResult<FileAttr> {
         let fd = self.stack.open_rel(c.layer, &c.rel, libc::O_PATH)?;
         let st = sys::fstat(fd.as_fd())?;
@@ -143,7 +181,7 @@ impl UnionFs {
         } else {
             None
         };
-        Ok(attr::from_stat(c.node.ino, &st, nlink))
+        Ok(self.attr(c.node.ino, &st, nlink))
     }
 
     /// st_nlink of a directory: 2 + merged subdirectories (computed only for merged ones).
@@ -167,11 +205,16 @@ impl UnionFs {
         } else {
             None
         };
-        Ok(attr::from_stat(ino, &f.st, nlink))
+        Ok(self.attr(ino, &f.st, nlink))
     }
 
     /// Registers a found entry as a kernel-referenced node and builds its attributes.
     fn remember(&self, parent: u64, prel: &[u8], name: &[u8], f: &Found) -> SysResult<FileAttr> {
+        let adopted = ops::adopt_indexed(&self.stack, prel, name, f)?;
+        if adopted.is_some() {
+            self.inodes.mark_upper_chain(parent);
+        }
+        let f = adopted.as_ref().unwrap_or(f);
         let kind = f.st.st_mode & libc::S_IFMT;
         self.inodes
             .upsert(f.ino, kind, parent, name, f.layer, f.dir_layers.clone(), 1);
@@ -224,13 +267,18 @@ impl UnionFs {
         name: &[u8],
         kind: NewKind,
         mode: u32,
+        umask: u32,
     ) -> SysResult<(FileAttr, Option<OwnedFd>)> {
-        let (p, set) = self.dir_ctx(parent)?;
         let owner = Owner {
             uid: req.uid(),
             gid: req.gid(),
+            umask,
         };
-        let (found, fd) = ops::create(&self.stack, &p.rel, &set, name, &kind, mode, owner)?;
+        let (p, found, fd) = self.retry(|| {
+            let (p, set) = self.dir_ctx(parent)?;
+            let (found, fd) = ops::create(&self.stack, &p.rel, &set, name, &kind, mode, owner)?;
+            Ok((p, found, fd))
+        })?;
         self.inodes.mark_upper_chain(parent);
         let a = self.remember(parent, &p.rel, name, &found)?;
         Ok((a, fd))
@@ -256,7 +304,14 @@ impl UnionFs {
                 self.ensure_upper(&node, flags & libc::O_TRUNC == 0)?;
             }
             let c = self.ctx(ino)?;
-            let fd = self.stack.open_rel(c.layer, &c.rel, clean)?;
+            let fd = if self.stack.is_upper(c.layer) {
+                self.stack.open_rel(c.layer, &c.rel, clean)?
+            } else {
+                // Reading a lower layer must not even move its atime.
+                self.stack
+                    .open_rel(c.layer, &c.rel, clean | libc::O_NOATIME)
+                    .or_else(|_| self.stack.open_rel(c.layer, &c.rel, clean))?
+            };
             Ok((fd, self.stack.is_upper(c.layer)))
         })();
         let (fd, in_upper) = match opened {
@@ -390,7 +445,7 @@ impl UnionFs {
         } else {
             None
         };
-        Ok(attr::from_stat(ino, &st, nlink))
+        Ok(self.attr(ino, &st, nlink))
     }
 
     fn do_rename(
@@ -410,6 +465,7 @@ impl UnionFs {
         };
         let (sp, sset) = self.dir_ctx(parent)?;
         let (dp, dset) = self.dir_ctx(newparent)?;
+        let _seq = SeqGuard::enter(&self.rename_seq);
         let (src, dst) = ops::rename(
             &self.stack,
             &sp.rel,
@@ -464,8 +520,32 @@ impl UnionFs {
         Ok(())
     }
 
+    /// Copies a node up and applies an xattr change to its upper copy.
+    fn change_xattr(
+        &self,
+        ino: u64,
+        name: &OsStr,
+        f: impl FnOnce(sys::At<'_>, &CString) -> SysResult<()>,
+    ) -> SysResult<()> {
+        let n = name_bytes(name);
+        if whiteout::is_internal_xattr(n) {
+            return Err(Errno::EPERM);
+        }
+        let node = self.inodes.get(ino)?;
+        self.ensure_upper(&node, true)?;
+        let t = self.xattr_target(ino)?;
+        let c = CString::new(n).map_err(|_| Errno::EINVAL)?;
+        let r = f(t.at(), &c);
+        node.xattrs.store(XATTRS_UNKNOWN, Ordering::Release);
+        r
+    }
+
     /// Where a node's xattrs live: (its parent dir in its layer, its name), or the root itself.
     fn xattr_target(&self, ino: u64) -> SysResult<XTarget> {
+        self.retry(|| self.xattr_target_once(ino))
+    }
+
+    fn xattr_target_once(&self, ino: u64) -> SysResult<XTarget> {
         let c = self.ctx(ino)?;
         if ino == ROOT {
             let dir = self
@@ -497,6 +577,22 @@ struct XTarget {
 impl XTarget {
     fn at(&self) -> sys::At<'_> {
         sys::At::new(self.dir.as_fd(), &self.name)
+    }
+}
+
+/// Marks a rename in progress (odd sequence) until dropped.
+struct SeqGuard<'a>(&'a AtomicU64);
+
+impl<'a> SeqGuard<'a> {
+    fn enter(seq: &'a AtomicU64) -> Self {
+        seq.fetch_add(1, Ordering::AcqRel);
+        SeqGuard(seq)
+    }
+}
+
+impl Drop for SeqGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
     }
 }
 
@@ -561,7 +657,12 @@ impl Filesystem for UnionFs {
             | InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_AUTO_INVAL_DATA
             | InitFlags::FUSE_DO_READDIRPLUS
-            | InitFlags::FUSE_READDIRPLUS_AUTO;
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            // O_TRUNC arrives with the open, so copy-up can skip the data it would discard.
+            | InitFlags::FUSE_ATOMIC_O_TRUNC
+            // ACLs checked and cached by the kernel; umask left to us so default ACLs work.
+            | InitFlags::FUSE_POSIX_ACL
+            | InitFlags::FUSE_DONT_MASK;
         let supported = config.capabilities() & want;
         if let Err(missing) = config.add_capabilities(supported) {
             warn!("kernel refused FUSE capabilities {missing:?}");
@@ -572,7 +673,7 @@ impl Filesystem for UnionFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.do_lookup(parent.0, name_bytes(name)) {
+        match self.retry(|| self.do_lookup(parent.0, name_bytes(name))) {
             Ok(Some(a)) => reply.entry(&self.opts.ttl, &a, Generation(0)),
             Ok(None) => {
                 // A negative entry: repeated stats of a missing name stay in the kernel.
@@ -592,13 +693,13 @@ impl Filesystem for UnionFs {
         let r = (|| {
             if let Some(f) = fh.and_then(|f| self.handles.file(f.0)) {
                 let st = sys::fstat(f.fd.as_fd())?;
-                return Ok(attr::from_stat(ino.0, &st, None));
+                return Ok(self.attr(ino.0, &st, None));
             }
-            match self.ctx(ino.0).and_then(|c| self.stat_of(&c)) {
+            match self.retry(|| self.ctx(ino.0).and_then(|c| self.stat_of(&c))) {
                 Err(Errno::ENOENT) => {
                     let f = self.any_open(ino.0).ok_or(Errno::ENOENT)?;
                     let st = sys::fstat(f.fd.as_fd())?;
-                    Ok(attr::from_stat(ino.0, &st, None))
+                    Ok(self.attr(ino.0, &st, None))
                 }
                 r => r,
             }
@@ -627,18 +728,18 @@ impl Filesystem for UnionFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        match self.do_setattr(ino.0, mode, uid, gid, size, atime, mtime, fh) {
+        match self.retry(|| self.do_setattr(ino.0, mode, uid, gid, size, atime, mtime, fh)) {
             Ok(a) => reply.attr(&self.opts.ttl, &a),
             Err(e) => reply.error(fe(e)),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let r = (|| {
+        let r = self.retry(|| {
             let c = self.ctx(ino.0)?;
             let fd = self.stack.open_rel(c.layer, &c.rel, libc::O_PATH)?;
             sys::readlinkat(fd.as_fd(), c"")
-        })();
+        });
         match r {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(fe(e)),
@@ -651,7 +752,7 @@ impl Filesystem for UnionFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
@@ -663,7 +764,7 @@ impl Filesystem for UnionFs {
             NewKind::Node { rdev: rdev as u64 }
         };
         let r = self
-            .do_create(req, parent.0, name_bytes(name), kind, mode)
+            .do_create(req, parent.0, name_bytes(name), kind, mode, umask)
             .map(|(a, _)| a);
         self.entry_reply(reply, r);
     }
@@ -674,11 +775,11 @@ impl Filesystem for UnionFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
         let r = self
-            .do_create(req, parent.0, name_bytes(name), NewKind::Dir, mode)
+            .do_create(req, parent.0, name_bytes(name), NewKind::Dir, mode, umask)
             .map(|(a, _)| a);
         self.inodes.invalidate_nlink(parent.0);
         self.entry_reply(reply, r);
@@ -708,6 +809,7 @@ impl Filesystem for UnionFs {
                 name_bytes(link_name),
                 kind,
                 libc::S_IFLNK | 0o777,
+                0,
             )
             .map(|(a, _)| a);
         self.entry_reply(reply, r);
@@ -774,7 +876,7 @@ impl Filesystem for UnionFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.open_file(ino.0, flags.0) {
+        match self.retry(|| self.open_file(ino.0, flags.0)) {
             Ok((fh, f)) => reply.opened(FileHandle(fh), f),
             Err(e) => reply.error(fe(e)),
         }
@@ -1056,17 +1158,7 @@ impl Filesystem for UnionFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let r = (|| {
-            let n = name_bytes(name);
-            if whiteout::is_internal_xattr(n) {
-                return Err(Errno::EPERM);
-            }
-            let node = self.inodes.get(ino.0)?;
-            self.ensure_upper(&node, true)?;
-            let fd = self.xattr_target(ino.0)?;
-            let c = CString::new(n).map_err(|_| Errno::EINVAL)?;
-            sys::setxattr(fd.at(), &c, value, flags)
-        })();
+        let r = self.change_xattr(ino.0, name, |at, c| sys::setxattr(at, c, value, flags));
         empty_reply(reply, r)
     }
 
@@ -1076,30 +1168,46 @@ impl Filesystem for UnionFs {
             if whiteout::is_internal_xattr(n) {
                 return Err(Errno::ENODATA);
             }
-            let fd = self.xattr_target(ino.0)?;
+            let node = self.inodes.get(ino.0)?;
+            if node.xattrs.load(Ordering::Acquire) == XATTRS_NONE {
+                return Err(Errno::ENODATA);
+            }
+            let t = self.xattr_target(ino.0)?;
             let c = CString::new(n).map_err(|_| Errno::EINVAL)?;
-            read_xattr(&fd, &c)
+            let r = read_xattr(&t, &c);
+            if r == Err(Errno::ENODATA) && node.xattrs.load(Ordering::Acquire) == XATTRS_UNKNOWN {
+                // One listing now saves a layer access for every later miss on this node.
+                let state = match list_xattrs(&t) {
+                    Ok(l) if l.is_empty() => XATTRS_NONE,
+                    _ => XATTRS_SOME,
+                };
+                node.xattrs.store(state, Ordering::Release);
+            }
+            r
         })();
         reply_xattr(reply, size, r);
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let r = self.xattr_target(ino.0).and_then(|fd| list_xattrs(&fd));
+        let r = (|| {
+            let node = self.inodes.get(ino.0)?;
+            if node.xattrs.load(Ordering::Acquire) == XATTRS_NONE {
+                return Ok(Vec::new());
+            }
+            let l = list_xattrs(&self.xattr_target(ino.0)?)?;
+            let state = if l.is_empty() {
+                XATTRS_NONE
+            } else {
+                XATTRS_SOME
+            };
+            node.xattrs.store(state, Ordering::Release);
+            Ok(l)
+        })();
         reply_xattr(reply, size, r);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r = (|| {
-            let n = name_bytes(name);
-            if whiteout::is_internal_xattr(n) {
-                return Err(Errno::EPERM);
-            }
-            let node = self.inodes.get(ino.0)?;
-            self.ensure_upper(&node, true)?;
-            let fd = self.xattr_target(ino.0)?;
-            let c = CString::new(n).map_err(|_| Errno::EINVAL)?;
-            sys::removexattr(fd.at(), &c)
-        })();
+        let r = self.change_xattr(ino.0, name, |at, c| sys::removexattr(at, c));
         empty_reply(reply, r)
     }
 
@@ -1109,7 +1217,7 @@ impl Filesystem for UnionFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
@@ -1120,6 +1228,7 @@ impl Filesystem for UnionFs {
             name_bytes(name),
             NewKind::File { flags: clean },
             mode,
+            umask,
         );
         match r {
             Ok((a, Some(fd))) => {
@@ -1212,7 +1321,7 @@ impl Filesystem for UnionFs {
 
 impl UnionFs {
     fn remove(&self, parent: u64, name: &[u8], dir: bool, reply: ReplyEmpty) {
-        let r = (|| {
+        let r = self.retry(|| {
             let (p, set) = self.dir_ctx(parent)?;
             let f = ops::remove(&self.stack, &p.rel, &set, name, dir)?;
             self.inodes.mark_upper_chain(parent);
@@ -1221,7 +1330,7 @@ impl UnionFs {
                 self.inodes.invalidate_nlink(parent);
             }
             Ok(())
-        })();
+        });
         empty_reply(reply, r)
     }
 }

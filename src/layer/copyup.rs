@@ -266,6 +266,12 @@ pub fn copy_up_entry(
     let src_dir = stack.open_rel(src_layer, parent_rel, libc::O_PATH | libc::O_DIRECTORY)?;
     let st = sys::fstatat(src_dir.as_fd(), &cname)?;
     let kind = st.st_mode & libc::S_IFMT;
+    if kind == libc::S_IFREG && st.st_nlink > 1 {
+        let ino = stack.union_ino(st.st_dev, st.st_ino);
+        if stack.is_indexed(ino) {
+            return link_from_index(stack, upper_parent.as_fd(), &cname, ino);
+        }
+    }
     if kind == libc::S_IFDIR {
         return copy_up_dir(stack, upper_parent.as_fd(), parent_rel, &cname);
     }
@@ -282,12 +288,10 @@ pub fn copy_up_entry(
                 0o600,
             )?;
             if with_data {
-                let src = sys::openat(
-                    src_dir.as_fd(),
-                    &cname,
-                    libc::O_RDONLY | libc::O_NOFOLLOW,
-                    0,
-                )?;
+                // O_NOATIME: copying up must not change even the lower file's atime.
+                let flags = libc::O_RDONLY | libc::O_NOFOLLOW;
+                let src = sys::openat(src_dir.as_fd(), &cname, flags | libc::O_NOATIME, 0)
+                    .or_else(|_| sys::openat(src_dir.as_fd(), &cname, flags, 0))?;
                 copy_data(src.as_fd(), dst.as_fd(), st.st_size as u64)?;
             }
             Ok(dst)
@@ -315,7 +319,42 @@ pub fn copy_up_entry(
         return Err(e);
     }
     drop(staged);
+    if let (Some(index), true) = (&stack.index, kind == libc::S_IFREG && st.st_nlink > 1) {
+        // A file with several lower names: record the copy in the index first, so the other
+        // names join this upper inode instead of being copied again.
+        let key = Stack::index_key(origin);
+        match sys::linkat(work, &stage, index.as_fd(), &key) {
+            Ok(()) => {}
+            Err(Errno::EEXIST) => {
+                let _ = sys::unlinkat(work, &stage, false);
+                return link_from_index(stack, upper_parent.as_fd(), &cname, origin);
+            }
+            Err(e) => {
+                let _ = sys::unlinkat(work, &stage, false);
+                return Err(e);
+            }
+        }
+    }
     publish(stack, &stage, upper_parent.as_fd(), &cname).map(drop)
+}
+
+/// Gives `name` in `upper_parent` the upper inode already copied up for union inode `ino`
+/// (another name of the same lower file), keeping the parent's times.
+pub fn link_from_index(
+    stack: &Stack,
+    upper_parent: BorrowedFd<'_>,
+    name: &CStr,
+    ino: u64,
+) -> SysResult<()> {
+    let index = stack.index.as_ref().ok_or(Errno::EROFS)?;
+    let before = sys::fstat(upper_parent)?;
+    match sys::linkat(index.as_fd(), &Stack::index_key(ino), upper_parent, name) {
+        Ok(()) | Err(Errno::EEXIST) => {
+            restore_times(upper_parent, &before);
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Copies a whole merged directory tree into the upper and marks it opaque, so it no longer

@@ -45,13 +45,16 @@ pub enum NewKind {
     },
 }
 
-/// Owner of a new entry.
+/// Owner of a new entry, and the creating process's umask.
 #[derive(Debug, Clone, Copy)]
 pub struct Owner {
     /// User id.
     pub uid: u32,
     /// Group id (replaced by the parent's group when the parent is set-group-id).
     pub gid: u32,
+    /// The creator's umask: applied unless the parent has a default ACL, which then decides
+    /// (POSIX.1e semantics; the kernel leaves this to us with FUSE_DONT_MASK).
+    pub umask: u32,
 }
 
 fn whiteout_name(name: &[u8]) -> SysResult<CString> {
@@ -113,7 +116,12 @@ pub fn create(
     let c = cname(name)?;
     let wh = whiteout_name(name)?;
     let over_whiteout = has_entry(up.as_fd(), &wh);
-    let perm = mode & 0o7777;
+    let acl = has_default_acl(up.as_fd());
+    let perm = if acl {
+        mode & 0o7777
+    } else {
+        mode & 0o7777 & !owner.umask
+    };
     let mut file = None;
     match kind {
         NewKind::File { flags } => {
@@ -146,7 +154,7 @@ pub fn create(
         // chown clears set-id bits and our own umask may have masked the mode: put back what
         // the caller asked for, unless a default ACL decided the mode.
         let st = sys::fstat(fd.as_fd()).map_err(undo)?;
-        if st.st_mode & 0o7777 != perm && !has_default_acl(up.as_fd()) {
+        if st.st_mode & 0o7777 != perm && !acl {
             let mut want = perm;
             if matches!(kind, NewKind::Dir) {
                 want |= st.st_mode & libc::S_ISGID; // inherited from a set-group-id parent
@@ -202,6 +210,41 @@ pub fn copy_up(
     } else {
         copyup::copy_up_entry(stack, parent_rel, name, layer, with_data)
     }
+}
+
+/// If `found` is a lower file whose inode was already copied up under another of its names,
+/// gives this name the same upper inode and returns the upper entry: every name of one lower
+/// inode must show the same data once any of them was written.
+pub fn adopt_indexed(
+    stack: &Stack,
+    parent_rel: &[u8],
+    name: &[u8],
+    found: &Found,
+) -> SysResult<Option<Found>> {
+    let reg = found.st.st_mode & libc::S_IFMT == libc::S_IFREG;
+    if stack.is_upper(found.layer) || !reg || found.st.st_nlink < 2 || !stack.is_indexed(found.ino)
+    {
+        return Ok(None);
+    }
+    let up = copyup::ensure_upper_dir(stack, parent_rel)?;
+    let c = cname(name)?;
+    copyup::link_from_index(stack, up.as_fd(), &c, found.ino)?;
+    let mut st = sys::fstatat(up.as_fd(), &c)?;
+    if st.st_nlink > found.st.st_nlink {
+        // Every lower name now has its upper link: the index entry has done its job, and
+        // dropping it keeps the upper's link counts right when it becomes a lower layer.
+        if let Some(index) = &stack.index {
+            if sys::unlinkat(index.as_fd(), &Stack::index_key(found.ino), false).is_ok() {
+                st = sys::fstatat(up.as_fd(), &c)?;
+            }
+        }
+    }
+    Ok(Some(Found {
+        layer: 0,
+        st,
+        ino: found.ino,
+        dir_layers: Vec::new(),
+    }))
 }
 
 /// Removes `name` (a directory when `dir`) from the merged directory: the upper entry goes, and

@@ -37,6 +37,9 @@ pub struct Stack {
     pub has_upper: bool,
     /// The work dir (same filesystem as the upper), for staging copy-ups and removals.
     pub work: Option<OwnedFd>,
+    /// `WORK/index`: one hard link per copied-up lower file that had several names, keyed by
+    /// union inode, so every name of it ends up as one upper inode (like overlayfs index=on).
+    pub index: Option<OwnedFd>,
     /// The name of our per-entry origin xattr (`trusted.` when we may set it, else `user.`).
     pub origin_xattr: CString,
     /// Distinct st_dev values, first the upper's (or top lower's): the index goes into the high
@@ -132,6 +135,7 @@ impl Stack {
             layers,
             has_upper,
             work: None,
+            index: None,
             origin_xattr: c"trusted.unionfs.origin".to_owned(),
             devs,
             work_in_upper: false,
@@ -216,6 +220,17 @@ impl Stack {
                 upper.path.display()
             )));
         }
+        match sys::mkdirat(fd.as_fd(), c"index", 0o700) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => {
+                return Err(Error::sys(
+                    format!("creating {}/index", path.display()),
+                    e.desc(),
+                    "the work dir must be writable",
+                ))
+            }
+        }
+        self.index = crate::layer::stack::open_subdir(fd.as_fd(), c"index").ok();
         self.work = Some(fd);
         Ok(())
     }
@@ -310,6 +325,28 @@ impl Stack {
             }
         }
         self.union_ino(st.st_dev, st.st_ino)
+    }
+
+    /// The index entry name of union inode `ino`.
+    pub fn index_key(ino: u64) -> CString {
+        CString::new(format!("{ino:016x}")).unwrap_or_default()
+    }
+
+    /// True when union inode `ino` has been copied up through the hard-link index.
+    pub fn is_indexed(&self, ino: u64) -> bool {
+        self.index
+            .as_ref()
+            .is_some_and(|i| sys::fstatat(i.as_fd(), &Self::index_key(ino)).is_ok())
+    }
+
+    /// st_nlink as the union shows it: the index's own link is not a name in the view.
+    pub fn view_nlink(&self, ino: u64, st: &libc::stat) -> u32 {
+        let n = st.st_nlink as u32;
+        if n > 1 && st.st_mode & libc::S_IFMT == libc::S_IFREG && self.is_indexed(ino) {
+            n - 1
+        } else {
+            n
+        }
     }
 
     /// Opens `rel` (a `/`-separated path below the layer root, empty for the root) in layer

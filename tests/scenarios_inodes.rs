@@ -1,0 +1,312 @@
+//! SCENARIOS.md "Inodes and links", lines 37–42.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::CString;
+use std::fs;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use common::*;
+
+fn ino(p: &Path) -> u64 {
+    fs::symlink_metadata(p)
+        .unwrap_or_else(|e| panic!("{p:?}: {e}"))
+        .ino()
+}
+
+#[test]
+fn s37_st_ino_is_real_ino_and_d_ino_matches() {
+    let stack = Stack::new()
+        .lower([file("top", "1"), file("d/lo1", "1"), dir("only1")])
+        .lower([file("bottom", "2"), file("d/lo2", "2"), symlink("sl", "x")])
+        .upper([file("up", "u"), file("d/up", "u")]);
+    let Some(u) = Union::mount(stack) else { return };
+
+    let real = [
+        ("top", u.l(0, "top")),
+        ("d/lo1", u.l(0, "d/lo1")),
+        ("only1", u.l(0, "only1")),
+        ("bottom", u.l(1, "bottom")),
+        ("d/lo2", u.l(1, "d/lo2")),
+        ("sl", u.l(1, "sl")),
+        ("up", u.u("up")),
+        ("d/up", u.u("d/up")),
+    ];
+    for (rel, p) in &real {
+        assert_eq!(u.stat(rel).ino(), ino(p), "st_ino of {rel}");
+    }
+    for d in ["", "d", "only1"] {
+        let inos = readdir_inos(&u.m(d));
+        assert!(!inos.is_empty() || d == "only1");
+        for (name, d_ino) in inos {
+            let rel = if d.is_empty() {
+                name.clone()
+            } else {
+                format!("{d}/{name}")
+            };
+            assert_eq!(d_ino, u.stat(&rel).ino(), "d_ino of {rel}");
+        }
+    }
+    u.assert_upper_unchanged();
+}
+
+#[test]
+fn s38_st_ino_stable_across_copy_up_and_remount() {
+    let stack = Stack::new()
+        .lower([file("f", "x"), file("d/g", "y"), symlink("l", "t")])
+        .lower([file("m/h", "z")]);
+    let Some(mut u) = Union::mount(stack) else {
+        return;
+    };
+    let names = ["f", "d", "d/g", "l", "m", "m/h"];
+    let before: BTreeMap<_, _> = names.iter().map(|n| (*n, u.stat(n).ino())).collect();
+
+    let mut f = fs::OpenOptions::new().append(true).open(u.m("f")).unwrap();
+    f.write_all(b"more").unwrap();
+    // Still the same file while open.
+    assert_eq!(f.metadata().unwrap().ino(), before["f"]);
+    drop(f);
+    fs::OpenOptions::new()
+        .append(true)
+        .open(u.m("d/g"))
+        .unwrap()
+        .write_all(b"more")
+        .unwrap();
+    std::os::unix::fs::lchown(u.m("l"), Some(5), Some(5)).unwrap();
+    fs::set_permissions(
+        u.m("m"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let check = |u: &Union, when: &str| {
+        for n in names {
+            assert_eq!(u.stat(n).ino(), before[n], "st_ino of {n} {when}");
+        }
+        for (dir, prefix) in [("", ""), ("d", "d/"), ("m", "m/")] {
+            for (name, d_ino) in readdir_inos(&u.m(dir)) {
+                let rel = format!("{prefix}{name}");
+                assert_eq!(d_ino, u.stat(&rel).ino(), "d_ino of {rel} {when}");
+            }
+        }
+    };
+    check(&u, "after copy-up");
+    u.remount();
+    check(&u, "after remount");
+    assert!(u.u("f").exists() && u.u("d/g").exists() && u.u("m").exists());
+    u.check_upper_is_layer_diff();
+}
+
+#[test]
+fn s39_lower_hard_links_are_one_inode_with_nlink_2() {
+    let stack = Stack::new().lower([file("a", "x"), hardlink("b", "a"), file("c", "y")]);
+    let Some(u) = Union::mount(stack) else { return };
+
+    // Stat the second name first: the link count must be right before `a` was ever looked up.
+    let b = u.stat("b");
+    assert_eq!(b.nlink(), 2);
+    let a = u.stat("a");
+    assert_eq!(a.ino(), b.ino());
+    assert_eq!(a.nlink(), 2);
+    assert_eq!(u.stat("c").nlink(), 1);
+    let inos = readdir_inos(&u.m(""));
+    assert_eq!(inos["a"], inos["b"]);
+    u.assert_upper_unchanged();
+}
+
+#[test]
+fn s40_link_unlink_relink_then_append_shows_in_both_names() {
+    let stack = Stack::new().lower([file("a", "A\n")]);
+    let Some(mut u) = Union::mount(stack) else {
+        return;
+    };
+
+    fs::hard_link(u.m("a"), u.m("b")).unwrap();
+    fs::remove_file(u.m("a")).unwrap();
+    assert_eq!(u.read_str("b"), "A\n");
+    fs::hard_link(u.m("b"), u.m("a")).unwrap();
+    fs::OpenOptions::new()
+        .append(true)
+        .open(u.m("b"))
+        .unwrap()
+        .write_all(b"x\n")
+        .unwrap();
+    for _ in 0..2 {
+        assert_eq!(u.read_str("a"), "A\nx\n");
+        assert_eq!(u.read_str("b"), "A\nx\n");
+        assert_eq!(u.stat("a").ino(), u.stat("b").ino());
+        assert_eq!(u.stat("a").nlink(), 2);
+        assert_eq!(ino(&u.u("a")), ino(&u.u("b")));
+        u.assert_no_upper_whiteout("a");
+        u.remount();
+    }
+    u.check_upper_is_layer_diff();
+}
+
+#[test]
+fn s41_dir_nlink_is_2_plus_subdirs() {
+    let stack = Stack::new()
+        .lower([dir("d/s1"), dir("d/s2"), file("d/f", "x")])
+        .lower([dir("d/s1"), dir("d/s3"), file("d/s3/g", "x")]);
+    let Some(mut u) = Union::mount(stack) else {
+        return;
+    };
+    // The kernel reports 1 ("unknown") for directories merged from several layers; it is exact
+    // only for single-layer ones.
+    let merged = |n: u64| if is_kernel() { 1 } else { n };
+
+    assert_eq!(u.stat("d").nlink(), merged(5));
+    assert_eq!(u.stat("d/s3").nlink(), 2);
+    fs::create_dir(u.m("d/s4")).unwrap();
+    assert_eq!(u.stat("d").nlink(), merged(6));
+    fs::remove_dir(u.m("d/s1")).unwrap();
+    fs::remove_dir(u.m("d/s2")).unwrap();
+    assert_eq!(u.stat("d").nlink(), merged(4));
+    u.remount();
+    assert_eq!(u.stat("d").nlink(), merged(4));
+
+    fs::create_dir(u.m("new")).unwrap();
+    assert_eq!(u.stat("new").nlink(), 2);
+    fs::create_dir(u.m("new/a")).unwrap();
+    fs::create_dir(u.m("new/b")).unwrap();
+    assert_eq!(u.stat("new").nlink(), 4);
+    fs::remove_dir(u.m("new/a")).unwrap();
+    assert_eq!(u.stat("new").nlink(), 3);
+    u.check_upper_is_layer_diff();
+}
+
+/// libc's readdir with telldir/seekdir, which reach the filesystem's own offsets.
+struct Dir(*mut libc::DIR);
+
+impl Dir {
+    fn open(p: &Path) -> Dir {
+        let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+        // SAFETY: valid C string.
+        let d = unsafe { libc::opendir(c.as_ptr()) };
+        assert!(!d.is_null(), "opendir {p:?}");
+        Dir(d)
+    }
+    fn next(&mut self) -> Option<String> {
+        loop {
+            // SAFETY: self.0 is an open DIR*.
+            let e = unsafe { libc::readdir(self.0) };
+            if e.is_null() {
+                return None;
+            }
+            // SAFETY: readdir returned a valid dirent.
+            let name = unsafe { std::ffi::CStr::from_ptr((*e).d_name.as_ptr()) }
+                .to_string_lossy()
+                .into_owned();
+            if name != "." && name != ".." {
+                return Some(name);
+            }
+        }
+    }
+    fn tell(&mut self) -> libc::c_long {
+        // SAFETY: open DIR*.
+        unsafe { libc::telldir(self.0) }
+    }
+    fn seek(&mut self, pos: libc::c_long) {
+        // SAFETY: open DIR*, pos from telldir on a stream of the same directory.
+        unsafe { libc::seekdir(self.0, pos) }
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        // SAFETY: open DIR*.
+        unsafe { libc::closedir(self.0) };
+    }
+}
+
+#[test]
+fn s42_paged_readdir_with_seekdir_and_reopen_returns_each_name_once() {
+    let (mut l1, mut l2, mut up) = (vec![], vec![], vec![]);
+    let mut want = BTreeSet::new();
+    for i in 0..5000 {
+        let n = format!("entry-{i:05}");
+        match i % 4 {
+            0 => l1.push(file(&format!("big/{n}"), "")),
+            1 => l2.push(file(&format!("big/{n}"), "")),
+            2 => {
+                // Present in two layers: must still be listed once.
+                l1.push(file(&format!("big/{n}"), ""));
+                l2.push(file(&format!("big/{n}"), ""));
+            }
+            _ => up.push(file(&format!("big/{n}"), "")),
+        }
+        want.insert(n);
+    }
+    for i in 0..500 {
+        // Deleted names must not be listed.
+        l2.push(file(&format!("big/gone-{i}"), ""));
+        up.push(wh(&format!("big/gone-{i}")));
+    }
+    let stack = Stack::new().lower(l1).lower(l2).upper(up);
+    let Some(u) = Union::mount(stack) else { return };
+    let p = u.m("big");
+
+    let mut got: Vec<String> = vec![];
+    let mut d = Dir::open(&p);
+    for _ in 0..1000 {
+        got.push(d.next().unwrap());
+    }
+    // Re-read a page from a saved position: same names again.
+    let pos = d.tell();
+    let page: Vec<String> = (0..300).map(|_| d.next().unwrap()).collect();
+    d.seek(pos);
+    let again: Vec<String> = (0..300).map(|_| d.next().unwrap()).collect();
+    assert_eq!(
+        page, again,
+        "seekdir to a telldir position re-reads other names"
+    );
+    got.extend(page);
+    let pos = d.tell();
+    drop(d);
+    // A new open stream, positioned with the old cookie, continues where the old one stopped.
+    let mut d = Dir::open(&p);
+    d.seek(pos);
+    while let Some(n) = d.next() {
+        got.push(n);
+    }
+    let mut seen = BTreeSet::new();
+    let dups: Vec<_> = got.iter().filter(|n| !seen.insert(n.to_string())).collect();
+    assert!(
+        dups.is_empty(),
+        "names returned twice: {:?}",
+        &dups[..dups.len().min(10)]
+    );
+    assert_eq!(seen.len(), want.len(), "missing names");
+    assert_eq!(seen, want);
+    assert_eq!(u.names("big").len(), 5000);
+    u.assert_upper_unchanged();
+}
+
+#[test]
+fn s39_write_through_one_lower_hard_link_shows_through_the_other() {
+    // One inode means one file: a copy-up through one name cannot split it. The kernel keeps
+    // lower hard links together on copy-up only with `index=on`.
+    let stack = Stack::new()
+        .lower([file("d/h", "z"), hardlink("d/h2", "d/h")])
+        .kernel_opt("index=on");
+    let Some(mut u) = Union::mount(stack) else {
+        return;
+    };
+
+    fs::OpenOptions::new()
+        .append(true)
+        .open(u.m("d/h"))
+        .unwrap()
+        .write_all(b"+")
+        .unwrap();
+    for when in ["after copy-up", "after remount"] {
+        assert_eq!(u.read_str("d/h"), "z+", "d/h {when}");
+        assert_eq!(u.read_str("d/h2"), "z+", "d/h2 {when}");
+        assert_eq!(u.stat("d/h").ino(), u.stat("d/h2").ino(), "{when}");
+        assert_eq!(u.stat("d/h2").nlink(), 2, "{when}");
+        u.remount();
+    }
+}
