@@ -99,7 +99,7 @@ pub fn text(r: &ScenarioResult) -> String {
         r.implementation,
         r.millis
     );
-    if r.status == Status::Pass {
+    if r.status == Status::Pass && r.messages.is_empty() {
         return s;
     }
     if let Some(d) = &r.divergence {

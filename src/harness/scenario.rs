@@ -32,6 +32,10 @@ pub struct Scenario {
     /// pass is reported as a failure, so the line is removed when the bug is fixed.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub known_bug: String,
+    /// Implementations whose upper is not checked as a plain layer diff, with the reason (the
+    /// runner otherwise checks for every scenario that upper+lowers reproduce the live view).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub upper_not_a_layer_on: BTreeMap<String, String>,
     /// Takes long (big trees): `cargo test` runs it only with UNIONFS_HARNESS_SLOW=1; the CLI
     /// always runs it.
     #[serde(default, skip_serializing_if = "is_false")]
