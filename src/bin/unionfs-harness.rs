@@ -79,6 +79,9 @@ enum Cmd {
         /// At most this many runs while shrinking one case.
         #[arg(long, default_value_t = 300)]
         shrink_runs: usize,
+        /// Put no hard links in the generated layers (to look past a known hard-link bug).
+        #[arg(long)]
+        no_layer_links: bool,
         /// Only print the generated scenario (TOML) for the seed; run nothing.
         #[arg(long)]
         print: bool,
@@ -153,16 +156,21 @@ fn for_each_file(
     finish(&results, json)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn fuzz_one(
     seed: u64,
     ops: usize,
+    links: bool,
     imp: &str,
     against: &str,
     every: usize,
     out: &Path,
     shrink_runs: usize,
 ) -> ScenarioResult {
-    let s = fuzz::generate(seed, ops);
+    let mut s = fuzz::generate_with(seed, ops, links);
+    if !links {
+        s.about.push_str(" (--no-layer-links)");
+    }
     let mut r = diff::run(&s, imp, against, every);
     let Some(d) = r.divergence.clone() else {
         return r;
@@ -221,11 +229,13 @@ fn main() -> ExitCode {
             every,
             out,
             shrink_runs,
+            no_layer_links,
             print,
             json,
         } => {
+            let links = !no_layer_links;
             if print {
-                match scenario::to_toml(&fuzz::generate(seed, ops)) {
+                match scenario::to_toml(&fuzz::generate_with(seed, ops, links)) {
                     Ok(t) => {
                         print!("{t}");
                         return ExitCode::SUCCESS;
@@ -238,7 +248,7 @@ fn main() -> ExitCode {
             }
             let mut results = Vec::new();
             for sd in seed..seed.saturating_add(seeds.max(1)) {
-                let r = fuzz_one(sd, ops, &imp, &against, every, &out, shrink_runs);
+                let r = fuzz_one(sd, ops, links, &imp, &against, every, &out, shrink_runs);
                 if !json {
                     print!("{}", report::text(&r));
                 }

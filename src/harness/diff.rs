@@ -192,6 +192,13 @@ fn bridge_exdev(
     let (src, dst) = (mnt.join(from), mnt.join(to));
     // Copies get new inodes: hard links reaching outside the moved tree would silently
     // split on that side only, and every later write would "diverge".
+    if !target.state.fds.is_empty() {
+        return Some(Err(format!(
+            "{} said EXDEV for renaming {from:?} while files are open; an open file does not \
+             follow the mv fallback's copy",
+            target.name()
+        )));
+    }
     if has_hard_links(&src) || (exchange && has_hard_links(&dst)) {
         return Some(Err(format!(
             "{} said EXDEV for renaming {from:?} and the tree holds hard links, which the mv \

@@ -296,7 +296,18 @@ impl Union for Kernel {
             None => flags |= libc::MS_RDONLY,
         }
         let c = |s: &str| std::ffi::CString::new(s).map_err(|_| "NUL in a path".to_string());
-        sys::mount(&c("overlay")?, &ws.mnt, &c("overlay")?, flags, &c(&data)?).map_err(|e| {
+        let mut tries = 0;
+        let r = loop {
+            match sys::mount(&c("overlay")?, &ws.mnt, &c("overlay")?, flags, &c(&data)?) {
+                // The previous instance's claim on upper/work is released asynchronously.
+                Err(sys::Errno::EBUSY) if tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                r => break r,
+            }
+        };
+        r.map_err(|e| {
             format!(
                 "mounting kernel overlayfs ({data}): {} (dmesg tells why)",
                 e.desc()
