@@ -140,6 +140,9 @@ fn for_each_file(
     };
     let mut results = Vec::new();
     for path in &files {
+        if runner::interrupted() {
+            break;
+        }
         let r = match scenario::load(path) {
             Ok(s) => f(&s),
             Err(e) => {
@@ -202,8 +205,29 @@ fn fuzz_one(
     r
 }
 
+/// SIGINT/SIGTERM stop the run after the current step, so every mount and temp dir is
+/// cleaned up; a second signal exits at once.
+fn handle_signals() {
+    let sigs = [libc::SIGINT, libc::SIGTERM];
+    // Blocked here, before any other thread exists, so that only the waiter receives them.
+    unionfs::sys::block_signals(&sigs);
+    let _ = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let first = unionfs::sys::wait_signal(&sigs);
+            eprintln!(
+                "unionfs-harness: signal {first}: stopping after the current step and cleaning up"
+            );
+            runner::interrupt();
+            let second = unionfs::sys::wait_signal(&sigs);
+            eprintln!("unionfs-harness: signal {second} again: exiting without cleanup");
+            std::process::exit(130);
+        });
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    handle_signals();
     match cli.cmd {
         Cmd::Run { imp, json, files } => {
             for_each_file(&files, json, &imp, |s| runner::run(s, &imp))
@@ -248,6 +272,9 @@ fn main() -> ExitCode {
             }
             let mut results = Vec::new();
             for sd in seed..seed.saturating_add(seeds.max(1)) {
+                if runner::interrupted() {
+                    break;
+                }
                 let r = fuzz_one(sd, ops, links, &imp, &against, every, &out, shrink_runs);
                 if !json {
                     print!("{}", report::text(&r));

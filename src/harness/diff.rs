@@ -75,6 +75,9 @@ fn pair(s: &Scenario, a: &str, b: &str, every: usize) -> Result<Option<Divergenc
     let n = s.step.len();
     let mut fields = Fields::VIEWS;
     for (i, st) in s.step.iter().enumerate() {
+        if crate::harness::runner::interrupted() {
+            return Err(format!("interrupted before step {}", i + 1));
+        }
         let mut oa = ia.step(st);
         let mut ob = ib.step(st);
         if oa.result != ob.result {

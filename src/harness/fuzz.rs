@@ -320,7 +320,9 @@ pub fn shrink(
             _ => None,
         }
     };
-    let out_of_time = |runs: usize| runs >= budget || t0.elapsed() > time;
+    let out_of_time = |runs: usize| {
+        runs >= budget || t0.elapsed() > time || crate::harness::runner::interrupted()
+    };
     // Steps after the divergence never matter.
     if first.step > 0 && first.step <= best.step.len() {
         let mut c = best.clone();

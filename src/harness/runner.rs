@@ -12,6 +12,19 @@ use crate::harness::report::{ScenarioResult, Status};
 use crate::harness::scenario::{Scenario, Step};
 use crate::harness::view::{self, capture, merge, Fields, ReadAs, Tree};
 
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Asks running scenarios to stop after their current step (and clean up); for the CLI's
+/// SIGINT/SIGTERM handling.
+pub fn interrupt() {
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// True once [`interrupt`] was called.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// One union mounted from a scenario's layers.
 pub struct Instance {
     imp: Box<dyn Union>,
@@ -285,6 +298,9 @@ pub fn run(s: &Scenario, imp: &str) -> ScenarioResult {
 fn run_checked(s: &Scenario, imp: &str, res: &mut ScenarioResult) -> Result<(), String> {
     let mut inst = Instance::start(s, imp)?;
     for (i, st) in s.step.iter().enumerate() {
+        if interrupted() {
+            return Err(format!("interrupted before step {}", i + 1));
+        }
         let o = inst.step(st);
         let want = expected_result(st, imp);
         if o.result != want {
