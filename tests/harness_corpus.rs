@@ -7,12 +7,17 @@ use std::collections::BTreeSet;
 
 use harness_common::{can_run, corpus};
 use unionfs::harness::report::{self, Status};
-use unionfs::harness::{runner, scenario};
+use unionfs::harness::{diff, runner, scenario};
 
 fn run_corpus(imp: &str) {
     if !can_run(imp) {
         return;
     }
+    run_all(imp, |s| runner::run(s, imp));
+}
+
+fn run_all(label: &str, run: impl Fn(&scenario::Scenario) -> report::ScenarioResult) {
+    let imp = label;
     let slow = std::env::var("UNIONFS_HARNESS_SLOW").as_deref() == Ok("1");
     let mut results = Vec::new();
     for path in corpus() {
@@ -21,7 +26,7 @@ fn run_corpus(imp: &str) {
             eprintln!("not run (slow; UNIONFS_HARNESS_SLOW=1 runs it): {}", s.name);
             continue;
         }
-        let r = runner::run(&s, imp);
+        let r = run(&s);
         eprint!("{}", report::text(&r));
         results.push(r);
     }
@@ -52,6 +57,18 @@ fn corpus_on_unionfs() {
 #[test]
 fn corpus_on_kernel_overlayfs() {
     run_corpus("kernel");
+}
+
+/// The same corpus side by side: every step's result and the views after each step agree
+/// (scenarios limited by `only` are skipped; known bugs must still diverge).
+#[test]
+fn corpus_unionfs_against_kernel() {
+    if !can_run("unionfs") || !can_run("kernel") {
+        return;
+    }
+    run_all("unionfs vs kernel", |s| {
+        diff::run(s, "unionfs", "kernel", 1)
+    });
 }
 
 /// Lines of SCENARIOS.md that the corpus does not cover, and why (covered elsewhere).
