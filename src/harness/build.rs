@@ -4,7 +4,9 @@
 //! `.wh..wh..opq` markers for OCI-format unions (ours), and 0/0 char devices and the
 //! `trusted.overlay.opaque=y` xattr for kernel overlayfs and fuse-overlayfs.
 
+use std::collections::HashMap;
 use std::ffi::CString;
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
@@ -76,6 +78,9 @@ fn ensure_parents(root: &Path, rel: &str) -> Result<(), String> {
 
 /// Creates the layer's entries under `root` (which must exist) in `format`.
 pub fn build_layer(root: &Path, layer: &Layer, format: Format) -> Result<(), String> {
+    if let Some(src) = &layer.from {
+        import(Path::new(src), root, format, &mut HashMap::new())?;
+    }
     for e in &layer.entries {
         build_entry(root, e, format)?;
     }
@@ -189,6 +194,86 @@ fn build_entry(root: &Path, e: &Entry, format: Format) -> Result<(), String> {
             "chmod",
             &p,
         )?;
+    }
+    Ok(())
+}
+
+/// Copies an existing layer directory's contents into `dst`, writing whiteouts and opaque
+/// markers in `format`; hard links inside the layer stay hard links.
+fn import(
+    src: &Path,
+    dst: &Path,
+    format: Format,
+    links: &mut HashMap<(u64, u64), std::path::PathBuf>,
+) -> Result<(), String> {
+    let mut names: Vec<std::ffi::OsString> = io(std::fs::read_dir(src), "readdir", src)?
+        .filter_map(|e| e.ok().map(|e| e.file_name()))
+        .collect();
+    names.sort();
+    for name in names {
+        let (s, d) = (src.join(&name), dst.join(&name));
+        let n = name.to_string_lossy();
+        if n == ".wh..wh..opq" {
+            match format {
+                Format::Oci => io(std::fs::write(&d, ""), "write opaque marker", &d)?,
+                Format::Kernel => set_xattr(dst, "trusted.overlay.opaque", b"y")?,
+            }
+            continue;
+        }
+        if n.starts_with(".wh..wh.") {
+            continue;
+        }
+        if let (Some(hidden), Format::Kernel) = (n.strip_prefix(".wh."), format) {
+            mknod(&dst.join(hidden), libc::S_IFCHR, [0, 0])?;
+            continue;
+        }
+        let md = io(std::fs::symlink_metadata(&s), "lstat", &s)?;
+        let ft = md.file_type();
+        let key = (md.dev(), md.ino());
+        if ft.is_dir() {
+            io(std::fs::create_dir(&d), "mkdir", &d)?;
+            import(&s, &d, format, links)?;
+        } else if ft.is_symlink() {
+            let t = io(std::fs::read_link(&s), "readlink", &s)?;
+            io(std::os::unix::fs::symlink(t, &d), "symlink", &d)?;
+        } else if let Some(first) = links.get(&key) {
+            io(std::fs::hard_link(first, &d), "link", &d)?;
+            continue;
+        } else if ft.is_file() {
+            io(std::fs::copy(&s, &d), "copy", &d)?;
+            if md.nlink() > 1 {
+                links.insert(key, d.clone());
+            }
+        } else {
+            let rdev = md.rdev();
+            let kind = md.mode() & libc::S_IFMT;
+            if kind == libc::S_IFSOCK {
+                continue;
+            }
+            mknod(&d, kind, [libc::major(rdev), libc::minor(rdev)])?;
+        }
+        for (k, v) in crate::harness::view::xattrs(&s)? {
+            // Bookkeeping of whoever wrote the layer is not part of it (the opaque marker is).
+            let internal = (k.starts_with("trusted.overlay.") && k != "trusted.overlay.opaque")
+                || k.contains(".unionfs.")
+                || k.contains(".fuseoverlayfs.");
+            if !internal {
+                set_xattr(&d, &k, v.as_bytes())?;
+            }
+        }
+        io(
+            std::os::unix::fs::lchown(&d, Some(md.uid()), Some(md.gid())),
+            "chown",
+            &d,
+        )?;
+        if !ft.is_symlink() {
+            io(
+                std::fs::set_permissions(&d, std::fs::Permissions::from_mode(md.mode() & 0o7777)),
+                "chmod",
+                &d,
+            )?;
+        }
+        set_mtime(&d, md.mtime(), md.mtime_nsec())?;
     }
     Ok(())
 }

@@ -103,13 +103,20 @@ fn pair(s: &Scenario, a: &str, b: &str, every: usize) -> Result<Option<Divergenc
         }
         let path = st.path.clone().unwrap_or_else(|| ".".into());
         if oa.result != ob.result {
+            let with = |r: String, p: &[String]| {
+                if p.is_empty() {
+                    r
+                } else {
+                    format!("{r} ({})", p.join("; "))
+                }
+            };
             return Ok(Some(Divergence {
                 step: i + 1,
                 op: describe(st),
                 path,
                 field: "result".into(),
-                a: oa.result,
-                b: ob.result,
+                a: with(oa.result, &oa.problems),
+                b: with(ob.result, &ob.problems),
             }));
         }
         if oa.data != ob.data {

@@ -150,6 +150,23 @@ fn xname(st: &Step) -> std::io::Result<std::ffi::CString> {
     std::ffi::CString::new(st.name.clone().unwrap_or_default()).map_err(|_| invalid("NUL in name"))
 }
 
+/// Up to `max` paths (relative to `root`) found below `dir`, depth first.
+fn collect(dir: &Path, root: &Path, out: &mut Vec<String>, max: usize) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        if out.len() >= max {
+            return;
+        }
+        let p = e.path();
+        out.push(p.strip_prefix(root).unwrap_or(&p).display().to_string());
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            collect(&p, root, out, max);
+        }
+    }
+}
+
 /// The (parent fd, name) pair naming `p`, with lookup errors as the errno a step reports.
 fn at(p: &Path) -> std::io::Result<(std::os::fd::OwnedFd, Option<std::ffi::CString>)> {
     view::at_errno(p).map_err(sys_err)
@@ -465,7 +482,17 @@ impl State {
             "rm_rf" => {
                 let md = std::fs::symlink_metadata(&p)?;
                 if md.is_dir() {
-                    std::fs::remove_dir_all(&p)?
+                    if let Err(e) = std::fs::remove_dir_all(&p) {
+                        // Say what survived: that is what a bug report needs.
+                        let mut left = Vec::new();
+                        collect(&p, &self.mnt, &mut left, 10);
+                        problems.push(format!(
+                            "rm -rf {}: {e}; still there: {}",
+                            st.path.as_deref().unwrap_or("."),
+                            left.join(", ")
+                        ));
+                        return Err(e);
+                    }
                 } else {
                     std::fs::remove_file(&p)?
                 }

@@ -72,6 +72,11 @@ fn is_false(b: &bool) -> bool {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Layer {
+    /// An existing layer directory to start from (OCI `.wh.` format or kernel format; a
+    /// relative path is taken from the scenario file's directory). It is copied, never used
+    /// in place, and `entries` are applied on top.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
     /// Entries, created in order; missing parent directories are created with mode 0755.
     #[serde(default)]
     pub entries: Vec<Entry>,
@@ -347,6 +352,20 @@ pub fn load(path: &Path) -> Result<Scenario, String> {
             .file_stem()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+    }
+    let base = path.parent().unwrap_or(Path::new("."));
+    for l in s.lower.iter_mut().chain(s.upper.iter_mut()) {
+        if let Some(f) = &l.from {
+            let p = base.join(f);
+            if !p.is_dir() {
+                return Err(format!(
+                    "{}: layer from = {f:?}: {} is not a directory",
+                    path.display(),
+                    p.display()
+                ));
+            }
+            l.from = Some(p.to_string_lossy().into_owned());
+        }
     }
     Ok(s)
 }
