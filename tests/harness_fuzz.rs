@@ -1,4 +1,4 @@
-//! Fixed fuzz seeds, 200 ops each, unionfs against kernel overlayfs (44 seeds in all).
+//! Fixed fuzz seeds, 200 ops each, unionfs against kernel overlayfs (60 seeds in all).
 //!
 //! A seed that shows a known unionfs bug is listed in KNOWN with the divergent field and the
 //! corpus file that keeps its shrunk case; it must still diverge that way (so a fix is noticed
@@ -10,7 +10,7 @@ use harness_common::can_run;
 use unionfs::harness::diff::{run_pair, DiffOutcome};
 use unionfs::harness::fuzz::{generate, generate_with};
 
-const SEEDS: std::ops::RangeInclusive<u64> = 1..=24;
+const SEEDS: std::ops::RangeInclusive<u64> = 1..=30;
 const OPS: usize = 200;
 
 /// (seed, divergent field, corpus scenario that keeps the shrunk case).
@@ -21,6 +21,7 @@ const KNOWN: &[(u64, &str, &str)] = &[
     (11, "nlink", "39-copy-up-of-lower-hardlink-keeps-nlink.toml"),
     (14, "nlink", "39-copy-up-of-lower-hardlink-keeps-nlink.toml"),
     (22, "nlink", "39-copy-up-of-lower-hardlink-keeps-nlink.toml"),
+    (28, "nlink", "39-copy-up-of-lower-hardlink-keeps-nlink.toml"),
 ];
 
 #[test]
@@ -44,7 +45,7 @@ fn fixed_seeds_agree_with_kernel() {
 /// Without hard links in the layers the known hard-link bugs do not mask anything else.
 #[test]
 fn fixed_seeds_without_layer_links_agree_with_kernel() {
-    check_seeds(101..=120, false, &[]);
+    check_seeds(101..=130, false, &[]);
 }
 
 fn check_seeds(seeds: std::ops::RangeInclusive<u64>, links: bool, known: &[(u64, &str, &str)]) {
