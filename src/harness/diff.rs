@@ -63,10 +63,20 @@ fn div(step: usize, st: Option<&Step>, x: view::Difference) -> Divergence {
     }
 }
 
+/// The view of one side. Kernel overlayfs lists a whiteout that hides nothing when its
+/// directory is not merged (lookup then says ENOENT): a documented kernel quirk, not compared.
+fn view_of(i: &Instance) -> Result<view::Tree, String> {
+    let mut v = i.view()?;
+    if i.name() == "kernel" {
+        v.ghosts.clear();
+    }
+    Ok(v)
+}
+
 fn pair(s: &Scenario, a: &str, b: &str, every: usize) -> Result<Option<Divergence>, String> {
     let mut ia = Instance::start(s, a)?;
     let mut ib = Instance::start(s, b)?;
-    let (va, vb) = (ia.view()?, ib.view()?);
+    let (va, vb) = (view_of(&ia)?, view_of(&ib)?);
     if let Some(x) = view::diff(&va, &vb, Fields::VIEWS).into_iter().next() {
         let mut d = div(0, None, x);
         d.op = "initial view (after mount)".into();
@@ -130,7 +140,7 @@ fn pair(s: &Scenario, a: &str, b: &str, every: usize) -> Result<Option<Divergenc
             }));
         }
         if (i + 1) % every == 0 || i + 1 == n {
-            let (va, vb) = (ia.view()?, ib.view()?);
+            let (va, vb) = (view_of(&ia)?, view_of(&ib)?);
             if let Some(x) = view::diff(&va, &vb, fields).into_iter().next() {
                 let mut d = div(i + 1, Some(st), x);
                 if every > 1 {
