@@ -300,7 +300,7 @@ impl Union for Kernel {
         let r = loop {
             match sys::mount(&c("overlay")?, &ws.mnt, &c("overlay")?, flags, &c(&data)?) {
                 // The previous instance's claim on upper/work is released asynchronously.
-                Err(sys::Errno::EBUSY) if tries < 50 => {
+                Err(sys::Errno::EBUSY) if tries < 300 => {
                     tries += 1;
                     std::thread::sleep(Duration::from_millis(10));
                 }
