@@ -46,6 +46,9 @@ enum Cmd {
         /// Compare the views after every N steps.
         #[arg(long, default_value_t = 1)]
         every: usize,
+        /// Do not count view differences in this field (repeatable), e.g. `--ignore nlink`.
+        #[arg(long)]
+        ignore: Vec<String>,
         /// Print results as JSON.
         #[arg(long)]
         json: bool,
@@ -79,6 +82,10 @@ enum Cmd {
         /// At most this many runs while shrinking one case.
         #[arg(long, default_value_t = 300)]
         shrink_runs: usize,
+        /// Do not count view differences in this field (repeatable), e.g. `--ignore nlink` to
+        /// look past a known bug.
+        #[arg(long)]
+        ignore: Vec<String>,
         /// Put no hard links in the generated layers (to look past a known hard-link bug).
         #[arg(long)]
         no_layer_links: bool,
@@ -164,6 +171,7 @@ fn fuzz_one(
     seed: u64,
     ops: usize,
     links: bool,
+    ignore: &[String],
     imp: &str,
     against: &str,
     every: usize,
@@ -174,16 +182,24 @@ fn fuzz_one(
     if !links {
         s.about.push_str(" (--no-layer-links)");
     }
-    let mut r = diff::run(&s, imp, against, every);
+    let mut r = diff::run_ignoring(&s, imp, against, every, ignore);
     let Some(d) = r.divergence.clone() else {
         return r;
     };
     // Locate precisely (views every step), then shrink.
-    let d = match diff::run_pair(&s, imp, against, 1) {
+    let d = match diff::run_pair_ignoring(&s, imp, against, 1, ignore) {
         DiffOutcome::Diverged(d) => d,
         _ => d,
     };
-    let (small, sd) = fuzz::shrink(&s, imp, against, &d, shrink_runs, Duration::from_secs(120));
+    let (small, sd) = fuzz::shrink(
+        &s,
+        imp,
+        against,
+        ignore,
+        &d,
+        shrink_runs,
+        Duration::from_secs(120),
+    );
     r.divergence = Some(sd.clone());
     let file = out.join(format!(
         "fuzz-seed-{seed}-{}.toml",
@@ -236,12 +252,13 @@ fn main() -> ExitCode {
             imp,
             against,
             every,
+            ignore,
             json,
             files,
         } => {
             let label = format!("{imp} vs {against}");
             for_each_file(&files, json, &label, |s| {
-                diff::run(s, &imp, &against, every)
+                diff::run_ignoring(s, &imp, &against, every, &ignore)
             })
         }
         Cmd::Fuzz {
@@ -254,6 +271,7 @@ fn main() -> ExitCode {
             out,
             shrink_runs,
             no_layer_links,
+            ignore,
             print,
             json,
         } => {
@@ -275,7 +293,17 @@ fn main() -> ExitCode {
                 if runner::interrupted() {
                     break;
                 }
-                let r = fuzz_one(sd, ops, links, &imp, &against, every, &out, shrink_runs);
+                let r = fuzz_one(
+                    sd,
+                    ops,
+                    links,
+                    &ignore,
+                    &imp,
+                    &against,
+                    every,
+                    &out,
+                    shrink_runs,
+                );
                 if !json {
                     print!("{}", report::text(&r));
                 }

@@ -36,12 +36,24 @@ pub enum DiffOutcome {
 
 /// Runs `s` on `a` and `b` in lock step and returns the first divergence.
 pub fn run_pair(s: &Scenario, a: &str, b: &str, check_every: usize) -> DiffOutcome {
+    run_pair_ignoring(s, a, b, check_every, &[])
+}
+
+/// Like [`run_pair`], but view differences in the `ignore`d fields (e.g. "nlink", to look past
+/// a known bug) are not divergences.
+pub fn run_pair_ignoring(
+    s: &Scenario,
+    a: &str,
+    b: &str,
+    check_every: usize,
+    ignore: &[String],
+) -> DiffOutcome {
     for imp in [a, b] {
         if let Some(why) = unavailable(imp) {
             return DiffOutcome::Error(format!("cannot run {imp} here: {why}"));
         }
     }
-    match pair(s, a, b, check_every.max(1)) {
+    match pair(s, a, b, check_every.max(1), ignore) {
         Ok(None) => DiffOutcome::Same,
         Ok(Some(d)) if d.field == STOPPED => DiffOutcome::Stopped(d.a),
         Ok(Some(d)) => DiffOutcome::Diverged(d),
@@ -73,11 +85,18 @@ fn view_of(i: &Instance) -> Result<view::Tree, String> {
     Ok(v)
 }
 
-fn pair(s: &Scenario, a: &str, b: &str, every: usize) -> Result<Option<Divergence>, String> {
+fn pair(
+    s: &Scenario,
+    a: &str,
+    b: &str,
+    every: usize,
+    ignore: &[String],
+) -> Result<Option<Divergence>, String> {
+    let first = |d: Vec<view::Difference>| d.into_iter().find(|x| !ignore.contains(&x.field));
     let mut ia = Instance::start(s, a)?;
     let mut ib = Instance::start(s, b)?;
     let (va, vb) = (view_of(&ia)?, view_of(&ib)?);
-    if let Some(x) = view::diff(&va, &vb, Fields::VIEWS).into_iter().next() {
+    if let Some(x) = first(view::diff(&va, &vb, Fields::VIEWS)) {
         let mut d = div(0, None, x);
         d.op = "initial view (after mount)".into();
         return Ok(Some(d));
@@ -141,7 +160,7 @@ fn pair(s: &Scenario, a: &str, b: &str, every: usize) -> Result<Option<Divergenc
         }
         if (i + 1) % every == 0 || i + 1 == n {
             let (va, vb) = (view_of(&ia)?, view_of(&ib)?);
-            if let Some(x) = view::diff(&va, &vb, fields).into_iter().next() {
+            if let Some(x) = first(view::diff(&va, &vb, fields)) {
                 let mut d = div(i + 1, Some(st), x);
                 if every > 1 {
                     d.op = format!("{} (views compared every {every} steps)", d.op);
@@ -356,6 +375,17 @@ fn copy_tree(
 
 /// Runs `s` differentially and renders the outcome as a scenario result.
 pub fn run(s: &Scenario, a: &str, b: &str, check_every: usize) -> ScenarioResult {
+    run_ignoring(s, a, b, check_every, &[])
+}
+
+/// Like [`run`], ignoring view differences in the given fields.
+pub fn run_ignoring(
+    s: &Scenario,
+    a: &str,
+    b: &str,
+    check_every: usize,
+    ignore: &[String],
+) -> ScenarioResult {
     let t0 = Instant::now();
     let mut r = ScenarioResult::new(&s.name, &format!("{a} vs {b}"));
     let applies = |imp: &str| s.only.is_empty() || s.only.iter().any(|o| o == imp);
@@ -368,7 +398,7 @@ pub fn run(s: &Scenario, a: &str, b: &str, check_every: usize) -> ScenarioResult
         ));
         return r;
     }
-    match run_pair(s, a, b, check_every) {
+    match run_pair_ignoring(s, a, b, check_every, ignore) {
         DiffOutcome::Same => r.status = Status::Pass,
         DiffOutcome::Stopped(why) => {
             r.status = Status::Pass;

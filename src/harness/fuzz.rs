@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::harness::diff::{run_pair, DiffOutcome};
+use crate::harness::diff::{run_pair_ignoring, DiffOutcome};
 use crate::harness::report::Divergence;
 use crate::harness::runner::Instance;
 use crate::harness::scenario::{
@@ -307,6 +307,7 @@ pub fn shrink(
     s: &Scenario,
     a: &str,
     b: &str,
+    ignore: &[String],
     first: &Divergence,
     budget: usize,
     time: Duration,
@@ -317,7 +318,7 @@ pub fn shrink(
     let mut runs = 0;
     let still = |c: &Scenario, runs: &mut usize| -> Option<Divergence> {
         *runs += 1;
-        match run_pair(c, a, b, 1) {
+        match run_pair_ignoring(c, a, b, 1, ignore) {
             DiffOutcome::Diverged(d) if d.field == first.field => Some(d),
             _ => None,
         }
