@@ -71,11 +71,31 @@ fn corpus_unionfs_against_kernel() {
     });
 }
 
+/// A few scenarios through the `unionfs-mount` binary (daemon, `L1:L2` syntax with `\:`).
+#[test]
+fn some_scenarios_through_the_mount_binary() {
+    if !can_run("unionfs-cli") {
+        return;
+    }
+    for name in [
+        "48-colon-in-lower-path",
+        "12-rm-lower-file-writes-whiteout",
+        "47-layer-rotation",
+    ] {
+        let path = corpus()
+            .into_iter()
+            .find(|p| p.file_stem().is_some_and(|s| s == name))
+            .unwrap_or_else(|| panic!("{name}.toml is missing from the corpus"));
+        let s = scenario::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        let r = runner::run(&s, "unionfs-cli");
+        assert_eq!(r.status, Status::Pass, "{}", report::text(&r));
+    }
+}
+
 /// Lines of SCENARIOS.md that the corpus does not cover, and why (covered elsewhere).
 const NOT_IN_CORPUS: &[(u32, &str)] = &[
     (25, "kill -9 of the daemon mid copy-up: the harness mounts unionfs in-process; tests/ of the core team"),
     (45, "POSIX ACLs need setfacl and a non-root user: tests/ of the core team"),
-    (48, "a colon in a lower path is a command-line matter: tests/cli.rs"),
     (51, "262,144 mkdir/rmdir and fd/memory bounds: a soak, tests/ of the core team"),
     (52, "SIGTERM and a killed daemon: tests/cli.rs"),
 ];

@@ -11,7 +11,7 @@ use crate::harness::build::Format;
 use crate::sys;
 
 /// The implementations the harness knows.
-pub const IMPLS: &[&str] = &["unionfs", "kernel", "fuse-overlayfs"];
+pub const IMPLS: &[&str] = &["unionfs", "unionfs-cli", "kernel", "fuse-overlayfs"];
 
 /// A union implementation that can mount a workspace.
 pub trait Union {
@@ -29,6 +29,10 @@ pub trait Union {
 pub fn by_name(name: &str) -> Result<Box<dyn Union>, String> {
     match name {
         "unionfs" => Ok(Box::new(UnionFs { guard: None })),
+        "unionfs-cli" => Ok(Box::new(UnionFsCli {
+            pid: None,
+            mnt: PathBuf::new(),
+        })),
         "kernel" => Ok(Box::new(Kernel { mounted: false })),
         "fuse-overlayfs" => Ok(Box::new(FuseOverlayfs {
             child: None,
@@ -47,9 +51,14 @@ pub fn unavailable(name: &str) -> Option<String> {
         return Some("mounting needs root".into());
     }
     match name {
-        "unionfs" | "fuse-overlayfs" if !Path::new("/dev/fuse").exists() => {
+        "unionfs" | "unionfs-cli" | "fuse-overlayfs" if !Path::new("/dev/fuse").exists() => {
             Some("/dev/fuse is missing (modprobe fuse)".into())
         }
+        "unionfs-cli" if mount_binary().is_none() => Some(
+            "the unionfs-mount binary was not found: build it (cargo build --bins) or set \
+             UNIONFS_MOUNT_BIN"
+                .into(),
+        ),
         "fuse-overlayfs" if which("fuse-overlayfs").is_none() => {
             Some("fuse-overlayfs is not installed (apt-get install fuse-overlayfs)".into())
         }
@@ -63,6 +72,20 @@ pub fn unavailable(name: &str) -> Option<String> {
         }
         _ => None,
     }
+}
+
+/// Where the `unionfs-mount` binary is: $UNIONFS_MOUNT_BIN, next to this program (or one
+/// level up, for test binaries in target/*/deps), or on PATH.
+pub fn mount_binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("UNIONFS_MOUNT_BIN") {
+        return Some(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    [dir.join("unionfs-mount"), dir.join("../unionfs-mount")]
+        .into_iter()
+        .find(|p| p.is_file())
+        .or_else(|| which("unionfs-mount"))
 }
 
 fn which(prog: &str) -> Option<PathBuf> {
@@ -92,12 +115,14 @@ pub struct Workspace {
 static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 impl Workspace {
-    /// Creates the directories for `nlowers` lowers (and an upper unless `no_upper`).
+    /// Creates the directories for `nlowers` lowers (and an upper unless `no_upper`), on a
+    /// fresh tmpfs if asked, with a colon in the lower dir names if asked.
     pub fn new(
         tag: &str,
         nlowers: usize,
         no_upper: bool,
         tmpfs: bool,
+        colon: bool,
     ) -> Result<Workspace, String> {
         let base = std::env::var_os("UNIONFS_HARNESS_TMP")
             .map(PathBuf::from)
@@ -123,7 +148,12 @@ impl Workspace {
         }
         let mut lowers = Vec::new();
         for i in 0..nlowers.max(1) {
-            let l = root.join(format!("lower{i}"));
+            // A colon in a layer path must survive the `L1:L2` syntax (`\:`).
+            let l = root.join(if colon {
+                format!("low:er{i}")
+            } else {
+                format!("lower{i}")
+            });
             mk(&l)?;
             lowers.push(l);
         }
@@ -243,6 +273,82 @@ impl Union for UnionFs {
         match self.guard.take() {
             Some(g) => g.unmount().map_err(|e| format!("unmounting unionfs: {e}")),
             None => Ok(()),
+        }
+    }
+}
+
+/// unionfs through its command line: the daemon, the `L1:L2 UPPER MNT` form and `\:` escapes.
+struct UnionFsCli {
+    pid: Option<i32>,
+    mnt: PathBuf,
+}
+
+impl Union for UnionFsCli {
+    fn name(&self) -> &'static str {
+        "unionfs-cli"
+    }
+    fn format(&self) -> Format {
+        Format::Oci
+    }
+    fn mount(&mut self, ws: &Workspace) -> Result<(), String> {
+        let bin = mount_binary().ok_or("the unionfs-mount binary was not found")?;
+        let lowers: Vec<String> = ws.lowers.iter().map(|p| escape_colon(p)).collect();
+        let pidfile = ws.root.join("daemon.pid");
+        let mut cmd = Command::new(&bin);
+        cmd.arg(lowers.join(":"));
+        if let Some(u) = &ws.upper {
+            cmd.arg(u);
+        }
+        let out = cmd
+            .arg(&ws.mnt)
+            .arg("--pid-file")
+            .arg(&pidfile)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("running {}: {e}", bin.display()))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{} failed ({}): {}",
+                bin.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        let pid = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        self.pid = pid;
+        self.mnt = ws.mnt.clone();
+        Ok(())
+    }
+    fn unmount(&mut self, ws: &Workspace) -> Result<(), String> {
+        if self.mnt.as_os_str().is_empty() {
+            return Ok(());
+        }
+        self.mnt = PathBuf::new();
+        // What a user does: umount MNT; the daemon then exits by itself.
+        if nix::mount::umount(&ws.mnt).is_err() {
+            sys::umount_lazy(&ws.mnt).map_err(|e| format!("umount: {}", e.desc()))?;
+        }
+        if let Some(pid) = self.pid.take() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Path::new(&format!("/proc/{pid}")).exists() {
+                if Instant::now() > deadline {
+                    return Err(format!(
+                        "the unionfs daemon (pid {pid}) did not exit after umount"
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for UnionFsCli {
+    fn drop(&mut self) {
+        if !self.mnt.as_os_str().is_empty() {
+            let _ = sys::umount_lazy(&self.mnt);
         }
     }
 }

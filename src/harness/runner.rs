@@ -56,7 +56,13 @@ impl Instance {
             .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
             .take(40)
             .collect();
-        let ws = Workspace::new(&format!("{imp}-{tag}"), s.lower.len(), s.no_upper, s.tmpfs)?;
+        let ws = Workspace::new(
+            &format!("{imp}-{tag}"),
+            s.lower.len(),
+            s.no_upper,
+            s.tmpfs,
+            s.colon_in_layer_paths,
+        )?;
         for (i, l) in s.lower.iter().enumerate() {
             build_layer(&ws.lowers[i], l, u.format())?;
         }

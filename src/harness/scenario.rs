@@ -36,6 +36,9 @@ pub struct Scenario {
     /// runner otherwise checks for every scenario that upper+lowers reproduce the live view).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub upper_not_a_layer_on: BTreeMap<String, String>,
+    /// Name the lower layer directories with a colon in them (`low:er0`, ...).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub colon_in_layer_paths: bool,
     /// Takes long (big trees): `cargo test` runs it only with UNIONFS_HARNESS_SLOW=1; the CLI
     /// always runs it.
     #[serde(default, skip_serializing_if = "is_false")]
