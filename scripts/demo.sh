@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Builds a small three-layer example stack under ./example (or $1), mounts it with
+# Builds a small three-layer example stack under ./example/mount-demo (or $1), mounts it with
 # unionfs-mount, changes a few things through the mount, shows the merged view and the upper
 # directory (an OCI layer diff), and unmounts. Needs root (FUSE mount) and a built binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=${1:-example}
+root=${1:-example/mount-demo}
 bin=${UNIONFS_MOUNT:-target/release/unionfs-mount}
 [ -x "$bin" ] || cargo build --release --bin unionfs-mount
 rm -rf "$root"

@@ -10,7 +10,7 @@ use crate::mount::{is_fuse_mount, MountGuard};
 use crate::options::Invocation;
 use crate::sys;
 
-const SIGNALS: [i32; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+const SIGNALS: [i32; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1];
 
 /// Runs an invocation to the end; returns the process exit code.
 pub fn run(mut inv: Invocation) -> i32 {
@@ -90,10 +90,17 @@ pub fn run(mut inv: Invocation) -> i32 {
         }
     }
     let mnt = inv.mountpoint.clone();
-    std::thread::spawn(move || {
+    let stack = guard.stack();
+    let stats_file = inv.stats_file.clone();
+    std::thread::spawn(move || loop {
         let sig = sys::wait_signal(&SIGNALS);
+        if sig == libc::SIGUSR1 {
+            write_stats(&stack.stats.report(), stats_file.as_deref());
+            continue;
+        }
         log::info!("signal {sig}: unmounting {}", mnt.display());
         let _ = sys::umount_lazy(&mnt);
+        break;
     });
     let r = serve(guard);
     if let Some(w) = &watchdog {
@@ -104,6 +111,20 @@ pub fn run(mut inv: Invocation) -> i32 {
         return 1;
     }
     0
+}
+
+/// Writes a stats report to `file` (replaced atomically), or to stderr.
+fn write_stats(report: &str, file: Option<&Path>) {
+    match file {
+        Some(f) => {
+            let tmp = f.with_extension("tmp");
+            let r = std::fs::write(&tmp, report).and_then(|_| std::fs::rename(&tmp, f));
+            if let Err(e) = r {
+                log::warn!("writing stats to {}: {e}", f.display());
+            }
+        }
+        None => eprint!("{report}"),
+    }
 }
 
 fn serve(guard: MountGuard) -> std::io::Result<()> {

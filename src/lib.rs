@@ -13,6 +13,7 @@ pub mod launch;
 pub mod layer;
 pub mod mount;
 pub mod options;
+pub mod stats;
 pub mod sys;
 
 pub use error::{Error, Result};

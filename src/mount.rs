@@ -45,6 +45,9 @@ pub struct MountConfig {
     pub fsname: String,
     /// How long the kernel may cache entries and attributes.
     pub ttl: Duration,
+    /// Let the kernel do file I/O directly on the layer files (FUSE passthrough) when it and
+    /// our privileges allow; otherwise data goes through the daemon.
+    pub passthrough: bool,
 }
 
 impl MountConfig {
@@ -63,6 +66,7 @@ impl MountConfig {
             // Layers change only through us and the kernel sees every change we make, so its
             // caches stay right for as long as it likes to keep them.
             ttl: Duration::from_secs(3600),
+            passthrough: true,
         }
     }
 
@@ -178,7 +182,13 @@ impl Prepared {
                 hint,
             )
         })?;
-        let fs = UnionFs::new(Arc::clone(&self.stack), FsOptions { ttl: cfg.ttl });
+        let fs = UnionFs::new(
+            Arc::clone(&self.stack),
+            FsOptions {
+                ttl: cfg.ttl,
+                passthrough: cfg.passthrough,
+            },
+        );
         let mut config = fuser::Config::default();
         config.n_threads = Some(cfg.worker_threads());
         config.clone_fd = true;
@@ -187,6 +197,7 @@ impl Prepared {
         } else {
             SessionACL::Owner
         };
+        let notifier_slot = fs.notifier_slot();
         let session = match Session::from_fd(fs, fuse, acl, config) {
             Ok(s) => s,
             Err(e) => {
@@ -194,6 +205,7 @@ impl Prepared {
                 return Err(Error::sys("FUSE handshake with the kernel", e, ""));
             }
         };
+        let _ = notifier_slot.set(session.notifier());
         let thread = std::thread::Builder::new()
             .name("unionfs-session".into())
             .spawn(move || session.run())
@@ -204,6 +216,7 @@ impl Prepared {
         Ok(MountGuard {
             mountpoint: self.mountpoint,
             thread: Some(thread),
+            stack: self.stack,
         })
     }
 }
@@ -230,12 +243,23 @@ fn open_fuse_device() -> Result<OwnedFd> {
 pub struct MountGuard {
     mountpoint: PathBuf,
     thread: Option<JoinHandle<std::io::Result<()>>>,
+    stack: Arc<Stack>,
 }
 
 impl MountGuard {
     /// The directory the union is mounted on.
     pub fn mountpoint(&self) -> &Path {
         &self.mountpoint
+    }
+
+    /// The union's counters (see [`crate::stats::Stats::report`]).
+    pub fn stats(&self) -> &crate::stats::Stats {
+        &self.stack.stats
+    }
+
+    /// A shared handle on the layer stack (for reporting after the guard is consumed).
+    pub fn stack(&self) -> Arc<Stack> {
+        Arc::clone(&self.stack)
     }
 
     /// Serves until the filesystem is unmounted by someone (umount, a signal handler).

@@ -48,9 +48,29 @@ pub struct Args {
     /// Lazily unmount MNT (for a mount whose daemon was killed) and exit.
     #[arg(long, value_name = "MNT")]
     pub cleanup: Option<PathBuf>,
+    /// On SIGUSR1, write the daemon's counters (requests by type, copy-ups, whiteouts, open
+    /// handles, inodes, passthrough) to this file; without it they go to the daemon's stderr.
+    #[arg(long, value_name = "FILE")]
+    pub stats_file: Option<PathBuf>,
     /// Do not start the watchdog that unmounts if the daemon dies.
     #[arg(long)]
     pub no_watchdog: bool,
+    /// mount(8) helper flags (no mtab, sloppy, verbose, type, namespace): accepted and ignored
+    /// so that `mount -t fuse.unionfs` and fstab entries work.
+    #[arg(short = 'n', hide = true)]
+    pub no_mtab: bool,
+    /// See `no_mtab`.
+    #[arg(short = 's', hide = true)]
+    pub sloppy: bool,
+    /// See `no_mtab`.
+    #[arg(short = 'v', hide = true)]
+    pub verbose: bool,
+    /// See `no_mtab`.
+    #[arg(short = 't', hide = true, value_name = "TYPE")]
+    pub fstype: Option<String>,
+    /// See `no_mtab`.
+    #[arg(short = 'N', hide = true, value_name = "NS")]
+    pub namespace: Option<String>,
     /// LOWERS [UPPER] MNT, or [SOURCE] MNT when -o lowerdir= is given.
     #[arg(value_name = "ARGS")]
     pub positional: Vec<PathBuf>,
@@ -71,6 +91,8 @@ pub struct Invocation {
     pub pid_file: Option<PathBuf>,
     /// Run the watchdog.
     pub watchdog: bool,
+    /// Where SIGUSR1 writes the counters.
+    pub stats_file: Option<PathBuf>,
     /// Options we accepted but ignore, to tell the user about.
     pub warnings: Vec<String>,
 }
@@ -194,6 +216,16 @@ pub fn parse_args(args: Args) -> Result<Invocation> {
                 cfg.ttl = std::time::Duration::from_secs_f64(secs.max(0.0));
             }
             "subtype" => {}
+            "passthrough" => match val.as_deref() {
+                None | Some("on") | Some("auto") => cfg.passthrough = true,
+                Some("off") => cfg.passthrough = false,
+                Some(v) => {
+                    return Err(Error::new(format!(
+                        "passthrough={v}: use passthrough=auto or passthrough=off"
+                    )))
+                }
+            },
+            "nopassthrough" => cfg.passthrough = false,
             "threads" => {
                 let v = need(val)?;
                 cfg.threads = v.parse().map_err(|_| {
@@ -271,6 +303,7 @@ pub fn parse_args(args: Args) -> Result<Invocation> {
         debug: args.debug,
         pid_file: args.pid_file,
         watchdog: !args.no_watchdog,
+        stats_file: args.stats_file,
         warnings,
     })
 }
@@ -340,6 +373,22 @@ mod tests {
         assert_eq!(i.mountpoint, PathBuf::from("/m"));
         assert!(i.config.dev);
         assert!(i.warnings.is_empty());
+    }
+
+    #[test]
+    fn mount_helper_flags_are_accepted() {
+        let i = inv(&[
+            "unionfs",
+            "/m",
+            "-n",
+            "-s",
+            "-v",
+            "-t",
+            "fuse.unionfs",
+            "-o",
+            "lowerdir=/a",
+        ]);
+        assert_eq!(i.unwrap().mountpoint, PathBuf::from("/m"));
     }
 
     #[test]

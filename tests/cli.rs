@@ -71,6 +71,28 @@ impl Fixture {
     }
 }
 
+impl Fixture {
+    /// Mounts a fresh one-lower union `l`, upper `u` on `mnt` with extra `args`; returns the
+    /// three paths and the daemon's pid.
+    fn mount_simple(&mut self, args: &[&str]) -> (PathBuf, PathBuf, PathBuf, i32) {
+        let (l, u, mnt) = (self.dir("l"), self.dir("u"), self.dir("mnt"));
+        let mut a: Vec<&str> = args.to_vec();
+        a.extend([
+            l.to_str().unwrap(),
+            u.to_str().unwrap(),
+            mnt.to_str().unwrap(),
+        ]);
+        let o = self.run(&a);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let pid = *self.pids.last().unwrap();
+        (l, u, mnt, pid)
+    }
+}
+
+fn signal(pid: i32, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).unwrap();
+}
+
 fn rand_u64() -> u64 {
     let mut b = [0u8; 8];
     let _ =
@@ -283,21 +305,8 @@ fn sigterm_unmounts_cleanly() {
         return;
     }
     let mut fx = Fixture::new("term");
-    let l = fx.dir("l");
-    let u = fx.dir("u");
-    let mnt = fx.dir("mnt");
-    let o = fx.run(&[
-        l.to_str().unwrap(),
-        u.to_str().unwrap(),
-        mnt.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let pid = *fx.pids.last().unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    let (_, _, mnt, pid) = fx.mount_simple(&[]);
+    signal(pid, nix::sys::signal::Signal::SIGTERM);
     wait_until("daemon exit after SIGTERM", || !alive(pid));
     assert!(!is_mounted(&mnt));
 }
@@ -308,21 +317,8 @@ fn killed_daemon_is_unmounted_by_the_watchdog_or_cleanup() {
         return;
     }
     let mut fx = Fixture::new("kill");
-    let l = fx.dir("l");
-    let u = fx.dir("u");
-    let mnt = fx.dir("mnt");
-    let o = fx.run(&[
-        l.to_str().unwrap(),
-        u.to_str().unwrap(),
-        mnt.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let pid = *fx.pids.last().unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    let (l, u, mnt, pid) = fx.mount_simple(&[]);
+    signal(pid, nix::sys::signal::Signal::SIGKILL);
     wait_until("watchdog unmount", || !is_mounted(&mnt));
 
     // Without the watchdog the mount is left dead until --cleanup.
@@ -335,11 +331,7 @@ fn killed_daemon_is_unmounted_by_the_watchdog_or_cleanup() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let pid = *fx.pids.last().unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    signal(pid, nix::sys::signal::Signal::SIGKILL);
     wait_until("daemon death", || !alive(pid));
     // Attributes may still be cached by the kernel; statfs always asks the daemon.
     let dead = nix::sys::statfs::statfs(&mnt2).unwrap_err();
@@ -453,4 +445,102 @@ fn full_disk_during_copy_up_loses_nothing() {
     // Small changes still work on the nearly full upper.
     fs::write(mnt.join("small"), "changed").unwrap();
     assert_eq!(fs::read_to_string(u.join("small")).unwrap(), "changed");
+}
+
+#[test]
+fn exec_and_a_writer_after_a_reader_of_the_lower_copy() {
+    if !fuse_available() {
+        return;
+    }
+    let mut fx = Fixture::new("rw");
+    let l = fx.dir("l");
+    fs::write(l.join("f"), "lower data").unwrap();
+    fs::copy("/bin/true", l.join("true")).unwrap();
+    let u = fx.dir("u");
+    let mnt = fx.dir("mnt");
+    let o = fx.run(&[
+        l.to_str().unwrap(),
+        u.to_str().unwrap(),
+        mnt.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Programs run from a lower layer and from the upper (the kernel opens them for exec with
+    // internal flags that must not reach the layer).
+    assert!(Command::new(mnt.join("true")).status().unwrap().success());
+    fs::copy("/bin/true", mnt.join("true2")).unwrap();
+    assert!(Command::new(mnt.join("true2")).status().unwrap().success());
+    // A reader of the lower copy, then a writer: both work, each sees its own file.
+    let reader = fs::File::open(mnt.join("f")).unwrap();
+    let mut writer = fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(mnt.join("f"))
+        .unwrap();
+    std::io::Write::write_all(&mut writer, b"upper data").unwrap();
+    drop(writer);
+    let mut old = String::new();
+    std::io::Read::read_to_string(&mut &reader, &mut old).unwrap();
+    assert_eq!(old, "lower data");
+    assert_eq!(fs::read_to_string(mnt.join("f")).unwrap(), "upper data");
+    assert_eq!(fs::read_to_string(u.join("f")).unwrap(), "upper data");
+    assert_eq!(fs::read_to_string(l.join("f")).unwrap(), "lower data");
+    drop(reader);
+    // And again once the old reader is gone.
+    fs::write(mnt.join("f"), "again").unwrap();
+    assert_eq!(fs::read_to_string(mnt.join("f")).unwrap(), "again");
+}
+
+/// Parses `key value` lines of a stats report.
+fn parse_stats(s: &str) -> std::collections::HashMap<String, String> {
+    s.lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn sigusr1_reports_counters_that_match_the_workload() {
+    if !fuse_available() {
+        return;
+    }
+    let mut fx = Fixture::new("stats");
+    let stats = fx.root.join("stats");
+    let l = fx.dir("l");
+    for i in 0..3 {
+        fs::write(l.join(format!("f{i}")), vec![7u8; 1000]).unwrap();
+    }
+    let (u, mnt) = (fx.dir("u"), fx.dir("mnt"));
+    let o = fx.run(&[
+        "--stats-file",
+        stats.to_str().unwrap(),
+        l.to_str().unwrap(),
+        u.to_str().unwrap(),
+        mnt.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let pid = *fx.pids.last().unwrap();
+    // Workload: two copy-ups of 1000-byte files, two deletes of lower files (two
+    // whiteouts), one held-open file.
+    fs::OpenOptions::new()
+        .append(true)
+        .open(mnt.join("f0"))
+        .unwrap();
+    fs::OpenOptions::new()
+        .append(true)
+        .open(mnt.join("f1"))
+        .unwrap();
+    fs::remove_file(mnt.join("f1")).unwrap();
+    fs::remove_file(mnt.join("f2")).unwrap();
+    let held = fs::File::open(mnt.join("f0")).unwrap();
+    signal(pid, nix::sys::signal::Signal::SIGUSR1);
+    wait_until("stats file", || stats.exists());
+    let s = parse_stats(&fs::read_to_string(&stats).unwrap());
+    assert_eq!(s["copy_ups"], "2", "{s:?}");
+    assert_eq!(s["bytes_copied"], "2000", "{s:?}");
+    assert_eq!(s["whiteouts"], "2", "{s:?}");
+    assert_eq!(s["open_handles"], "1", "{s:?}");
+    assert_eq!(s["requests.unlink"], "2", "{s:?}");
+    assert!(s["requests.open"].parse::<u64>().unwrap() >= 3, "{s:?}");
+    assert!(["on", "off"].contains(&s["passthrough"].as_str()), "{s:?}");
+    drop(held);
 }

@@ -319,3 +319,32 @@ fn names_with_the_whiteout_prefix_are_refused() {
     let e = ops::create(&s, b"", &set, b".wh.x", &NewKind::Dir, 0o755, owner).unwrap_err();
     assert_eq!(e, nix::errno::Errno::EINVAL);
 }
+
+#[test]
+fn link_counts_of_lower_hard_links_follow_changes() {
+    let t = Tmp::new("nlink");
+    let l1 = t.dir("l1");
+    write(&l1.join("a"), "x");
+    fs::hard_link(l1.join("a"), l1.join("b")).unwrap();
+    fs::hard_link(l1.join("a"), l1.join("c")).unwrap();
+    let s = stack(&t, &["l1"]);
+    let set = root_set(&s);
+    let a = resolve::lookup(&s, &set, b"a").unwrap().unwrap();
+    assert_eq!(s.view_nlink(a.ino, &a.st), 3);
+    // Copy one name up: all names still count, the index link does not.
+    ops::copy_up(&s, b"", b"a", a.layer, false, true).unwrap();
+    let set = root_set(&s);
+    let a2 = resolve::lookup(&s, &set, b"a").unwrap().unwrap();
+    assert_eq!(a2.ino, a.ino);
+    assert_eq!(s.view_nlink(a2.ino, &a2.st), 3);
+    // Remove another name (still only in the lower): the rest show one link less.
+    ops::remove(&s, b"", &set, b"b", false).unwrap();
+    let set = root_set(&s);
+    let c = resolve::lookup(&s, &set, b"c").unwrap().unwrap();
+    assert_eq!(s.view_nlink(c.ino, &c.st), 2);
+    assert_eq!(
+        fs::read_to_string(l1.join("b")).unwrap(),
+        "x",
+        "lower changed"
+    );
+}

@@ -21,6 +21,9 @@ pub struct OpenFile {
     pub writable: bool,
     /// The file is in the upper layer (only such fds may be used to change anything).
     pub in_upper: bool,
+    /// The kernel reads and writes this file itself through this backing file (passthrough);
+    /// released with the handle.
+    pub backing: Option<Arc<fuser::BackingId>>,
 }
 
 /// An open directory stream: a snapshot taken at the first read (and again on rewind).

@@ -48,6 +48,22 @@ pub struct Node {
     /// [`XATTRS_UNKNOWN`], [`XATTRS_NONE`] or [`XATTRS_SOME`]: lets `ls -l`'s per-file
     /// getxattr calls on files without xattrs be answered without touching the layer.
     pub xattrs: AtomicU8,
+    /// Passthrough state: the kernel requires every concurrent passthrough open of an inode
+    /// to use one backing file.
+    pub pt: Mutex<Passthrough>,
+}
+
+/// The backing file shared by the open passthrough handles of one inode.
+#[derive(Debug, Default)]
+pub struct Passthrough {
+    /// The registered backing file, while `opens > 0`.
+    pub backing: Option<std::sync::Arc<fuser::BackingId>>,
+    /// Whether it is the upper copy (else a lower layer's file).
+    pub upper: bool,
+    /// Whether it was opened for writing.
+    pub writable: bool,
+    /// Open handles using it.
+    pub opens: u32,
 }
 
 /// Not known whether the node has visible xattrs.
@@ -72,6 +88,7 @@ impl Node {
             lookups: AtomicU64::new(lookups),
             copy_lock: Mutex::new(()),
             xattrs: AtomicU8::new(XATTRS_UNKNOWN),
+            pt: Mutex::new(Passthrough::default()),
         }
     }
 
@@ -166,9 +183,11 @@ impl Inodes {
             st.aliases.retain(|(p, n)| !(*p == parent && n == name));
             st.aliases.insert(0, (parent, name.to_vec()));
             st.layer = layer;
+            if st.dir_layers != dir_layers {
+                st.nlink = None; // the subdirectory count came from other layers
+            }
             st.dir_layers = dir_layers;
             st.epoch = epoch;
-            st.nlink = None;
         }
         node
     }

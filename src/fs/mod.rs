@@ -37,14 +37,48 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct FsOptions {
     /// How long the kernel may cache attributes and entries (layers change only through us).
     pub ttl: Duration,
+    /// Use FUSE passthrough for file data when the kernel and our privileges allow it.
+    pub passthrough: bool,
 }
 
 impl Default for FsOptions {
     fn default() -> Self {
         FsOptions {
             ttl: Duration::from_secs(3600),
+            passthrough: true,
         }
     }
+}
+
+/// How the kernel does I/O on one open file.
+enum IoMode {
+    /// Through the daemon, with the page cache kept across opens.
+    Cached,
+    /// Through the daemon, bypassing the page cache (passthrough refused for this file).
+    Direct,
+    /// Passthrough opens of this inode use another backing file (the lower copy, for readers
+    /// that opened it before the copy-up): the kernel cannot mix the two on one inode.
+    Conflict,
+    /// The kernel reads and writes the backing file itself.
+    Passthrough(Arc<fuser::BackingId>),
+}
+
+/// True when this process may register passthrough backing files: root with CAP_SYS_ADMIN in
+/// the initial user namespace (the kernel's rule).
+fn passthrough_privileged() -> bool {
+    const INIT_USER_NS_INO: u64 = 0xEFFF_FFFD;
+    let in_init_ns = std::fs::metadata("/proc/self/ns/user")
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m) == INIT_USER_NS_INO)
+        .unwrap_or(false);
+    let cap_sys_admin = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << 21) != 0);
+    in_init_ns && cap_sys_admin
 }
 
 /// The union filesystem served over FUSE.
@@ -57,6 +91,16 @@ pub struct UnionFs {
     /// Odd while a rename is changing paths: a request that built a path from the inode
     /// table concurrently and got ENOENT retries (see `retry`).
     rename_seq: AtomicU64,
+    /// Union inodes whose name now lives under another nodeid (see `rehome`).
+    redirect: dashmap::DashMap<u64, u64>,
+    next_synthetic: AtomicU64,
+    /// Set once the session exists; used to drop kernel dentries from outside a request.
+    notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
+    /// Open layer directories of recently used merged directories, keyed by nodeid with the
+    /// layer list they were opened for. Directory fds follow renames, so an entry stays right
+    /// until the directory's layers change or it is removed. Bounded (see `dirset_cap`).
+    dirsets: dashmap::DashMap<u64, (Vec<LayerIdx>, Arc<DirSet>)>,
+    dirset_cap: usize,
 }
 
 /// A node with its location resolved for one request.
@@ -78,6 +122,9 @@ fn name_bytes(name: &OsStr) -> &[u8] {
 impl UnionFs {
     /// A filesystem over `stack`.
     pub fn new(stack: Arc<Stack>, opts: FsOptions) -> Self {
+        // Directory fds are cached within a quarter of what we may open.
+        let fds = (sys::raise_nofile_limit() / 4).clamp(256, 16384) as usize;
+        let dirset_cap = (fds / stack.layers.len().max(1)).max(16);
         let root = resolve::root_layers(&stack);
         UnionFs {
             stack,
@@ -85,12 +132,56 @@ impl UnionFs {
             handles: Handles::default(),
             opts,
             rename_seq: AtomicU64::new(0),
+            redirect: dashmap::DashMap::new(),
+            next_synthetic: AtomicU64::new(1),
+            notifier: Arc::new(std::sync::OnceLock::new()),
+            dirsets: dashmap::DashMap::new(),
+            dirset_cap,
         }
     }
 
     /// The layer stack.
     pub fn stack(&self) -> &Arc<Stack> {
         &self.stack
+    }
+
+    /// Where the mount code hands over the session's notifier once it exists.
+    pub fn notifier_slot(&self) -> Arc<std::sync::OnceLock<fuser::Notifier>> {
+        Arc::clone(&self.notifier)
+    }
+
+    /// The nodeid the kernel knows a union inode by.
+    fn map_ino(&self, ino: u64) -> u64 {
+        self.redirect.get(&ino).map_or(ino, |v| *v)
+    }
+
+    /// Gives the name of `node` a new nodeid and answers ESTALE, so that the kernel looks the
+    /// name up again and retries the open on a fresh inode whose passthrough backing file can
+    /// be the upper copy, while readers that opened the lower copy keep their own inode.
+    /// Cost: the file shows a new st_ino until the next mount.
+    fn rehome(&self, node: &Node) -> Errno {
+        let Ok((parent, name)) = self.inodes.primary(node.ino) else {
+            return Errno::EIO;
+        };
+        let new = (0xfd << 56) | self.next_synthetic.fetch_add(1, Ordering::Relaxed);
+        self.inodes
+            .upsert(new, node.kind, parent, &name, 0, Vec::new(), 0);
+        self.inodes.drop_alias(node.ino, parent, &name);
+        self.redirect.insert(node.ino, new);
+        // Earlier redirects to this node follow it to the new one.
+        for mut e in self.redirect.iter_mut() {
+            if *e.value() == node.ino {
+                *e.value_mut() = new;
+            }
+        }
+        if let Some(n) = self.notifier.get().cloned() {
+            // Never from inside a request: a pending lookup in the same directory would
+            // deadlock the worker.
+            std::thread::spawn(move || {
+                let _ = n.inval_entry(INodeNo(parent), OsStr::from_bytes(&name));
+            });
+        }
+        Errno::ESTALE
     }
 
     /// Runs `f`, again if it failed with ENOENT while a concurrent rename moved the path it
@@ -158,12 +249,24 @@ impl UnionFs {
         Ok(())
     }
 
-    fn dir_ctx(&self, ino: u64) -> SysResult<(Ctx, DirSet)> {
+    fn dir_ctx(&self, ino: u64) -> SysResult<(Ctx, Arc<DirSet>)> {
         let c = self.ctx(ino)?;
         if !c.node.is_dir() {
             return Err(Errno::ENOTDIR);
         }
-        let set = DirSet::open(&self.stack, &c.rel, &c.dir_layers)?;
+        if let Some(e) = self.dirsets.get(&ino) {
+            if e.0 == c.dir_layers {
+                let set = Arc::clone(&e.1);
+                drop(e);
+                return Ok((c, set));
+            }
+        }
+        let set = Arc::new(DirSet::open(&self.stack, &c.rel, &c.dir_layers)?);
+        if self.dirsets.len() >= self.dirset_cap {
+            self.dirsets.clear(); // crude, but keeps the fd count bounded
+        }
+        self.dirsets
+            .insert(ino, (c.dir_layers.clone(), Arc::clone(&set)));
         Ok((c, set))
     }
 
@@ -198,16 +301,6 @@ impl UnionFs {
         Ok(n)
     }
 
-    fn attr_of_found(&self, ino: u64, rel: &[u8], f: &Found) -> SysResult<FileAttr> {
-        let nlink = if f.is_dir() && f.dir_layers.len() > 1 {
-            let set = DirSet::open(&self.stack, rel, &f.dir_layers)?;
-            Some(2 + readdir::count_subdirs(&self.stack, &set, false)?)
-        } else {
-            None
-        };
-        Ok(self.attr(ino, &f.st, nlink))
-    }
-
     /// Registers a found entry as a kernel-referenced node and builds its attributes.
     fn remember(&self, parent: u64, prel: &[u8], name: &[u8], f: &Found) -> SysResult<FileAttr> {
         let adopted = ops::adopt_indexed(&self.stack, prel, name, f)?;
@@ -216,9 +309,29 @@ impl UnionFs {
         }
         let f = adopted.as_ref().unwrap_or(f);
         let kind = f.st.st_mode & libc::S_IFMT;
-        self.inodes
-            .upsert(f.ino, kind, parent, name, f.layer, f.dir_layers.clone(), 1);
-        self.attr_of_found(f.ino, &join(prel, name), f)
+        let ino = self.map_ino(f.ino);
+        let node = self
+            .inodes
+            .upsert(ino, kind, parent, name, f.layer, f.dir_layers.clone(), 1);
+        if node.lookups.load(Ordering::Relaxed) == 1 {
+            let held = self.inodes.len() as u64;
+            self.stack.stats.inodes.store(held, Ordering::Relaxed);
+        }
+        if f.is_dir() && f.dir_layers.len() > 1 {
+            // Merged directory: 2 + subdirectories, counted once and kept until they change.
+            let cached = node.state.read().nlink;
+            let n = match cached {
+                Some(n) => n,
+                None => {
+                    let set = DirSet::open(&self.stack, &join(prel, name), &f.dir_layers)?;
+                    let n = 2 + readdir::count_subdirs(&self.stack, &set, false)?;
+                    node.state.write().nlink = Some(n);
+                    n
+                }
+            };
+            return Ok(self.attr(ino, &f.st, Some(n)));
+        }
+        Ok(self.attr(ino, &f.st, None))
     }
 
     fn do_lookup(&self, parent: u64, name: &[u8]) -> SysResult<Option<FileAttr>> {
@@ -293,11 +406,110 @@ impl UnionFs {
             .map(|f| Arc::clone(f.value()))
     }
 
-    fn open_file(&self, ino: u64, flags: i32) -> SysResult<(u64, FopenFlags)> {
+    /// Chooses the I/O mode of a new handle on `node` whose file is `fd` and registers the
+    /// passthrough backing file when it is the first open. A writer arriving while readers
+    /// pass through to the lower copy gets direct I/O on the upper copy instead: the kernel
+    /// allows only one backing file per inode at a time.
+    fn io_mode(
+        &self,
+        node: &Node,
+        fd: &OwnedFd,
+        in_upper: bool,
+        writable: bool,
+        register: &dyn Fn(&OwnedFd) -> std::io::Result<fuser::BackingId>,
+    ) -> IoMode {
+        if !self.opts.passthrough {
+            return IoMode::Cached;
+        }
+        let mut pt = node.pt.lock();
+        if pt.opens > 0 {
+            let shared = pt.backing.clone();
+            if let Some(b) = shared {
+                if pt.upper == in_upper && (pt.writable || !writable) {
+                    pt.opens += 1;
+                    return IoMode::Passthrough(b);
+                }
+            }
+            return IoMode::Conflict;
+        }
+        // The backing file serves every later open too: open upper copies read-write.
+        let (bfd, bwritable) = if in_upper {
+            match sys::reopen(fd.as_fd(), libc::O_RDWR) {
+                Ok(f) => (f, true),
+                Err(_) => match fd.try_clone() {
+                    Ok(f) => (f, writable),
+                    Err(_) => return IoMode::Direct,
+                },
+            }
+        } else {
+            match fd.try_clone() {
+                Ok(f) => (f, false),
+                Err(_) => return IoMode::Direct,
+            }
+        };
+        match register(&bfd) {
+            Ok(id) => {
+                let id = Arc::new(id);
+                *pt = inode::Passthrough {
+                    backing: Some(Arc::clone(&id)),
+                    upper: in_upper,
+                    writable: bwritable,
+                    opens: 1,
+                };
+                IoMode::Passthrough(id)
+            }
+            Err(e) => {
+                debug!("passthrough refused for inode {}: {e}", node.ino);
+                IoMode::Direct
+            }
+        }
+    }
+
+    /// Registers an open file and says how the kernel should do its I/O.
+    fn new_handle(
+        &self,
+        node: &Node,
+        fd: OwnedFd,
+        writable: bool,
+        in_upper: bool,
+        register: &dyn Fn(&OwnedFd) -> std::io::Result<fuser::BackingId>,
+    ) -> (u64, FopenFlags, Option<Arc<fuser::BackingId>>) {
+        let mode = self.io_mode(node, &fd, in_upper, writable, register);
+        let (flags, backing) = match mode {
+            // Every change to file data goes through this mount, so the page cache stays
+            // valid across opens.
+            IoMode::Cached => (FopenFlags::FOPEN_KEEP_CACHE, None),
+            IoMode::Direct | IoMode::Conflict => (FopenFlags::FOPEN_DIRECT_IO, None),
+            IoMode::Passthrough(b) => (FopenFlags::empty(), Some(b)),
+        };
+        let fh = self.handles.next_id();
+        self.stack
+            .stats
+            .open_handles
+            .fetch_add(1, Ordering::Relaxed);
+        self.handles.files.insert(
+            fh,
+            Arc::new(OpenFile {
+                fd,
+                ino: node.ino,
+                writable,
+                in_upper,
+                backing: backing.clone(),
+            }),
+        );
+        (fh, flags, backing)
+    }
+
+    fn open_file(
+        &self,
+        ino: u64,
+        flags: i32,
+        register: &dyn Fn(&OwnedFd) -> std::io::Result<fuser::BackingId>,
+    ) -> SysResult<(u64, FopenFlags, Option<Arc<fuser::BackingId>>)> {
         let node = self.inodes.get(ino)?;
         let acc = flags & libc::O_ACCMODE;
         let writable = acc != libc::O_RDONLY;
-        let clean = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_DIRECT);
+        let clean = open_flags(flags);
         let opened = (|| {
             if writable || flags & libc::O_TRUNC != 0 {
                 // An O_TRUNC open throws the data away: copy none of it.
@@ -326,19 +538,14 @@ impl UnionFs {
             },
             Err(e) => return Err(e),
         };
-        let fh = self.handles.next_id();
-        self.handles.files.insert(
-            fh,
-            Arc::new(OpenFile {
-                fd,
-                ino,
-                writable,
-                in_upper,
-            }),
-        );
-        // Every change to file data goes through this mount, so the page cache stays valid
-        // across opens.
-        Ok((fh, FopenFlags::FOPEN_KEEP_CACHE))
+        if self.opts.passthrough && in_upper {
+            let pt = node.pt.lock();
+            if pt.opens > 0 && !(pt.upper && pt.writable) {
+                drop(pt);
+                return Err(self.rehome(&node));
+            }
+        }
+        Ok(self.new_handle(&node, fd, writable, in_upper, register))
     }
 
     /// The merged listing: names, types and layers only. Attributes are looked up lazily for
@@ -486,18 +693,24 @@ impl UnionFs {
         if mode.exchange {
             if let Some(d) = &dst {
                 self.inodes
-                    .move_alias(d.ino, newparent, newname, parent, name);
+                    .move_alias(self.map_ino(d.ino), newparent, newname, parent, name);
             }
         } else if let Some(d) = &dst {
-            if d.ino != src.ino {
-                self.inodes.drop_alias(d.ino, newparent, newname);
+            self.dirsets.remove(&self.map_ino(d.ino));
+            if self.map_ino(d.ino) != self.map_ino(src.ino) {
+                self.inodes
+                    .drop_alias(self.map_ino(d.ino), newparent, newname);
             }
         }
-        if dst.as_ref().is_none_or(|d| d.ino != src.ino) || mode.exchange {
+        if dst
+            .as_ref()
+            .is_none_or(|d| self.map_ino(d.ino) != self.map_ino(src.ino))
+            || mode.exchange
+        {
             self.inodes
-                .move_alias(src.ino, parent, name, newparent, newname);
+                .move_alias(self.map_ino(src.ino), parent, name, newparent, newname);
         }
-        if let Ok(n) = self.inodes.get(src.ino) {
+        if let Ok(n) = self.inodes.get(self.map_ino(src.ino)) {
             let mut st = n.state.write();
             st.layer = 0;
             if n.is_dir() {
@@ -506,7 +719,7 @@ impl UnionFs {
         }
         if let Some(d) = &dst {
             if mode.exchange {
-                if let Ok(n) = self.inodes.get(d.ino) {
+                if let Ok(n) = self.inodes.get(self.map_ino(d.ino)) {
                     let mut st = n.state.write();
                     st.layer = 0;
                     if n.is_dir() {
@@ -653,6 +866,26 @@ fn list_xattrs(t: &XTarget) -> SysResult<Vec<u8>> {
 
 impl Filesystem for UnionFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        self.stack.stats.count("init");
+        if self.opts.passthrough {
+            let ok = passthrough_privileged()
+                && config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
+                && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+                && config.set_max_stack_depth(1).is_ok();
+            self.opts.passthrough = ok;
+        }
+        self.stack
+            .stats
+            .passthrough
+            .store(self.opts.passthrough, Ordering::Relaxed);
+        log::info!(
+            "data path: {}",
+            if self.opts.passthrough {
+                "passthrough"
+            } else {
+                "through the daemon"
+            }
+        );
         let want = InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_AUTO_INVAL_DATA
@@ -673,6 +906,7 @@ impl Filesystem for UnionFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.stack.stats.count("lookup");
         match self.retry(|| self.do_lookup(parent.0, name_bytes(name))) {
             Ok(Some(a)) => reply.entry(&self.opts.ttl, &a, Generation(0)),
             Ok(None) => {
@@ -686,10 +920,17 @@ impl Filesystem for UnionFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.stack.stats.count("forget");
         self.inodes.forget(ino.0, nlookup);
+        if self.inodes.get(ino.0).is_err() {
+            self.dirsets.remove(&ino.0);
+            let held = self.inodes.len() as u64;
+            self.stack.stats.inodes.store(held, Ordering::Relaxed);
+        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.stack.stats.count("getattr");
         let r = (|| {
             if let Some(f) = fh.and_then(|f| self.handles.file(f.0)) {
                 let st = sys::fstat(f.fd.as_fd())?;
@@ -728,6 +969,7 @@ impl Filesystem for UnionFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        self.stack.stats.count("setattr");
         match self.retry(|| self.do_setattr(ino.0, mode, uid, gid, size, atime, mtime, fh)) {
             Ok(a) => reply.attr(&self.opts.ttl, &a),
             Err(e) => reply.error(fe(e)),
@@ -735,6 +977,7 @@ impl Filesystem for UnionFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.stack.stats.count("readlink");
         let r = self.retry(|| {
             let c = self.ctx(ino.0)?;
             let fd = self.stack.open_rel(c.layer, &c.rel, libc::O_PATH)?;
@@ -756,6 +999,7 @@ impl Filesystem for UnionFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        self.stack.stats.count("mknod");
         let kind = if mode & libc::S_IFMT == libc::S_IFREG {
             NewKind::File {
                 flags: libc::O_WRONLY,
@@ -778,6 +1022,7 @@ impl Filesystem for UnionFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        self.stack.stats.count("mkdir");
         let r = self
             .do_create(req, parent.0, name_bytes(name), NewKind::Dir, mode, umask)
             .map(|(a, _)| a);
@@ -786,10 +1031,12 @@ impl Filesystem for UnionFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.stack.stats.count("unlink");
         self.remove(parent.0, name_bytes(name), false, reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.stack.stats.count("rmdir");
         self.remove(parent.0, name_bytes(name), true, reply);
     }
 
@@ -801,6 +1048,7 @@ impl Filesystem for UnionFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        self.stack.stats.count("symlink");
         let kind = NewKind::Symlink(target.as_os_str().as_bytes().to_vec());
         let r = self
             .do_create(
@@ -825,6 +1073,7 @@ impl Filesystem for UnionFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        self.stack.stats.count("rename");
         empty_reply(
             reply,
             self.do_rename(
@@ -845,6 +1094,7 @@ impl Filesystem for UnionFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        self.stack.stats.count("link");
         let r = (|| {
             let newname = name_bytes(newname);
             let node = self.inodes.get(ino.0)?;
@@ -876,8 +1126,13 @@ impl Filesystem for UnionFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.retry(|| self.open_file(ino.0, flags.0)) {
-            Ok((fh, f)) => reply.opened(FileHandle(fh), f),
+        self.stack.stats.count("open");
+        let register = |fd: &OwnedFd| reply.open_backing(fd);
+        match self.retry(|| self.open_file(ino.0, flags.0, &register)) {
+            Ok((fh, _, Some(b))) => {
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b)
+            }
+            Ok((fh, f, None)) => reply.opened(FileHandle(fh), f),
             Err(e) => reply.error(fe(e)),
         }
     }
@@ -893,6 +1148,7 @@ impl Filesystem for UnionFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        self.stack.stats.count("read");
         let Some(f) = self.handles.file(fh.0) else {
             return reply.error(fuser::Errno::EBADF);
         };
@@ -920,6 +1176,7 @@ impl Filesystem for UnionFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        self.stack.stats.count("write");
         let Some(f) = self.handles.file(fh.0) else {
             return reply.error(fuser::Errno::EBADF);
         };
@@ -943,6 +1200,7 @@ impl Filesystem for UnionFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        self.stack.stats.count("flush");
         reply.ok();
     }
 
@@ -956,7 +1214,22 @@ impl Filesystem for UnionFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.handles.files.remove(&fh.0);
+        self.stack.stats.count("release");
+        if let Some((_, f)) = self.handles.files.remove(&fh.0) {
+            self.stack
+                .stats
+                .open_handles
+                .fetch_sub(1, Ordering::Relaxed);
+            if f.backing.is_some() {
+                if let Ok(node) = self.inodes.get(f.ino) {
+                    let mut pt = node.pt.lock();
+                    pt.opens = pt.opens.saturating_sub(1);
+                    if pt.opens == 0 {
+                        pt.backing = None; // closes the backing file once the last user goes
+                    }
+                }
+            }
+        }
         reply.ok();
     }
 
@@ -968,6 +1241,7 @@ impl Filesystem for UnionFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.stack.stats.count("fsync");
         match self.handles.file(fh.0) {
             Some(f) => match sys::fsync(f.fd.as_fd(), datasync) {
                 Ok(()) => reply.ok(),
@@ -978,6 +1252,7 @@ impl Filesystem for UnionFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.stack.stats.count("opendir");
         match self.inodes.get(ino.0) {
             Ok(n) if n.is_dir() => {
                 let fh = self.handles.next_id();
@@ -999,6 +1274,7 @@ impl Filesystem for UnionFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        self.stack.stats.count("readdir");
         let entries = match self.dir_entries(ino.0, fh.0, offset) {
             Ok(e) => e,
             Err(e) => return reply.error(fe(e)),
@@ -1024,7 +1300,7 @@ impl Filesystem for UnionFs {
         };
         for (i, e) in entries.iter().enumerate().skip((off - 2) as usize) {
             let kind = attr::file_type(dtype_mode(e.dtype));
-            let d_ino = e.union_ino(&self.stack, &set);
+            let d_ino = self.map_ino(e.union_ino(&self.stack, &set));
             if reply.add(
                 INodeNo(d_ino),
                 3 + i as u64,
@@ -1045,6 +1321,7 @@ impl Filesystem for UnionFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        self.stack.stats.count("readdirplus");
         let r = (|| {
             let entries = self.dir_entries(ino.0, fh.0, offset)?;
             let (c, set) = self.dir_ctx(ino.0)?;
@@ -1094,7 +1371,7 @@ impl Filesystem for UnionFs {
                 }
             };
             if reply.add(
-                INodeNo(found.ino),
+                INodeNo(self.map_ino(found.ino)),
                 3 + i as u64,
                 OsStr::from_bytes(&e.name),
                 &ttl,
@@ -1102,7 +1379,7 @@ impl Filesystem for UnionFs {
                 Generation(0),
             ) {
                 // Not sent: take the lookup back.
-                self.inodes.forget(found.ino, 1);
+                self.inodes.forget(self.map_ino(found.ino), 1);
                 break;
             }
         }
@@ -1117,6 +1394,7 @@ impl Filesystem for UnionFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        self.stack.stats.count("releasedir");
         self.handles.dirs.remove(&fh.0);
         reply.ok();
     }
@@ -1129,10 +1407,12 @@ impl Filesystem for UnionFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.stack.stats.count("fsyncdir");
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.stack.stats.count("statfs");
         match sys::fstatvfs(self.stack.layers[0].fd.as_fd()) {
             Ok(s) => reply.statfs(
                 s.f_blocks,
@@ -1158,11 +1438,13 @@ impl Filesystem for UnionFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        self.stack.stats.count("setxattr");
         let r = self.change_xattr(ino.0, name, |at, c| sys::setxattr(at, c, value, flags));
         empty_reply(reply, r)
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        self.stack.stats.count("getxattr");
         let r = (|| {
             let n = name_bytes(name);
             if whiteout::is_internal_xattr(n) {
@@ -1189,6 +1471,7 @@ impl Filesystem for UnionFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.stack.stats.count("listxattr");
         let r = (|| {
             let node = self.inodes.get(ino.0)?;
             if node.xattrs.load(Ordering::Acquire) == XATTRS_NONE {
@@ -1207,6 +1490,7 @@ impl Filesystem for UnionFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.stack.stats.count("removexattr");
         let r = self.change_xattr(ino.0, name, |at, c| sys::removexattr(at, c));
         empty_reply(reply, r)
     }
@@ -1221,7 +1505,8 @@ impl Filesystem for UnionFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let clean = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_DIRECT);
+        self.stack.stats.count("create");
+        let clean = open_flags(flags);
         let r = self.do_create(
             req,
             parent.0,
@@ -1232,24 +1517,17 @@ impl Filesystem for UnionFs {
         );
         match r {
             Ok((a, Some(fd))) => {
-                let fh = self.handles.next_id();
                 let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
-                self.handles.files.insert(
-                    fh,
-                    Arc::new(OpenFile {
-                        fd,
-                        ino: a.ino.0,
-                        writable,
-                        in_upper: true,
-                    }),
-                );
-                reply.created(
-                    &self.opts.ttl,
-                    &a,
-                    Generation(0),
-                    FileHandle(fh),
-                    FopenFlags::FOPEN_KEEP_CACHE,
-                );
+                let Ok(node) = self.inodes.get(a.ino.0) else {
+                    return reply.error(fuser::Errno::EIO);
+                };
+                let register = |fd: &OwnedFd| reply.open_backing(fd);
+                let (fh, fl, backing) = self.new_handle(&node, fd, writable, true, &register);
+                let (ttl, fh) = (&self.opts.ttl, FileHandle(fh));
+                match backing {
+                    Some(b) => reply.created_passthrough(ttl, &a, Generation(0), fh, fl, &b),
+                    None => reply.created(ttl, &a, Generation(0), fh, fl),
+                }
             }
             Ok((_, None)) => reply.error(fuser::Errno::EIO),
             Err(e) => reply.error(fe(e)),
@@ -1266,6 +1544,7 @@ impl Filesystem for UnionFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        self.stack.stats.count("fallocate");
         match self.handles.file(fh.0) {
             Some(f) => match sys::fallocate(f.fd.as_fd(), mode, offset, length) {
                 Ok(()) => reply.ok(),
@@ -1284,6 +1563,7 @@ impl Filesystem for UnionFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
+        self.stack.stats.count("lseek");
         match self.handles.file(fh.0) {
             Some(f) => match sys::lseek(f.fd.as_fd(), offset, whence) {
                 Ok(o) => reply.offset(o),
@@ -1306,6 +1586,7 @@ impl Filesystem for UnionFs {
         _flags: fuser::CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
+        self.stack.stats.count("copy_file_range");
         let (Some(a), Some(b)) = (self.handles.file(fh_in.0), self.handles.file(fh_out.0)) else {
             return reply.error(fuser::Errno::EBADF);
         };
@@ -1325,14 +1606,30 @@ impl UnionFs {
             let (p, set) = self.dir_ctx(parent)?;
             let f = ops::remove(&self.stack, &p.rel, &set, name, dir)?;
             self.inodes.mark_upper_chain(parent);
-            self.inodes.drop_alias(f.ino, parent, name);
+            self.inodes.drop_alias(self.map_ino(f.ino), parent, name);
             if dir {
                 self.inodes.invalidate_nlink(parent);
+                // Its inode number may come back for a new directory.
+                self.dirsets.remove(&self.map_ino(f.ino));
             }
             Ok(())
         });
         empty_reply(reply, r)
     }
+}
+
+/// The open(2) flags we pass on to a layer file: the kernel also sends internal bits (such as
+/// `__FMODE_EXEC` for exec), which openat2 rejects, and creation flags we handle ourselves.
+fn open_flags(flags: i32) -> i32 {
+    flags
+        & (libc::O_ACCMODE
+            | libc::O_APPEND
+            | libc::O_NONBLOCK
+            | libc::O_SYNC
+            | libc::O_DSYNC
+            | libc::O_TRUNC
+            | libc::O_LARGEFILE
+            | libc::O_NOATIME)
 }
 
 /// An `st_mode` type for a `DT_*` value.

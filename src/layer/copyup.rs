@@ -10,6 +10,7 @@ use crate::layer::resolve::{self, DirSet};
 use crate::layer::stack::{join, open_subdir, remove_tree, LayerIdx, Stack};
 use crate::layer::whiteout;
 use crate::sys::{self, Errno, SysResult};
+use std::sync::atomic::Ordering::Relaxed;
 
 fn ts(sec: i64, nsec: i64) -> libc::timespec {
     libc::timespec {
@@ -83,8 +84,11 @@ fn copy_meta(
     let _ = sys::setxattr(dst_at, &stack.origin_xattr, &origin.to_le_bytes(), 0);
     match sys::fchown_fd(dst, Some(st.st_uid), Some(st.st_gid)) {
         Ok(()) => {}
-        // A rootless daemon cannot give away files to ids outside its namespace.
-        Err(Errno::EPERM) | Err(Errno::EINVAL) if sys::geteuid() != 0 => {}
+        // In a user namespace a lower file may belong to an id that is not mapped there
+        // (EINVAL/EOVERFLOW); an unprivileged daemon cannot give files away (EPERM). The
+        // copy then belongs to the daemon, which is what such a user sees anyway.
+        Err(Errno::EINVAL) | Err(Errno::EOVERFLOW) => {}
+        Err(Errno::EPERM) if sys::geteuid() != 0 => {}
         Err(e) => return Err(e),
     }
     if kind != libc::S_IFLNK {
@@ -221,7 +225,10 @@ fn copy_up_dir(
         let _ = remove_tree(work, &stage);
         return Err(e);
     }
-    publish(stack, &stage, upper_parent, name).map(drop)
+    if publish(stack, &stage, upper_parent, name)? {
+        stack.stats.copy_ups.fetch_add(1, Relaxed);
+    }
+    Ok(())
 }
 
 /// Makes sure directory `rel` exists in the upper (copying up missing ancestors, topmost first)
@@ -324,7 +331,11 @@ pub fn copy_up_entry(
         // names join this upper inode instead of being copied again.
         let key = Stack::index_key(origin);
         match sys::linkat(work, &stage, index.as_fd(), &key) {
-            Ok(()) => {}
+            Ok(()) => {
+                if stack.nlink_record(origin).is_none() {
+                    stack.set_nlink_record(origin, st.st_nlink as u32)?;
+                }
+            }
             Err(Errno::EEXIST) => {
                 let _ = sys::unlinkat(work, &stage, false);
                 return link_from_index(stack, upper_parent.as_fd(), &cname, origin);
@@ -335,7 +346,16 @@ pub fn copy_up_entry(
             }
         }
     }
-    publish(stack, &stage, upper_parent.as_fd(), &cname).map(drop)
+    if publish(stack, &stage, upper_parent.as_fd(), &cname)? {
+        stack.stats.copy_ups.fetch_add(1, Relaxed);
+        if with_data && kind == libc::S_IFREG {
+            stack
+                .stats
+                .bytes_copied
+                .fetch_add(st.st_size as u64, Relaxed);
+        }
+    }
+    Ok(())
 }
 
 /// Gives `name` in `upper_parent` the upper inode already copied up for union inode `ino`

@@ -1,7 +1,7 @@
 //! The changes a union makes to its upper layer: create, remove, rename, link, each written so
 //! that the upper stays a valid OCI layer diff and a crash leaves the old or the new view.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use crate::layer::copyup;
@@ -10,6 +10,7 @@ use crate::layer::resolve::{self, DirSet, Found};
 use crate::layer::stack::{join, open_subdir, remove_tree, Stack};
 use crate::layer::whiteout;
 use crate::sys::{self, Errno, SysResult};
+use std::sync::atomic::Ordering::Relaxed;
 
 /// Refuses names the union reserves (`.wh.*`) or the kernel cannot hold.
 pub fn check_new_name(name: &[u8]) -> SysResult<()> {
@@ -70,16 +71,50 @@ fn has_entry(dir: BorrowedFd<'_>, name: &CString) -> bool {
     sys::fstatat(dir, name).is_ok()
 }
 
-/// Writes a `.wh.NAME` whiteout in an upper directory (idempotent).
-pub fn write_whiteout(upper_dir: BorrowedFd<'_>, name: &[u8]) -> SysResult<()> {
+/// Name of the shared empty file in the work dir that whiteouts are hard links of.
+const SHARED_WHITEOUT: &CStr = c"whiteout";
+
+/// Writes a `.wh.NAME` whiteout in an upper directory (idempotent). Whiteouts are hard links
+/// of one empty file in the work dir: a link costs no inode allocation, which on ext4 is most
+/// of the price of deleting a lower file (overlayfs shares its whiteout inode the same way).
+/// Each is still an ordinary empty `.wh.NAME` file to anything reading the upper.
+pub fn write_whiteout(stack: &Stack, upper_dir: BorrowedFd<'_>, name: &[u8]) -> SysResult<()> {
     let wh = whiteout_name(name)?;
+    if let Ok(work) = stack.work() {
+        for _ in 0..3 {
+            match sys::linkat(work, SHARED_WHITEOUT, upper_dir, &wh) {
+                Ok(()) => {
+                    stack.stats.whiteouts.fetch_add(1, Relaxed);
+                    return Ok(());
+                }
+                Err(Errno::EEXIST) => return Ok(()),
+                Err(Errno::ENOENT) => {
+                    let _ = sys::openat(
+                        work,
+                        SHARED_WHITEOUT,
+                        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+                        0o600,
+                    );
+                }
+                // Too many links (ext4 allows 65000): start a fresh shared file.
+                Err(Errno::EMLINK) => {
+                    let _ = sys::unlinkat(work, SHARED_WHITEOUT, false);
+                }
+                Err(_) => break,
+            }
+        }
+    }
     match sys::openat(
         upper_dir,
         &wh,
         libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
         0o600,
     ) {
-        Ok(_) | Err(Errno::EEXIST) => Ok(()),
+        Ok(_) => {
+            stack.stats.whiteouts.fetch_add(1, Relaxed);
+            Ok(())
+        }
+        Err(Errno::EEXIST) => Ok(()),
         Err(e) => Err(e),
     }
 }
@@ -235,6 +270,7 @@ pub fn adopt_indexed(
         // dropping it keeps the upper's link counts right when it becomes a lower layer.
         if let Some(index) = &stack.index {
             if sys::unlinkat(index.as_fd(), &Stack::index_key(found.ino), false).is_ok() {
+                stack.drop_nlink_record(found.ino);
                 st = sys::fstatat(up.as_fd(), &c)?;
             }
         }
@@ -274,10 +310,13 @@ pub fn remove(
         }
     }
     let need_whiteout = resolve::lower_has(stack, parent, name)?;
+    // A name of a lower multi-link file goes: the other names now show one link less.
+    let tracked = !dir && stack.has_upper && stack.tracks_nlink(f.ino, f.layer, &f.st);
+    let view_links = stack.view_nlink(f.ino, &f.st);
     let up = copyup::ensure_upper_dir(stack, parent_rel)?;
     if need_whiteout {
         // Written first: beside the upper entry it changes nothing until that entry goes.
-        write_whiteout(up.as_fd(), name)?;
+        write_whiteout(stack, up.as_fd(), name)?;
     }
     if stack.is_upper(f.layer) {
         let c = cname(name)?;
@@ -290,6 +329,9 @@ pub fn remove(
         } else {
             sys::unlinkat(up.as_fd(), &c, false)?;
         }
+    }
+    if tracked {
+        stack.set_nlink_record(f.ino, view_links.saturating_sub(1))?;
     }
     Ok(f)
 }
@@ -398,9 +440,14 @@ pub fn rename(
     if src.is_dir() && dst_lower {
         opaque_child(stack, sp_up.as_fd(), &sc)?;
     }
+    // A replaced target that is a name of a lower multi-link file: the others lose a link.
+    let replaced = dst
+        .as_ref()
+        .filter(|d| d.ino != src.ino && stack.tracks_nlink(d.ino, d.layer, &d.st))
+        .map(|d| (d.ino, stack.view_nlink(d.ino, &d.st)));
     let wrote_whiteout = src_lower && !has_entry(sp_up.as_fd(), &whiteout_name(sname)?);
     if src_lower {
-        write_whiteout(sp_up.as_fd(), sname)?;
+        write_whiteout(stack, sp_up.as_fd(), sname)?;
     }
     let flags = if mode.noreplace {
         libc::RENAME_NOREPLACE
@@ -414,6 +461,9 @@ pub fn rename(
         return Err(e);
     }
     drop_whiteout(dp_up.as_fd(), dname)?;
+    if let Some((ino, links)) = replaced {
+        stack.set_nlink_record(ino, links.saturating_sub(1))?;
+    }
     Ok((src, dst))
 }
 
@@ -456,9 +506,14 @@ pub fn link(
     if resolve::lookup(stack, dp, dname)?.is_some() {
         return Err(Errno::EEXIST);
     }
+    let tracked = stack.tracks_nlink(src.ino, src.layer, &src.st);
+    let view_links = stack.view_nlink(src.ino, &src.st);
     copy_up(stack, sp_rel, sname, src.layer, false, true)?;
     let sp_up = copyup::ensure_upper_dir(stack, sp_rel)?;
     let dp_up = copyup::ensure_upper_dir(stack, dp_rel)?;
     sys::linkat(sp_up.as_fd(), &cname(sname)?, dp_up.as_fd(), &cname(dname)?)?;
+    if tracked {
+        stack.set_nlink_record(src.ino, view_links + 1)?;
+    }
     drop_whiteout(dp_up.as_fd(), dname)
 }

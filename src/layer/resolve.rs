@@ -13,6 +13,61 @@ use crate::sys::{self, Errno, SysResult};
 pub struct DirSet {
     /// (layer, `O_PATH` directory fd) pairs, topmost first.
     pub dirs: Vec<(LayerIdx, OwnedFd)>,
+    /// For deep stacks: which lower layers of this directory hold each name or its whiteout.
+    /// Lower layers never change, so it is built once per opened set.
+    index: std::sync::OnceLock<Option<LowerIndex>>,
+}
+
+/// Name → positions in `DirSet::dirs` (with `HAS_ENTRY` / `HAS_WHITEOUT`), lower layers only.
+type LowerIndex = std::collections::HashMap<Vec<u8>, Vec<(usize, u8)>>;
+const HAS_ENTRY: u8 = 1;
+const HAS_WHITEOUT: u8 = 2;
+/// Below this many lower layers, stat'ing each layer is cheaper than listing them all.
+const INDEX_MIN_LOWERS: usize = 4;
+
+impl DirSet {
+    /// A set over already opened directories.
+    pub fn from_dirs(dirs: Vec<(LayerIdx, OwnedFd)>) -> DirSet {
+        DirSet {
+            dirs,
+            index: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn lower_index(&self, stack: &Stack) -> Option<&LowerIndex> {
+        self.index
+            .get_or_init(|| {
+                let lowers = self
+                    .dirs
+                    .iter()
+                    .filter(|(l, _)| !stack.is_upper(*l))
+                    .count();
+                if lowers < INDEX_MIN_LOWERS {
+                    return None;
+                }
+                let mut idx: LowerIndex = std::collections::HashMap::new();
+                for (pos, (l, fd)) in self.dirs.iter().enumerate() {
+                    if stack.is_upper(*l) {
+                        continue;
+                    }
+                    let entries = sys::read_dir(fd.as_fd()).ok()?;
+                    for e in entries {
+                        let (name, flag) = match whiteout::whited_out(&e.name) {
+                            Some(t) => (t.to_vec(), HAS_WHITEOUT),
+                            None if whiteout::is_hidden(&e.name) => continue,
+                            None => (e.name, HAS_ENTRY),
+                        };
+                        let v = idx.entry(name).or_default();
+                        match v.last_mut() {
+                            Some((p, f)) if *p == pos => *f |= flag,
+                            _ => v.push((pos, flag)),
+                        }
+                    }
+                }
+                Some(idx)
+            })
+            .as_ref()
+    }
 }
 
 impl DirSet {
@@ -30,7 +85,7 @@ impl DirSet {
         if dirs.is_empty() {
             return Err(Errno::ENOENT);
         }
-        Ok(DirSet { dirs })
+        Ok(DirSet::from_dirs(dirs))
     }
 
     /// The upper's fd of this directory, if it exists there.
@@ -39,14 +94,6 @@ impl DirSet {
             .first()
             .filter(|(l, _)| stack.is_upper(*l))
             .map(|(_, fd)| fd)
-    }
-
-    /// The same set without the upper layer (what a delete must hide with a whiteout).
-    pub fn lowers_only(&self, stack: &Stack) -> Vec<&(LayerIdx, OwnedFd)> {
-        self.dirs
-            .iter()
-            .filter(|(l, _)| !stack.is_upper(*l))
-            .collect()
     }
 }
 
@@ -92,13 +139,50 @@ fn has_whiteout(dir: &OwnedFd, name: &[u8]) -> bool {
 
 /// Looks `name` up in the merged directory `set`. `Ok(None)` when the union has no such name.
 pub fn lookup(stack: &Stack, set: &DirSet, name: &[u8]) -> SysResult<Option<Found>> {
+    lookup_in(stack, set, name, false)
+}
+
+fn lookup_in(
+    stack: &Stack,
+    set: &DirSet,
+    name: &[u8],
+    lowers_only: bool,
+) -> SysResult<Option<Found>> {
     if whiteout::is_hidden(name) {
         return Ok(None);
     }
     let cname = CString::new(name).map_err(|_| Errno::EINVAL)?;
     let mut found: Option<Found> = None;
-    for (l, dir) in &set.dirs {
-        match sys::fstatat(dir.as_fd(), &cname) {
+    // With an index, only the upper and the lower layers that hold the name (or its whiteout)
+    // are visited: the cost no longer grows with the layers above the one that has it.
+    let index = set.lower_index(stack);
+    let hits: Vec<(usize, u8)> = match index {
+        Some(idx) => {
+            let mut v: Vec<(usize, u8)> = set
+                .dirs
+                .iter()
+                .enumerate()
+                .filter(|(_, (l, _))| stack.is_upper(*l) && !lowers_only)
+                .map(|(p, _)| (p, HAS_ENTRY | HAS_WHITEOUT))
+                .collect();
+            v.extend(idx.get(name).into_iter().flatten().copied());
+            v
+        }
+        None => (0..set.dirs.len())
+            .filter(|p| !(lowers_only && stack.is_upper(set.dirs[*p].0)))
+            .map(|p| (p, HAS_ENTRY | HAS_WHITEOUT))
+            .collect(),
+    };
+    for (pos, flags) in hits {
+        let Some((l, dir)) = set.dirs.get(pos) else {
+            continue;
+        };
+        let stat = if flags & HAS_ENTRY != 0 {
+            sys::fstatat(dir.as_fd(), &cname)
+        } else {
+            Err(Errno::ENOENT)
+        };
+        match stat {
             Ok(st) if whiteout::is_chardev_whiteout(&st) => break,
             Ok(st) => {
                 let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
@@ -139,7 +223,8 @@ pub fn lookup(stack: &Stack, set: &DirSet, name: &[u8]) -> SysResult<Option<Foun
             Err(e) => return Err(e),
         }
         // A whiteout hides the layers below its own, never an entry beside it.
-        if has_whiteout(dir, name) {
+        let indexed = index.is_some() && !stack.is_upper(*l);
+        if flags & HAS_WHITEOUT != 0 && (indexed || has_whiteout(dir, name)) {
             break;
         }
     }
@@ -161,17 +246,7 @@ pub fn root_layers(stack: &Stack) -> Vec<LayerIdx> {
 }
 
 /// True if some lower layer of `set` still shows `name` (so deleting it needs a whiteout).
+/// The upper's whiteouts do not count: they are what we may be about to (re)write.
 pub fn lower_has(stack: &Stack, set: &DirSet, name: &[u8]) -> SysResult<bool> {
-    let lowers: Vec<(LayerIdx, OwnedFd)> = set
-        .lowers_only(stack)
-        .into_iter()
-        .map(|(l, fd)| fd.try_clone().map(|fd| (*l, fd)))
-        .collect::<Result<_, _>>()
-        .map_err(|_| Errno::EMFILE)?;
-    if lowers.is_empty() {
-        return Ok(false);
-    }
-    // The upper's whiteouts do not count: they are what we may be about to (re)write.
-    let sub = DirSet { dirs: lowers };
-    Ok(lookup(stack, &sub, name)?.is_some())
+    Ok(lookup_in(stack, set, name, true)?.is_some())
 }

@@ -48,6 +48,8 @@ pub struct Stack {
     /// The work dir's name inside the upper root, when it lives there (hidden from listings).
     pub work_in_upper: bool,
     next_stage: std::sync::atomic::AtomicU64,
+    /// Counters of this union's activity.
+    pub stats: crate::stats::Stats,
 }
 
 /// The layer directories of a union.
@@ -140,6 +142,7 @@ impl Stack {
             devs,
             work_in_upper: false,
             next_stage: std::sync::atomic::AtomicU64::new(1),
+            stats: crate::stats::Stats::default(),
         };
         if has_upper {
             stack.open_work(cfg)?;
@@ -339,10 +342,65 @@ impl Stack {
             .is_some_and(|i| sys::fstatat(i.as_fd(), &Self::index_key(ino)).is_ok())
     }
 
-    /// st_nlink as the union shows it: the index's own link is not a name in the view.
+    fn nlink_key(ino: u64) -> CString {
+        CString::new(format!("{ino:016x}.nlink")).unwrap_or_default()
+    }
+
+    /// The recorded link count of a lower multi-link file whose names changed through the
+    /// union (copy-up, unlink, link), if there is one.
+    pub fn nlink_record(&self, ino: u64) -> Option<u32> {
+        let index = self.index.as_ref()?;
+        let fd = sys::openat(index.as_fd(), &Self::nlink_key(ino), libc::O_RDONLY, 0).ok()?;
+        let mut buf = [0u8; 16];
+        let n = sys::pread(fd.as_fd(), &mut buf, 0).ok()?;
+        std::str::from_utf8(&buf[..n]).ok()?.trim().parse().ok()
+    }
+
+    /// Records the link count the view shows for union inode `ino` (atomically replaced).
+    pub fn set_nlink_record(&self, ino: u64, n: u32) -> SysResult<()> {
+        let index = self.index.as_ref().ok_or(Errno::EROFS)?;
+        let stage = self.stage_name();
+        let fd = sys::openat(
+            index.as_fd(),
+            &stage,
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+            0o600,
+        )?;
+        sys::pwrite(fd.as_fd(), n.to_string().as_bytes(), 0)?;
+        drop(fd);
+        let key = Self::nlink_key(ino);
+        sys::renameat2(index.as_fd(), &stage, index.as_fd(), &key, 0).inspect_err(|_| {
+            let _ = sys::unlinkat(index.as_fd(), &stage, false);
+        })
+    }
+
+    /// Forgets the link-count record of `ino` (every name is a plain upper link again).
+    pub fn drop_nlink_record(&self, ino: u64) {
+        if let Some(index) = &self.index {
+            let _ = sys::unlinkat(index.as_fd(), &Self::nlink_key(ino), false);
+        }
+    }
+
+    /// True when the link count of this regular file is tracked by us rather than by the
+    /// layer: a lower file with several names, or one copied up through the index.
+    pub fn tracks_nlink(&self, ino: u64, layer: LayerIdx, st: &libc::stat) -> bool {
+        st.st_mode & libc::S_IFMT == libc::S_IFREG
+            && ((!self.is_upper(layer) && st.st_nlink > 1)
+                || self.is_indexed(ino)
+                || self.nlink_record(ino).is_some())
+    }
+
+    /// st_nlink as the union shows it: names deleted or added through the union are counted,
+    /// and the index's own link is not a name in the view.
     pub fn view_nlink(&self, ino: u64, st: &libc::stat) -> u32 {
         let n = st.st_nlink as u32;
-        if n > 1 && st.st_mode & libc::S_IFMT == libc::S_IFREG && self.is_indexed(ino) {
+        if n <= 1 || st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return n;
+        }
+        if let Some(r) = self.nlink_record(ino) {
+            return r;
+        }
+        if self.is_indexed(ino) {
             n - 1
         } else {
             n

@@ -1,0 +1,51 @@
+//! `unionfs-docs OUTDIR`: writes the man pages and bash/zsh completions of the unionfs
+//! commands, generated from their clap definitions so they cannot drift from the code.
+
+use std::path::{Path, PathBuf};
+
+use clap::CommandFactory;
+use clap_complete::Shell;
+
+fn write_man(cmd: clap::Command, section: &str, dir: &Path) -> std::io::Result<PathBuf> {
+    let name = cmd.get_name().to_string();
+    let mut buf = Vec::new();
+    clap_mangen::Man::new(cmd)
+        .section(section)
+        .render(&mut buf)?;
+    let path = dir.join(format!("{name}.{section}"));
+    std::fs::write(&path, buf)?;
+    Ok(path)
+}
+
+fn run(out: &Path) -> std::io::Result<()> {
+    let man = out.join("man");
+    std::fs::create_dir_all(&man)?;
+    let cmds = [
+        (unionfs::options::Args::command(), "8"),
+        (unionfs::launch::cli::Cli::command(), "1"),
+    ];
+    for (cmd, section) in cmds {
+        let page = write_man(cmd.clone(), section, &man)?;
+        println!("{}", page.display());
+        for shell in [Shell::Bash, Shell::Zsh] {
+            let dir = out.join("completions").join(shell.to_string());
+            std::fs::create_dir_all(&dir)?;
+            let mut c = cmd.clone();
+            let name = c.get_name().to_string();
+            let path = clap_complete::generate_to(shell, &mut c, name, &dir)?;
+            println!("{}", path.display());
+        }
+    }
+    Ok(())
+}
+
+fn main() {
+    let Some(out) = std::env::args_os().nth(1).map(PathBuf::from) else {
+        eprintln!("usage: unionfs-docs OUTDIR   (writes OUTDIR/man and OUTDIR/completions)");
+        std::process::exit(2);
+    };
+    if let Err(e) = run(&out) {
+        eprintln!("unionfs-docs: writing into {}: {e}", out.display());
+        std::process::exit(1);
+    }
+}

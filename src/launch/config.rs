@@ -1,0 +1,309 @@
+//! What to run and how: the launcher's validated configuration and the parsers for its CLI values.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use super::idmap::IdRange;
+use super::Error;
+
+/// How the container's network is set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetMode {
+    /// A new network namespace with only `lo`, brought up.
+    None,
+    /// Share the host's network namespace.
+    Host,
+}
+
+/// Which cgroup implementation to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupChoice {
+    /// Detect at run time (v2, v1, or hybrid: v1 controllers and a controller-less v2 tree).
+    Auto,
+    /// Force the v1 backend.
+    V1,
+    /// Force the v2 backend (on a hybrid host: the `unified` tree, placement and kill only).
+    V2,
+    /// No cgroup at all (no limits).
+    Disabled,
+}
+
+/// What becomes the container root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootSource {
+    /// The FUSE union of the layers (the product).
+    Union,
+    /// A bind mount of the topmost lower (development stand-in; no layering at all).
+    Bind,
+}
+
+/// Resource limits; `None` means unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Limits {
+    /// Memory limit in bytes (swap is capped to the same total where the kernel can).
+    pub memory: Option<u64>,
+    /// Maximum number of tasks.
+    pub pids: Option<u64>,
+    /// CPU quota in CPUs (1.5 = one and a half CPUs).
+    pub cpus: Option<f64>,
+}
+
+impl Limits {
+    /// Whether any limit was asked for.
+    pub fn any(&self) -> bool {
+        self.memory.is_some() || self.pids.is_some() || self.cpus.is_some()
+    }
+}
+
+/// A host path bound into the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindSpec {
+    /// Host path.
+    pub src: PathBuf,
+    /// Absolute path inside the container.
+    pub dst: PathBuf,
+    /// Mount read-only.
+    pub read_only: bool,
+}
+
+/// The user the command runs as inside the container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserSpec {
+    /// User id inside the container.
+    pub uid: u32,
+    /// Group id inside the container (default: same as uid).
+    pub gid: u32,
+}
+
+/// Everything the launcher needs to run one container.
+#[derive(Debug, Clone)]
+pub struct LaunchConfig {
+    /// Lower layers, topmost first.
+    pub lowers: Vec<PathBuf>,
+    /// Writable upper layer (None with `read_only` or `tmp_upper`).
+    pub upper: Option<PathBuf>,
+    /// Put a throwaway upper on tmpfs.
+    pub tmp_upper: bool,
+    /// No upper: the root is read-only.
+    pub read_only: bool,
+    /// Container hostname.
+    pub hostname: String,
+    /// Extra environment variables, applied over the defaults.
+    pub env: Vec<(String, String)>,
+    /// Working directory inside the container.
+    pub cwd: PathBuf,
+    /// User to run the command as.
+    pub user: UserSpec,
+    /// Host paths bound into the container.
+    pub binds: Vec<BindSpec>,
+    /// Network mode.
+    pub net: NetMode,
+    /// Resource limits.
+    pub limits: Limits,
+    /// Explicit uid map ranges (empty: map the caller's uid to 0, or none as root).
+    pub uid_maps: Vec<IdRange>,
+    /// Explicit gid map ranges.
+    pub gid_maps: Vec<IdRange>,
+    /// Run a pid-1 reaper that forwards signals to the command.
+    pub init: bool,
+    /// Rootless mode (user namespace, id maps); implied when not root.
+    pub rootless: bool,
+    /// Cgroup backend choice.
+    pub cgroup: CgroupChoice,
+    /// What becomes the container root.
+    pub root_source: RootSource,
+    /// The command and its arguments.
+    pub command: Vec<OsString>,
+}
+
+impl LaunchConfig {
+    /// Whether the run needs a user namespace (rootless, or explicit id maps).
+    pub fn needs_userns(&self) -> bool {
+        self.rootless || !self.uid_maps.is_empty() || !self.gid_maps.is_empty()
+    }
+
+    /// Check the combination of options; file-system checks happen when layers are opened.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.command.is_empty() {
+            return Err(Error::msg(
+                "no command given: put it after `--`, e.g. `unionfs-run LOWER UPPER -- /bin/sh`",
+            ));
+        }
+        if self.lowers.is_empty() {
+            return Err(Error::msg(
+                "no lower layer given: the first argument is LOWER1[:LOWER2...]",
+            ));
+        }
+        let modes = [self.upper.is_some(), self.tmp_upper, self.read_only];
+        match modes.iter().filter(|m| **m).count() {
+            0 => return Err(Error::msg(
+                "no upper layer: give UPPER, or --tmp-upper for a throwaway one, or --read-only",
+            )),
+            1 => {}
+            _ => {
+                return Err(Error::msg(
+                    "UPPER, --tmp-upper and --read-only exclude each other: choose one",
+                ))
+            }
+        }
+        if !self.cwd.is_absolute() {
+            return Err(Error::msg(format!(
+                "--cwd {:?} is relative: give an absolute path inside the container",
+                self.cwd
+            )));
+        }
+        for b in &self.binds {
+            if !b.dst.is_absolute() {
+                return Err(Error::msg(format!(
+                    "--bind destination {:?} is relative: give an absolute path inside the container",
+                    b.dst
+                )));
+            }
+        }
+        if let Some(c) = self.limits.cpus {
+            if !(c > 0.0 && c.is_finite()) {
+                return Err(Error::msg(
+                    "--cpus must be a positive number, e.g. 0.5 or 2",
+                ));
+            }
+        }
+        if self.hostname.is_empty() || self.hostname.len() > 64 {
+            return Err(Error::msg("--hostname must be 1 to 64 characters"));
+        }
+        Ok(())
+    }
+}
+
+/// Split `L1:L2:...` into paths; `\:` escapes a colon inside a path.
+pub fn parse_lowers(s: &str) -> Result<Vec<PathBuf>, Error> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some(':') => cur.push(':'),
+                Some(o) => {
+                    cur.push('\\');
+                    cur.push(o);
+                }
+                None => cur.push('\\'),
+            },
+            ':' => out.push(std::mem::take(&mut cur)),
+            o => cur.push(o),
+        }
+    }
+    out.push(cur);
+    if out.iter().any(|p| p.is_empty()) {
+        return Err(Error::msg(format!(
+            "lower layer list {s:?} has an empty entry: write LOWER1:LOWER2 without doubled or trailing colons"
+        )));
+    }
+    Ok(out.into_iter().map(PathBuf::from).collect())
+}
+
+/// Parse a byte size: a plain number or one with a K, M, G or T suffix (powers of 1024).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m: u64 = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                'B' => 1,
+                _ => return Err(format!("{s:?}: unknown size suffix, use K, M, G or T")),
+            };
+            (&t[..i], m)
+        }
+        _ => (t, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size: write e.g. 64M or 1073741824"))?;
+    n.checked_mul(mult)
+        .filter(|v| *v > 0)
+        .ok_or_else(|| format!("{s:?}: size must be positive and fit in 64 bits"))
+}
+
+/// Parse `SRC:DST[:ro|:rw]`.
+pub fn parse_bind(s: &str) -> Result<BindSpec, String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let (src, dst, ro) = match parts.as_slice() {
+        [src, dst] => (src, dst, false),
+        [src, dst, "ro"] => (src, dst, true),
+        [src, dst, "rw"] => (src, dst, false),
+        _ => return Err(format!("--bind {s:?}: expected SRC:DST or SRC:DST:ro")),
+    };
+    if src.is_empty() || dst.is_empty() {
+        return Err(format!("--bind {s:?}: SRC and DST must not be empty"));
+    }
+    Ok(BindSpec {
+        src: PathBuf::from(src),
+        dst: PathBuf::from(dst),
+        read_only: ro,
+    })
+}
+
+/// Parse `UID[:GID]` (numeric ids; the container has no user database we trust).
+pub fn parse_user(s: &str) -> Result<UserSpec, String> {
+    let bad = || format!("--user {s:?}: expected numeric UID or UID:GID, e.g. 1000:1000");
+    let (u, g) = match s.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (s, None),
+    };
+    let uid: u32 = u.parse().map_err(|_| bad())?;
+    let gid: u32 = match g {
+        Some(g) => g.parse().map_err(|_| bad())?,
+        None => uid,
+    };
+    Ok(UserSpec { uid, gid })
+}
+
+/// Parse `KEY=VALUE`.
+pub fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("--env {s:?}: expected KEY=VALUE")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lowers_split_and_escape() {
+        assert_eq!(
+            parse_lowers("/a:/b\\:c:/d").unwrap(),
+            vec![PathBuf::from("/a"), "/b:c".into(), "/d".into()]
+        );
+        assert!(parse_lowers("/a::/b").is_err());
+        assert!(parse_lowers("/a:").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64M").unwrap(), 64 << 20);
+        assert_eq!(parse_size("1g").unwrap(), 1 << 30);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("12Q").is_err());
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("M").is_err());
+    }
+
+    #[test]
+    fn binds_users_env() {
+        let b = parse_bind("/h:/c:ro").unwrap();
+        assert!(b.read_only);
+        assert_eq!(b.dst, PathBuf::from("/c"));
+        assert!(parse_bind("/h").is_err());
+        assert!(parse_bind("/h:/c:xx").is_err());
+        assert_eq!(parse_user("5").unwrap(), UserSpec { uid: 5, gid: 5 });
+        assert_eq!(parse_user("5:7").unwrap(), UserSpec { uid: 5, gid: 7 });
+        assert!(parse_user("root").is_err());
+        assert_eq!(parse_env("A=b=c").unwrap(), ("A".into(), "b=c".into()));
+        assert!(parse_env("=x").is_err());
+    }
+}
