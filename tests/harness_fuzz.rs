@@ -15,13 +15,16 @@ const OPS: usize = 200;
 
 /// (seed, divergent field, corpus scenario that keeps the shrunk case).
 const KNOWN: &[(u64, &str, &str)] = &[
-    (1, "nlink", "39-copy-up-of-lower-hardlink-keeps-nlink.toml"),
-    (7, "nlink", "39-copy-up-of-lower-hardlink-keeps-nlink.toml"),
-    (9, "nlink", "39-copy-up-of-lower-hardlink-keeps-nlink.toml"),
-    (11, "nlink", "39-copy-up-of-lower-hardlink-keeps-nlink.toml"),
-    (14, "nlink", "39-copy-up-of-lower-hardlink-keeps-nlink.toml"),
-    (22, "nlink", "39-copy-up-of-lower-hardlink-keeps-nlink.toml"),
-    (28, "nlink", "39-copy-up-of-lower-hardlink-keeps-nlink.toml"),
+    (
+        1,
+        "size",
+        "40-lower-hardlink-write-after-readdir-lands-under-other-name.toml",
+    ),
+    (
+        11,
+        "mode",
+        "47-lower-hardlink-copy-up-survives-rotation.toml",
+    ),
 ];
 
 #[test]

@@ -208,7 +208,9 @@ fn fuzz_one(
     let written = fuzz::annotate(&small, against, &sd, imp)
         .and_then(|sc| scenario::to_toml(&sc))
         .and_then(|t| {
-            std::fs::write(&file, t).map_err(|e| format!("cannot write {}: {e}", file.display()))
+            std::fs::create_dir_all(out)
+                .and_then(|()| std::fs::write(&file, t))
+                .map_err(|e| format!("cannot write {}: {e}", file.display()))
         });
     match written {
         Ok(()) => r.messages.push(format!(
