@@ -12,6 +12,7 @@ pub mod harness;
 pub mod launch;
 pub mod layer;
 pub mod mount;
+pub mod oci;
 pub mod options;
 pub mod stats;
 pub mod sys;

@@ -17,6 +17,7 @@ fn man_pages_and_completions_cover_every_option() {
     let cmds = [
         (unionfs::options::Args::command(), "unionfs-mount.8"),
         (unionfs::launch::cli::Cli::command(), "unionfs-run.1"),
+        (unionfs::oci::cli::Cli::command(), "unionfs-layer.1"),
     ];
     for (cmd, page) in cmds {
         let name = cmd.get_name().to_string();

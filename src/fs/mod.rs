@@ -4,6 +4,7 @@
 pub mod attr;
 pub mod handle;
 pub mod inode;
+mod io;
 
 use std::ffi::{CString, OsStr};
 use std::os::fd::{AsFd, OwnedFd};
@@ -30,6 +31,7 @@ use crate::layer::{LayerIdx, Stack};
 use crate::sys::{self, Errno, SysResult};
 use handle::{Handles, OpenDir, OpenFile};
 use inode::{Inodes, Node, ROOT, XATTRS_NONE, XATTRS_SOME, XATTRS_UNKNOWN};
+use io::passthrough_privileged;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Tunables of the FUSE adapter.
@@ -48,37 +50,6 @@ impl Default for FsOptions {
             passthrough: true,
         }
     }
-}
-
-/// How the kernel does I/O on one open file.
-enum IoMode {
-    /// Through the daemon, with the page cache kept across opens.
-    Cached,
-    /// Through the daemon, bypassing the page cache (passthrough refused for this file).
-    Direct,
-    /// Passthrough opens of this inode use another backing file (the lower copy, for readers
-    /// that opened it before the copy-up): the kernel cannot mix the two on one inode.
-    Conflict,
-    /// The kernel reads and writes the backing file itself.
-    Passthrough(Arc<fuser::BackingId>),
-}
-
-/// True when this process may register passthrough backing files: root with CAP_SYS_ADMIN in
-/// the initial user namespace (the kernel's rule).
-fn passthrough_privileged() -> bool {
-    const INIT_USER_NS_INO: u64 = 0xEFFF_FFFD;
-    let in_init_ns = std::fs::metadata("/proc/self/ns/user")
-        .map(|m| std::os::unix::fs::MetadataExt::ino(&m) == INIT_USER_NS_INO)
-        .unwrap_or(false);
-    let cap_sys_admin = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        })
-        .is_some_and(|caps| caps & (1 << 21) != 0);
-    in_init_ns && cap_sys_admin
 }
 
 /// The union filesystem served over FUSE.
@@ -148,40 +119,6 @@ impl UnionFs {
     /// Where the mount code hands over the session's notifier once it exists.
     pub fn notifier_slot(&self) -> Arc<std::sync::OnceLock<fuser::Notifier>> {
         Arc::clone(&self.notifier)
-    }
-
-    /// The nodeid the kernel knows a union inode by.
-    fn map_ino(&self, ino: u64) -> u64 {
-        self.redirect.get(&ino).map_or(ino, |v| *v)
-    }
-
-    /// Gives the name of `node` a new nodeid and answers ESTALE, so that the kernel looks the
-    /// name up again and retries the open on a fresh inode whose passthrough backing file can
-    /// be the upper copy, while readers that opened the lower copy keep their own inode.
-    /// Cost: the file shows a new st_ino until the next mount.
-    fn rehome(&self, node: &Node) -> Errno {
-        let Ok((parent, name)) = self.inodes.primary(node.ino) else {
-            return Errno::EIO;
-        };
-        let new = (0xfd << 56) | self.next_synthetic.fetch_add(1, Ordering::Relaxed);
-        self.inodes
-            .upsert(new, node.kind, parent, &name, 0, Vec::new(), 0);
-        self.inodes.drop_alias(node.ino, parent, &name);
-        self.redirect.insert(node.ino, new);
-        // Earlier redirects to this node follow it to the new one.
-        for mut e in self.redirect.iter_mut() {
-            if *e.value() == node.ino {
-                *e.value_mut() = new;
-            }
-        }
-        if let Some(n) = self.notifier.get().cloned() {
-            // Never from inside a request: a pending lookup in the same directory would
-            // deadlock the worker.
-            std::thread::spawn(move || {
-                let _ = n.inval_entry(INodeNo(parent), OsStr::from_bytes(&name));
-            });
-        }
-        Errno::ESTALE
     }
 
     /// Runs `f`, again if it failed with ENOENT while a concurrent rename moved the path it
@@ -404,100 +341,6 @@ impl UnionFs {
             .iter()
             .find(|f| f.ino == ino)
             .map(|f| Arc::clone(f.value()))
-    }
-
-    /// Chooses the I/O mode of a new handle on `node` whose file is `fd` and registers the
-    /// passthrough backing file when it is the first open. A writer arriving while readers
-    /// pass through to the lower copy gets direct I/O on the upper copy instead: the kernel
-    /// allows only one backing file per inode at a time.
-    fn io_mode(
-        &self,
-        node: &Node,
-        fd: &OwnedFd,
-        in_upper: bool,
-        writable: bool,
-        register: &dyn Fn(&OwnedFd) -> std::io::Result<fuser::BackingId>,
-    ) -> IoMode {
-        if !self.opts.passthrough {
-            return IoMode::Cached;
-        }
-        let mut pt = node.pt.lock();
-        if pt.opens > 0 {
-            let shared = pt.backing.clone();
-            if let Some(b) = shared {
-                if pt.upper == in_upper && (pt.writable || !writable) {
-                    pt.opens += 1;
-                    return IoMode::Passthrough(b);
-                }
-            }
-            return IoMode::Conflict;
-        }
-        // The backing file serves every later open too: open upper copies read-write.
-        let (bfd, bwritable) = if in_upper {
-            match sys::reopen(fd.as_fd(), libc::O_RDWR) {
-                Ok(f) => (f, true),
-                Err(_) => match fd.try_clone() {
-                    Ok(f) => (f, writable),
-                    Err(_) => return IoMode::Direct,
-                },
-            }
-        } else {
-            match fd.try_clone() {
-                Ok(f) => (f, false),
-                Err(_) => return IoMode::Direct,
-            }
-        };
-        match register(&bfd) {
-            Ok(id) => {
-                let id = Arc::new(id);
-                *pt = inode::Passthrough {
-                    backing: Some(Arc::clone(&id)),
-                    upper: in_upper,
-                    writable: bwritable,
-                    opens: 1,
-                };
-                IoMode::Passthrough(id)
-            }
-            Err(e) => {
-                debug!("passthrough refused for inode {}: {e}", node.ino);
-                IoMode::Direct
-            }
-        }
-    }
-
-    /// Registers an open file and says how the kernel should do its I/O.
-    fn new_handle(
-        &self,
-        node: &Node,
-        fd: OwnedFd,
-        writable: bool,
-        in_upper: bool,
-        register: &dyn Fn(&OwnedFd) -> std::io::Result<fuser::BackingId>,
-    ) -> (u64, FopenFlags, Option<Arc<fuser::BackingId>>) {
-        let mode = self.io_mode(node, &fd, in_upper, writable, register);
-        let (flags, backing) = match mode {
-            // Every change to file data goes through this mount, so the page cache stays
-            // valid across opens.
-            IoMode::Cached => (FopenFlags::FOPEN_KEEP_CACHE, None),
-            IoMode::Direct | IoMode::Conflict => (FopenFlags::FOPEN_DIRECT_IO, None),
-            IoMode::Passthrough(b) => (FopenFlags::empty(), Some(b)),
-        };
-        let fh = self.handles.next_id();
-        self.stack
-            .stats
-            .open_handles
-            .fetch_add(1, Ordering::Relaxed);
-        self.handles.files.insert(
-            fh,
-            Arc::new(OpenFile {
-                fd,
-                ino: node.ino,
-                writable,
-                in_upper,
-                backing: backing.clone(),
-            }),
-        );
-        (fh, flags, backing)
     }
 
     fn open_file(
@@ -1129,9 +972,7 @@ impl Filesystem for UnionFs {
         self.stack.stats.count("open");
         let register = |fd: &OwnedFd| reply.open_backing(fd);
         match self.retry(|| self.open_file(ino.0, flags.0, &register)) {
-            Ok((fh, _, Some(b))) => {
-                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b)
-            }
+            Ok((fh, f, Some(b))) => reply.opened_passthrough(FileHandle(fh), f, &b),
             Ok((fh, f, None)) => reply.opened(FileHandle(fh), f),
             Err(e) => reply.error(fe(e)),
         }

@@ -1,0 +1,80 @@
+//! `unionfs-layer`: OCI layer tarballs in and out of unionfs layer directories.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+use unionfs::oci::cli::{Cli, Cmd};
+
+fn run(cli: Cli) -> unionfs::Result<()> {
+    match cli.cmd {
+        Cmd::Export {
+            upper,
+            output,
+            gzip,
+            zstd,
+        } => {
+            let sink: Box<dyn Write> = match &output {
+                Some(p) => Box::new(std::fs::File::create(p).map_err(|e| {
+                    unionfs::Error::sys(format!("creating {}", p.display()), e, "")
+                })?),
+                None => Box::new(std::io::stdout().lock()),
+            };
+            let sink = std::io::BufWriter::new(sink);
+            if zstd {
+                let z = zstd::stream::write::Encoder::new(sink, 3)
+                    .map_err(|e| unionfs::Error::sys("starting zstd", e, ""))?;
+                let z = unionfs::oci::export(&upper, z)?;
+                z.finish()
+                    .and_then(|mut w| w.flush())
+                    .map_err(|e| unionfs::Error::sys("finishing zstd", e, ""))?;
+            } else if gzip {
+                let gz = flate2::write::GzEncoder::new(sink, flate2::Compression::default());
+                let gz = unionfs::oci::export(&upper, gz)?;
+                gz.finish()
+                    .and_then(|mut w| w.flush())
+                    .map_err(|e| unionfs::Error::sys("finishing gzip", e, ""))?;
+            } else {
+                unionfs::oci::export(&upper, sink)?
+                    .flush()
+                    .map_err(|e| unionfs::Error::sys("writing the tarball", e, ""))?;
+            }
+            Ok(())
+        }
+        Cmd::Import { tarball, dir } => {
+            let stats = if tarball.as_os_str() == "-" {
+                unionfs::oci::import(std::io::stdin().lock(), &dir)?
+            } else {
+                let f = std::fs::File::open(&tarball).map_err(|e| {
+                    unionfs::Error::sys(format!("opening {}", tarball.display()), e, "")
+                })?;
+                unionfs::oci::import(f, &dir)?
+            };
+            eprintln!(
+                "unionfs-layer: {} entries into {}",
+                stats.entries,
+                dir.display()
+            );
+            Ok(())
+        }
+        Cmd::Diff { upper, lowers } => {
+            let lowers = lowers
+                .map(|l| unionfs::options::split_layers(&l))
+                .unwrap_or_default();
+            for c in unionfs::oci::diff(&upper, &lowers)? {
+                println!("{c}");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("unionfs-layer: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

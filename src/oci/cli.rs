@@ -1,0 +1,50 @@
+//! The `unionfs-layer` command line, in the library so its man page and completions are
+//! generated from the same definition.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Export an upper directory as an OCI layer tarball, import a layer tarball as a lower layer
+/// directory, or list the changes an upper directory makes.
+#[derive(Debug, Parser)]
+#[command(name = "unionfs-layer", version)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Write UPPER as an OCI layer tarball (to stdout, or --output FILE).
+    Export {
+        /// The upper directory (after unmount, or of a read-only moment).
+        upper: PathBuf,
+        /// Write here instead of stdout.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Compress with gzip (application/vnd.oci.image.layer.v1.tar+gzip).
+        #[arg(long, conflicts_with = "zstd")]
+        gzip: bool,
+        /// Compress with zstd (application/vnd.oci.image.layer.v1.tar+zstd).
+        #[arg(long)]
+        zstd: bool,
+    },
+    /// Unpack a layer tarball (plain, gzip or zstd) into DIR, refusing entries that would leave it.
+    Import {
+        /// The tarball ("-" for stdin).
+        tarball: PathBuf,
+        /// The directory to fill (created if missing).
+        dir: PathBuf,
+    },
+    /// List the changes of an upper directory: A added, M modified, D deleted, R replaced dir.
+    Diff {
+        /// The upper directory.
+        upper: PathBuf,
+        /// Lower layers (topmost first, ':'-separated) to tell added from modified.
+        #[arg(long)]
+        lowers: Option<String>,
+    },
+}

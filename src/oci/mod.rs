@@ -1,0 +1,454 @@
+//! OCI layers in and out: `export` writes an upper directory as an OCI layer tarball (the
+//! upper already is a layer diff; this drops our internal entries and writes whiteouts, owners,
+//! modes, times, xattrs, hard links and device nodes the way the spec and its tools expect),
+//! `import` unpacks a layer tarball into a directory usable as a lower layer without letting any
+//! entry reach outside it, and `diff` lists an upper's changes.
+
+use std::collections::HashMap;
+use std::ffi::{CString, OsStr};
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+pub mod cli;
+
+use crate::error::{Error, Result};
+use crate::layer::stack::{open_below, open_subdir};
+use crate::layer::whiteout;
+use crate::sys::{self, Errno};
+
+fn ioerr(what: impl std::fmt::Display, e: impl std::fmt::Display) -> Error {
+    Error::new(format!("{what}: {e}"))
+}
+
+/// True for entries of an upper that are ours, not part of the layer diff.
+fn internal(name: &[u8]) -> bool {
+    name.starts_with(whiteout::RESERVED_PREFIX) && name != whiteout::OPAQUE_MARKER.to_bytes()
+}
+
+/// Visible (non-internal) xattrs of `name` in `dir`, as PAX `SCHILY.xattr.*` records.
+fn xattrs(dir: BorrowedFd<'_>, name: &CString) -> Vec<(String, Vec<u8>)> {
+    let at = sys::At::new(dir, name);
+    let mut names = vec![0u8; 65536];
+    let Ok(n) = sys::listxattr(at, &mut names) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for x in names[..n].split(|b| *b == 0).filter(|x| !x.is_empty()) {
+        if whiteout::is_internal_xattr(x) {
+            continue;
+        }
+        let (Ok(cx), Ok(key)) = (CString::new(x), std::str::from_utf8(x)) else {
+            continue;
+        };
+        let mut value = vec![0u8; 65536];
+        if let Ok(len) = sys::getxattr(at, &cx, &mut value) {
+            value.truncate(len);
+            out.push((format!("SCHILY.xattr.{key}"), value));
+        }
+    }
+    out
+}
+
+/// Writes the upper directory `upper` as an OCI layer tarball to `out`.
+pub fn export<W: Write>(upper: &Path, out: W) -> Result<W> {
+    let mut ar = tar::Builder::new(out);
+    ar.mode(tar::HeaderMode::Complete);
+    let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
+    export_dir(&mut ar, upper, Path::new(""), &mut links)?;
+    ar.into_inner()
+        .map_err(|e| ioerr("finishing the tarball", e))
+}
+
+fn export_dir<W: Write>(
+    ar: &mut tar::Builder<W>,
+    dir: &Path,
+    rel: &Path,
+    links: &mut HashMap<(u64, u64), PathBuf>,
+) -> Result<()> {
+    let dirfd = sys::open_path(dir, libc::O_PATH | libc::O_DIRECTORY)
+        .map_err(|e| ioerr(format!("opening {}", dir.display()), e.desc()))?;
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| ioerr(format!("reading {}", dir.display()), e))?
+        .filter_map(|e| e.ok())
+        .collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let name = e.file_name();
+        if internal(name.as_bytes()) {
+            continue;
+        }
+        let path = e.path();
+        let relp = rel.join(&name);
+        let meta = std::fs::symlink_metadata(&path)
+            .map_err(|err| ioerr(format!("{}", path.display()), err))?;
+        let ft = meta.file_type();
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(meta.mode() & 0o7777);
+        h.set_uid(meta.uid() as u64);
+        h.set_gid(meta.gid() as u64);
+        h.set_mtime(meta.mtime().max(0) as u64);
+        h.set_size(0);
+        let cname = CString::new(name.as_bytes()).map_err(|_| Error::new("NUL in a name"))?;
+        let x = xattrs(dirfd.as_fd(), &cname);
+        let is_whiteout = name.as_bytes().starts_with(whiteout::WH_PREFIX);
+        if !x.is_empty() && !is_whiteout {
+            ar.append_pax_extensions(x.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+                .map_err(|err| ioerr("writing xattrs", err))?;
+        }
+        let fail = |err: std::io::Error| ioerr(format!("adding {}", relp.display()), err);
+        if ft.is_dir() {
+            h.set_entry_type(tar::EntryType::Directory);
+            ar.append_data(&mut h, format!("{}/", relp.display()), std::io::empty())
+                .map_err(fail)?;
+            export_dir(ar, &path, &relp, links)?;
+        } else if ft.is_symlink() {
+            h.set_entry_type(tar::EntryType::Symlink);
+            let target = std::fs::read_link(&path).map_err(fail)?;
+            ar.append_link(&mut h, &relp, target).map_err(fail)?;
+        } else if ft.is_file() {
+            if is_whiteout {
+                // Whiteouts are markers, never hard links of each other in the tarball.
+                h.set_entry_type(tar::EntryType::Regular);
+                ar.append_data(&mut h, &relp, std::io::empty())
+                    .map_err(fail)?;
+                continue;
+            }
+            if meta.nlink() > 1 {
+                let key = (meta.dev(), meta.ino());
+                if let Some(first) = links.get(&key) {
+                    h.set_entry_type(tar::EntryType::Link);
+                    ar.append_link(&mut h, &relp, first).map_err(fail)?;
+                    continue;
+                }
+                links.insert(key, relp.clone());
+            }
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_size(meta.len());
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path)
+                .map_err(fail)?;
+            ar.append_data(&mut h, &relp, f).map_err(fail)?;
+        } else if ft.is_char_device() || ft.is_block_device() || ft.is_fifo() {
+            h.set_entry_type(if ft.is_char_device() {
+                tar::EntryType::Char
+            } else if ft.is_block_device() {
+                tar::EntryType::Block
+            } else {
+                tar::EntryType::Fifo
+            });
+            let rdev = meta.rdev();
+            h.set_device_major(libc::major(rdev)).map_err(fail)?;
+            h.set_device_minor(libc::minor(rdev)).map_err(fail)?;
+            ar.append_data(&mut h, &relp, std::io::empty())
+                .map_err(fail)?;
+        }
+        // Sockets cannot be stored in a tarball; like other tools we leave them out.
+    }
+    Ok(())
+}
+
+use std::os::unix::fs::OpenOptionsExt;
+
+/// What `import` did.
+#[derive(Debug, Default)]
+pub struct ImportStats {
+    /// Entries created.
+    pub entries: u64,
+}
+
+/// A layer path made safe: relative, no `..`, no empty or `.` components.
+fn clean_path(raw: &[u8]) -> std::result::Result<Vec<Vec<u8>>, String> {
+    if raw.starts_with(b"/") {
+        return Err("absolute path".into());
+    }
+    let mut comps = Vec::new();
+    for c in raw.split(|b| *b == b'/') {
+        match c {
+            b"" | b"." => continue,
+            b".." => return Err("'..' component".into()),
+            c => comps.push(c.to_vec()),
+        }
+    }
+    if comps.is_empty() {
+        return Err("empty path".into());
+    }
+    Ok(comps)
+}
+
+/// Opens (creating as needed) the directory `comps` below `root`, never through a symlink.
+fn parent_dir(root: BorrowedFd<'_>, comps: &[Vec<u8>]) -> std::result::Result<OwnedFd, Errno> {
+    let mut cur = sys::openat(root, c".", libc::O_PATH | libc::O_DIRECTORY, 0)?;
+    for c in comps {
+        let cn = CString::new(c.as_slice()).map_err(|_| Errno::EINVAL)?;
+        let next = match open_subdir(cur.as_fd(), &cn) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => {
+                sys::mkdirat(cur.as_fd(), &cn, 0o755)?;
+                open_subdir(cur.as_fd(), &cn)?
+            }
+            Err(e) => return Err(e),
+        };
+        cur = next;
+    }
+    Ok(cur)
+}
+
+/// Unpacks an OCI/Docker layer tarball (plain, gzip or zstd) into `dir` so that it can serve as a
+/// lower layer. Entries that would land outside `dir` (absolute names, `..`, paths or hard
+/// links through symlinks) stop the import with an error naming the entry.
+pub fn import<R: Read>(input: R, dir: &Path) -> Result<ImportStats> {
+    let mut input = std::io::BufReader::new(input);
+    let (gz, zst) = {
+        use std::io::BufRead;
+        let head = input
+            .fill_buf()
+            .map_err(|e| ioerr("reading the tarball", e))?;
+        (
+            head.starts_with(&[0x1f, 0x8b]),
+            head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]),
+        )
+    };
+    if gz {
+        import_tar(tar::Archive::new(flate2::read::GzDecoder::new(input)), dir)
+    } else if zst {
+        let z = zstd::stream::read::Decoder::with_buffer(input)
+            .map_err(|e| ioerr("starting zstd decompression", e))?;
+        import_tar(tar::Archive::new(z), dir)
+    } else {
+        import_tar(tar::Archive::new(input), dir)
+    }
+}
+
+fn import_tar<R: Read>(mut ar: tar::Archive<R>, dir: &Path) -> Result<ImportStats> {
+    std::fs::create_dir_all(dir).map_err(|e| ioerr(format!("creating {}", dir.display()), e))?;
+    let root = sys::open_path(dir, libc::O_PATH | libc::O_DIRECTORY)
+        .map_err(|e| ioerr(format!("opening {}", dir.display()), e.desc()))?;
+    let mut stats = ImportStats::default();
+    let mut dir_times: Vec<(Vec<Vec<u8>>, u64)> = Vec::new();
+    let entries = ar.entries().map_err(|e| ioerr("reading the tarball", e))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| ioerr("reading a tarball entry", e))?;
+        let raw = entry.path_bytes().into_owned();
+        let shown = String::from_utf8_lossy(&raw).into_owned();
+        let refuse = |why: &str| {
+            Error::new(format!(
+                "hostile or broken layer: entry '{shown}' refused ({why}); nothing was written \
+                 outside {}; use a trusted tarball",
+                dir.display()
+            ))
+        };
+        if entry.header().entry_type().is_dir()
+            && clean_path(&raw).is_err_and(|w| w == "empty path")
+        {
+            continue; // "./": the layer root itself, which is `dir`
+        }
+        let comps = clean_path(&raw).map_err(|w| refuse(&w))?;
+        let (name, parents) = comps.split_last().ok_or_else(|| refuse("empty path"))?;
+        let parent = parent_dir(root.as_fd(), parents).map_err(|e| match e {
+            Errno::ELOOP | Errno::ENOTDIR => refuse("a parent directory is a symlink or a file"),
+            e => refuse(e.desc()),
+        })?;
+        let cname = CString::new(name.as_slice()).map_err(|_| refuse("NUL in name"))?;
+        let h = entry.header().clone();
+        let mode = h.mode().unwrap_or(0o644) & 0o7777;
+        let kind = h.entry_type();
+        // A later entry replaces an earlier one of the same name (but keeps directories).
+        if !kind.is_dir() {
+            match sys::unlinkat(parent.as_fd(), &cname, false) {
+                Ok(()) | Err(Errno::ENOENT) => {}
+                Err(Errno::EISDIR) => {
+                    let _ = crate::layer::stack::remove_tree(parent.as_fd(), &cname);
+                }
+                Err(e) => return Err(refuse(e.desc())),
+            }
+        }
+        let made = match kind {
+            tar::EntryType::Directory => match sys::mkdirat(parent.as_fd(), &cname, 0o700) {
+                Ok(()) | Err(Errno::EEXIST) => {
+                    open_subdir(parent.as_fd(), &cname).map_err(|_| refuse("not a directory"))?;
+                    dir_times.push((comps.clone(), h.mtime().unwrap_or(0)));
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            },
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let fd = sys::openat(
+                    parent.as_fd(),
+                    &cname,
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+                    0o600,
+                )
+                .map_err(|e| refuse(e.desc()))?;
+                let mut f = std::fs::File::from(fd);
+                std::io::copy(&mut entry, &mut f).map_err(|e| ioerr(&shown, e))?;
+                Ok(())
+            }
+            tar::EntryType::Symlink => {
+                let target = h
+                    .link_name_bytes()
+                    .ok_or_else(|| refuse("symlink without target"))?;
+                let t = CString::new(target.as_ref()).map_err(|_| refuse("NUL in target"))?;
+                sys::symlinkat(&t, parent.as_fd(), &cname)
+            }
+            tar::EntryType::Link => {
+                let target = h
+                    .link_name_bytes()
+                    .ok_or_else(|| refuse("hard link without target"))?;
+                let tcomps =
+                    clean_path(&target).map_err(|w| refuse(&format!("link target: {w}")))?;
+                let (tname, tparents) =
+                    tcomps.split_last().ok_or_else(|| refuse("empty target"))?;
+                let rel: Vec<u8> = tparents.join(&b'/');
+                let tdir = open_below(root.as_fd(), &rel, libc::O_PATH | libc::O_DIRECTORY)
+                    .map_err(|_| refuse("link target's directory is outside or a symlink"))?;
+                let tn = CString::new(tname.as_slice()).map_err(|_| refuse("NUL in target"))?;
+                sys::linkat(tdir.as_fd(), &tn, parent.as_fd(), &cname)
+            }
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+                let ty = match kind {
+                    tar::EntryType::Char => libc::S_IFCHR,
+                    tar::EntryType::Block => libc::S_IFBLK,
+                    _ => libc::S_IFIFO,
+                };
+                let dev = libc::makedev(
+                    h.device_major().ok().flatten().unwrap_or(0),
+                    h.device_minor().ok().flatten().unwrap_or(0),
+                );
+                sys::mknodat(parent.as_fd(), &cname, ty | mode, dev)
+            }
+            // PAX and GNU extension headers are consumed by the tar reader.
+            _ => continue,
+        };
+        made.map_err(|e| refuse(e.desc()))?;
+        stats.entries += 1;
+        if kind == tar::EntryType::Link {
+            continue; // the first name carries the metadata
+        }
+        let at = sys::At::new(parent.as_fd(), &cname);
+        if let Ok(Some(exts)) = entry.pax_extensions() {
+            for ext in exts.flatten() {
+                if let (Ok(key), value) = (ext.key(), ext.value_bytes()) {
+                    if let Some(x) = key.strip_prefix("SCHILY.xattr.") {
+                        if whiteout::is_internal_xattr(x.as_bytes()) {
+                            continue;
+                        }
+                        if let Ok(cx) = CString::new(x) {
+                            let _ = sys::setxattr(at, &cx, value, 0);
+                        }
+                    }
+                }
+            }
+        }
+        let (uid, gid) = (h.uid().unwrap_or(0) as u32, h.gid().unwrap_or(0) as u32);
+        if let Ok(fd) = sys::openat(parent.as_fd(), &cname, libc::O_PATH | libc::O_NOFOLLOW, 0) {
+            let _ = sys::fchown_fd(fd.as_fd(), Some(uid), Some(gid));
+            if kind != tar::EntryType::Symlink {
+                let _ = sys::fchmod_fd(fd.as_fd(), mode);
+            }
+        }
+        let mtime = h.mtime().unwrap_or(0) as i64;
+        let t = libc::timespec {
+            tv_sec: mtime as libc::time_t,
+            tv_nsec: 0,
+        };
+        let _ = sys::utimensat(parent.as_fd(), &cname, &[t, t]);
+    }
+    // Directory times last: creating their entries moved them.
+    for (comps, mtime) in dir_times.into_iter().rev() {
+        let (name, parents) = match comps.split_last() {
+            Some(v) => v,
+            None => continue,
+        };
+        if let (Ok(p), Ok(cn)) = (
+            parent_dir(root.as_fd(), parents),
+            CString::new(name.as_slice()),
+        ) {
+            let t = libc::timespec {
+                tv_sec: mtime as libc::time_t,
+                tv_nsec: 0,
+            };
+            let _ = sys::utimensat(p.as_fd(), &cn, &[t, t]);
+        }
+    }
+    Ok(stats)
+}
+
+/// One change recorded in an upper directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A path the lowers do not have.
+    Added(PathBuf),
+    /// A path that replaces or changes one in the lowers.
+    Modified(PathBuf),
+    /// A path deleted by a whiteout.
+    Deleted(PathBuf),
+    /// A directory whose lower contents are hidden (opaque).
+    Replaced(PathBuf),
+}
+
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Change::Added(p) => write!(f, "A {}", p.display()),
+            Change::Modified(p) => write!(f, "M {}", p.display()),
+            Change::Deleted(p) => write!(f, "D {}", p.display()),
+            Change::Replaced(p) => write!(f, "R {}/ (lower contents hidden)", p.display()),
+        }
+    }
+}
+
+/// Lists the changes an upper directory makes over `lowers` (topmost first). Without lowers,
+/// every entry counts as added.
+pub fn diff(upper: &Path, lowers: &[PathBuf]) -> Result<Vec<Change>> {
+    let mut out = Vec::new();
+    diff_dir(upper, Path::new(""), lowers, &mut out)?;
+    Ok(out)
+}
+
+fn in_lowers(lowers: &[PathBuf], rel: &Path) -> bool {
+    lowers
+        .iter()
+        .any(|l| std::fs::symlink_metadata(l.join(rel)).is_ok())
+}
+
+fn diff_dir(dir: &Path, rel: &Path, lowers: &[PathBuf], out: &mut Vec<Change>) -> Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| ioerr(format!("reading {}", dir.display()), e))?
+        .filter_map(|e| e.ok())
+        .collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let name = e.file_name();
+        let nb = name.as_bytes();
+        if internal(nb) {
+            continue;
+        }
+        if nb == whiteout::OPAQUE_MARKER.to_bytes() {
+            if in_lowers(lowers, rel) {
+                out.push(Change::Replaced(rel.to_path_buf()));
+            }
+            continue;
+        }
+        if let Some(target) = whiteout::whited_out(nb) {
+            out.push(Change::Deleted(rel.join(OsStr::from_bytes(target))));
+            continue;
+        }
+        let relp = rel.join(&name);
+        let existed = in_lowers(lowers, &relp);
+        let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
+        if !existed {
+            out.push(Change::Added(relp.clone()));
+        } else if !is_dir {
+            out.push(Change::Modified(relp.clone()));
+        }
+        if is_dir {
+            diff_dir(&e.path(), &relp, lowers, out)?;
+        }
+    }
+    Ok(())
+}
