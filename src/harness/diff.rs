@@ -1,0 +1,434 @@
+//! Differential runs: the same scenario on two implementations in lock step.
+//!
+//! After each step the results (errno, data read) are compared, and every `check_every` steps
+//! the merged views; at the end the uppers are compared semantically (the view each produces
+//! over the lowers), because where exactly a whiteout or a copied-up directory lands may
+//! legitimately differ. Known deliberate differences are bridged, not reported:
+//! - directory `st_nlink` (kernel overlayfs reports 1 for merged directories);
+//! - renaming a directory that exists in a lower layer: the kernel (without redirect_dir) says
+//!   EXDEV, so on that side we do what `mv` does then: copy the tree and remove the source.
+
+use std::collections::HashMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::time::Instant;
+
+use crate::harness::build::{set_mtime, set_xattr};
+use crate::harness::impls::unavailable;
+use crate::harness::report::{Divergence, ScenarioResult, Status};
+use crate::harness::runner::{describe, Instance};
+use crate::harness::scenario::{Scenario, Step};
+use crate::harness::view::{self, Fields};
+
+/// What a differential run found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DiffOutcome {
+    /// Both agree everywhere.
+    Same,
+    /// They disagree; the first divergence.
+    Diverged(Divergence),
+    /// They agree up to a point where a documented difference makes further comparison
+    /// meaningless (the message says where and why).
+    Stopped(String),
+    /// The run could not be carried out.
+    Error(String),
+}
+
+/// Runs `s` on `a` and `b` in lock step and returns the first divergence.
+pub fn run_pair(s: &Scenario, a: &str, b: &str, check_every: usize) -> DiffOutcome {
+    run_pair_ignoring(s, a, b, check_every, &[])
+}
+
+/// Like [`run_pair`], but view differences in the `ignore`d fields (e.g. "nlink", to look past
+/// a known bug) are not divergences.
+pub fn run_pair_ignoring(
+    s: &Scenario,
+    a: &str,
+    b: &str,
+    check_every: usize,
+    ignore: &[String],
+) -> DiffOutcome {
+    for imp in [a, b] {
+        if let Some(why) = unavailable(imp) {
+            return DiffOutcome::Error(format!("cannot run {imp} here: {why}"));
+        }
+    }
+    match pair(s, a, b, check_every.max(1), ignore) {
+        Ok(None) => DiffOutcome::Same,
+        Ok(Some(d)) if d.field == STOPPED => DiffOutcome::Stopped(d.a),
+        Ok(Some(d)) => DiffOutcome::Diverged(d),
+        Err(e) => DiffOutcome::Error(e),
+    }
+}
+
+/// Marks an internal "stop here" result of [`pair`].
+const STOPPED: &str = "\0stopped";
+
+fn div(step: usize, st: Option<&Step>, x: view::Difference) -> Divergence {
+    Divergence {
+        step,
+        op: st.map(describe).unwrap_or_else(|| "end of run".into()),
+        path: x.path,
+        field: x.field,
+        a: x.a,
+        b: x.b,
+    }
+}
+
+/// The view of one side. Kernel overlayfs lists a whiteout that hides nothing when its
+/// directory is not merged (lookup then says ENOENT): a documented kernel quirk, not compared.
+fn view_of(i: &Instance) -> Result<view::Tree, String> {
+    let mut v = i.view()?;
+    if i.name() == "kernel" {
+        v.ghosts.clear();
+    }
+    Ok(v)
+}
+
+fn pair(
+    s: &Scenario,
+    a: &str,
+    b: &str,
+    every: usize,
+    ignore: &[String],
+) -> Result<Option<Divergence>, String> {
+    let first = |d: Vec<view::Difference>| d.into_iter().find(|x| !ignore.contains(&x.field));
+    let mut ia = Instance::start(s, a)?;
+    let mut ib = Instance::start(s, b)?;
+    let (va, vb) = (view_of(&ia)?, view_of(&ib)?);
+    if let Some(x) = first(view::diff(&va, &vb, Fields::VIEWS)) {
+        let mut d = div(0, None, x);
+        d.op = "initial view (after mount)".into();
+        return Ok(Some(d));
+    }
+    let n = s.step.len();
+    let mut fields = Fields::VIEWS;
+    for (i, st) in s.step.iter().enumerate() {
+        if crate::harness::runner::interrupted() {
+            return Err(format!("interrupted before step {}", i + 1));
+        }
+        let mut oa = ia.step(st);
+        let mut ob = ib.step(st);
+        if oa.result != ob.result {
+            let bridged = bridge_exdev(st, &oa.result, &ob.result, &mut ia, &mut ib);
+            if let Some(Err(why)) = bridged {
+                return Ok(Some(Divergence {
+                    step: i + 1,
+                    op: describe(st),
+                    path: String::new(),
+                    field: STOPPED.into(),
+                    a: format!("agreed up to step {}; stopped there: {why}", i + 1),
+                    b: String::new(),
+                }));
+            }
+            if let Some(Ok((x, y))) = bridged {
+                oa.result = x;
+                ob.result = y;
+                // The copy made new inodes: link counts and inode sharing of the moved files
+                // can no longer agree, everything else must.
+                fields.nlink = false;
+                fields.ino_classes = false;
+            }
+        }
+        let path = st.path.clone().unwrap_or_else(|| ".".into());
+        if oa.result != ob.result {
+            let with = |r: String, p: &[String]| {
+                if p.is_empty() {
+                    r
+                } else {
+                    format!("{r} ({})", p.join("; "))
+                }
+            };
+            return Ok(Some(Divergence {
+                step: i + 1,
+                op: describe(st),
+                path,
+                field: "result".into(),
+                a: with(oa.result, &oa.problems),
+                b: with(ob.result, &ob.problems),
+            }));
+        }
+        if oa.data != ob.data {
+            return Ok(Some(Divergence {
+                step: i + 1,
+                op: describe(st),
+                path,
+                field: "data".into(),
+                a: format!("{:?}", oa.data.unwrap_or_default()),
+                b: format!("{:?}", ob.data.unwrap_or_default()),
+            }));
+        }
+        if (i + 1) % every == 0 || i + 1 == n {
+            let (va, vb) = (view_of(&ia)?, view_of(&ib)?);
+            if let Some(x) = first(view::diff(&va, &vb, fields)) {
+                let mut d = div(i + 1, Some(st), x);
+                if every > 1 {
+                    d.op = format!("{} (views compared every {every} steps)", d.op);
+                }
+                return Ok(Some(d));
+            }
+        }
+    }
+    let va = ia.view()?;
+    let (fa, fb) = (ia.finish()?, ib.finish()?);
+    // The upper under test must reproduce its live view (which equals the reference's) when
+    // used as a plain layer. The reference's own upper is not judged: kernel overlayfs keeps
+    // hard links joined through its index, which no plain layer expresses. A scenario may
+    // exempt an implementation (`upper_not_a_layer_on`), as the runner does.
+    let judged = !s.upper_not_a_layer_on.contains_key(a);
+    if let Some(x) = view::diff(&va, &fa.model, Fields::SEMANTIC)
+        .into_iter()
+        .find(|_| judged)
+    {
+        return Ok(Some(Divergence {
+            step: n + 1,
+            op: format!("upper of {a} used as a layer over the lowers, against its live view (which {b} agreed with)"),
+            path: x.path,
+            field: x.field,
+            a: format!("live view: {}", x.a),
+            b: format!("upper+lowers: {}", x.b),
+        }));
+    }
+    for (name, fin) in [(a, &fa), (b, &fb)] {
+        if let Some(m) = fin.lower_changes.first() {
+            return Ok(Some(Divergence {
+                step: n + 1,
+                op: format!("lowers unchanged ({name})"),
+                path: String::new(),
+                field: "lower".into(),
+                a: m.clone(),
+                b: String::new(),
+            }));
+        }
+    }
+    Ok(None)
+}
+
+/// Bridges the documented rename difference: where one side renamed a directory and the other
+/// said EXDEV, the EXDEV side does what `mv` does. Returns the results to compare instead.
+fn bridge_exdev(
+    st: &Step,
+    ra: &str,
+    rb: &str,
+    ia: &mut Instance,
+    ib: &mut Instance,
+) -> Option<Result<(String, String), String>> {
+    if st.op != "rename" {
+        return None;
+    }
+    let exchange = st.flags.iter().any(|f| f == "exchange");
+    let (from, to) = (st.path.as_deref()?, st.to.as_deref()?);
+    let target = match (ra, rb) {
+        (_, "EXDEV") => ib,
+        ("EXDEV", _) => ia,
+        _ => return None,
+    };
+    // Where the other side failed too, the fallback must fail the same way (mv onto a
+    // non-empty directory: ENOTEMPTY); exchange has no such fallback.
+    let other_ok = ra == "ok" || rb == "ok";
+    if !other_ok && exchange {
+        return None;
+    }
+    let mnt = target.state.mnt.clone();
+    let (src, dst) = (mnt.join(from), mnt.join(to));
+    // Copies get new inodes: hard links reaching outside the moved tree would silently
+    // split on that side only, and every later write would "diverge".
+    if !target.state.fds.is_empty() {
+        return Some(Err(format!(
+            "{} said EXDEV for renaming {from:?} while files are open; an open file does not \
+             follow the mv fallback's copy",
+            target.name()
+        )));
+    }
+    if has_hard_links(&src) || (exchange && has_hard_links(&dst)) {
+        return Some(Err(format!(
+            "{} said EXDEV for renaming {from:?} and the tree holds hard links, which the mv \
+             fallback cannot keep",
+            target.name()
+        )));
+    }
+    let r = if exchange {
+        // What a program does without RENAME_EXCHANGE: three moves through a temporary name.
+        let tmp = src.with_file_name(".harness-exchange-tmp");
+        move_path(&src, &tmp)
+            .and_then(|()| move_path(&dst, &src))
+            .and_then(|()| move_path(&tmp, &dst))
+    } else {
+        mv_fallback(&src, &dst)
+    };
+    let bridged = match r {
+        Ok(()) => "ok".to_string(),
+        Err(e) if !other_ok => e.errno.clone(),
+        Err(e) => format!("EXDEV (the mv fallback failed: {})", e.msg),
+    };
+    Some(Ok(if ra == "EXDEV" {
+        (bridged, rb.to_string())
+    } else {
+        (ra.to_string(), bridged)
+    }))
+}
+
+/// Why the `mv` fallback failed: the errno name and a message.
+#[derive(Debug)]
+struct MvError {
+    errno: String,
+    msg: String,
+}
+
+impl From<String> for MvError {
+    fn from(msg: String) -> Self {
+        MvError {
+            errno: "EIO".into(),
+            msg,
+        }
+    }
+}
+
+fn mv_err(p: &Path, e: std::io::Error) -> MvError {
+    MvError {
+        errno: e
+            .raw_os_error()
+            .map(|c| format!("{:?}", crate::sys::Errno::from_raw(c)))
+            .unwrap_or_else(|| "EIO".into()),
+        msg: format!("{}: {e}", p.display()),
+    }
+}
+
+fn has_hard_links(p: &Path) -> bool {
+    let Ok(md) = std::fs::symlink_metadata(p) else {
+        return false;
+    };
+    if !md.is_dir() {
+        return md.nlink() > 1;
+    }
+    std::fs::read_dir(p)
+        .map(|rd| rd.flatten().any(|e| has_hard_links(&e.path())))
+        .unwrap_or(false)
+}
+
+/// rename(2), and the `mv` fallback when it says EXDEV.
+fn move_path(src: &Path, dst: &Path) -> Result<(), MvError> {
+    match std::fs::rename(src, dst) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => mv_fallback(src, dst),
+        Err(e) => Err(mv_err(src, e)),
+    }
+}
+
+/// What `mv` does after EXDEV: copy the tree (modes, owners, times, xattrs, hard links inside
+/// it), then remove the source.
+fn mv_fallback(src: &Path, dst: &Path) -> Result<(), MvError> {
+    if let Ok(md) = std::fs::symlink_metadata(dst) {
+        if md.is_dir() {
+            std::fs::remove_dir(dst).map_err(|e| mv_err(dst, e))?;
+        } else {
+            std::fs::remove_file(dst).map_err(|e| mv_err(dst, e))?;
+        }
+    }
+    let mut links = HashMap::new();
+    copy_tree(src, dst, &mut links)?;
+    let md = std::fs::symlink_metadata(src).map_err(|e| mv_err(src, e))?;
+    if md.is_dir() {
+        std::fs::remove_dir_all(src).map_err(|e| mv_err(src, e))
+    } else {
+        std::fs::remove_file(src).map_err(|e| mv_err(src, e))
+    }
+}
+
+fn copy_tree(
+    src: &Path,
+    dst: &Path,
+    links: &mut HashMap<u64, std::path::PathBuf>,
+) -> Result<(), String> {
+    let e = |x: std::io::Error| format!("{}: {x}", src.display());
+    let md = std::fs::symlink_metadata(src).map_err(e)?;
+    let ft = md.file_type();
+    if ft.is_dir() {
+        std::fs::create_dir(dst).map_err(e)?;
+        for ent in std::fs::read_dir(src).map_err(e)? {
+            let ent = ent.map_err(e)?;
+            copy_tree(&ent.path(), &dst.join(ent.file_name()), links)?;
+        }
+    } else if ft.is_symlink() {
+        let t = std::fs::read_link(src).map_err(e)?;
+        std::os::unix::fs::symlink(t, dst).map_err(e)?;
+    } else if md.nlink() > 1 && links.contains_key(&md.ino()) {
+        std::fs::hard_link(&links[&md.ino()], dst).map_err(e)?;
+        return Ok(());
+    } else if ft.is_file() {
+        std::fs::copy(src, dst).map_err(e)?;
+        links.insert(md.ino(), dst.to_path_buf());
+    } else {
+        return Err(format!(
+            "{}: special files are not copied by the fallback",
+            src.display()
+        ));
+    }
+    for (k, v) in view::xattrs(src)? {
+        set_xattr(dst, &k, v.as_bytes())?;
+    }
+    std::os::unix::fs::lchown(dst, Some(md.uid()), Some(md.gid())).map_err(e)?;
+    if !ft.is_symlink() {
+        std::fs::set_permissions(dst, std::fs::Permissions::from_mode(md.mode() & 0o7777))
+            .map_err(e)?;
+    }
+    set_mtime(dst, md.mtime(), md.mtime_nsec())
+}
+
+/// Runs `s` differentially and renders the outcome as a scenario result.
+pub fn run(s: &Scenario, a: &str, b: &str, check_every: usize) -> ScenarioResult {
+    run_ignoring(s, a, b, check_every, &[])
+}
+
+/// Like [`run`], ignoring view differences in the given fields.
+pub fn run_ignoring(
+    s: &Scenario,
+    a: &str,
+    b: &str,
+    check_every: usize,
+    ignore: &[String],
+) -> ScenarioResult {
+    let t0 = Instant::now();
+    let mut r = ScenarioResult::new(&s.name, &format!("{a} vs {b}"));
+    let applies = |imp: &str| s.only.is_empty() || s.only.iter().any(|o| o == imp);
+    if !(applies(a) && applies(b)) {
+        r.status = Status::Skip;
+        r.messages.push(format!(
+            "applies to {} only: {}",
+            s.only.join(", "),
+            s.only_reason
+        ));
+        return r;
+    }
+    match run_pair_ignoring(s, a, b, check_every, ignore) {
+        DiffOutcome::Same => r.status = Status::Pass,
+        DiffOutcome::Stopped(why) => {
+            r.status = Status::Pass;
+            r.messages.push(why);
+        }
+        DiffOutcome::Diverged(d) => {
+            r.status = Status::Fail;
+            r.divergence = Some(d);
+        }
+        DiffOutcome::Error(e) => {
+            r.status = Status::Error;
+            r.messages.push(e);
+        }
+    }
+    // A known unionfs bug is expected to show as a divergence (and must, until fixed).
+    if !s.known_bug.is_empty() && a == "unionfs" {
+        match r.status {
+            Status::Fail => r.status = Status::Xfail,
+            Status::Pass => {
+                r.status = Status::Fail;
+                r.messages.push(format!(
+                    "the known bug ({}) no longer shows: remove the known_bug line",
+                    s.known_bug
+                ));
+            }
+            _ => {}
+        }
+    }
+    r.millis = t0.elapsed().as_millis() as u64;
+    r
+}

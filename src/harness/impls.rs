@@ -1,0 +1,521 @@
+//! The union implementations under test behind one trait, and the temp workspace they mount.
+//!
+//! unionfs is mounted in-process through the library (fast: no daemon start), kernel overlayfs
+//! with mount(2), and fuse-overlayfs as a foreground child process that we stop ourselves.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::build::Format;
+use crate::sys;
+
+/// The implementations the harness knows.
+pub const IMPLS: &[&str] = &["unionfs", "unionfs-cli", "kernel", "fuse-overlayfs"];
+
+/// A union implementation that can mount a workspace.
+pub trait Union {
+    /// Its name as used on the command line and in `only`/`expect_on`.
+    fn name(&self) -> &'static str;
+    /// The on-disk format of whiteouts and opaque markers it reads and writes.
+    fn format(&self) -> Format;
+    /// Mounts `ws` on `ws.mnt`.
+    fn mount(&mut self, ws: &Workspace) -> Result<(), String>;
+    /// Unmounts; a no-op when not mounted.
+    fn unmount(&mut self, ws: &Workspace) -> Result<(), String>;
+}
+
+/// Creates the implementation called `name`, or says which names exist.
+pub fn by_name(name: &str) -> Result<Box<dyn Union>, String> {
+    match name {
+        "unionfs" => Ok(Box::new(UnionFs { guard: None })),
+        "unionfs-cli" => Ok(Box::new(UnionFsCli {
+            pid: None,
+            mnt: PathBuf::new(),
+        })),
+        "kernel" => Ok(Box::new(Kernel { mounted: false })),
+        "fuse-overlayfs" => Ok(Box::new(FuseOverlayfs {
+            child: None,
+            mnt: PathBuf::new(),
+        })),
+        _ => Err(format!(
+            "unknown implementation {name:?}; choose one of: {}",
+            IMPLS.join(", ")
+        )),
+    }
+}
+
+/// Why this machine cannot run `name` (None: it can).
+pub fn unavailable(name: &str) -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("mounting needs root".into());
+    }
+    match name {
+        "unionfs" | "unionfs-cli" | "fuse-overlayfs" if !Path::new("/dev/fuse").exists() => {
+            Some("/dev/fuse is missing (modprobe fuse)".into())
+        }
+        "unionfs-cli" if mount_binary().is_none() => Some(
+            "the unionfs-mount binary was not found: build it (cargo build --bins) or set \
+             UNIONFS_MOUNT_BIN"
+                .into(),
+        ),
+        "fuse-overlayfs" if which("fuse-overlayfs").is_none() => {
+            Some("fuse-overlayfs is not installed (apt-get install fuse-overlayfs)".into())
+        }
+        "kernel" => {
+            let fs = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+            if fs.lines().any(|l| l.trim_end().ends_with("overlay")) {
+                None
+            } else {
+                Some("kernel overlayfs is not available (modprobe overlay)".into())
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Where the `unionfs-mount` binary is: $UNIONFS_MOUNT_BIN, next to this program (or one
+/// level up, for test binaries in target/*/deps), or on PATH.
+pub fn mount_binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("UNIONFS_MOUNT_BIN") {
+        return Some(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    [dir.join("unionfs-mount"), dir.join("../unionfs-mount")]
+        .into_iter()
+        .find(|p| p.is_file())
+        .or_else(|| which("unionfs-mount"))
+}
+
+fn which(prog: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(prog))
+        .find(|p| p.is_file())
+}
+
+/// A temp directory with the layer dirs, a work dir and a mount point; removed on drop.
+#[derive(Debug)]
+pub struct Workspace {
+    /// The temp directory.
+    pub root: PathBuf,
+    /// Lower layer dirs, topmost first.
+    pub lowers: Vec<PathBuf>,
+    /// The upper dir (None: read-only union).
+    pub upper: Option<PathBuf>,
+    /// The kernel's and fuse-overlayfs' work dir (same filesystem as the upper).
+    pub work: PathBuf,
+    /// The mount point.
+    pub mnt: PathBuf,
+    rotations: usize,
+    tmpfs: bool,
+}
+
+static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl Workspace {
+    /// Creates the directories for `nlowers` lowers (and an upper unless `no_upper`), on a
+    /// fresh tmpfs if asked, with a colon in the lower dir names if asked.
+    pub fn new(
+        tag: &str,
+        nlowers: usize,
+        no_upper: bool,
+        tmpfs: bool,
+        colon: bool,
+    ) -> Result<Workspace, String> {
+        let base = std::env::var_os("UNIONFS_HARNESS_TMP")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let root = base.join(format!("unionfs-harness-{}-{n}-{tag}", std::process::id()));
+        let mk = |p: &Path| {
+            std::fs::create_dir_all(p).map_err(|e| {
+                format!(
+                    "cannot create {}: {e} (set UNIONFS_HARNESS_TMP to a writable dir)",
+                    p.display()
+                )
+            })
+        };
+        if root.exists() {
+            remove_tree(&root)?;
+        }
+        mk(&root)?;
+        if tmpfs {
+            let c = |s: &str| std::ffi::CString::new(s).map_err(|_| "NUL".to_string());
+            sys::mount(&c("harness")?, &root, &c("tmpfs")?, 0, &c("mode=0755")?)
+                .map_err(|e| format!("mounting a tmpfs on {}: {}", root.display(), e.desc()))?;
+        }
+        let mut lowers = Vec::new();
+        for i in 0..nlowers.max(1) {
+            // A colon in a layer path must survive the `L1:L2` syntax (`\:`).
+            let l = root.join(if colon {
+                format!("low:er{i}")
+            } else {
+                format!("lower{i}")
+            });
+            mk(&l)?;
+            lowers.push(l);
+        }
+        let upper = if no_upper {
+            None
+        } else {
+            let u = root.join("upper");
+            mk(&u)?;
+            Some(u)
+        };
+        let work = root.join("work");
+        let mnt = root.join("mnt");
+        mk(&work)?;
+        mk(&mnt)?;
+        Ok(Workspace {
+            root,
+            lowers,
+            upper,
+            work,
+            mnt,
+            rotations: 0,
+            tmpfs,
+        })
+    }
+
+    /// Layer rotation: the upper becomes the new top lower and a fresh empty upper replaces it.
+    /// Call only while unmounted.
+    pub fn rotate(&mut self) -> Result<(), String> {
+        let Some(u) = self.upper.clone() else {
+            return Err("rotate needs an upper layer".into());
+        };
+        self.rotations += 1;
+        let newl = self.root.join(format!("rotated{}", self.rotations));
+        std::fs::rename(&u, &newl).map_err(|e| format!("rotate: {e}"))?;
+        // Our internal work dir is not part of the layer.
+        let internal = newl.join(".wh..wh.unionfs");
+        if internal.exists() {
+            remove_tree(&internal)?;
+        }
+        std::fs::create_dir(&u).map_err(|e| format!("rotate: {e}"))?;
+        remove_tree(&self.work)?;
+        std::fs::create_dir(&self.work).map_err(|e| format!("rotate: {e}"))?;
+        self.lowers.insert(0, newl);
+        Ok(())
+    }
+}
+
+/// Removes a tree, refusing to descend into anything still mounted.
+fn remove_tree(p: &Path) -> Result<(), String> {
+    if mounted_under(p) {
+        return Err(format!(
+            "{} still has a mount below it; not removing it (umount it first)",
+            p.display()
+        ));
+    }
+    std::fs::remove_dir_all(p).map_err(|e| format!("cannot remove {}: {e}", p.display()))
+}
+
+fn mounted_under(p: &Path) -> bool {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let prefix = p.to_string_lossy().into_owned();
+    info.lines().any(|l| {
+        l.split(' ')
+            .nth(4)
+            .map(|m| m == prefix || m.starts_with(&format!("{prefix}/")))
+            .unwrap_or(false)
+    })
+}
+
+/// True when `p` is a mount point right now.
+pub fn is_mounted(p: &Path) -> bool {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let s = p.to_string_lossy();
+    info.lines().any(|l| l.split(' ').nth(4) == Some(&*s))
+}
+
+impl Drop for Workspace {
+    fn drop(&mut self) {
+        if std::env::var_os("UNIONFS_HARNESS_KEEP").is_some() {
+            eprintln!("keeping {}", self.root.display());
+            return;
+        }
+        // A mount left by a failed run is detached first so nothing is deleted through it.
+        while is_mounted(&self.mnt) {
+            if sys::umount_lazy(&self.mnt).is_err() {
+                break;
+            }
+        }
+        if self.tmpfs {
+            let _ = sys::umount_lazy(&self.root);
+        }
+        let _ = remove_tree(&self.root);
+    }
+}
+
+/// unionfs through the library, served by threads of this process.
+struct UnionFs {
+    guard: Option<crate::MountGuard>,
+}
+
+impl Union for UnionFs {
+    fn name(&self) -> &'static str {
+        "unionfs"
+    }
+    fn format(&self) -> Format {
+        Format::Oci
+    }
+    fn mount(&mut self, ws: &Workspace) -> Result<(), String> {
+        let cfg = crate::MountConfig::new(ws.lowers.clone(), ws.upper.clone());
+        let g = cfg
+            .mount(&ws.mnt)
+            .map_err(|e| format!("mounting unionfs: {e}"))?;
+        self.guard = Some(g);
+        Ok(())
+    }
+    fn unmount(&mut self, _ws: &Workspace) -> Result<(), String> {
+        match self.guard.take() {
+            Some(g) => g.unmount().map_err(|e| format!("unmounting unionfs: {e}")),
+            None => Ok(()),
+        }
+    }
+}
+
+/// unionfs through its command line: the daemon, the `L1:L2 UPPER MNT` form and `\:` escapes.
+struct UnionFsCli {
+    pid: Option<i32>,
+    mnt: PathBuf,
+}
+
+impl Union for UnionFsCli {
+    fn name(&self) -> &'static str {
+        "unionfs-cli"
+    }
+    fn format(&self) -> Format {
+        Format::Oci
+    }
+    fn mount(&mut self, ws: &Workspace) -> Result<(), String> {
+        let bin = mount_binary().ok_or("the unionfs-mount binary was not found")?;
+        let lowers: Vec<String> = ws.lowers.iter().map(|p| escape_colon(p)).collect();
+        let pidfile = ws.root.join("daemon.pid");
+        let mut cmd = Command::new(&bin);
+        cmd.arg(lowers.join(":"));
+        if let Some(u) = &ws.upper {
+            cmd.arg(u);
+        }
+        let out = cmd
+            .arg(&ws.mnt)
+            .arg("--pid-file")
+            .arg(&pidfile)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("running {}: {e}", bin.display()))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{} failed ({}): {}",
+                bin.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        let pid = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        self.pid = pid;
+        self.mnt = ws.mnt.clone();
+        Ok(())
+    }
+    fn unmount(&mut self, ws: &Workspace) -> Result<(), String> {
+        if self.mnt.as_os_str().is_empty() {
+            return Ok(());
+        }
+        self.mnt = PathBuf::new();
+        // What a user does: umount MNT; the daemon then exits by itself.
+        if nix::mount::umount(&ws.mnt).is_err() {
+            sys::umount_lazy(&ws.mnt).map_err(|e| format!("umount: {}", e.desc()))?;
+        }
+        if let Some(pid) = self.pid.take() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Path::new(&format!("/proc/{pid}")).exists() {
+                if Instant::now() > deadline {
+                    return Err(format!(
+                        "the unionfs daemon (pid {pid}) did not exit after umount"
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for UnionFsCli {
+    fn drop(&mut self) {
+        if !self.mnt.as_os_str().is_empty() {
+            let _ = sys::umount_lazy(&self.mnt);
+        }
+    }
+}
+
+/// Kernel overlayfs, mounted with mount(2).
+struct Kernel {
+    mounted: bool,
+}
+
+fn escape_colon(p: &Path) -> String {
+    p.to_string_lossy().replace(':', "\\:")
+}
+
+impl Union for Kernel {
+    fn name(&self) -> &'static str {
+        "kernel"
+    }
+    fn format(&self) -> Format {
+        Format::Kernel
+    }
+    fn mount(&mut self, ws: &Workspace) -> Result<(), String> {
+        let mut lowers: Vec<String> = ws.lowers.iter().map(|p| escape_colon(p)).collect();
+        // The kernel wants two lowers when there is no upper; an empty one changes nothing.
+        if ws.upper.is_none() && lowers.len() == 1 {
+            let extra = ws.root.join("empty-lower");
+            std::fs::create_dir_all(&extra).map_err(|e| format!("mkdir: {e}"))?;
+            lowers.push(escape_colon(&extra));
+        }
+        // Fixed feature set: the defaults differ between kernel builds. No redirect_dir, so a
+        // lower directory cannot be renamed (EXDEV): the behaviour scenarios document. The
+        // index keeps lower hard links linked across copy-up (POSIX, and our contract); it
+        // needs an upper.
+        let mut data = format!(
+            "lowerdir={},redirect_dir=off,metacopy=off,xino=off",
+            lowers.join(":")
+        );
+        data.push_str(if ws.upper.is_some() {
+            ",index=on"
+        } else {
+            ",index=off"
+        });
+        let mut flags = 0;
+        match &ws.upper {
+            Some(u) => {
+                data.push_str(&format!(
+                    ",upperdir={},workdir={}",
+                    escape_colon(u),
+                    escape_colon(&ws.work)
+                ));
+            }
+            None => flags |= libc::MS_RDONLY,
+        }
+        let c = |s: &str| std::ffi::CString::new(s).map_err(|_| "NUL in a path".to_string());
+        let mut tries = 0;
+        let r = loop {
+            match sys::mount(&c("overlay")?, &ws.mnt, &c("overlay")?, flags, &c(&data)?) {
+                // The previous instance's claim on upper/work is released asynchronously.
+                Err(sys::Errno::EBUSY) if tries < 300 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                r => break r,
+            }
+        };
+        r.map_err(|e| {
+            format!(
+                "mounting kernel overlayfs ({data}): {} (dmesg tells why)",
+                e.desc()
+            )
+        })?;
+        self.mounted = true;
+        Ok(())
+    }
+    fn unmount(&mut self, ws: &Workspace) -> Result<(), String> {
+        if self.mounted {
+            self.mounted = false;
+            sys::umount_lazy(&ws.mnt).map_err(|e| format!("unmounting overlayfs: {}", e.desc()))?;
+        }
+        Ok(())
+    }
+}
+
+/// fuse-overlayfs in the foreground as our child.
+struct FuseOverlayfs {
+    child: Option<Child>,
+    mnt: PathBuf,
+}
+
+impl Drop for FuseOverlayfs {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = sys::umount_lazy(&self.mnt);
+            // Our own child: after the unmount it exits by itself; wait briefly, then make sure.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Union for FuseOverlayfs {
+    fn name(&self) -> &'static str {
+        "fuse-overlayfs"
+    }
+    fn format(&self) -> Format {
+        Format::Kernel
+    }
+    fn mount(&mut self, ws: &Workspace) -> Result<(), String> {
+        let lowers: Vec<String> = ws.lowers.iter().map(|p| escape_colon(p)).collect();
+        let mut opts = format!("lowerdir={}", lowers.join(":"));
+        if let Some(u) = &ws.upper {
+            opts.push_str(&format!(
+                ",upperdir={},workdir={}",
+                escape_colon(u),
+                escape_colon(&ws.work)
+            ));
+        }
+        let child = Command::new("fuse-overlayfs")
+            .arg("-f")
+            .arg("-o")
+            .arg(&opts)
+            .arg(&ws.mnt)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting fuse-overlayfs: {e}"))?;
+        self.child = Some(child);
+        self.mnt = ws.mnt.clone();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !is_mounted(&ws.mnt) {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    self.child = None;
+                    return Err(format!("fuse-overlayfs exited before mounting: {st}"));
+                }
+            }
+            if Instant::now() > deadline {
+                let _ = self.unmount(ws);
+                return Err("fuse-overlayfs did not mount within 10 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    }
+    fn unmount(&mut self, ws: &Workspace) -> Result<(), String> {
+        let Some(mut c) = self.child.take() else {
+            return Ok(());
+        };
+        let _ = sys::umount_lazy(&ws.mnt);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match c.try_wait() {
+                Ok(Some(_)) => return Ok(()),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                _ => {
+                    // Our own child, by pid: it did not stop after the unmount.
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    return Err("fuse-overlayfs did not exit after unmount; killed it".into());
+                }
+            }
+        }
+    }
+}

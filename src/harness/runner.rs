@@ -1,0 +1,357 @@
+//! Running a scenario on one implementation and checking every expectation.
+//!
+//! An [`Instance`] is one mounted union built from a scenario; it unmounts and removes its temp
+//! dir when dropped, so a failing or erroring run leaves nothing behind.
+
+use std::time::Instant;
+
+use crate::harness::build::build_layer;
+use crate::harness::impls::{by_name, unavailable, Union, Workspace};
+use crate::harness::ops::{Outcome, State};
+use crate::harness::report::{ScenarioResult, Status};
+use crate::harness::scenario::{Scenario, Step};
+use crate::harness::view::{self, capture, merge, Fields, ReadAs, Tree};
+
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Asks running scenarios to stop after their current step (and clean up); for the CLI's
+/// SIGINT/SIGTERM handling.
+pub fn interrupt() {
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// True once [`interrupt`] was called.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// One union mounted from a scenario's layers.
+pub struct Instance {
+    imp: Box<dyn Union>,
+    ws: Workspace,
+    /// The step state (mount point, kept fds, saved inode numbers).
+    pub state: State,
+    lowers_before: Vec<Tree>,
+    mounted: bool,
+}
+
+/// What an instance leaves after unmounting.
+#[derive(Debug)]
+pub struct Finished {
+    /// The upper in the neutral notation (None: no upper).
+    pub upper: Option<Tree>,
+    /// The view the upper and the lowers produce as a plain layer stack.
+    pub model: Tree,
+    /// Original lowers whose on-disk state changed: one message each.
+    pub lower_changes: Vec<String>,
+}
+
+impl Instance {
+    /// Builds the layers of `s` in `imp`'s format and mounts them.
+    pub fn start(s: &Scenario, imp: &str) -> Result<Instance, String> {
+        let mut u = by_name(imp)?;
+        let tag: String = s
+            .name
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .take(40)
+            .collect();
+        let ws = Workspace::new(
+            &format!("{imp}-{tag}"),
+            s.lower.len(),
+            s.no_upper,
+            s.tmpfs,
+            s.colon_in_layer_paths,
+        )?;
+        for (i, l) in s.lower.iter().enumerate() {
+            build_layer(&ws.lowers[i], l, u.format())?;
+        }
+        if let (Some(l), Some(up)) = (&s.upper, &ws.upper) {
+            build_layer(up, l, u.format())?;
+        }
+        let lowers_before = ws
+            .lowers
+            .iter()
+            .map(|l| capture(l, ReadAs::Raw))
+            .collect::<Result<Vec<_>, _>>()?;
+        u.mount(&ws)?;
+        let state = State {
+            mnt: ws.mnt.clone(),
+            lowers: ws.lowers.clone(),
+            upper: ws.upper.clone(),
+            fds: Default::default(),
+            inos: Default::default(),
+        };
+        Ok(Instance {
+            imp: u,
+            ws,
+            state,
+            lowers_before,
+            mounted: true,
+        })
+    }
+
+    /// The implementation's name.
+    pub fn name(&self) -> &'static str {
+        self.imp.name()
+    }
+
+    /// The workspace (layer dirs and mount point).
+    pub fn workspace(&self) -> &Workspace {
+        &self.ws
+    }
+
+    fn unmount(&mut self) -> Result<(), String> {
+        // Kept fds would keep a lazily detached mount (and its data) alive.
+        self.state.fds.clear();
+        if self.mounted {
+            self.mounted = false;
+            self.imp.unmount(&self.ws)?;
+        }
+        Ok(())
+    }
+
+    fn remount(&mut self, rotate: bool) -> Result<(), String> {
+        self.unmount()?;
+        if rotate {
+            self.ws.rotate()?;
+            self.state.lowers = self.ws.lowers.clone();
+        }
+        self.imp.mount(&self.ws)?;
+        self.mounted = true;
+        Ok(())
+    }
+
+    /// Executes one step, remount and rotate included.
+    pub fn step(&mut self, st: &Step) -> Outcome {
+        let r = match st.op.as_str() {
+            "remount" => self.remount(false),
+            "rotate" => self.remount(true),
+            _ => return self.state.exec(st),
+        };
+        Outcome {
+            result: match r {
+                Ok(()) => "ok".into(),
+                Err(e) => format!("error: {e}"),
+            },
+            ..Outcome::default()
+        }
+    }
+
+    /// The merged view as it is now.
+    pub fn view(&self) -> Result<Tree, String> {
+        capture(&self.ws.mnt, ReadAs::View)
+    }
+
+    /// Unmounts and reads the upper, the model view of the stack and changes to the lowers.
+    pub fn finish(&mut self) -> Result<Finished, String> {
+        self.unmount()?;
+        let upper = match &self.ws.upper {
+            Some(u) => Some(capture(u, ReadAs::Layer)?),
+            None => None,
+        };
+        let lowers = self
+            .ws
+            .lowers
+            .iter()
+            .map(|l| capture(l, ReadAs::Layer))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut stack: Vec<&Tree> = upper.iter().collect();
+        stack.extend(lowers.iter());
+        let model = merge(&stack);
+        let mut lower_changes = Vec::new();
+        // Rotation adds lowers in front; the original ones are the last `before.len()`.
+        let orig = &self.ws.lowers[self.ws.lowers.len() - self.lowers_before.len()..];
+        for (i, (dir, before)) in orig.iter().zip(&self.lowers_before).enumerate() {
+            let after = capture(dir, ReadAs::Raw)?;
+            lower_changes.extend(raw_changes(&format!("lower {i}"), before, &after));
+        }
+        Ok(Finished {
+            upper,
+            model,
+            lower_changes,
+        })
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.unmount();
+    }
+}
+
+/// Every change between two raw captures of one directory, ctime and inode numbers included.
+fn raw_changes(label: &str, a: &Tree, b: &Tree) -> Vec<String> {
+    let mut out = Vec::new();
+    let paths: std::collections::BTreeSet<&String> = a.nodes.keys().chain(b.nodes.keys()).collect();
+    for p in paths {
+        match (a.nodes.get(p), b.nodes.get(p)) {
+            (Some(x), Some(y)) if x == y => {}
+            (Some(x), Some(y)) => {
+                let (vx, vy) = (
+                    serde_json::to_value(x).unwrap_or_default(),
+                    serde_json::to_value(y).unwrap_or_default(),
+                );
+                let fields: Vec<String> = match (vx.as_object(), vy.as_object()) {
+                    (Some(ox), Some(oy)) => ox
+                        .iter()
+                        .filter(|(k, v)| oy.get(*k) != Some(v))
+                        .map(|(k, v)| {
+                            format!("{k} {v} -> {}", oy.get(k).cloned().unwrap_or_default())
+                        })
+                        .collect(),
+                    _ => vec!["changed".into()],
+                };
+                out.push(format!("{label} {p} was modified: {}", fields.join(", ")));
+            }
+            (Some(_), None) => out.push(format!("{label} {p} was removed")),
+            (None, Some(_)) => out.push(format!("{label} {p} was created")),
+            (None, None) => {}
+        }
+    }
+    out
+}
+
+/// One-line description of a step for reports.
+pub fn describe(st: &Step) -> String {
+    let mut s = st.op.clone();
+    if let Some(p) = &st.path {
+        s.push_str(&format!(" {p:?}"));
+    }
+    if let Some(t) = &st.to {
+        s.push_str(&format!(" -> {t:?}"));
+    }
+    if let Some(t) = &st.target {
+        s.push_str(&format!(" target={t:?}"));
+    }
+    if !st.flags.is_empty() {
+        s.push_str(&format!(" [{}]", st.flags.join(",")));
+    }
+    if let Some(m) = st.mode {
+        s.push_str(&format!(" mode={m:04o}"));
+    }
+    if let Some(d) = &st.data {
+        let short: String = d.chars().take(20).collect();
+        s.push_str(&format!(" data={short:?}"));
+    }
+    if let Some(n) = &st.name {
+        s.push_str(&format!(" name={n:?}"));
+    }
+    s
+}
+
+/// The result a step must have on `imp`.
+pub fn expected_result<'a>(st: &'a Step, imp: &str) -> &'a str {
+    st.expect_on
+        .get(imp)
+        .or(st.expect.as_ref())
+        .map(|s| s.as_str())
+        .unwrap_or("ok")
+}
+
+/// Runs scenario `s` on implementation `imp` and checks all its expectations.
+pub fn run(s: &Scenario, imp: &str) -> ScenarioResult {
+    let t0 = Instant::now();
+    let mut res = ScenarioResult::new(&s.name, imp);
+    if !s.only.is_empty() && !s.only.iter().any(|o| o == imp) {
+        res.status = Status::Skip;
+        res.messages.push(format!(
+            "applies to {} only: {}",
+            s.only.join(", "),
+            if s.only_reason.is_empty() {
+                "no reason given"
+            } else {
+                &s.only_reason
+            }
+        ));
+        return res;
+    }
+    if let Some(why) = unavailable(imp) {
+        res.status = Status::Error;
+        res.messages.push(format!("cannot run {imp} here: {why}"));
+        return res;
+    }
+    match run_checked(s, imp, &mut res) {
+        Ok(()) => {
+            res.status = if res.messages.is_empty() {
+                Status::Pass
+            } else {
+                Status::Fail
+            }
+        }
+        Err(e) => {
+            res.status = Status::Error;
+            res.messages.push(e);
+        }
+    }
+    if !s.known_bug.is_empty() && imp == "unionfs" {
+        match res.status {
+            Status::Fail => res.status = Status::Xfail,
+            Status::Pass => {
+                res.status = Status::Fail;
+                res.messages.push(format!(
+                    "the known bug ({}) no longer shows: remove the known_bug line",
+                    s.known_bug
+                ));
+            }
+            _ => {}
+        }
+    }
+    res.millis = t0.elapsed().as_millis() as u64;
+    res
+}
+
+fn run_checked(s: &Scenario, imp: &str, res: &mut ScenarioResult) -> Result<(), String> {
+    let mut inst = Instance::start(s, imp)?;
+    for (i, st) in s.step.iter().enumerate() {
+        if interrupted() {
+            return Err(format!("interrupted before step {}", i + 1));
+        }
+        let o = inst.step(st);
+        let want = expected_result(st, imp);
+        if o.result != want {
+            res.messages.push(format!(
+                "step {} ({}): expected {want}, got {}",
+                i + 1,
+                describe(st),
+                o.result
+            ));
+        }
+        for p in o.problems {
+            res.messages
+                .push(format!("step {} ({}): {p}", i + 1, describe(st)));
+        }
+    }
+    let expect = s.expect_on.get(imp).unwrap_or(&s.expect);
+    let view = inst.view()?;
+    if let Some(v) = &expect.view {
+        let errs = view::check_tree("view", &view, v);
+        if !errs.is_empty() {
+            res.messages.extend(errs);
+            res.view = Some(view::render(&view));
+        }
+    }
+    let fin = inst.finish()?;
+    if let (Some(e), Some(u)) = (&expect.upper, &fin.upper) {
+        let errs = view::check_tree("upper", u, e);
+        if !errs.is_empty() {
+            res.messages.extend(errs);
+            res.upper = Some(view::render(u));
+        }
+    }
+    res.messages.extend(fin.lower_changes.iter().cloned());
+    // The upper must be a faithful layer diff: used as a plain top layer over the lowers it
+    // must show exactly the view the live mount showed.
+    let d = if s.upper_not_a_layer_on.contains_key(imp) {
+        Vec::new()
+    } else {
+        view::diff(&view, &fin.model, Fields::SEMANTIC)
+    };
+    for x in d.iter().take(10) {
+        res.messages.push(format!(
+            "upper is not a faithful layer diff: {} {}: live view {} but upper+lowers give {}",
+            x.path, x.field, x.a, x.b
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,81 @@
+//! Fixed fuzz seeds, 200 ops each, unionfs against kernel overlayfs (60 seeds in all).
+//!
+//! A seed that shows a known unionfs bug is listed in KNOWN with the divergent field and the
+//! corpus file that keeps its shrunk case; it must still diverge that way (so a fix is noticed
+//! and the line removed). Every other seed must agree with the kernel.
+
+mod harness_common;
+
+use harness_common::can_run;
+use unionfs::harness::diff::{run_pair, DiffOutcome};
+use unionfs::harness::fuzz::{generate, generate_with};
+
+const SEEDS: std::ops::RangeInclusive<u64> = 1..=30;
+const OPS: usize = 200;
+
+/// (seed, divergent field, corpus scenario that keeps the shrunk case).
+const KNOWN: &[(u64, &str, &str)] = &[
+    (
+        1,
+        "size",
+        "40-lower-hardlink-write-after-readdir-lands-under-other-name.toml",
+    ),
+    (
+        11,
+        "mode",
+        "47-lower-hardlink-copy-up-survives-rotation.toml",
+    ),
+];
+
+#[test]
+fn generation_is_deterministic() {
+    for seed in [1, 7, 99] {
+        assert_eq!(generate(seed, OPS), generate(seed, OPS), "seed {seed}");
+    }
+    assert_ne!(
+        generate(1, OPS),
+        generate(2, OPS),
+        "different seeds, same scenario"
+    );
+    assert_eq!(generate(5, OPS).step.len(), OPS);
+}
+
+#[test]
+fn fixed_seeds_agree_with_kernel() {
+    check_seeds(SEEDS, true, KNOWN);
+}
+
+/// Without hard links in the layers the known hard-link bugs do not mask anything else.
+#[test]
+fn fixed_seeds_without_layer_links_agree_with_kernel() {
+    check_seeds(101..=130, false, &[]);
+}
+
+fn check_seeds(seeds: std::ops::RangeInclusive<u64>, links: bool, known: &[(u64, &str, &str)]) {
+    if !can_run("unionfs") || !can_run("kernel") {
+        return;
+    }
+    let flag = if links { "" } else { " --no-layer-links" };
+    let mut failures = Vec::new();
+    for seed in seeds {
+        let s = generate_with(seed, OPS, links);
+        let known = known.iter().find(|k| k.0 == seed);
+        match (run_pair(&s, "unionfs", "kernel", 10), known) {
+            (DiffOutcome::Same, None) => {}
+            (DiffOutcome::Stopped(why), None) => eprintln!("seed {seed}: {why}"),
+            (DiffOutcome::Same | DiffOutcome::Stopped(_), Some((_, _, file))) => failures.push(
+                format!("seed {seed}: the known divergence ({file}) is gone: remove it from KNOWN"),
+            ),
+            (DiffOutcome::Diverged(d), Some((_, field, _))) if d.field == *field => {
+                eprintln!("seed {seed}: known divergence ({field}) still there");
+            }
+            (DiffOutcome::Diverged(d), _) => failures.push(format!(
+                "seed {seed}: after step {} ({}): {} {}: unionfs {} / kernel {} \
+                 (reproduce and shrink: unionfs-harness fuzz --seed {seed} --ops {OPS}{flag})",
+                d.step, d.op, d.path, d.field, d.a, d.b
+            )),
+            (DiffOutcome::Error(e), _) => failures.push(format!("seed {seed}: {e}")),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
