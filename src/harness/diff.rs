@@ -107,8 +107,52 @@ fn pair(
         if crate::harness::runner::interrupted() {
             return Err(format!("interrupted before step {}", i + 1));
         }
+        // A rotation must not change what a union shows. Kernel overlayfs with index=on keeps
+        // copied-up lower hard links joined only through its index, which a rotation drops:
+        // when the kernel's own view changes there, the two can no longer be compared.
+        let rotating = st.op == "rotate";
+        let before = if rotating {
+            Some((view_of(&ia)?, view_of(&ib)?))
+        } else {
+            None
+        };
         let mut oa = ia.step(st);
         let mut ob = ib.step(st);
+        if let Some((pa, pb)) = &before {
+            // The reference first: if its own view moved, nothing after is comparable.
+            let mut sides = [(a, pa, &ia), (b, pb, &ib)];
+            sides.sort_by_key(|(name, _, _)| *name != "kernel");
+            for (name, pre, inst) in sides {
+                let post = view_of(inst)?;
+                if let Some(x) = view::diff(pre, &post, Fields::VIEWS).into_iter().next() {
+                    if name == "kernel" {
+                        return Ok(Some(Divergence {
+                            step: i + 1,
+                            op: describe(st),
+                            path: String::new(),
+                            field: STOPPED.into(),
+                            a: format!(
+                                "agreed up to step {}; stopped there: the kernel's own view changed \
+                                 across the rotation ({} {}: {} -> {}); its index=on hard links do \
+                                 not survive becoming a plain layer",
+                                i + 1,
+                                x.path,
+                                x.field,
+                                x.a,
+                                x.b
+                            ),
+                            b: String::new(),
+                        }));
+                    }
+                    let mut d = div(i + 1, Some(st), x);
+                    d.field = format!(
+                        "{} changed by the rotation on {name} (before / after)",
+                        d.field
+                    );
+                    return Ok(Some(d));
+                }
+            }
+        }
         if oa.result != ob.result {
             let bridged = bridge_exdev(st, &oa.result, &ob.result, &mut ia, &mut ib);
             if let Some(Err(why)) = bridged {

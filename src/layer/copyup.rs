@@ -355,10 +355,11 @@ pub fn copy_up_entry(
                 .fetch_add(st.st_size as u64, Relaxed);
         }
         if let (Some(index), true) = (&stack.index, st.st_nlink > 1) {
-            link_other_names(stack, src_layer, &st, origin, &join(parent_rel, name))?;
-            // Every visible name now links the upper copy: its link count is its names again,
-            // and the upper reads the same as a plain layer (no index link to count).
-            if sys::unlinkat(index.as_fd(), &Stack::index_key(origin), false).is_ok() {
+            let all = link_other_names(stack, src_layer, &st, origin, &join(parent_rel, name))?;
+            // When every lower name now links the upper copy, its link count is its names
+            // again and the upper reads the same as a plain layer (no index link to count).
+            // A name hidden above keeps counting, as it did before the copy-up.
+            if all && sys::unlinkat(index.as_fd(), &Stack::index_key(origin), false).is_ok() {
                 stack.drop_nlink_record(origin);
             }
         }
@@ -367,18 +368,20 @@ pub fn copy_up_entry(
 }
 
 /// Gives every other visible name of a copied-up lower file its link to the upper copy, so
-/// that the upper alone (a layer diff) shows the change under all names.
+/// that the upper alone (a layer diff) shows the change under all names. True when every lower
+/// name of the file got one.
 fn link_other_names(
     stack: &Stack,
     src_layer: LayerIdx,
     st: &libc::stat,
     origin: u64,
     done: &[u8],
-) -> SysResult<()> {
+) -> SysResult<bool> {
     let links = stack.hardlinks(src_layer);
     let Some(paths) = links.get(&st.st_ino) else {
-        return Ok(());
+        return Ok(false);
     };
+    let mut all = paths.len() as u64 == st.st_nlink;
     for p in paths.iter().filter(|p| p.as_slice() != done) {
         let (parent, name) = match p.iter().rposition(|b| *b == b'/') {
             Some(i) => (&p[..i], &p[i + 1..]),
@@ -386,16 +389,18 @@ fn link_other_names(
         };
         // Only names the union still shows as this file (not deleted or shadowed).
         let Some(found) = resolve::lookup_path(stack, p)? else {
+            all = false;
             continue;
         };
         if found.ino != origin || stack.is_upper(found.layer) {
+            all = false;
             continue;
         }
         let up = ensure_upper_dir(stack, parent)?;
         let c = CString::new(name).map_err(|_| Errno::EINVAL)?;
         link_from_index(stack, up.as_fd(), &c, origin)?;
     }
-    Ok(())
+    Ok(all)
 }
 
 /// Gives `name` in `upper_parent` the upper inode already copied up for union inode `ino`
