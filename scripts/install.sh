@@ -20,7 +20,8 @@ while [ $# -gt 0 ]; do
 done
 cargo build --release --bins
 install -d "$prefix/bin"
-install -m 0755 target/release/unionfs-mount target/release/unionfs-run target/release/unionfs-layer "$prefix/bin/"
+install -m 0755 target/release/unionfs-mount target/release/unionfs-run target/release/unionfs-layer \
+  target/release/unionfs-harness "$prefix/bin/"
 ln -sf unionfs-mount "$prefix/bin/unionfs"
 # Man pages and bash/zsh completions, generated from the command definitions.
 docs=$(mktemp -d)

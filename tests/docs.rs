@@ -18,6 +18,7 @@ fn man_pages_and_completions_cover_every_option() {
         (unionfs::options::Args::command(), "unionfs-mount.8"),
         (unionfs::launch::cli::Cli::command(), "unionfs-run.1"),
         (unionfs::oci::cli::Cli::command(), "unionfs-layer.1"),
+        (unionfs::harness::cli::Cli::command(), "unionfs-harness.1"),
     ];
     for (cmd, page) in cmds {
         let name = cmd.get_name().to_string();

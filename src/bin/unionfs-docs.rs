@@ -24,6 +24,7 @@ fn run(out: &Path) -> std::io::Result<()> {
         (unionfs::options::Args::command(), "8"),
         (unionfs::launch::cli::Cli::command(), "1"),
         (unionfs::oci::cli::Cli::command(), "1"),
+        (unionfs::harness::cli::Cli::command(), "1"),
     ];
     for (cmd, section) in cmds {
         let page = write_man(cmd.clone(), section, &man)?;

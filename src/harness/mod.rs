@@ -7,6 +7,7 @@
 //! [`fuzz`] generates and shrinks cases, and [`report`] prints results.
 
 pub mod build;
+pub mod cli;
 pub mod diff;
 pub mod fuzz;
 pub mod impls;
