@@ -71,7 +71,8 @@ fn corpus_unionfs_against_kernel() {
     });
 }
 
-/// A few scenarios through the `unionfs-mount` binary (daemon, `L1:L2` syntax with `\:`).
+/// A few scenarios through the `unionfs-mount` binary (daemon, `L1:L2` syntax with `\:`), and
+/// the daemon lifecycle ones that need it (crash during copy-up, signals).
 #[test]
 fn some_scenarios_through_the_mount_binary() {
     if !can_run("unionfs-cli") {
@@ -81,6 +82,8 @@ fn some_scenarios_through_the_mount_binary() {
         "48-colon-in-lower-path",
         "12-rm-lower-file-writes-whiteout",
         "47-layer-rotation",
+        "25-crash-during-copy-up-leaves-a-whole-file",
+        "52-sigterm-and-kill-unmount-cleanly",
     ] {
         let path = corpus()
             .into_iter()
@@ -93,12 +96,7 @@ fn some_scenarios_through_the_mount_binary() {
 }
 
 /// Lines of SCENARIOS.md that the corpus does not cover, and why (covered elsewhere).
-const NOT_IN_CORPUS: &[(u32, &str)] = &[
-    (25, "kill -9 of the daemon mid copy-up: the harness mounts unionfs in-process; tests/ of the core team"),
-    (45, "POSIX ACLs need setfacl and a non-root user: tests/ of the core team"),
-    (51, "262,144 mkdir/rmdir and fd/memory bounds: a soak, tests/ of the core team"),
-    (52, "SIGTERM and a killed daemon: tests/cli.rs"),
-];
+const NOT_IN_CORPUS: &[(u32, &str)] = &[];
 
 #[test]
 fn corpus_covers_every_scenarios_md_line() {

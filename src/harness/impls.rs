@@ -23,6 +23,10 @@ pub trait Union {
     fn mount(&mut self, ws: &Workspace) -> Result<(), String>;
     /// Unmounts; a no-op when not mounted.
     fn unmount(&mut self, ws: &Workspace) -> Result<(), String>;
+    /// The pid of a daemon serving the mount, for the lifecycle steps (signals, crashes).
+    fn daemon(&self) -> Option<i32> {
+        None
+    }
 }
 
 /// Creates the implementation called `name`, or says which names exist.
@@ -277,6 +281,15 @@ impl Union for UnionFs {
     }
 }
 
+/// True while `pid` runs (a zombie has exited: only its parent, maybe init, still has to
+/// reap it).
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
 /// unionfs through its command line: the daemon, the `L1:L2 UPPER MNT` form and `\:` escapes.
 struct UnionFsCli {
     pid: Option<i32>,
@@ -321,18 +334,25 @@ impl Union for UnionFsCli {
         self.mnt = ws.mnt.clone();
         Ok(())
     }
+    fn daemon(&self) -> Option<i32> {
+        self.pid
+    }
     fn unmount(&mut self, ws: &Workspace) -> Result<(), String> {
         if self.mnt.as_os_str().is_empty() {
             return Ok(());
         }
         self.mnt = PathBuf::new();
-        // What a user does: umount MNT; the daemon then exits by itself.
+        // What a user does: umount MNT; the daemon then exits by itself. EINVAL: a signal or
+        // the watchdog already unmounted it.
         if nix::mount::umount(&ws.mnt).is_err() {
-            sys::umount_lazy(&ws.mnt).map_err(|e| format!("umount: {}", e.desc()))?;
+            match sys::umount_lazy(&ws.mnt) {
+                Ok(()) | Err(sys::Errno::EINVAL) => {}
+                Err(e) => return Err(format!("umount: {}", e.desc())),
+            }
         }
         if let Some(pid) = self.pid.take() {
             let deadline = Instant::now() + Duration::from_secs(10);
-            while Path::new(&format!("/proc/{pid}")).exists() {
+            while alive(pid) {
                 if Instant::now() > deadline {
                     return Err(format!(
                         "the unionfs daemon (pid {pid}) did not exit after umount"

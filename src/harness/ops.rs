@@ -54,7 +54,38 @@ pub const OPS: &[&str] = &[
     "parallel_write",
     "remount",
     "rotate",
+    "setfacl",
+    "getfacl",
+    "read_as",
+    "churn",
+    "daemon_signal",
+    "crash_copy_up",
 ];
+
+/// Runs a tool; its failure becomes the errno it names on stderr (EPERM/EACCES/ENOENT/...),
+/// or EIO, so that results compare across implementations.
+fn tool(argv: &[&str]) -> std::io::Result<String> {
+    let o = std::process::Command::new(argv[0])
+        .args(&argv[1..])
+        .output()
+        .map_err(|e| invalid(&format!("{} is needed for this step: {e}", argv[0])))?;
+    if o.status.success() {
+        return Ok(String::from_utf8_lossy(&o.stdout).into_owned());
+    }
+    let err = String::from_utf8_lossy(&o.stderr).to_lowercase();
+    let code = if err.contains("permission denied") {
+        libc::EACCES
+    } else if err.contains("operation not permitted") {
+        libc::EPERM
+    } else if err.contains("no such file") {
+        libc::ENOENT
+    } else if err.contains("read-only file system") {
+        libc::EROFS
+    } else {
+        libc::EIO
+    };
+    Err(std::io::Error::from_raw_os_error(code))
+}
 
 /// What executing a step gave.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
@@ -80,6 +111,11 @@ pub struct State {
     pub fds: HashMap<String, File>,
     /// Saved inode numbers by name.
     pub inos: HashMap<String, u64>,
+}
+
+/// File descriptors this process holds (an in-process union's included).
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
 }
 
 fn errno_name(e: &std::io::Error) -> String {
@@ -470,14 +506,42 @@ impl State {
                     .open(&p)?;
                 let data = payload(st);
                 let off = st.offset.unwrap_or(0) as usize;
-                // SAFETY: the file was opened by us just now; scenarios do not truncate a file
-                // while one of their own steps has it mapped, so the mapping stays valid.
-                let mut m = unsafe { memmap2::MmapMut::map_mut(&f)? };
-                if off + data.len() > m.len() {
-                    return Err(invalid("mmap_write past the end of the file"));
+                sys::mmap_write(&f, off, &data)?;
+            }
+            "setfacl" => {
+                // `data` is a setfacl spec such as "u:65534:r" or "d:u:65534:rwx".
+                let spec = st.data.clone().unwrap_or_default();
+                tool(&["setfacl", "-m", &spec, &p.to_string_lossy()])?;
+            }
+            "getfacl" => {
+                let out = tool(&["getfacl", "-c", "-n", "-p", &p.to_string_lossy()])?;
+                return Ok(Some(out));
+            }
+            "read_as" => {
+                // Read the file as another user: how ACLs and modes are enforced.
+                let uid = st.uid.unwrap_or(65534).to_string();
+                let gid = st.gid.unwrap_or(65534).to_string();
+                let out = tool(&[
+                    "setpriv",
+                    &format!("--reuid={uid}"),
+                    &format!("--regid={gid}"),
+                    "--clear-groups",
+                    "cat",
+                    &p.to_string_lossy(),
+                ])?;
+                return Ok(Some(out));
+            }
+            "churn" => {
+                // mkdir + rmdir of `path`, `size` times: inodes and fds must not pile up.
+                let before = open_fds();
+                for _ in 0..st.size.unwrap_or(1000) {
+                    std::fs::create_dir(&p)?;
+                    std::fs::remove_dir(&p)?;
                 }
-                m[off..off + data.len()].copy_from_slice(&data);
-                m.flush()?;
+                let after = open_fds();
+                if after > before + 64 {
+                    problems.push(format!("churn: open fds grew from {before} to {after}"));
+                }
             }
             "rm_rf" => {
                 let md = std::fs::symlink_metadata(&p)?;

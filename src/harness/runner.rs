@@ -127,6 +127,8 @@ impl Instance {
         let r = match st.op.as_str() {
             "remount" => self.remount(false),
             "rotate" => self.remount(true),
+            "daemon_signal" => self.daemon_signal(st),
+            "crash_copy_up" => return self.crash_copy_up(st),
             _ => return self.state.exec(st),
         };
         Outcome {
@@ -135,6 +137,105 @@ impl Instance {
                 Err(e) => format!("error: {e}"),
             },
             ..Outcome::default()
+        }
+    }
+
+    /// Sends the daemon SIGTERM (`data = "TERM"`) or SIGKILL (`"KILL"`) and checks that the
+    /// mount goes away by itself: a clean unmount, or the watchdog's after a kill.
+    fn daemon_signal(&mut self, st: &Step) -> Result<(), String> {
+        let pid = self
+            .imp
+            .daemon()
+            .ok_or("EOPNOTSUPP: this implementation has no daemon")?;
+        let sig = match st.data.as_deref() {
+            Some("KILL") => nix::sys::signal::Signal::SIGKILL,
+            _ => nix::sys::signal::Signal::SIGTERM,
+        };
+        self.state.fds.clear();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig)
+            .map_err(|e| format!("kill {pid}: {e}"))?;
+        self.wait_unmounted(&format!("after SIG{sig:?}"))?;
+        self.mounted = false;
+        self.imp.unmount(&self.ws)
+    }
+
+    fn wait_unmounted(&self, when: &str) -> Result<(), String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mnt = std::fs::canonicalize(&self.ws.mnt).unwrap_or_else(|_| self.ws.mnt.clone());
+        loop {
+            let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+            let mounted = info
+                .lines()
+                .any(|l| l.split(' ').nth(4) == Some(&*mnt.to_string_lossy()));
+            if !mounted {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(format!("the mount is still there 10 s {when}"));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    /// Appends `data` (`len` bytes) to `path` while the daemon is killed mid-way, remounts,
+    /// and checks the file is whole: the old content or the old plus all of the new.
+    fn crash_copy_up(&mut self, st: &Step) -> Outcome {
+        let fail = |m: String| Outcome {
+            result: format!("error: {m}"),
+            ..Outcome::default()
+        };
+        let Some(pid) = self.imp.daemon() else {
+            return fail("EOPNOTSUPP: this implementation has no daemon".into());
+        };
+        let p = self.ws.mnt.join(st.path.as_deref().unwrap_or("f"));
+        let old = match std::fs::read(&p) {
+            Ok(d) => d,
+            Err(e) => return fail(format!("reading {}: {e}", p.display())),
+        };
+        let new = crate::harness::ops::payload(st);
+        let writer = {
+            let (p, new) = (p.clone(), new.clone());
+            std::thread::spawn(move || {
+                use std::io::Write;
+                let _ = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&p)
+                    .and_then(|mut f| f.write_all(&new));
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_millis(15));
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = writer.join();
+        let mut problems = Vec::new();
+        if let Err(e) = self.wait_unmounted("after SIGKILL") {
+            problems.push(e);
+        }
+        self.mounted = false;
+        let _ = self.imp.unmount(&self.ws);
+        if let Err(e) = self.imp.mount(&self.ws) {
+            return fail(format!("remount after the crash: {e}"));
+        }
+        self.mounted = true;
+        match std::fs::read(&p) {
+            Ok(d) if d == old => {}
+            Ok(d)
+                if d.len() == old.len() + new.len() && d.starts_with(&old) && d.ends_with(&new) => {
+            }
+            Ok(d) => problems.push(format!(
+                "partial file after the crash: {} bytes (old {}, new {})",
+                d.len(),
+                old.len(),
+                old.len() + new.len()
+            )),
+            Err(e) => problems.push(format!("reading after the crash: {e}")),
+        }
+        Outcome {
+            result: "ok".into(),
+            data: None,
+            problems,
         }
     }
 

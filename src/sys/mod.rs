@@ -882,3 +882,18 @@ pub fn raise_nofile_limit() -> u64 {
     }
     rl.rlim_cur
 }
+
+/// Writes `data` at `off` of `file` through a shared memory mapping (the harness's mmap step).
+pub fn mmap_write(file: &std::fs::File, off: usize, data: &[u8]) -> std::io::Result<()> {
+    // SAFETY: the caller opened `file` read-write just now and nothing truncates it while the
+    // mapping lives (it is dropped at the end of this function), so the mapping stays valid.
+    let mut m = unsafe { memmap2::MmapMut::map_mut(file)? };
+    if off + data.len() > m.len() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "mmap write past the end of the file",
+        ));
+    }
+    m[off..off + data.len()].copy_from_slice(data);
+    m.flush()
+}
