@@ -1,6 +1,10 @@
 //! The `unionfs-mount` command line and daemon lifecycle, with real FUSE mounts: error paths,
 //! both argument forms, read-only unions, signals, a killed daemon, and the library guard.
 
+mod common;
+
+use common::can_mount as fuse_available;
+
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -8,22 +12,6 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_unionfs-mount");
-
-/// True when this machine can run FUSE tests; with UNIONFS_REQUIRE_FUSE=1 a machine that
-/// cannot is a failure, not a skip.
-fn fuse_available() -> bool {
-    let root = nix::unistd::geteuid().is_root();
-    let dev = Path::new("/dev/fuse").exists();
-    if root && dev {
-        return true;
-    }
-    let why = format!("needs root and /dev/fuse (root={root}, /dev/fuse={dev})");
-    if std::env::var("UNIONFS_REQUIRE_FUSE").as_deref() == Ok("1") {
-        panic!("UNIONFS_REQUIRE_FUSE=1 but this test {why}");
-    }
-    eprintln!("skipping: this test {why}");
-    false
-}
 
 /// A temp dir with layer dirs; unmounts and kills what it started when dropped, even on panic.
 struct Fixture {

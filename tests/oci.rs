@@ -2,25 +2,15 @@
 //! tarball is refused without touching anything outside the target directory, `diff` lists an
 //! upper's changes, and a layer made by a real OCI tool (umoci) imports to the view it shows.
 
+mod common;
+
+use common::can_mount as fuse_available;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn fuse_available() -> bool {
-    let root = nix::unistd::geteuid().is_root();
-    let dev = Path::new("/dev/fuse").exists();
-    if root && dev {
-        return true;
-    }
-    let why = format!("needs root and /dev/fuse (root={root}, /dev/fuse={dev})");
-    if std::env::var("UNIONFS_REQUIRE_FUSE").as_deref() == Ok("1") {
-        panic!("UNIONFS_REQUIRE_FUSE=1 but this test {why}");
-    }
-    eprintln!("skipping: this test {why}");
-    false
-}
 
 struct Tmp(PathBuf);
 
