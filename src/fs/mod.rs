@@ -72,6 +72,8 @@ pub struct UnionFs {
     /// until the directory's layers change or it is removed. Bounded (see `dirset_cap`).
     dirsets: dashmap::DashMap<u64, (Vec<LayerIdx>, Arc<DirSet>)>,
     dirset_cap: usize,
+    /// Nodes dropped since the mount (to return memory to the system now and then).
+    freed: AtomicU64,
 }
 
 /// A node with its location resolved for one request.
@@ -108,6 +110,7 @@ impl UnionFs {
             notifier: Arc::new(std::sync::OnceLock::new()),
             dirsets: dashmap::DashMap::new(),
             dirset_cap,
+            freed: AtomicU64::new(0),
         }
     }
 
@@ -774,6 +777,11 @@ impl Filesystem for UnionFs {
             self.dirsets.remove(&ino.0);
             let held = self.inodes.len() as u64;
             self.stack.stats.inodes.store(held, Ordering::Relaxed);
+            // After the kernel drops a large part of its cache, hand the memory back: the
+            // allocator keeps freed nodes otherwise, and RSS would not fall.
+            if self.freed.fetch_add(1, Ordering::Relaxed) % 16384 == 16383 {
+                sys::trim_heap();
+            }
         }
     }
 

@@ -897,3 +897,12 @@ pub fn mmap_write(file: &std::fs::File, off: usize, data: &[u8]) -> std::io::Res
     m[off..off + data.len()].copy_from_slice(data);
     m.flush()
 }
+
+/// Returns free heap memory to the system (glibc's malloc_trim); a no-op elsewhere.
+pub fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks the allocator's own free lists; no memory we hold moves.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
