@@ -310,6 +310,24 @@ impl UnionFs {
         Ok(())
     }
 
+    /// mknod, mkdir and symlink: create, then answer with the new entry.
+    #[allow(clippy::too_many_arguments)]
+    fn create_entry(
+        &self,
+        req: &Request,
+        parent: u64,
+        name: &[u8],
+        kind: NewKind,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let r = self
+            .do_create(req, parent, name, kind, mode, umask)
+            .map(|(a, _)| a);
+        self.entry_reply(reply, r);
+    }
+
     fn entry_reply(&self, reply: ReplyEntry, r: SysResult<FileAttr>) {
         match r {
             Ok(a) => reply.entry(&self.opts.ttl, &a, Generation(0)),
@@ -863,10 +881,7 @@ impl Filesystem for UnionFs {
         } else {
             NewKind::Node { rdev: rdev as u64 }
         };
-        let r = self
-            .do_create(req, parent.0, name_bytes(name), kind, mode, umask)
-            .map(|(a, _)| a);
-        self.entry_reply(reply, r);
+        self.create_entry(req, parent.0, name_bytes(name), kind, mode, umask, reply);
     }
 
     fn mkdir(
@@ -879,11 +894,16 @@ impl Filesystem for UnionFs {
         reply: ReplyEntry,
     ) {
         self.stack.stats.count("mkdir");
-        let r = self
-            .do_create(req, parent.0, name_bytes(name), NewKind::Dir, mode, umask)
-            .map(|(a, _)| a);
         self.inodes.invalidate_nlink(parent.0);
-        self.entry_reply(reply, r);
+        self.create_entry(
+            req,
+            parent.0,
+            name_bytes(name),
+            NewKind::Dir,
+            mode,
+            umask,
+            reply,
+        );
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -906,17 +926,8 @@ impl Filesystem for UnionFs {
     ) {
         self.stack.stats.count("symlink");
         let kind = NewKind::Symlink(target.as_os_str().as_bytes().to_vec());
-        let r = self
-            .do_create(
-                req,
-                parent.0,
-                name_bytes(link_name),
-                kind,
-                libc::S_IFLNK | 0o777,
-                0,
-            )
-            .map(|(a, _)| a);
-        self.entry_reply(reply, r);
+        let mode = libc::S_IFLNK | 0o777;
+        self.create_entry(req, parent.0, name_bytes(link_name), kind, mode, 0, reply);
     }
 
     fn rename(
