@@ -322,9 +322,14 @@ impl UnionFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        let is_dir = matches!(kind, NewKind::Dir);
         let r = self
             .do_create(req, parent, name, kind, mode, umask)
             .map(|(a, _)| a);
+        if is_dir {
+            // After the new subdirectory exists, before the kernel asks for the parent again.
+            self.inodes.invalidate_nlink(parent);
+        }
         self.entry_reply(reply, r);
     }
 
@@ -894,7 +899,6 @@ impl Filesystem for UnionFs {
         reply: ReplyEntry,
     ) {
         self.stack.stats.count("mkdir");
-        self.inodes.invalidate_nlink(parent.0);
         self.create_entry(
             req,
             parent.0,
