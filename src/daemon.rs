@@ -6,7 +6,7 @@ use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use crate::mount::{is_fuse_mount, MountGuard};
+use crate::mount::is_fuse_mount;
 use crate::options::Invocation;
 use crate::sys;
 
@@ -102,7 +102,7 @@ pub fn run(mut inv: Invocation) -> i32 {
         let _ = sys::umount_lazy(&mnt);
         break;
     });
-    let r = serve(guard);
+    let r = guard.wait();
     if let Some(w) = &watchdog {
         let _ = sys::write(w.as_fd(), b"c"); // clean exit: the watchdog has nothing to do
     }
@@ -125,10 +125,6 @@ fn write_stats(report: &str, file: Option<&Path>) {
         }
         None => eprint!("{report}"),
     }
-}
-
-fn serve(guard: MountGuard) -> std::io::Result<()> {
-    guard.wait()
 }
 
 fn report(status: &Option<OwnedFd>, msg: &str) {

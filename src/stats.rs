@@ -81,13 +81,6 @@ impl Stats {
         }
     }
 
-    /// Requests of type `op` so far.
-    pub fn requests(&self, op: &str) -> u64 {
-        OPS.iter()
-            .position(|o| *o == op)
-            .map_or(0, |i| self.ops[i].load(Ordering::Relaxed))
-    }
-
     /// A `key value` line per counter.
     pub fn report(&self) -> String {
         let open_handles = self.open_handles.load(Ordering::Relaxed);

@@ -290,8 +290,11 @@ impl UnionFs {
         if !self.stack.has_upper {
             return Err(Errno::EROFS);
         }
-        if node.state.read().layer == 0 && node.state.read().epoch == self.inodes.epoch() {
-            return Ok(());
+        {
+            let st = node.state.read();
+            if st.layer == 0 && st.epoch == self.inodes.epoch() {
+                return Ok(());
+            }
         }
         let _guard = node.copy_lock.lock();
         let c = self.ctx(node.ino)?;

@@ -459,20 +459,7 @@ pub fn run_ignoring(
             r.messages.push(e);
         }
     }
-    // A known unionfs bug is expected to show as a divergence (and must, until fixed).
-    if !s.known_bug.is_empty() && a == "unionfs" {
-        match r.status {
-            Status::Fail => r.status = Status::Xfail,
-            Status::Pass => {
-                r.status = Status::Fail;
-                r.messages.push(format!(
-                    "the known bug ({}) no longer shows: remove the known_bug line",
-                    s.known_bug
-                ));
-            }
-            _ => {}
-        }
-    }
+    crate::harness::report::apply_known_bug(&mut r, &s.known_bug, a);
     r.millis = t0.elapsed().as_millis() as u64;
     r
 }

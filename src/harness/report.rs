@@ -148,3 +148,21 @@ pub fn all_ok(rs: &[ScenarioResult]) -> bool {
 pub fn json(rs: &[ScenarioResult]) -> String {
     serde_json::to_string_pretty(rs).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }
+
+/// Applies a scenario's `known_bug` to a unionfs result: an expected failure becomes XFAIL,
+/// and a pass becomes a failure that says to drop the line (so a fix is noticed).
+pub fn apply_known_bug(r: &mut ScenarioResult, known_bug: &str, imp: &str) {
+    if known_bug.is_empty() || !imp.starts_with("unionfs") {
+        return;
+    }
+    match r.status {
+        Status::Fail => r.status = Status::Xfail,
+        Status::Pass => {
+            r.status = Status::Fail;
+            r.messages.push(format!(
+                "the known bug ({known_bug}) no longer shows: remove the known_bug line"
+            ));
+        }
+        _ => {}
+    }
+}

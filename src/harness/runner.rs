@@ -385,19 +385,7 @@ pub fn run(s: &Scenario, imp: &str) -> ScenarioResult {
             res.messages.push(e);
         }
     }
-    if !s.known_bug.is_empty() && imp == "unionfs" {
-        match res.status {
-            Status::Fail => res.status = Status::Xfail,
-            Status::Pass => {
-                res.status = Status::Fail;
-                res.messages.push(format!(
-                    "the known bug ({}) no longer shows: remove the known_bug line",
-                    s.known_bug
-                ));
-            }
-            _ => {}
-        }
-    }
+    crate::harness::report::apply_known_bug(&mut res, &s.known_bug, imp);
     res.millis = t0.elapsed().as_millis() as u64;
     res
 }

@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -289,11 +288,6 @@ impl Stack {
         self.has_upper && idx == 0
     }
 
-    /// All layers, top-down: what the root directory merges.
-    pub fn all_layers(&self) -> Vec<LayerIdx> {
-        (0..self.layers.len()).collect()
-    }
-
     /// The work dir fd; `EROFS` for a read-only union.
     pub fn work(&self) -> SysResult<BorrowedFd<'_>> {
         self.work.as_ref().map(|w| w.as_fd()).ok_or(Errno::EROFS)
@@ -540,9 +534,4 @@ pub fn remove_tree(dir: BorrowedFd<'_>, name: &CStr) -> SysResult<()> {
         remove_tree(sub.as_fd(), &n)?;
     }
     sys::unlinkat(dir, name, true)
-}
-
-/// A path's bytes.
-pub fn path_bytes(p: &Path) -> &[u8] {
-    p.as_os_str().as_bytes()
 }

@@ -307,12 +307,6 @@ pub fn utimens_fd(fd: BorrowedFd<'_>, times: &[libc::timespec; 2]) -> SysResult<
     check(unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), times.as_ptr(), 0) }).map(drop)
 }
 
-/// Sets atime/mtime of an open (non-`O_PATH`) file.
-pub fn futimens(fd: BorrowedFd<'_>, times: &[libc::timespec; 2]) -> SysResult<()> {
-    // SAFETY: `times` is valid for the duration of the call.
-    check(unsafe { libc::futimens(fd.as_raw_fd(), times.as_ptr()) }).map(drop)
-}
-
 // The *xattrat family (Linux 6.13) names the object as (directory fd, name) with
 // AT_SYMLINK_NOFOLLOW, so it reaches symlinks and device nodes without opening them. (It does
 // not accept O_PATH fds with an empty name, hence the pair.)
@@ -765,18 +759,6 @@ pub fn wait_signal(signals: &[i32]) -> i32 {
         libc::sigwait(&set, &mut sig);
         sig
     }
-}
-
-/// Asks the kernel to send `sig` to this process when its parent dies.
-pub fn set_parent_death_signal(sig: i32) {
-    // SAFETY: prctl with integer arguments only.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) };
-}
-
-/// kill(2) by pid.
-pub fn kill(pid: libc::pid_t, sig: i32) -> SysResult<()> {
-    // SAFETY: plain integer arguments.
-    check(unsafe { libc::kill(pid, sig) }).map(drop)
 }
 
 /// The effective uid of this process.
