@@ -6,7 +6,8 @@
 #   scripts/bench.sh [--quick] [--runs N] [--out FILE]
 #
 # Needs root (mounts). Installs fuse-overlayfs from Debian if it is missing. Layer sets are
-# built under $BENCH_DIR (default /var/tmp/unionfs-bench) and reused across runs.
+# built under $BENCH_DIR (default /var/tmp/unionfs-bench, or /var/tmp/unionfs-bench-quick with
+# --quick) and reused across runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 quick=0
@@ -26,11 +27,25 @@ if ! command -v fuse-overlayfs >/dev/null; then
   apt-get update -qq && apt-get install -y -qq fuse-overlayfs >/dev/null || true
 fi
 cargo build --release --bin unionfs-mount >/dev/null
-UNIONFS=$PWD/target/release/unionfs-mount
-B=${BENCH_DIR:-/var/tmp/unionfs-bench}
-if [ $quick = 1 ]; then BIG_MB=256; NFILES=10000; NCREATE=4000; NRM=2000; NLAYERS=16
-else BIG_MB=1024; NFILES=50000; NCREATE=20000; NRM=10000; NLAYERS=64; fi
+target=${CARGO_TARGET_DIR:-target}
+case $target in /*) ;; *) target=$PWD/$target ;; esac
+UNIONFS=$target/release/unionfs-mount
+if [ $quick = 1 ]; then
+  B=${BENCH_DIR:-/var/tmp/unionfs-bench-quick}
+  BIG_MB=256; NFILES=10000; NCREATE=4000; NRM=2000; NLAYERS=16
+else
+  B=${BENCH_DIR:-/var/tmp/unionfs-bench}
+  BIG_MB=1024; NFILES=50000; NCREATE=20000; NRM=10000; NLAYERS=64
+fi
+size=$([ $quick = 1 ] && echo quick || echo full)
 mkdir -p "$B"
+# Quick and full fixtures share paths (l3/big, l2/tree...): building one over the other would
+# silently change the other's sizes.
+if [ -e "$B/.size" ] && [ "$(cat "$B/.size")" != "$size" ]; then
+  echo "bench.sh: $B holds $(cat "$B/.size") fixtures; set BENCH_DIR for a $size run" >&2
+  exit 1
+fi
+echo "$size" > "$B/.size"
 
 python3 - "$B" "$BIG_MB" "$NFILES" "$NRM" "$NLAYERS" <<'PY'
 import os, sys
