@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Benchmarks unionfs against kernel overlayfs, fuse-overlayfs and a plain directory in the same
-# run, interleaved, and prints a markdown table of medians and ratios (speed relative to kernel
-# overlayfs: 1.00 = as fast, higher is better).
+# Benchmarks unionfs against kernel overlayfs and fuse-overlayfs in the same run, interleaved,
+# and prints a markdown table of medians and ratios (speed relative to kernel overlayfs: 1.00 =
+# as fast, higher is better), then a table of the FUSE daemons' memory and open fds after a
+# walk over a large tree.
 #
 #   scripts/bench.sh [--quick] [--runs N] [--out FILE]
 #
@@ -32,11 +33,12 @@ case $target in /*) ;; *) target=$PWD/$target ;; esac
 UNIONFS=$target/release/unionfs-mount
 if [ $quick = 1 ]; then
   B=${BENCH_DIR:-/var/tmp/unionfs-bench-quick}
-  BIG_MB=256; NFILES=10000; NCREATE=4000; NRM=2000; NLAYERS=16
+  BIG_MB=256; BIG512_MB=128; NFILES=10000; NCREATE=4000; NRM=2000; NLAYERS=16; NMEM=100000
 else
   B=${BENCH_DIR:-/var/tmp/unionfs-bench}
-  BIG_MB=1024; NFILES=50000; NCREATE=20000; NRM=10000; NLAYERS=64
+  BIG_MB=1024; BIG512_MB=512; NFILES=50000; NCREATE=20000; NRM=10000; NLAYERS=64; NMEM=1000000
 fi
+NTAR=4000
 size=$([ $quick = 1 ] && echo quick || echo full)
 mkdir -p "$B"
 # Quick and full fixtures share paths (l3/big, l2/tree...): building one over the other would
@@ -47,41 +49,84 @@ if [ -e "$B/.size" ] && [ "$(cat "$B/.size")" != "$size" ]; then
 fi
 echo "$size" > "$B/.size"
 
-python3 - "$B" "$BIG_MB" "$NFILES" "$NRM" "$NLAYERS" <<'PY'
-import os, sys
-b, big_mb, nfiles, nrm, nlayers = sys.argv[1], *map(int, sys.argv[2:])
+echo "fixtures in $B (built on first use)" >&2
+python3 - "$B" "$BIG_MB" "$NFILES" "$NRM" "$NLAYERS" "$BIG512_MB" "$NTAR" "$NMEM" <<'PY'
+import io, os, random, stat, sys, tarfile
+b, big_mb, nfiles, nrm, nlayers, big512_mb, ntar, nmem = sys.argv[1], *map(int, sys.argv[2:])
+
+def big_file(path, mb):
+    with open(path, "wb") as f:
+        chunk = os.urandom(1 << 20)
+        for _ in range(mb):
+            f.write(chunk)
+
 stamp = f"{b}/.built-{big_mb}-{nfiles}-{nrm}-{nlayers}"
-if os.path.exists(stamp):
-    sys.exit(0)
-for l in ("l1", "l2", "l3"):
-    os.makedirs(f"{b}/{l}", exist_ok=True)
-with open(f"{b}/l3/big", "wb") as f:
-    chunk = os.urandom(1 << 20)
-    for _ in range(big_mb):
-        f.write(chunk)
-per = 1000
-for d in range(nfiles // per):
-    p = f"{b}/l2/tree/d{d}"
-    os.makedirs(p, exist_ok=True)
-    for i in range(per):
-        with open(f"{p}/f{i}", "w") as f:
-            f.write("x")
-for d in range(nrm // 100):
-    p = f"{b}/l1/rmtree/d{d}"
-    os.makedirs(p, exist_ok=True)
-    for i in range(100):
-        open(f"{p}/f{i}", "w").close()
-for i in range(nlayers):
-    p = f"{b}/deep/L{i}/dir"
-    os.makedirs(p, exist_ok=True)
-    for j in range(20):
-        open(f"{p}/l{i}_{j}", "w").close()
-open(stamp, "w").close()
+if not os.path.exists(stamp):
+    for l in ("l1", "l2", "l3"):
+        os.makedirs(f"{b}/{l}", exist_ok=True)
+    big_file(f"{b}/l3/big", big_mb)
+    per = 1000
+    for d in range(nfiles // per):
+        p = f"{b}/l2/tree/d{d}"
+        os.makedirs(p, exist_ok=True)
+        for i in range(per):
+            with open(f"{p}/f{i}", "w") as f:
+                f.write("x")
+    for d in range(nrm // 100):
+        p = f"{b}/l1/rmtree/d{d}"
+        os.makedirs(p, exist_ok=True)
+        for i in range(100):
+            open(f"{p}/f{i}", "w").close()
+    for i in range(nlayers):
+        p = f"{b}/deep/L{i}/dir"
+        os.makedirs(p, exist_ok=True)
+        for j in range(20):
+            open(f"{p}/l{i}_{j}", "w").close()
+    open(stamp, "w").close()
+
+# The copy-up source: a lower file of its own, so the seq read rows keep the big one.
+stamp = f"{b}/.built-big512-{big512_mb}"
+if not os.path.exists(stamp):
+    os.makedirs(f"{b}/l3", exist_ok=True)
+    big_file(f"{b}/l3/big512", big512_mb)
+    open(stamp, "w").close()
+
+# A tarball of small files: 40 dirs x 100 files of 200-600 bytes, owned by root.
+stamp = f"{b}/.built-tar-{ntar}"
+if not os.path.exists(stamp):
+    r = random.Random(1)
+    with tarfile.open(f"{b}/files{ntar}.tar", "w", format=tarfile.GNU_FORMAT) as t:
+        for d in range(ntar // 100):
+            ti = tarfile.TarInfo(f"d{d}")
+            ti.type, ti.mode, ti.mtime = tarfile.DIRTYPE, 0o755, 1e9
+            ti.uname = ti.gname = "root"
+            t.addfile(ti)
+            for i in range(100):
+                data = os.urandom(r.randrange(200, 600))
+                ti = tarfile.TarInfo(f"d{d}/f{i}")
+                ti.size, ti.mode, ti.mtime = len(data), 0o644, 1e9
+                ti.uname = ti.gname = "root"
+                t.addfile(ti, io.BytesIO(data))
+    open(stamp, "w").close()
+
+# The memory workload's single lower: nmem empty files, 1000 per directory.
+stamp = f"{b}/.built-l4-{nmem}"
+if not os.path.exists(stamp):
+    for d in range(nmem // 1000):
+        p = f"{b}/l4/d{d}"
+        os.makedirs(p, exist_ok=True)
+        for i in range(1000):
+            try:
+                os.mknod(f"{p}/f{i}", 0o644 | stat.S_IFREG)
+            except FileExistsError:
+                pass
+    open(stamp, "w").close()
 PY
 
 lowers="$B/l1:$B/l2:$B/l3"
 deep=$(for i in $(seq 0 $((NLAYERS - 1))); do printf '%s:' "$B/deep/L$i"; done)
 deep=${deep%:}
+TAR=$B/files$NTAR.tar
 impls=(kernel unionfs fuse-overlayfs)
 command -v fuse-overlayfs >/dev/null || impls=(kernel unionfs)
 
@@ -131,7 +176,8 @@ mount_impl() { # impl lowers name -> prints mountpoint; upper, work dir and moun
   rm -rf "$d"; mkdir -p "$d"/{u,w,m}
   case $impl in
     kernel) mount -t overlay overlay -o "lowerdir=$low,upperdir=$d/u,workdir=$d/w" "$d/m" ;;
-    unionfs) "$UNIONFS" -o "lowerdir=$low,upperdir=$d/u,workdir=$d/w" "$d/m" ;;
+    unionfs) "$UNIONFS" --pid-file "$d/pid" --stats-file "$d/stats" \
+               -o "lowerdir=$low,upperdir=$d/u,workdir=$d/w" "$d/m" ;;
     fuse-overlayfs) fuse-overlayfs -o "lowerdir=$low,upperdir=$d/u,workdir=$d/w" "$d/m" ;;
   esac
   echo "$d/m"
@@ -140,43 +186,122 @@ umount_impl() { umount "$1" 2>/dev/null || umount -l "$1"; }
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 now() { date +%s.%N; }
 
+# The pid of the FUSE daemon serving mountpoint $2 (made by mount_impl). unionfs writes it to
+# its --pid-file (its watchdog child has the same command line). fuse-overlayfs: the process
+# whose arguments include this mount's -o string, which names this run's own upper dir.
+daemon_pid() { # impl mountpoint lowers
+  local d=${2%/m} p
+  local -a found=()
+  case $1 in
+    unionfs) found=("$(cat "$d/pid")") ;;
+    fuse-overlayfs)
+      for p in /proc/[0-9]*; do
+        if tr '\0' '\n' < "$p/cmdline" 2>/dev/null |
+             grep -qxF -- "lowerdir=$3,upperdir=$d/u,workdir=$d/w"; then
+          found+=("${p#/proc/}")
+        fi
+      done ;;
+  esac
+  [ ${#found[@]} = 1 ] && [ -e "/proc/${found[0]}/status" ] ||
+    { echo "bench.sh: no unique $1 daemon for $2 (${found[*]:-none})" >&2; return 1; }
+  echo "${found[0]}"
+}
+rss_mib() { awk '/^VmRSS:/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
+nfds() { find "/proc/$1/fd" -mindepth 1 -maxdepth 1 | wc -l; }
+
+# Whether unionfs's data path is FUSE passthrough: from its SIGUSR1 stats report.
+PASSTHROUGH=""
+passthrough_of() { # mountpoint
+  local d=${1%/m} i
+  kill -USR1 "$(cat "$d/pid")" || return 0
+  for i in $(seq 50); do [ -s "$d/stats" ] && break; sleep 0.1; done
+  awk '$1 == "passthrough" {print $2}' "$d/stats" 2>/dev/null || true
+}
+
 declare -A T
 record() { T["$1|$2"]+="$3 "; }
+timed() { # row command... : runs the command and records its wall time for $impl
+  local row=$1 s e
+  shift
+  s=$(now); "$@"; e=$(now)
+  record "$row" "$impl" "$(echo "$e - $s" | bc)"
+}
+randread() {
+  python3 -c "
+import os,random
+f=os.open('$1',os.O_RDONLY); n=os.fstat(f).st_size//4096; r=random.Random(1)
+for _ in range(20000): os.pread(f,4096,r.randrange(n)*4096)"
+}
+creates() {
+  python3 -c "
+import os
+for i in range($NCREATE): os.close(os.open('$1/f%d'%i, os.O_CREAT|os.O_WRONLY, 0o644))"
+}
+unlinks() {
+  python3 -c "
+import os
+for i in range($NCREATE): os.unlink('$1/f%d'%i)"
+}
+append_byte() { printf x >> "$1"; }
+stat_bottom() {
+  local j
+  for j in $(seq 0 19); do stat "$1/dir/l$((NLAYERS - 1))_$j" >/dev/null; done
+}
+
+R_SEQW="seq read warm"; R_SEQC="seq read cold"; R_RAND="4k random read (20k)"
+R_WRITE="seq write ${BIG_MB} MiB"
+R_FINDC="find $NFILES cold"; R_FINDW="find $NFILES warm"
+R_LSC="ls -lR $NFILES cold"; R_LSW="ls -lR $NFILES warm"
+R_TAR="tar extract $NTAR files"; R_CREATE="create $NCREATE"; R_UNLINK="unlink $NCREATE"
+R_RM="rm -rf $NRM lower files"; R_COPYUP="copy-up: append 1 byte to ${BIG512_MB} MiB"
+R_DEEP="stat bottom of $NLAYERS layers, cold"
+ROWS=("$R_SEQW" "$R_SEQC" "$R_RAND" "$R_WRITE" "$R_FINDC" "$R_FINDW" "$R_LSC" "$R_LSW" "$R_TAR"
+      "$R_CREATE" "$R_UNLINK" "$R_RM" "$R_COPYUP" "$R_DEEP")
+M_RSS="RSS after walking $NMEM files (MiB)"; M_RSSD="RSS after drop_caches (MiB)"
+M_FD="open fds after walk"; M_FDD="open fds after drop_caches"
+MROWS=("$M_RSS" "$M_RSSD" "$M_FD" "$M_FDD")
 
 run_once() {
-  local impl=$1 m s e
+  local impl=$1 m pid s e
   m=$(mount_impl "$impl" "$lowers" main)
   cat "$m/big" >/dev/null
-  s=$(now); cat "$m/big" >/dev/null; e=$(now); record "seq read warm" "$impl" "$(echo "$e - $s" | bc)"
+  timed "$R_SEQW" cat "$m/big" >/dev/null
+  if [ "$impl" = unionfs ] && [ -z "$PASSTHROUGH" ]; then PASSTHROUGH=$(passthrough_of "$m"); fi
   umount_impl "$m"; drop; m=$(mount_impl "$impl" "$lowers" main)
-  s=$(now); cat "$m/big" >/dev/null; e=$(now); record "seq read cold" "$impl" "$(echo "$e - $s" | bc)"
-  s=$(now); python3 -c "
-import os,random
-f=os.open('$m/big',os.O_RDONLY); n=os.fstat(f).st_size//4096; r=random.Random(1)
-for _ in range(20000): os.pread(f,4096,r.randrange(n)*4096)" ; e=$(now)
-  record "4k random read (20k)" "$impl" "$(echo "$e - $s" | bc)"
-  s=$(now); dd if=/dev/zero of="$m/new" bs=1M count="$BIG_MB" conv=fsync status=none; e=$(now)
-  record "seq write ${BIG_MB} MiB" "$impl" "$(echo "$e - $s" | bc)"
+  timed "$R_SEQC" cat "$m/big" >/dev/null
+  timed "$R_RAND" randread "$m/big"
+  timed "$R_WRITE" dd if=/dev/zero of="$m/new" bs=1M count="$BIG_MB" conv=fsync status=none
   rm -f "$m/new"
   umount_impl "$m"; drop; m=$(mount_impl "$impl" "$lowers" main)
-  s=$(now); find "$m/tree" >/dev/null; e=$(now); record "find $NFILES cold" "$impl" "$(echo "$e - $s" | bc)"
-  s=$(now); find "$m/tree" >/dev/null; e=$(now); record "find $NFILES warm" "$impl" "$(echo "$e - $s" | bc)"
-  s=$(now); ls -lR "$m/tree" >/dev/null; e=$(now); record "ls -lR $NFILES" "$impl" "$(echo "$e - $s" | bc)"
+  timed "$R_FINDC" find "$m/tree" >/dev/null
+  timed "$R_FINDW" find "$m/tree" >/dev/null
+  umount_impl "$m"; drop; m=$(mount_impl "$impl" "$lowers" main)
+  timed "$R_LSC" ls -lR "$m/tree" >/dev/null
+  timed "$R_LSW" ls -lR "$m/tree" >/dev/null
+  mkdir "$m/t"
+  cat "$TAR" >/dev/null
+  timed "$R_TAR" tar -xf "$TAR" -C "$m/t"
   mkdir "$m/c"
-  s=$(now); python3 -c "
-import os
-for i in range($NCREATE): os.close(os.open('$m/c/f%d'%i, os.O_CREAT|os.O_WRONLY, 0o644))"; e=$(now)
-  record "create $NCREATE" "$impl" "$(echo "$e - $s" | bc)"
-  s=$(now); python3 -c "
-import os
-for i in range($NCREATE): os.unlink('$m/c/f%d'%i)"; e=$(now)
-  record "unlink $NCREATE" "$impl" "$(echo "$e - $s" | bc)"
-  s=$(now); rm -rf "$m/rmtree"; e=$(now); record "rm -rf $NRM lower files" "$impl" "$(echo "$e - $s" | bc)"
-  s=$(now); printf x >> "$m/big"; e=$(now); record "copy-up: append 1 byte to ${BIG_MB} MiB" "$impl" "$(echo "$e - $s" | bc)"
+  timed "$R_CREATE" creates "$m/c"
+  timed "$R_UNLINK" unlinks "$m/c"
+  timed "$R_RM" rm -rf "$m/rmtree"
+  timed "$R_COPYUP" append_byte "$m/big512"
   umount_impl "$m"
   m=$(mount_impl "$impl" "$deep" deep); drop
-  s=$(now); for j in $(seq 0 19); do stat "$m/dir/l$((NLAYERS - 1))_$j" >/dev/null; done; e=$(now)
-  record "stat bottom of $NLAYERS layers, cold" "$impl" "$(echo "$e - $s" | bc)"
+  timed "$R_DEEP" stat_bottom "$m"
+  umount_impl "$m"
+  [ "$impl" = kernel ] && return
+  # Memory: stat every file of a single-lower union so the kernel holds an inode (and the
+  # daemon a node) for each, then let the kernel forget them.
+  m=$(mount_impl "$impl" "$B/l4" mem)
+  pid=$(daemon_pid "$impl" "$m" "$B/l4")
+  s=$(now); find "$m" -printf '%s\n' >/dev/null; e=$(now)
+  echo "  walk of $NMEM files: $(echo "$e - $s" | bc) s" >&2
+  record "$M_RSS" "$impl" "$(rss_mib "$pid")"
+  record "$M_FD" "$impl" "$(nfds "$pid")"
+  sync; echo 2 > /proc/sys/vm/drop_caches; sleep 2
+  record "$M_RSSD" "$impl" "$(rss_mib "$pid")"
+  record "$M_FDD" "$impl" "$(nfds "$pid")"
   umount_impl "$m"
 }
 
@@ -189,8 +314,10 @@ for r in $(seq 1 "$runs"); do
   done
 done
 
+median() { echo "$1" | tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 report() {
-  echo "Machine: $(nproc) cores, $(free -g | awk '/Mem/{print $2}') GiB, $(uname -r), layers on $(df -T "$B" | awk 'NR==2{print $2}'), upper and work dir on a fresh ext4 (loop device) per implementation and run. Median of $runs runs, seconds; ratio = kernel time / time."
+  local w k v impl
+  echo "Machine: $(nproc) cores, $(free -g | awk '/Mem/{print $2}') GiB, $(uname -r), layers on $(df -T "$B" | awk 'NR==2{print $2}'), upper and work dir on a fresh ext4 (loop device) per implementation and run; unionfs passthrough ${PASSTHROUGH:-unknown}. Median of $runs runs, seconds; ratio = kernel time / time."
   echo
   printf '| workload | kernel overlayfs |'
   for impl in "${impls[@]:1}"; do printf ' %s | ratio |' "$impl"; done
@@ -198,15 +325,27 @@ report() {
   printf '|---|---|'
   for _ in "${impls[@]:1}"; do printf -- '---|---|'; done
   echo
-  for w in "seq read warm" "seq read cold" "4k random read (20k)" "seq write ${BIG_MB} MiB" \
-           "find $NFILES cold" "find $NFILES warm" "ls -lR $NFILES" "create $NCREATE" "unlink $NCREATE" \
-           "rm -rf $NRM lower files" "copy-up: append 1 byte to ${BIG_MB} MiB" "stat bottom of $NLAYERS layers, cold"; do
-    k=$(echo ${T["$w|kernel"]} | tr ' ' '\n' | sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}')
+  for w in "${ROWS[@]}"; do
+    k=$(median "${T["$w|kernel"]}")
     printf '| %s | %.3f |' "$w" "$k"
     for impl in "${impls[@]:1}"; do
-      v=$(echo ${T["$w|$impl"]} | tr ' ' '\n' | sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}')
+      v=$(median "${T["$w|$impl"]}")
       printf ' %.3f | %.2f |' "$v" "$(echo "$k / $v" | bc -l)"
     done
+    echo
+  done
+  echo
+  echo "FUSE daemon memory after stat-ing every file of a $NMEM-file single-lower union (kernel overlayfs has no daemon). Median of $runs runs."
+  echo
+  printf '| |'
+  for impl in "${impls[@]:1}"; do printf ' %s |' "$impl"; done
+  echo
+  printf '|---|'
+  for _ in "${impls[@]:1}"; do printf -- '---|'; done
+  echo
+  for w in "${MROWS[@]}"; do
+    printf '| %s |' "$w"
+    for impl in "${impls[@]:1}"; do printf ' %s |' "$(median "${T["$w|$impl"]}")"; done
     echo
   done
 }
