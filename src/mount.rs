@@ -48,6 +48,9 @@ pub struct MountConfig {
     /// Let the kernel do file I/O directly on the layer files (FUSE passthrough) when it and
     /// our privileges allow; otherwise data goes through the daemon.
     pub passthrough: bool,
+    /// chmod, chown, utimes, xattr changes, renames and links of lower files copy up metadata
+    /// only; data follows on the first write (see `layer::metacopy`).
+    pub metacopy: bool,
 }
 
 impl MountConfig {
@@ -67,6 +70,7 @@ impl MountConfig {
             // caches stay right for as long as it likes to keep them.
             ttl: Duration::from_secs(3600),
             passthrough: true,
+            metacopy: false,
         }
     }
 
@@ -111,11 +115,12 @@ impl MountConfig {
         } else {
             self.upper.clone()
         };
-        let stack = Stack::open(&StackConfig {
+        let mut stack = Stack::open(&StackConfig {
             lowers: self.lowers.clone(),
             upper,
             workdir: self.workdir.clone(),
         })?;
+        stack.metacopy = self.metacopy;
         Ok(Prepared {
             cfg: self.clone(),
             stack: Arc::new(stack),

@@ -29,8 +29,8 @@ Lowers are listed topmost first; write '\\:' for a ':' inside a path.";
 )]
 pub struct Args {
     /// Mount options, comma-separated: lowerdir=, upperdir=, workdir=, ro, rw, dev, nodev,
-    /// suid, nosuid, allow_other, threads=N, fsname=NAME, timeout=SECS; generic mount options
-    /// are accepted.
+    /// suid, nosuid, allow_other, threads=N, fsname=NAME, timeout=SECS, passthrough=auto|off,
+    /// metacopy=on|off; generic mount options are accepted.
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,
     /// Stay in the foreground instead of returning once the mount is live.
@@ -226,6 +226,15 @@ pub fn parse_args(args: Args) -> Result<Invocation> {
                 }
             },
             "nopassthrough" => cfg.passthrough = false,
+            "metacopy" => match val.as_deref() {
+                None | Some("on") => cfg.metacopy = true,
+                Some("off") => cfg.metacopy = false,
+                Some(v) => {
+                    return Err(Error::new(format!(
+                        "metacopy={v}: use metacopy=on or metacopy=off"
+                    )))
+                }
+            },
             "threads" => {
                 let v = need(val)?;
                 cfg.threads = v.parse().map_err(|_| {

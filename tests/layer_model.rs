@@ -5,6 +5,7 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use unionfs::layer::copyup::CopyData;
 use unionfs::layer::ops::{self, NewKind, Owner, RenameMode};
 use unionfs::layer::readdir;
 use unionfs::layer::resolve::{self, DirSet};
@@ -273,7 +274,7 @@ fn copy_up_keeps_metadata_holes_and_parent_times() {
     let lower_meta = fs::metadata(l1.join("a/b/f")).unwrap();
     let lower_a = fs::metadata(l1.join("a")).unwrap();
     let s = stack(&t, &["l1"]);
-    ops::copy_up(&s, b"a/b", b"f", 1, false, true).unwrap();
+    ops::copy_up(&s, b"a/b", b"f", 1, false, CopyData::Full).unwrap();
     let up = t.0.join("upper");
     let m = fs::metadata(up.join("a/b/f")).unwrap();
     assert_eq!(m.mode(), lower_meta.mode());
@@ -332,7 +333,7 @@ fn link_counts_of_lower_hard_links_follow_changes() {
     let a = resolve::lookup(&s, &set, b"a").unwrap().unwrap();
     assert_eq!(s.view_nlink(a.ino, &a.st), 3);
     // Copy one name up: all names still count, the index link does not.
-    ops::copy_up(&s, b"", b"a", a.layer, false, true).unwrap();
+    ops::copy_up(&s, b"", b"a", a.layer, false, CopyData::Full).unwrap();
     let set = root_set(&s);
     let a2 = resolve::lookup(&s, &set, b"a").unwrap().unwrap();
     assert_eq!(a2.ino, a.ino);

@@ -1,6 +1,7 @@
 //! `unionfs-layer`: OCI layer tarballs in and out of unionfs layer directories.
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -13,33 +14,19 @@ fn run(cli: Cli) -> unionfs::Result<()> {
             output,
             gzip,
             zstd,
+            lowers,
         } => {
-            let sink: Box<dyn Write> = match &output {
-                Some(p) => Box::new(std::fs::File::create(p).map_err(|e| {
-                    unionfs::Error::sys(format!("creating {}", p.display()), e, "")
-                })?),
-                None => Box::new(std::io::stdout().lock()),
-            };
-            let sink = std::io::BufWriter::new(sink);
-            if zstd {
-                let z = zstd::stream::write::Encoder::new(sink, 3)
-                    .map_err(|e| unionfs::Error::sys("starting zstd", e, ""))?;
-                let z = unionfs::oci::export(&upper, z)?;
-                z.finish()
-                    .and_then(|mut w| w.flush())
-                    .map_err(|e| unionfs::Error::sys("finishing zstd", e, ""))?;
-            } else if gzip {
-                let gz = flate2::write::GzEncoder::new(sink, flate2::Compression::default());
-                let gz = unionfs::oci::export(&upper, gz)?;
-                gz.finish()
-                    .and_then(|mut w| w.flush())
-                    .map_err(|e| unionfs::Error::sys("finishing gzip", e, ""))?;
-            } else {
-                unionfs::oci::export(&upper, sink)?
-                    .flush()
-                    .map_err(|e| unionfs::Error::sys("writing the tarball", e, ""))?;
+            let lowers = lowers
+                .map(|l| unionfs::options::split_layers(&l))
+                .unwrap_or_default();
+            let r = export(&upper, &lowers, output.as_deref(), gzip, zstd);
+            if r.is_err() {
+                // A partial tarball must not pass for a layer.
+                if let Some(p) = &output {
+                    let _ = std::fs::remove_file(p);
+                }
             }
-            Ok(())
+            r
         }
         Cmd::Import { tarball, dir } => {
             let stats = if tarball.as_os_str() == "-" {
@@ -67,6 +54,42 @@ fn run(cli: Cli) -> unionfs::Result<()> {
             Ok(())
         }
     }
+}
+
+fn export(
+    upper: &Path,
+    lowers: &[PathBuf],
+    output: Option<&Path>,
+    gzip: bool,
+    zstd: bool,
+) -> unionfs::Result<()> {
+    let sink: Box<dyn Write> = match &output {
+        Some(p) => Box::new(
+            std::fs::File::create(p)
+                .map_err(|e| unionfs::Error::sys(format!("creating {}", p.display()), e, ""))?,
+        ),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let sink = std::io::BufWriter::new(sink);
+    if zstd {
+        let z = zstd::stream::write::Encoder::new(sink, 3)
+            .map_err(|e| unionfs::Error::sys("starting zstd", e, ""))?;
+        let z = unionfs::oci::export(upper, lowers, z)?;
+        z.finish()
+            .and_then(|mut w| w.flush())
+            .map_err(|e| unionfs::Error::sys("finishing zstd", e, ""))?;
+    } else if gzip {
+        let gz = flate2::write::GzEncoder::new(sink, flate2::Compression::default());
+        let gz = unionfs::oci::export(upper, lowers, gz)?;
+        gz.finish()
+            .and_then(|mut w| w.flush())
+            .map_err(|e| unionfs::Error::sys("finishing gzip", e, ""))?;
+    } else {
+        unionfs::oci::export(upper, lowers, sink)?
+            .flush()
+            .map_err(|e| unionfs::Error::sys("writing the tarball", e, ""))?;
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {

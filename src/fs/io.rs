@@ -110,7 +110,16 @@ impl UnionFs {
         }
         // The backing file serves every later open too: open upper copies read-write.
         let (bfd, bwritable) = if in_upper {
-            match sys::reopen(fd.as_fd(), libc::O_RDWR) {
+            let plain_rdwr = sys::status_flags(fd.as_fd()).is_ok_and(|fl| {
+                fl & libc::O_ACCMODE == libc::O_RDWR
+                    && fl & (libc::O_APPEND | libc::O_DIRECT | libc::O_SYNC) == 0
+            });
+            let shared = if plain_rdwr {
+                fd.try_clone().map_err(|_| Errno::EIO)
+            } else {
+                sys::reopen(fd.as_fd(), libc::O_RDWR)
+            };
+            match shared {
                 Ok(f) => (f, true),
                 Err(_) => match fd.try_clone() {
                     Ok(f) => (f, writable),

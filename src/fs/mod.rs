@@ -21,6 +21,8 @@ use fuser::{
 };
 use log::{debug, warn};
 
+use crate::layer::copyup::CopyData;
+use crate::layer::metacopy;
 use crate::layer::ops::{self, NewKind, Owner, RenameMode};
 use crate::layer::readdir;
 use crate::layer::readdir::MergedEntry;
@@ -217,14 +219,30 @@ impl UnionFs {
     }
 
     fn stat_of(&self, c: &Ctx) -> SysResult<FileAttr> {
-        let fd = self.stack.open_rel(c.layer, &c.rel, libc::O_PATH)?;
-        let st = sys::fstat(fd.as_fd())?;
+        let st = match self.held_dir(c) {
+            Some(st) => st,
+            None => sys::fstat(self.stack.open_rel(c.layer, &c.rel, libc::O_PATH)?.as_fd())?,
+        };
         let nlink = if c.node.is_dir() {
             Some(self.dir_nlink(c, &st)?)
         } else {
             None
         };
         Ok(self.attr(c.node.ino, &st, nlink))
+    }
+
+    /// The stat of a directory through the fd its cached directory set holds, which spares the
+    /// path walk (the kernel asks for a directory's attributes after every change in it).
+    fn held_dir(&self, c: &Ctx) -> Option<libc::stat> {
+        if !c.node.is_dir() {
+            return None;
+        }
+        let e = self.dirsets.get(&c.node.ino)?;
+        if e.0 != c.dir_layers {
+            return None;
+        }
+        let (_, fd) = e.1.dirs.iter().find(|(l, _)| *l == c.layer)?;
+        sys::fstat(fd.as_fd()).ok()
     }
 
     /// st_nlink of a directory: 2 + merged subdirectories (computed only for merged ones).
@@ -286,7 +304,7 @@ impl UnionFs {
     }
 
     /// Copies a node up into the upper (once, whoever asks first).
-    fn ensure_upper(&self, node: &Arc<Node>, with_data: bool) -> SysResult<()> {
+    fn ensure_upper(&self, node: &Arc<Node>, data: CopyData) -> SysResult<()> {
         if !self.stack.has_upper {
             return Err(Errno::EROFS);
         }
@@ -303,7 +321,7 @@ impl UnionFs {
         }
         let (parent, name) = self.inodes.primary(node.ino)?;
         let prel = self.inodes.rel_path(parent)?;
-        ops::copy_up(&self.stack, &prel, &name, c.layer, node.is_dir(), with_data)?;
+        ops::copy_up(&self.stack, &prel, &name, c.layer, node.is_dir(), data)?;
         self.inodes.mark_upper_chain(node.ino);
         if !node.is_dir() && self.stack.is_indexed(node.ino) {
             // Its other names got upper links too, maybe in directories new to the upper:
@@ -368,6 +386,33 @@ impl UnionFs {
         Ok((a, fd))
     }
 
+    /// An upper file just opened as `fd` may be a metadata-only stub: a reader gets the lower
+    /// copy it points at instead, a writer first fills in its data (or, with O_TRUNC, only
+    /// drops the record: the open has already thrown the data away).
+    fn resolve_stub(
+        &self,
+        node: &Node,
+        fd: OwnedFd,
+        writable: bool,
+        trunc: bool,
+    ) -> SysResult<(OwnedFd, bool)> {
+        let Some(stub) = metacopy::read(&self.stack, fd.as_fd())? else {
+            return Ok((fd, true));
+        };
+        if !writable && !trunc {
+            return Ok((metacopy::open_source(&self.stack, &stub)?, false));
+        }
+        let _guard = node.copy_lock.lock();
+        if metacopy::read(&self.stack, fd.as_fd())?.is_some() {
+            if trunc {
+                metacopy::drop_record(&self.stack, fd.as_fd())?;
+            } else {
+                metacopy::fill(&self.stack, fd.as_fd(), &stub)?;
+            }
+        }
+        Ok((fd, true))
+    }
+
     /// Some open handle of `ino`: the only way left to reach a file whose names are all gone.
     fn any_open(&self, ino: u64) -> Option<Arc<OpenFile>> {
         self.handles
@@ -390,7 +435,12 @@ impl UnionFs {
         let opened = (|| {
             if writable || flags & libc::O_TRUNC != 0 {
                 // An O_TRUNC open throws the data away: copy none of it.
-                self.ensure_upper(&node, flags & libc::O_TRUNC == 0)?;
+                let data = if flags & libc::O_TRUNC != 0 {
+                    CopyData::Empty
+                } else {
+                    CopyData::Full
+                };
+                self.ensure_upper(&node, data)?;
             }
             let c = self.ctx(ino)?;
             let fd = if self.stack.is_upper(c.layer) {
@@ -404,6 +454,9 @@ impl UnionFs {
             Ok((fd, self.stack.is_upper(c.layer)))
         })();
         let (fd, in_upper) = match opened {
+            Ok((fd, true)) if node.kind == libc::S_IFREG => {
+                self.resolve_stub(&node, fd, writable, flags & libc::O_TRUNC != 0)?
+            }
             Ok(v) => v,
             // Unlinked but still open (e.g. reopened through /proc/PID/fd): reopen that file.
             Err(Errno::ENOENT) => match self.any_open(ino) {
@@ -468,8 +521,13 @@ impl UnionFs {
         let target: OwnedFd = match &via_fd {
             Some(f) => f.fd.try_clone().map_err(|_| Errno::EMFILE)?,
             None => {
+                let data = match size {
+                    Some(0) => CopyData::Empty,
+                    Some(_) => CopyData::Full,
+                    None => CopyData::MetaOnly,
+                };
                 let by_path = self
-                    .ensure_upper(&node, size != Some(0))
+                    .ensure_upper(&node, data)
                     .and_then(|_| self.ctx(ino))
                     .and_then(|c| self.stack.open_rel(0, &c.rel, libc::O_PATH));
                 match by_path {
@@ -499,6 +557,19 @@ impl UnionFs {
                 sys::fchmod_fd(target.as_fd(), m & 0o7777)?;
             }
         }
+        // A stub's data must be its own before its size changes (none needed for size 0).
+        let stub = match size {
+            Some(_) if node.kind == libc::S_IFREG && via_fd.is_none() => {
+                metacopy::read(&self.stack, target.as_fd())?
+            }
+            _ => None,
+        };
+        if let (Some(stub), Some(sz)) = (&stub, size) {
+            if sz != 0 {
+                let _guard = node.copy_lock.lock();
+                metacopy::fill(&self.stack, target.as_fd(), stub)?;
+            }
+        }
         if let Some(sz) = size {
             match &via_fd {
                 Some(f) => sys::ftruncate(f.fd.as_fd(), sz)?,
@@ -506,6 +577,9 @@ impl UnionFs {
                     let w = sys::reopen(target.as_fd(), libc::O_WRONLY)?;
                     sys::ftruncate(w.as_fd(), sz)?;
                 }
+            }
+            if stub.is_some() && sz == 0 {
+                metacopy::drop_record(&self.stack, target.as_fd())?;
             }
         }
         if atime.is_some() || mtime.is_some() {
@@ -622,7 +696,7 @@ impl UnionFs {
             return Err(Errno::EPERM);
         }
         let node = self.inodes.get(ino)?;
-        self.ensure_upper(&node, true)?;
+        self.ensure_upper(&node, CopyData::MetaOnly)?;
         let t = self.xattr_target(ino)?;
         let c = CString::new(n).map_err(|_| Errno::EINVAL)?;
         let r = f(t.at(), &c);

@@ -6,6 +6,7 @@
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
+use crate::layer::metacopy;
 use crate::layer::resolve::{self, DirSet};
 use crate::layer::stack::{join, open_subdir, remove_tree, LayerIdx, Stack};
 use crate::layer::whiteout;
@@ -256,14 +257,25 @@ pub fn ensure_upper_dir(stack: &Stack, rel: &[u8]) -> SysResult<OwnedFd> {
     Ok(cur)
 }
 
+/// How much of a regular file's data a copy-up brings along.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyData {
+    /// All of it: the file is about to be written.
+    Full,
+    /// None, size 0: an open with O_TRUNC or a truncate to 0 throws it away.
+    Empty,
+    /// None if the stack has metacopy on (a stub, see `metacopy`), else all: only metadata
+    /// changes (chmod, chown, utimes, xattrs, rename, link).
+    MetaOnly,
+}
+
 /// Copies up the non-directory `name` of directory `parent_rel` from layer `src_layer`.
-/// `with_data: false` is for opens with O_TRUNC and truncates to 0: the data would be thrown away.
 pub fn copy_up_entry(
     stack: &Stack,
     parent_rel: &[u8],
     name: &[u8],
     src_layer: LayerIdx,
-    with_data: bool,
+    data: CopyData,
 ) -> SysResult<()> {
     let cname = CString::new(name).map_err(|_| Errno::EINVAL)?;
     let upper_parent = ensure_upper_dir(stack, parent_rel)?;
@@ -286,6 +298,14 @@ pub fn copy_up_entry(
     let origin = stack.entry_ino(src_layer, src_at, &st);
     let work = stack.work()?;
     let stage = stack.stage_name();
+    // Multi-link files always copy their data: the index shares one upper inode among names.
+    let stub = (data == CopyData::MetaOnly
+        && stack.metacopy
+        && kind == libc::S_IFREG
+        && st.st_size > 0
+        && st.st_nlink == 1)
+        .then(|| metacopy::Stub::of(&join(parent_rel, name), &st));
+    let with_data = data != CopyData::Empty && stub.is_none();
     let staged: SysResult<OwnedFd> = (|| match kind {
         libc::S_IFREG => {
             let dst = sys::openat(
@@ -300,6 +320,12 @@ pub fn copy_up_entry(
                 let src = sys::openat(src_dir.as_fd(), &cname, flags | libc::O_NOATIME, 0)
                     .or_else(|_| sys::openat(src_dir.as_fd(), &cname, flags, 0))?;
                 copy_data(src.as_fd(), dst.as_fd(), st.st_size as u64)?;
+                // On disk before the rename publishes it, as overlayfs does: a crash must
+                // not leave a published copy with missing data.
+                sys::fsync(dst.as_fd(), true)?;
+            } else if let Some(stub) = &stub {
+                sys::ftruncate(dst.as_fd(), st.st_size as u64)?;
+                metacopy::write(stack, sys::At::new(work, &stage), stub)?;
             }
             Ok(dst)
         }
@@ -437,7 +463,7 @@ pub fn materialize_dir(stack: &Stack, rel: &[u8], layers: &[LayerIdx]) -> SysRes
         if f.is_dir() {
             materialize_dir(stack, &join(rel, &e.name), &f.dir_layers)?;
         } else if !stack.is_upper(f.layer) {
-            copy_up_entry(stack, rel, &e.name, f.layer, true)?;
+            copy_up_entry(stack, rel, &e.name, f.layer, CopyData::MetaOnly)?;
         }
     }
     make_opaque(stack, upper_dir.as_fd())

@@ -4,7 +4,7 @@
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use crate::layer::copyup;
+use crate::layer::copyup::{self, CopyData};
 use crate::layer::readdir;
 use crate::layer::resolve::{self, DirSet, Found};
 use crate::layer::stack::{join, open_subdir, remove_tree, Stack};
@@ -128,6 +128,32 @@ pub fn drop_whiteout(upper_dir: BorrowedFd<'_>, name: &[u8]) -> SysResult<()> {
     }
 }
 
+/// The upper directory of a merged directory: the one `set` already holds open when the
+/// directory exists in the upper, else opened (and created) now.
+pub enum UpperDir<'a> {
+    /// Borrowed from the directory set.
+    Held(BorrowedFd<'a>),
+    /// Opened for this call.
+    Opened(OwnedFd),
+}
+
+impl AsFd for UpperDir<'_> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            UpperDir::Held(fd) => *fd,
+            UpperDir::Opened(fd) => fd.as_fd(),
+        }
+    }
+}
+
+/// The upper directory of merged directory `parent_rel` whose layers `set` holds open.
+pub fn upper_dir<'a>(stack: &Stack, parent_rel: &[u8], set: &'a DirSet) -> SysResult<UpperDir<'a>> {
+    match set.dirs.first() {
+        Some((l, fd)) if stack.is_upper(*l) => Ok(UpperDir::Held(fd.as_fd())),
+        _ => copyup::ensure_upper_dir(stack, parent_rel).map(UpperDir::Opened),
+    }
+}
+
 fn has_default_acl(dir: BorrowedFd<'_>) -> bool {
     sys::getxattr(sys::At::dir(dir), c"system.posix_acl_default", &mut []).is_ok()
 }
@@ -147,7 +173,7 @@ pub fn create(
     if resolve::lookup(stack, parent, name)?.is_some() {
         return Err(Errno::EEXIST);
     }
-    let up = copyup::ensure_upper_dir(stack, parent_rel)?;
+    let up = upper_dir(stack, parent_rel, parent)?;
     let c = cname(name)?;
     let wh = whiteout_name(name)?;
     let over_whiteout = has_entry(up.as_fd(), &wh);
@@ -160,10 +186,14 @@ pub fn create(
     let mut file = None;
     match kind {
         NewKind::File { flags } => {
+            // Read-write whatever the caller asked: the fd may become the passthrough backing
+            // file that later readers share, and a file being created is never refused to
+            // its creator. The kernel still enforces the caller's access mode.
+            let flags = (flags & !(libc::O_TRUNC | libc::O_ACCMODE)) | libc::O_RDWR;
             let f = sys::openat(
                 up.as_fd(),
                 &c,
-                (flags & !libc::O_TRUNC) | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+                flags | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
                 perm,
             )?;
             file = Some(f);
@@ -176,38 +206,56 @@ pub fn create(
         let _ = sys::unlinkat(up.as_fd(), &c, matches!(kind, NewKind::Dir));
         e
     };
-    let fd = sys::openat(up.as_fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0).map_err(undo)?;
-    let pst = sys::fstat(up.as_fd()).map_err(undo)?;
-    let gid = if pst.st_mode & libc::S_ISGID != 0 {
-        pst.st_gid
+    // A file is fixed up through its open fd; other kinds through an O_PATH one.
+    let path_fd = match &file {
+        Some(_) => None,
+        None => {
+            Some(sys::openat(up.as_fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0).map_err(undo)?)
+        }
+    };
+    let fd = match (&file, &path_fd) {
+        (Some(f), _) | (None, Some(f)) => f.as_fd(),
+        (None, None) => return Err(Errno::EIO),
+    };
+    let mut st = sys::fstat(fd).map_err(undo)?;
+    let gid = if st.st_gid != owner.gid {
+        // The kernel gave the parent's group only if the parent is set-group-id.
+        let pst = sys::fstat(up.as_fd()).map_err(undo)?;
+        if pst.st_mode & libc::S_ISGID != 0 {
+            pst.st_gid
+        } else {
+            owner.gid
+        }
     } else {
         owner.gid
     };
-    sys::fchown_fd(fd.as_fd(), Some(owner.uid), Some(gid)).map_err(undo)?;
+    if st.st_uid != owner.uid || st.st_gid != gid {
+        sys::fchown_fd(fd, Some(owner.uid), Some(gid)).map_err(undo)?;
+        st = sys::fstat(fd).map_err(undo)?;
+    }
     let is_link = matches!(kind, NewKind::Symlink(_));
-    if !is_link {
+    if !is_link && st.st_mode & 0o7777 != perm && !acl {
         // chown clears set-id bits and our own umask may have masked the mode: put back what
         // the caller asked for, unless a default ACL decided the mode.
-        let st = sys::fstat(fd.as_fd()).map_err(undo)?;
-        if st.st_mode & 0o7777 != perm && !acl {
-            let mut want = perm;
-            if matches!(kind, NewKind::Dir) {
-                want |= st.st_mode & libc::S_ISGID; // inherited from a set-group-id parent
-            }
-            if st.st_mode & 0o7777 != want {
-                sys::fchmod_fd(fd.as_fd(), want).map_err(undo)?;
-            }
+        let mut want = perm;
+        if matches!(kind, NewKind::Dir) {
+            want |= st.st_mode & libc::S_ISGID; // inherited from a set-group-id parent
+        }
+        if st.st_mode & 0o7777 != want {
+            sys::fchmod_fd(fd, want).map_err(undo)?;
+            st = sys::fstat(fd).map_err(undo)?;
         }
     }
     if over_whiteout {
         if matches!(kind, NewKind::Dir) {
             // The old directory below must not shine through the new one.
-            copyup::make_opaque(stack, fd.as_fd()).map_err(undo)?;
+            copyup::make_opaque(stack, fd).map_err(undo)?;
         }
         drop_whiteout(up.as_fd(), name)?;
+        st = sys::fstat(fd)?;
     }
-    let st = sys::fstat(fd.as_fd())?;
-    let ino = stack.entry_ino(0, sys::At::new(up.as_fd(), &c), &st);
+    // New in the upper: no copy-up origin to look for.
+    let ino = stack.union_ino(st.st_dev, st.st_ino);
     let dir_layers = if matches!(kind, NewKind::Dir) {
         vec![0]
     } else {
@@ -232,7 +280,7 @@ pub fn copy_up(
     name: &[u8],
     layer: crate::layer::LayerIdx,
     is_dir: bool,
-    with_data: bool,
+    data: CopyData,
 ) -> SysResult<()> {
     if stack.is_upper(layer) {
         return Ok(());
@@ -243,7 +291,7 @@ pub fn copy_up(
     if is_dir {
         copyup::ensure_upper_dir(stack, &join(parent_rel, name)).map(drop)
     } else {
-        copyup::copy_up_entry(stack, parent_rel, name, layer, with_data)
+        copyup::copy_up_entry(stack, parent_rel, name, layer, data)
     }
 }
 
@@ -313,7 +361,7 @@ pub fn remove(
     // A name of a lower multi-link file goes: the other names now show one link less.
     let tracked = !dir && stack.has_upper && stack.tracks_nlink(f.ino, f.layer, &f.st);
     let view_links = stack.view_nlink(f.ino, &f.st);
-    let up = copyup::ensure_upper_dir(stack, parent_rel)?;
+    let up = upper_dir(stack, parent_rel, parent)?;
     if need_whiteout {
         // Written first: beside the upper entry it changes nothing until that entry goes.
         write_whiteout(stack, up.as_fd(), name)?;
@@ -355,7 +403,7 @@ fn bring_up(stack: &Stack, parent_rel: &[u8], name: &[u8], f: &Found) -> SysResu
         }
         Ok(())
     } else {
-        copy_up(stack, parent_rel, name, f.layer, false, true)
+        copy_up(stack, parent_rel, name, f.layer, false, CopyData::MetaOnly)
     }
 }
 
@@ -508,7 +556,7 @@ pub fn link(
     }
     let tracked = stack.tracks_nlink(src.ino, src.layer, &src.st);
     let view_links = stack.view_nlink(src.ino, &src.st);
-    copy_up(stack, sp_rel, sname, src.layer, false, true)?;
+    copy_up(stack, sp_rel, sname, src.layer, false, CopyData::MetaOnly)?;
     let sp_up = copyup::ensure_upper_dir(stack, sp_rel)?;
     let dp_up = copyup::ensure_upper_dir(stack, dp_rel)?;
     sys::linkat(sp_up.as_fd(), &cname(sname)?, dp_up.as_fd(), &cname(dname)?)?;

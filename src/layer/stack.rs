@@ -43,6 +43,10 @@ pub struct Stack {
     pub index: Option<OwnedFd>,
     /// The name of our per-entry origin xattr (`trusted.` when we may set it, else `user.`).
     pub origin_xattr: CString,
+    /// The name of the metadata-only copy-up record (see `metacopy`), in the origin's namespace.
+    pub metacopy_xattr: CString,
+    /// Whether metadata changes to lower files copy up metadata only (`-o metacopy=on`).
+    pub metacopy: bool,
     /// Distinct st_dev values, first the upper's (or top lower's): the index goes into the high
     /// bits of inode numbers from other filesystems, so numbers never collide (like xino).
     devs: Vec<u64>,
@@ -146,6 +150,8 @@ impl Stack {
             work: None,
             index: None,
             origin_xattr: c"trusted.unionfs.origin".to_owned(),
+            metacopy_xattr: c"trusted.unionfs.metacopy".to_owned(),
+            metacopy: false,
             devs,
             work_in_upper: false,
             next_stage: std::sync::atomic::AtomicU64::new(1),
@@ -256,6 +262,7 @@ impl Stack {
             let _ = sys::removexattr(at, probe);
         } else {
             self.origin_xattr = c"user.unionfs.origin".to_owned();
+            self.metacopy_xattr = crate::layer::metacopy::xattr_name(&self.origin_xattr);
         }
     }
 
@@ -407,6 +414,10 @@ impl Stack {
     /// True when the link count of this regular file is tracked by us rather than by the
     /// layer: a lower file with several names, or one copied up through the index.
     pub fn tracks_nlink(&self, ino: u64, layer: LayerIdx, st: &libc::stat) -> bool {
+        // A tracked file in the upper always has its index link beside its name.
+        if self.is_upper(layer) && st.st_nlink <= 1 {
+            return false;
+        }
         st.st_mode & libc::S_IFMT != libc::S_IFDIR
             && ((!self.is_upper(layer) && st.st_nlink > 1)
                 || self.is_indexed(ino)

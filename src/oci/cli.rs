@@ -31,6 +31,10 @@ pub enum Cmd {
         /// Compress with zstd (application/vnd.oci.image.layer.v1.tar+zstd).
         #[arg(long)]
         zstd: bool,
+        /// The lower layers the union ran with (topmost first, ':'-separated): needed when
+        /// it was mounted with metacopy=on, whose metadata-only copy-ups keep their data there.
+        #[arg(long)]
+        lowers: Option<String>,
     },
     /// Unpack a layer tarball (plain, gzip or zstd) into DIR, refusing entries that would leave it.
     Import {

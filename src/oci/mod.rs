@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 pub mod cli;
 
 use crate::error::{Error, Result};
+use crate::layer::metacopy;
 use crate::layer::stack::{open_below, open_subdir};
 use crate::layer::whiteout;
 use crate::sys::{self, Errno};
@@ -52,21 +53,72 @@ fn xattrs(dir: BorrowedFd<'_>, name: &CString) -> Vec<(String, Vec<u8>)> {
     out
 }
 
-/// Writes the upper directory `upper` as an OCI layer tarball to `out`.
-pub fn export<W: Write>(upper: &Path, out: W) -> Result<W> {
+/// Writes the upper directory `upper` as an OCI layer tarball to `out`. `lowers` (topmost
+/// first) are the layers the union ran with: the data of metadata-only copy-ups comes from them.
+pub fn export<W: Write>(upper: &Path, lowers: &[PathBuf], out: W) -> Result<W> {
     let mut ar = tar::Builder::new(out);
     ar.mode(tar::HeaderMode::Complete);
     let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
-    export_dir(&mut ar, upper, Path::new(""), &mut links)?;
+    let mut roots = Vec::new();
+    for l in lowers {
+        let fd = sys::open_path(l, libc::O_PATH | libc::O_DIRECTORY).map_err(|e| {
+            Error::sys(
+                format!("lower layer {}", l.display()),
+                e.desc(),
+                "give the layers the union was mounted with",
+            )
+        })?;
+        roots.push(fd);
+    }
+    let mut ex = Export {
+        lowers: roots,
+        links: &mut links,
+    };
+    export_dir(&mut ar, upper, Path::new(""), &mut ex)?;
     ar.into_inner()
         .map_err(|e| ioerr("finishing the tarball", e))
+}
+
+/// State of one export.
+struct Export<'a> {
+    lowers: Vec<OwnedFd>,
+    links: &'a mut HashMap<(u64, u64), PathBuf>,
+}
+
+/// The content of an upper file for the tarball: its own data, or for a metadata-only copy-up
+/// the lower file it stands for.
+fn file_data(ex: &Export<'_>, dir: BorrowedFd<'_>, name: &CString, path: &Path) -> Result<OwnedFd> {
+    let fd = sys::openat(dir, name, libc::O_RDONLY | libc::O_NOFOLLOW, 0)
+        .map_err(|e| ioerr(format!("opening {}", path.display()), e.desc()))?;
+    let Some(stub) = metacopy::read_at(sys::At::new(dir, name)) else {
+        return Ok(fd);
+    };
+    if ex.lowers.is_empty() {
+        return Err(Error::new(format!(
+            "{} is a metadata-only copy-up (mounted with metacopy=on): its data is still in \
+             the lower layers; pass them with --lowers L1:L2 (topmost first)",
+            path.display()
+        )));
+    }
+    match metacopy::source_in(ex.lowers.iter().map(|l| l.as_fd()), &stub) {
+        Ok(Some(src)) => Ok(src),
+        Ok(None) => Err(Error::new(format!(
+            "{}: {}",
+            path.display(),
+            metacopy::missing(&stub)
+        ))),
+        Err(e) => Err(ioerr(
+            format!("reading the lower data of {}", path.display()),
+            e.desc(),
+        )),
+    }
 }
 
 fn export_dir<W: Write>(
     ar: &mut tar::Builder<W>,
     dir: &Path,
     rel: &Path,
-    links: &mut HashMap<(u64, u64), PathBuf>,
+    ex: &mut Export<'_>,
 ) -> Result<()> {
     let dirfd = sys::open_path(dir, libc::O_PATH | libc::O_DIRECTORY)
         .map_err(|e| ioerr(format!("opening {}", dir.display()), e.desc()))?;
@@ -103,7 +155,7 @@ fn export_dir<W: Write>(
             h.set_entry_type(tar::EntryType::Directory);
             ar.append_data(&mut h, format!("{}/", relp.display()), std::io::empty())
                 .map_err(fail)?;
-            export_dir(ar, &path, &relp, links)?;
+            export_dir(ar, &path, &relp, ex)?;
         } else if ft.is_symlink() {
             h.set_entry_type(tar::EntryType::Symlink);
             let target = std::fs::read_link(&path).map_err(fail)?;
@@ -118,20 +170,16 @@ fn export_dir<W: Write>(
             }
             if meta.nlink() > 1 {
                 let key = (meta.dev(), meta.ino());
-                if let Some(first) = links.get(&key) {
+                if let Some(first) = ex.links.get(&key) {
                     h.set_entry_type(tar::EntryType::Link);
                     ar.append_link(&mut h, &relp, first).map_err(fail)?;
                     continue;
                 }
-                links.insert(key, relp.clone());
+                ex.links.insert(key, relp.clone());
             }
             h.set_entry_type(tar::EntryType::Regular);
             h.set_size(meta.len());
-            let f = std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&path)
-                .map_err(fail)?;
+            let f = std::fs::File::from(file_data(ex, dirfd.as_fd(), &cname, &path)?);
             ar.append_data(&mut h, &relp, f).map_err(fail)?;
         } else if ft.is_char_device() || ft.is_block_device() || ft.is_fifo() {
             h.set_entry_type(if ft.is_char_device() {
@@ -151,8 +199,6 @@ fn export_dir<W: Write>(
     }
     Ok(())
 }
-
-use std::os::unix::fs::OpenOptionsExt;
 
 /// What `import` did.
 #[derive(Debug, Default)]

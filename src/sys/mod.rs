@@ -389,6 +389,28 @@ pub fn getxattr(at: At<'_>, xname: &CStr, buf: &mut [u8]) -> SysResult<usize> {
     }
 }
 
+/// getxattr of the file an fd (`O_PATH` included) refers to; never used on symlinks.
+pub fn fd_getxattr(fd: BorrowedFd<'_>, xname: &CStr, buf: &mut [u8]) -> SysResult<usize> {
+    let p = proc_fd_path(fd);
+    // SAFETY: `buf` is writable for its length; strings are valid. The /proc link resolves to
+    // the file itself, whatever its open mode.
+    check_size(unsafe {
+        libc::getxattr(
+            p.as_ptr(),
+            xname.as_ptr(),
+            buf.as_mut_ptr() as *mut libc::c_void,
+            buf.len(),
+        )
+    })
+}
+
+/// removexattr of the file an fd (`O_PATH` included) refers to; never used on symlinks.
+pub fn fd_removexattr(fd: BorrowedFd<'_>, xname: &CStr) -> SysResult<()> {
+    let p = proc_fd_path(fd);
+    // SAFETY: strings are valid C strings.
+    check(unsafe { libc::removexattr(p.as_ptr(), xname.as_ptr()) }).map(drop)
+}
+
 /// setxattr without following symlinks.
 pub fn setxattr(at: At<'_>, xname: &CStr, value: &[u8], flags: i32) -> SysResult<()> {
     let args = XattrArgs {
@@ -598,6 +620,11 @@ pub fn fstatvfs(fd: BorrowedFd<'_>) -> SysResult<libc::statvfs> {
     Ok(unsafe { st.assume_init() })
 }
 
+/// The file status flags (access mode, O_APPEND, ...) of an open fd.
+pub fn status_flags(fd: BorrowedFd<'_>) -> SysResult<i32> {
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL)
+}
+
 /// Re-opens the object an `O_PATH` fd refers to with real access flags (never following links).
 pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> SysResult<OwnedFd> {
     let p = proc_fd_path(fd);
@@ -723,10 +750,15 @@ pub fn setsid() {
     unsafe { libc::setsid() };
 }
 
-/// Points stdin, stdout and stderr at /dev/null (a daemon must not hold the caller's terminal).
+/// Points stdin, stdout and stderr at /dev/null (a daemon must not hold the caller's terminal
+/// or pipe). A stderr redirected to a regular file stays: that is where its errors are wanted,
+/// and a file holds nobody up.
 pub fn stdio_to_null() {
+    // SAFETY: fd 2 is only inspected; the BorrowedFd does not outlive this statement.
+    let err_to_file = fstat(unsafe { BorrowedFd::borrow_raw(2) })
+        .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG);
     if let Ok(null) = open_path(std::path::Path::new("/dev/null"), libc::O_RDWR) {
-        for target in 0..3 {
+        for target in 0..if err_to_file { 2 } else { 3 } {
             // SAFETY: dup2 onto the standard descriptors; `null` stays open across the calls.
             unsafe { libc::dup2(null.as_raw_fd(), target) };
         }

@@ -233,6 +233,8 @@ pub struct Stack {
     pub tmpfs: bool,
     /// Mount with the `-o lowerdir=,upperdir=,workdir=` form (workdir outside the upper).
     pub o_form: bool,
+    /// Extra `-o` options for unionfs only (e.g. `metacopy=on`).
+    pub unionfs_opts: Vec<String>,
 }
 
 impl Default for Stack {
@@ -252,6 +254,7 @@ impl Stack {
             // UNIONFS_TEST_FORM=o runs every test through the `-o lowerdir=,upperdir=,workdir=`
             // form (state in a separate work dir) instead of the positional one.
             o_form: std::env::var("UNIONFS_TEST_FORM").as_deref() == Ok("o"),
+            unionfs_opts: vec![],
         }
     }
     pub fn lower(mut self, entries: impl IntoIterator<Item = E>) -> Self {
@@ -285,6 +288,10 @@ impl Stack {
     }
     pub fn on_tmpfs(mut self) -> Self {
         self.tmpfs = true;
+        self
+    }
+    pub fn unionfs_opt(mut self, opt: &str) -> Self {
+        self.unionfs_opts.push(opt.to_string());
         self
     }
     pub fn kernel_opt(mut self, opt: &str) -> Self {
@@ -845,6 +852,9 @@ impl Union {
                     .join(":");
                 let mut cmd = Command::new(bin());
                 cmd.arg("--pid-file").arg(self.pid_file());
+                for o in &self.stack.unionfs_opts {
+                    cmd.arg("-o").arg(o);
+                }
                 if self.stack.o_form {
                     let mut o = format!("lowerdir={lower}");
                     if let Some(up) = &self.upper {
