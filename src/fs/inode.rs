@@ -21,11 +21,11 @@ pub const ROOT: u64 = 1;
 pub struct NodeState {
     /// (parent nodeid, name) pairs; the first is the one used to reach the entry. Empty when
     /// every name is gone (the node then lives on only through open handles).
-    pub aliases: Vec<(u64, Vec<u8>)>,
+    pub aliases: Aliases,
     /// Layer of the visible entry.
     pub layer: LayerIdx,
     /// Directories: every contributing layer, topmost first.
-    pub dir_layers: Vec<LayerIdx>,
+    pub dir_layers: Box<[LayerIdx]>,
     /// Table epoch this state was computed in (see [`Inodes::epoch`]).
     pub epoch: u64,
     /// Merged directories: cached st_nlink.
@@ -48,12 +48,10 @@ pub struct Node {
     /// [`XATTRS_UNKNOWN`], [`XATTRS_NONE`] or [`XATTRS_SOME`]: lets `ls -l`'s per-file
     /// getxattr calls on files without xattrs be answered without touching the layer.
     pub xattrs: AtomicU8,
-    /// Passthrough state: the kernel requires every concurrent passthrough open of an inode
-    /// to use one backing file.
-    pub pt: Mutex<Passthrough>,
 }
 
-/// The backing file shared by the open passthrough handles of one inode.
+/// The backing file shared by the open passthrough handles of one inode: the kernel requires
+/// every concurrent passthrough open of an inode to use one backing file.
 #[derive(Debug, Default)]
 pub struct Passthrough {
     /// The registered backing file, while `opens > 0`.
@@ -79,16 +77,15 @@ impl Node {
             ino,
             kind,
             state: RwLock::new(NodeState {
-                aliases: Vec::new(),
+                aliases: Aliases::default(),
                 layer,
-                dir_layers: Vec::new(),
+                dir_layers: Box::default(),
                 epoch,
                 nlink: None,
             }),
             lookups: AtomicU64::new(lookups),
             copy_lock: Mutex::new(()),
             xattrs: AtomicU8::new(XATTRS_UNKNOWN),
-            pt: Mutex::new(Passthrough::default()),
         }
     }
 
@@ -113,7 +110,7 @@ impl Inodes {
         let map = DashMap::new();
         let top = root_layers.first().copied().unwrap_or(0);
         let root = Node::new(ROOT, libc::S_IFDIR, top, 0, 1);
-        root.state.write().dir_layers = root_layers;
+        root.state.write().dir_layers = root_layers.into();
         map.insert(ROOT, Arc::new(root));
         Inodes {
             map,
@@ -180,13 +177,12 @@ impl Inodes {
         {
             let mut st = node.state.write();
             // The name just resolved goes first, paired with the layer it was found in.
-            st.aliases.retain(|(p, n)| !(*p == parent && n == name));
-            st.aliases.insert(0, (parent, name.to_vec()));
+            st.aliases.put_first(parent, name);
             st.layer = layer;
-            if st.dir_layers != dir_layers {
+            if *st.dir_layers != *dir_layers {
                 st.nlink = None; // the subdirectory count came from other layers
+                st.dir_layers = dir_layers.into();
             }
-            st.dir_layers = dir_layers;
             st.epoch = epoch;
         }
         node
@@ -216,13 +212,7 @@ impl Inodes {
             if depth > 8192 {
                 return Err(Errno::ELOOP);
             }
-            let node = self.get(cur)?;
-            let aliases = node.state.read().aliases.clone();
-            // Prefer a name whose parent we still know.
-            let (parent, name) = aliases
-                .into_iter()
-                .find(|(p, _)| *p == ROOT || self.map.contains_key(p))
-                .ok_or(Errno::ENOENT)?;
+            let (parent, name) = self.primary(cur)?;
             comps.push(name);
             cur = parent;
         }
@@ -239,7 +229,12 @@ impl Inodes {
     /// The name `ino` is reached by: (parent, name).
     pub fn primary(&self, ino: u64) -> SysResult<(u64, Vec<u8>)> {
         let node = self.get(ino)?;
-        let aliases = node.state.read().aliases.clone();
+        // Copied out: no shard lock may be taken while the state lock is held.
+        let aliases: Vec<(u64, Vec<u8>)> = {
+            let st = node.state.read();
+            st.aliases.iter().map(|(p, n)| (p, n.to_vec())).collect()
+        };
+        // Prefer a name whose parent we still know.
         aliases
             .into_iter()
             .find(|(p, _)| *p == ROOT || self.map.contains_key(p))
@@ -249,10 +244,7 @@ impl Inodes {
     /// Forgets the name (`parent`, `name`) of `ino` after an unlink or a rename away.
     pub fn drop_alias(&self, ino: u64, parent: u64, name: &[u8]) {
         if let Ok(node) = self.get(ino) {
-            node.state
-                .write()
-                .aliases
-                .retain(|(p, n)| !(*p == parent && n == name));
+            node.state.write().aliases.remove(parent, name);
         }
     }
 
@@ -260,8 +252,8 @@ impl Inodes {
     pub fn move_alias(&self, ino: u64, op: u64, oname: &[u8], np: u64, nname: &[u8]) {
         if let Ok(node) = self.get(ino) {
             let mut st = node.state.write();
-            st.aliases.retain(|(p, n)| !(*p == op && n == oname));
-            st.aliases.insert(0, (np, nname.to_vec()));
+            st.aliases.remove(op, oname);
+            st.aliases.put_first(np, nname);
         }
     }
 
@@ -276,7 +268,9 @@ impl Inodes {
             {
                 let mut st = node.state.write();
                 if node.is_dir() && !st.dir_layers.contains(&0) {
-                    st.dir_layers.insert(0, 0);
+                    let mut with_upper = vec![0];
+                    with_upper.extend_from_slice(&st.dir_layers);
+                    st.dir_layers = with_upper.into();
                 }
                 st.layer = 0;
                 st.nlink = None;
@@ -284,7 +278,7 @@ impl Inodes {
             if cur == ROOT {
                 return;
             }
-            let next = node.state.read().aliases.first().map(|(p, _)| *p);
+            let next = node.state.read().aliases.first_parent();
             match next {
                 Some(p) => cur = p,
                 None => return,
@@ -300,6 +294,89 @@ impl Inodes {
     }
 }
 
+/// The (parent, name) pairs of a node in one allocation: `parent` (8 bytes LE), name length
+/// (2 bytes LE), name, repeated. Nearly every node has exactly one name and a walk over a
+/// million files holds a million of these, so it is sized to the byte.
+#[derive(Debug, Clone, Default)]
+pub struct Aliases(Box<[u8]>);
+
+impl Aliases {
+    /// Every (parent, name), first the one used to reach the node.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &[u8])> {
+        let mut rest: &[u8] = &self.0;
+        std::iter::from_fn(move || {
+            let (head, tail) = rest.split_at_checked(10)?;
+            let parent = u64::from_le_bytes(head[..8].try_into().ok()?);
+            let len = u16::from_le_bytes([head[8], head[9]]) as usize;
+            let (name, after) = tail.split_at_checked(len)?;
+            rest = after;
+            Some((parent, name))
+        })
+    }
+
+    /// The parent of the first name.
+    pub fn first_parent(&self) -> Option<u64> {
+        self.iter().next().map(|(p, _)| p)
+    }
+
+    /// Makes (`parent`, `name`) the first name (adding it if new).
+    pub fn put_first(&mut self, parent: u64, name: &[u8]) {
+        if self.iter().next() == Some((parent, name)) {
+            return;
+        }
+        let mut v = Vec::with_capacity(self.0.len() + 10 + name.len());
+        push(&mut v, parent, name);
+        for (p, n) in self.iter().filter(|(p, n)| !(*p == parent && *n == name)) {
+            push(&mut v, p, n);
+        }
+        self.0 = v.into_boxed_slice();
+    }
+
+    /// Drops (`parent`, `name`) if present.
+    pub fn remove(&mut self, parent: u64, name: &[u8]) {
+        let mut v = Vec::with_capacity(self.0.len());
+        for (p, n) in self.iter().filter(|(p, n)| !(*p == parent && *n == name)) {
+            push(&mut v, p, n);
+        }
+        self.0 = v.into_boxed_slice();
+    }
+}
+
+fn push(v: &mut Vec<u8>, parent: u64, name: &[u8]) {
+    // Names come from the kernel (NAME_MAX 255): the length always fits.
+    let len = name.len().min(u16::MAX as usize);
+    v.extend_from_slice(&parent.to_le_bytes());
+    v.extend_from_slice(&(len as u16).to_le_bytes());
+    v.extend_from_slice(&name[..len]);
+}
+
 fn node_lookups_add(node: &Node, n: u64) {
     node.lookups.fetch_add(n, Ordering::AcqRel);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aliases_keep_order_and_names() {
+        let mut a = Aliases::default();
+        assert_eq!(a.first_parent(), None);
+        a.put_first(5, b"x");
+        a.put_first(7, b"");
+        a.put_first(9, &[b'n'; 255]);
+        a.put_first(5, b"x"); // back to the front, not duplicated
+        let all: Vec<(u64, Vec<u8>)> = a.iter().map(|(p, n)| (p, n.to_vec())).collect();
+        assert_eq!(
+            all,
+            vec![(5, b"x".to_vec()), (9, vec![b'n'; 255]), (7, Vec::new())]
+        );
+        a.remove(9, &[b'n'; 255]);
+        a.remove(1, b"absent");
+        assert_eq!(a.iter().count(), 2);
+        assert_eq!(a.first_parent(), Some(5));
+        a.remove(5, b"x");
+        a.remove(7, b"");
+        assert_eq!(a.iter().count(), 0);
+    }
 }

@@ -97,7 +97,23 @@ impl UnionFs {
         if !self.opts.passthrough {
             return IoMode::Cached;
         }
-        let mut pt = node.pt.lock();
+        let mode = self.io_mode_locked(node, fd, in_upper, writable, register);
+        if !matches!(mode, IoMode::Passthrough(_)) {
+            self.pts.remove_if(&node.ino, |_, pt| pt.opens == 0);
+        }
+        mode
+    }
+
+    /// `io_mode` with the inode's passthrough entry held (a shard lock of the table).
+    fn io_mode_locked(
+        &self,
+        node: &Node,
+        fd: &OwnedFd,
+        in_upper: bool,
+        writable: bool,
+        register: &dyn Fn(&OwnedFd) -> std::io::Result<fuser::BackingId>,
+    ) -> IoMode {
+        let mut pt = self.pts.entry(node.ino).or_default();
         if pt.opens > 0 {
             let shared = pt.backing.clone();
             if let Some(b) = shared {

@@ -66,6 +66,9 @@ pub struct UnionFs {
     rename_seq: AtomicU64,
     /// Union inodes whose name now lives under another nodeid (see `rehome`).
     redirect: dashmap::DashMap<u64, u64>,
+    /// Passthrough state of inodes with open passthrough handles only (kept out of `Node`: a
+    /// walk over millions of files opens few of them).
+    pts: dashmap::DashMap<u64, inode::Passthrough>,
     next_synthetic: AtomicU64,
     /// Set once the session exists; used to drop kernel dentries from outside a request.
     notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
@@ -108,6 +111,7 @@ impl UnionFs {
             opts,
             rename_seq: AtomicU64::new(0),
             redirect: dashmap::DashMap::new(),
+            pts: dashmap::DashMap::new(),
             next_synthetic: AtomicU64::new(1),
             notifier: Arc::new(std::sync::OnceLock::new()),
             dirsets: dashmap::DashMap::new(),
@@ -164,7 +168,7 @@ impl UnionFs {
         }
         let rel = self.inodes.rel_path(ino)?;
         let st = node.state.read();
-        let (layer, dir_layers) = (st.layer, st.dir_layers.clone());
+        let (layer, dir_layers) = (st.layer, st.dir_layers.to_vec());
         drop(st);
         Ok(Ctx {
             node,
@@ -185,7 +189,7 @@ impl UnionFs {
         }
         let mut st = node.state.write();
         st.layer = found.layer;
-        st.dir_layers = found.dir_layers;
+        st.dir_layers = found.dir_layers.into();
         st.epoch = self.inodes.epoch();
         st.nlink = None;
         Ok(())
@@ -469,9 +473,11 @@ impl UnionFs {
             Err(e) => return Err(e),
         };
         if self.opts.passthrough && in_upper {
-            let pt = node.pt.lock();
-            if pt.opens > 0 && !(pt.upper && pt.writable) {
-                drop(pt);
+            let conflict = self
+                .pts
+                .get(&node.ino)
+                .is_some_and(|pt| pt.opens > 0 && !(pt.upper && pt.writable));
+            if conflict {
                 return Err(self.rehome(&node));
             }
         }
@@ -665,7 +671,7 @@ impl UnionFs {
             let mut st = n.state.write();
             st.layer = 0;
             if n.is_dir() {
-                st.dir_layers = vec![0];
+                st.dir_layers = Box::new([0]);
             }
         }
         if let Some(d) = &dst {
@@ -674,7 +680,7 @@ impl UnionFs {
                     let mut st = n.state.write();
                     st.layer = 0;
                     if n.is_dir() {
-                        st.dir_layers = vec![0];
+                        st.dir_layers = Box::new([0]);
                     }
                 }
             }
@@ -1167,13 +1173,11 @@ impl Filesystem for UnionFs {
                 .open_handles
                 .fetch_sub(1, Ordering::Relaxed);
             if f.backing.is_some() {
-                if let Ok(node) = self.inodes.get(f.ino) {
-                    let mut pt = node.pt.lock();
+                if let Some(mut pt) = self.pts.get_mut(&f.ino) {
                     pt.opens = pt.opens.saturating_sub(1);
-                    if pt.opens == 0 {
-                        pt.backing = None; // closes the backing file once the last user goes
-                    }
                 }
+                // The backing file closes once its last user goes.
+                self.pts.remove_if(&f.ino, |_, pt| pt.opens == 0);
             }
         }
         reply.ok();
