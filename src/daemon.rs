@@ -6,7 +6,6 @@ use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use crate::mount::is_fuse_mount;
 use crate::options::Invocation;
 use crate::sys;
 
@@ -168,7 +167,8 @@ fn start_watchdog(mountpoint: &Path) -> Option<OwnedFd> {
             let _ = std::env::set_current_dir("/");
             let mut b = [0u8; 1];
             let clean = matches!(sys::read(r.as_fd(), &mut b), Ok(1) if b[0] == b'c');
-            if !clean && is_fuse_mount(&mnt) {
+            // Only the dead mount: the user may already have mounted a new union there.
+            if !clean && crate::mount::is_dead_fuse_mount(&mnt) {
                 let _ = sys::umount_lazy(&mnt);
             }
             sys::exit_now(0);

@@ -317,9 +317,6 @@ impl Drop for MountGuard {
     }
 }
 
-/// FUSE's `f_type` in statfs.
-pub const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
-
 /// Lazily unmounts a union whose daemon may be gone (`--cleanup`). `Ok(false)`: not mounted.
 pub fn cleanup(mountpoint: &Path) -> Result<bool> {
     match sys::umount_lazy(mountpoint) {
@@ -333,17 +330,12 @@ pub fn cleanup(mountpoint: &Path) -> Result<bool> {
     }
 }
 
-/// True when `path` is the root of a FUSE mount.
-pub fn is_fuse_mount(path: &Path) -> bool {
+/// True when `path` is a FUSE mount whose daemon is gone (its connection answers ENOTCONN):
+/// a watchdog must leave alone a live union mounted there since.
+pub fn is_dead_fuse_mount(path: &Path) -> bool {
+    let dead = |e| matches!(e, Errno::ENOTCONN | Errno::ECONNABORTED);
     match sys::open_path(path, libc::O_PATH | libc::O_DIRECTORY) {
-        Ok(fd) => match sys::fstatfs_type(fd.as_fd()) {
-            Ok(t) => t == FUSE_SUPER_MAGIC,
-            // Only a FUSE mount whose daemon is gone answers statfs with ENOTCONN (or
-            // ECONNABORTED when the call was in flight as the connection died).
-            Err(Errno::ENOTCONN) | Err(Errno::ECONNABORTED) => true,
-            Err(_) => false,
-        },
-        Err(Errno::ENOTCONN) | Err(Errno::ECONNABORTED) => true,
-        Err(_) => false,
+        Ok(fd) => sys::fstatfs_type(fd.as_fd()).is_err_and(dead),
+        Err(e) => dead(e),
     }
 }

@@ -312,6 +312,59 @@ fn s52_sigterm_unmounts_and_killed_daemon_is_recoverable() {
     assert_eq!(u.read_str("f"), "x");
 }
 
+/// The children of process `pid` (all its threads).
+fn children(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for t in fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let c = fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        out.extend(c.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+    }
+    out
+}
+
+#[test]
+fn late_watchdog_leaves_a_new_mount_on_the_same_path_alone() {
+    if is_kernel() {
+        eprintln!("SKIP on kernel: no daemon");
+        return;
+    }
+    let Some(mut u) = Union::mount(Stack::new().lower([file("f", "x")])) else {
+        return;
+    };
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let daemon = u.daemon_pid().unwrap();
+    let watchdogs = children(daemon);
+    assert_eq!(
+        watchdogs.len(),
+        1,
+        "expected one watchdog child: {watchdogs:?}"
+    );
+    let dog = Pid::from_raw(watchdogs[0]);
+    // Hold the watchdog back until the daemon is dead and a new union is mounted there.
+    kill(dog, Signal::SIGSTOP).unwrap();
+    kill(Pid::from_raw(daemon), Signal::SIGKILL).unwrap();
+    let out = Command::new(bin())
+        .arg("--cleanup")
+        .arg(&u.mnt)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    u.forget_mount();
+    u.do_mount();
+    kill(dog, Signal::SIGCONT).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/{}", dog.as_raw())).exists() {
+        assert!(Instant::now() < deadline, "the watchdog did not exit");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        is_mountpoint(&u.mnt),
+        "the old watchdog unmounted the new union"
+    );
+    assert_eq!(u.read_str("f"), "x");
+}
+
 #[test]
 fn cli_o_form_with_separate_workdir() {
     // The fuse-overlayfs/podman form: `-o lowerdir=...,upperdir=...,workdir=...`.

@@ -137,12 +137,33 @@ fn copy_range(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, from: i64, to: i64) -> S
         match sys::copy_file_range(src, &mut off_in, dst, &mut off_out, want) {
             Ok(0) => return Ok(()),
             Ok(_) => {}
+            // Between filesystems: the kernel still copies with sendfile.
             Err(Errno::EXDEV)
             | Err(Errno::EINVAL)
             | Err(Errno::ENOSYS)
             | Err(Errno::EOPNOTSUPP) => {
-                return copy_range_rw(src, dst, off_in, to);
+                return copy_range_sendfile(src, dst, off_in, to);
             }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn copy_range_sendfile(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    from: i64,
+    to: i64,
+) -> SysResult<()> {
+    sys::lseek(dst, from, libc::SEEK_SET)?;
+    let mut off = from;
+    while off < to {
+        let want = ((to - off) as usize).min(1 << 30);
+        match sys::sendfile(dst, src, &mut off, want) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(Errno::EINVAL) | Err(Errno::ENOSYS) => return copy_range_rw(src, dst, off, to),
             Err(e) => return Err(e),
         }
     }

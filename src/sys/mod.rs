@@ -558,6 +558,22 @@ pub fn copy_file_range(
     })
 }
 
+/// sendfile(2) from `src` at `*off_in` (updated) to `dst` at its file position: an in-kernel
+/// copy that also works between filesystems, where copy_file_range refuses.
+pub fn sendfile(
+    dst: BorrowedFd<'_>,
+    src: BorrowedFd<'_>,
+    off_in: &mut i64,
+    len: usize,
+) -> SysResult<usize> {
+    retry(|| {
+        // SAFETY: `off_in` is a valid, exclusively borrowed integer.
+        check_size(unsafe {
+            libc::sendfile(dst.as_raw_fd(), src.as_raw_fd(), off_in as *mut i64, len)
+        })
+    })
+}
+
 const FICLONE: libc::c_ulong = 0x4004_9409;
 
 /// FICLONE: make `dst` share `src`'s extents (reflink) where the filesystem can.
