@@ -267,6 +267,12 @@ impl Inodes {
             let Ok(node) = self.get(cur) else { return };
             {
                 let mut st = node.state.write();
+                if node.is_dir() && st.layer == 0 && st.dir_layers.first() == Some(&0) {
+                    // Already in the upper, so are all its ancestors. Leaving its cached link
+                    // count alone matters: recounting a merged directory lists it whole, and
+                    // every unlink in it would pay that.
+                    return;
+                }
                 if node.is_dir() && !st.dir_layers.contains(&0) {
                     let mut with_upper = vec![0];
                     with_upper.extend_from_slice(&st.dir_layers);
