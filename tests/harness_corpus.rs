@@ -54,6 +54,13 @@ fn corpus_on_unionfs() {
     run_corpus("unionfs");
 }
 
+/// With `-o metacopy=on` the view must not change; the upper-as-a-layer check runs after
+/// `fill_stubs`, the step that makes such an upper a plain diff.
+#[test]
+fn corpus_on_unionfs_with_metacopy() {
+    run_corpus("unionfs-metacopy");
+}
+
 #[test]
 fn corpus_on_kernel_overlayfs() {
     run_corpus("kernel");

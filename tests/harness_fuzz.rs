@@ -1,4 +1,5 @@
-//! Fixed fuzz seeds, 200 ops each, unionfs against kernel overlayfs (60 seeds in all).
+//! Fixed fuzz seeds, 200 ops each, unionfs against kernel overlayfs (60 seeds, and 20 more
+//! with metacopy on).
 //!
 //! A seed that shows a known unionfs bug is listed in KNOWN with the divergent field and the
 //! corpus file that keeps its shrunk case; it must still diverge that way (so a fix is noticed
@@ -40,8 +41,24 @@ fn fixed_seeds_without_layer_links_agree_with_kernel() {
     check_seeds(101..=130, false, &[]);
 }
 
+/// Metadata-only copy-up must not change any view, across rotations (an upper with stubs
+/// becoming a lower) included.
+#[test]
+fn fixed_seeds_with_metacopy_agree_with_kernel() {
+    check_seeds_on("unionfs-metacopy", 201..=220, true, &[]);
+}
+
 fn check_seeds(seeds: std::ops::RangeInclusive<u64>, links: bool, known: &[(u64, &str, &str)]) {
-    if !can_run("unionfs") || !can_run("kernel") {
+    check_seeds_on("unionfs", seeds, links, known)
+}
+
+fn check_seeds_on(
+    imp: &str,
+    seeds: std::ops::RangeInclusive<u64>,
+    links: bool,
+    known: &[(u64, &str, &str)],
+) {
+    if !can_run(imp) || !can_run("kernel") {
         return;
     }
     let flag = if links { "" } else { " --no-layer-links" };
@@ -49,7 +66,7 @@ fn check_seeds(seeds: std::ops::RangeInclusive<u64>, links: bool, known: &[(u64,
     for seed in seeds {
         let s = generate_with(seed, OPS, links);
         let known = known.iter().find(|k| k.0 == seed);
-        match (run_pair(&s, "unionfs", "kernel", 10), known) {
+        match (run_pair(&s, imp, "kernel", 10), known) {
             (DiffOutcome::Same, None) => {}
             (DiffOutcome::Stopped(why), None) => eprintln!("seed {seed}: {why}"),
             (DiffOutcome::Same | DiffOutcome::Stopped(_), Some((_, _, file))) => failures.push(
@@ -59,8 +76,8 @@ fn check_seeds(seeds: std::ops::RangeInclusive<u64>, links: bool, known: &[(u64,
                 eprintln!("seed {seed}: known divergence ({field}) still there");
             }
             (DiffOutcome::Diverged(d), _) => failures.push(format!(
-                "seed {seed}: after step {} ({}): {} {}: unionfs {} / kernel {} \
-                 (reproduce and shrink: unionfs-harness fuzz --seed {seed} --ops {OPS}{flag})",
+                "seed {seed}: after step {} ({}): {} {}: {imp} {} / kernel {} \
+                 (reproduce and shrink: unionfs-harness fuzz --impl {imp} --seed {seed} --ops {OPS}{flag})",
                 d.step, d.op, d.path, d.field, d.a, d.b
             )),
             (DiffOutcome::Error(e), _) => failures.push(format!("seed {seed}: {e}")),

@@ -66,6 +66,21 @@ fn assert_full(u: &Union, rel: &str, want: &[u8]) {
     );
 }
 
+/// Appends `tail` to the stub `rel` through the mount; checks the upper then holds all the
+/// data, and returns it.
+fn append(u: &Union, rel: &str, tail: &[u8]) -> Vec<u8> {
+    fs::OpenOptions::new()
+        .append(true)
+        .open(u.m(rel))
+        .unwrap()
+        .write_all(tail)
+        .unwrap();
+    let mut want = data();
+    want.extend_from_slice(tail);
+    assert_full(u, rel, &want);
+    want
+}
+
 #[test]
 fn chmod_chown_touch_xattr_copy_no_data_then_write_fills_it() {
     let Some(mut u) = union() else { return };
@@ -98,16 +113,8 @@ fn chmod_chown_touch_xattr_copy_no_data_then_write_fills_it() {
     assert!(u.read("d/big") == data());
 
     // The first write brings the data up, under the metadata set before.
-    fs::OpenOptions::new()
-        .append(true)
-        .open(u.m("d/big"))
-        .unwrap()
-        .write_all(b"TAIL")
-        .unwrap();
-    let mut want = data();
-    want.extend_from_slice(b"TAIL");
+    let want = append(&u, "d/big", b"TAIL");
     assert!(u.read("d/big") == want);
-    assert_full(&u, "d/big", &want);
     let m = fs::symlink_metadata(u.u("d/big")).unwrap();
     assert_eq!(m.mode() & 0o7777, 0o600);
     assert_eq!((m.uid(), m.gid()), (1234, 5678));
@@ -265,4 +272,46 @@ fn export_fills_stub_data_from_the_lowers_and_refuses_without_them() {
     let m = fs::metadata(into.join("d/big")).unwrap();
     assert_eq!(m.mode() & 0o7777, 0o600);
     assert!(lgetxattr(&into.join("d/big"), "trusted.unionfs.metacopy").is_err());
+}
+
+#[test]
+fn an_upper_with_stubs_works_as_a_lower_and_fill_makes_it_plain() {
+    let Some(mut u) = union() else { return };
+    fs::set_permissions(u.m("d/big"), fs::Permissions::from_mode(0o600)).unwrap();
+    assert_stub(&u, "d/big");
+    // The upper becomes a lower (how images are built); its stub still reads the data.
+    u.rotate();
+    assert!(
+        u.read("d/big") == data(),
+        "a stub in a lower layer reads its source"
+    );
+    // A metadata change copies the stub up as a stub of the same source (chmod keeps size and
+    // mtime, so the lower stub itself must not be taken for the data).
+    fs::set_permissions(u.m("d/big"), fs::Permissions::from_mode(0o640)).unwrap();
+    assert_stub(&u, "d/big");
+    assert!(u.read("d/big") == data());
+    append(&u, "d/big", b"!");
+    u.unmount();
+
+    // `unionfs-layer fill` turns the rotated layer (a former upper) into a plain layer.
+    let rotated = u.lowers[0].clone();
+    let below = u.lowers[1].clone();
+    let out = Command::new(env!("CARGO_BIN_EXE_unionfs-layer"))
+        .args([OsStr::new("fill"), rotated.as_os_str()])
+        .args([OsStr::new("--lowers"), below.as_os_str()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let p = rotated.join("d/big");
+    assert!(
+        fs::read(&p).unwrap() == data(),
+        "fill left the stub without its data"
+    );
+    assert!(lgetxattr(&p, "trusted.unionfs.metacopy").is_err());
+    assert_eq!(fs::metadata(&p).unwrap().mode() & 0o7777, 0o600);
+    u.resnapshot();
 }

@@ -28,6 +28,15 @@ fn run(cli: Cli) -> unionfs::Result<()> {
             }
             r
         }
+        Cmd::Fill { upper, lowers } => {
+            let lowers = unionfs::options::split_layers(&lowers);
+            let n = unionfs::oci::fill_stubs(&upper, &lowers)?;
+            eprintln!(
+                "unionfs-layer: filled {n} metadata-only copies in {}",
+                upper.display()
+            );
+            Ok(())
+        }
         Cmd::Import { tarball, dir } => {
             let stats = if tarball.as_os_str() == "-" {
                 unionfs::oci::import(std::io::stdin().lock(), &dir)?

@@ -404,7 +404,7 @@ impl UnionFs {
             return Ok((fd, true));
         };
         if !writable && !trunc {
-            return Ok((metacopy::open_source(&self.stack, &stub)?, false));
+            return Ok((metacopy::open_source(&self.stack, &stub, 0)?, false));
         }
         let _guard = node.copy_lock.lock();
         if metacopy::read(&self.stack, fd.as_fd())?.is_some() {
@@ -460,6 +460,16 @@ impl UnionFs {
         let (fd, in_upper) = match opened {
             Ok((fd, true)) if node.kind == libc::S_IFREG => {
                 self.resolve_stub(&node, fd, writable, flags & libc::O_TRUNC != 0)?
+            }
+            // A stub in a lower layer (an upper with stubs made a layer): read its source.
+            Ok((fd, false)) if node.kind == libc::S_IFREG => {
+                match metacopy::read(&self.stack, fd.as_fd())? {
+                    Some(stub) => {
+                        let layer = self.ctx(ino)?.layer;
+                        (metacopy::open_source(&self.stack, &stub, layer)?, false)
+                    }
+                    None => (fd, false),
+                }
             }
             Ok(v) => v,
             // Unlinked but still open (e.g. reopened through /proc/PID/fd): reopen that file.

@@ -11,7 +11,13 @@ use crate::harness::build::Format;
 use crate::sys;
 
 /// The implementations the harness knows.
-pub const IMPLS: &[&str] = &["unionfs", "unionfs-cli", "kernel", "fuse-overlayfs"];
+pub const IMPLS: &[&str] = &[
+    "unionfs",
+    "unionfs-metacopy",
+    "unionfs-cli",
+    "kernel",
+    "fuse-overlayfs",
+];
 
 /// A union implementation that can mount a workspace.
 pub trait Union {
@@ -27,12 +33,24 @@ pub trait Union {
     fn daemon(&self) -> Option<i32> {
         None
     }
+    /// Makes the unmounted upper the plain layer diff it stands for (a no-op for unions whose
+    /// upper directory already is one).
+    fn settle(&mut self, _ws: &Workspace) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Creates the implementation called `name`, or says which names exist.
 pub fn by_name(name: &str) -> Result<Box<dyn Union>, String> {
     match name {
-        "unionfs" => Ok(Box::new(UnionFs { guard: None })),
+        "unionfs" => Ok(Box::new(UnionFs {
+            guard: None,
+            metacopy: false,
+        })),
+        "unionfs-metacopy" => Ok(Box::new(UnionFs {
+            guard: None,
+            metacopy: true,
+        })),
         "unionfs-cli" => Ok(Box::new(UnionFsCli {
             pid: None,
             mnt: PathBuf::new(),
@@ -55,7 +73,9 @@ pub fn unavailable(name: &str) -> Option<String> {
         return Some("mounting needs root".into());
     }
     match name {
-        "unionfs" | "unionfs-cli" | "fuse-overlayfs" if !Path::new("/dev/fuse").exists() => {
+        "unionfs" | "unionfs-metacopy" | "unionfs-cli" | "fuse-overlayfs"
+            if !Path::new("/dev/fuse").exists() =>
+        {
             Some("/dev/fuse is missing (modprobe fuse)".into())
         }
         "unionfs-cli" if mount_binary().is_none() => Some(
@@ -253,20 +273,39 @@ impl Drop for Workspace {
     }
 }
 
-/// unionfs through the library, served by threads of this process.
+/// unionfs through the library, served by threads of this process; `unionfs-metacopy` with
+/// `-o metacopy=on`, whose upper becomes a plain diff once `fill_stubs` has run.
 struct UnionFs {
     guard: Option<crate::MountGuard>,
+    metacopy: bool,
 }
 
 impl Union for UnionFs {
     fn name(&self) -> &'static str {
-        "unionfs"
+        if self.metacopy {
+            "unionfs-metacopy"
+        } else {
+            "unionfs"
+        }
+    }
+    fn settle(&mut self, ws: &Workspace) -> Result<(), String> {
+        if !self.metacopy {
+            return Ok(());
+        }
+        // The upper, and earlier uppers rotated into the lowers, each over the layers below.
+        let layers: Vec<PathBuf> = ws.upper.iter().chain(&ws.lowers).cloned().collect();
+        for (i, l) in layers.iter().enumerate() {
+            crate::oci::fill_stubs(l, &layers[i + 1..])
+                .map_err(|e| format!("filling metadata-only copies in {}: {e}", l.display()))?;
+        }
+        Ok(())
     }
     fn format(&self) -> Format {
         Format::Oci
     }
     fn mount(&mut self, ws: &Workspace) -> Result<(), String> {
-        let cfg = crate::MountConfig::new(ws.lowers.clone(), ws.upper.clone());
+        let mut cfg = crate::MountConfig::new(ws.lowers.clone(), ws.upper.clone());
+        cfg.metacopy = self.metacopy;
         let g = cfg
             .mount(&ws.mnt)
             .map_err(|e| format!("mounting unionfs: {e}"))?;

@@ -247,6 +247,7 @@ impl Instance {
     /// Unmounts and reads the upper, the model view of the stack and changes to the lowers.
     pub fn finish(&mut self) -> Result<Finished, String> {
         self.unmount()?;
+        self.imp.settle(&self.ws)?;
         let upper = match &self.ws.upper {
             Some(u) => Some(capture(u, ReadAs::Layer)?),
             None => None,

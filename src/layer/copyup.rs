@@ -320,12 +320,21 @@ pub fn copy_up_entry(
     let work = stack.work()?;
     let stage = stack.stage_name();
     // Multi-link files always copy their data: the index shares one upper inode among names.
+    // A lower file may itself be a stub (an upper with stubs made a layer): its data is where
+    // its record says, and a new stub points there too.
+    let lower_stub = (kind == libc::S_IFREG && st.st_size > 0)
+        .then(|| metacopy::read_at(src_at).map(|(s, _)| s))
+        .flatten();
     let stub = (data == CopyData::MetaOnly
         && stack.metacopy
         && kind == libc::S_IFREG
         && st.st_size > 0
         && st.st_nlink == 1)
-        .then(|| metacopy::Stub::of(&join(parent_rel, name), &st));
+        .then(|| {
+            lower_stub
+                .clone()
+                .unwrap_or_else(|| metacopy::Stub::of(&join(parent_rel, name), &st))
+        });
     let with_data = data != CopyData::Empty && stub.is_none();
     let staged: SysResult<OwnedFd> = (|| match kind {
         libc::S_IFREG => {
@@ -338,8 +347,11 @@ pub fn copy_up_entry(
             if with_data {
                 // O_NOATIME: copying up must not change even the lower file's atime.
                 let flags = libc::O_RDONLY | libc::O_NOFOLLOW;
-                let src = sys::openat(src_dir.as_fd(), &cname, flags | libc::O_NOATIME, 0)
-                    .or_else(|_| sys::openat(src_dir.as_fd(), &cname, flags, 0))?;
+                let src = match &lower_stub {
+                    Some(s) => metacopy::open_source(stack, s, src_layer)?,
+                    None => sys::openat(src_dir.as_fd(), &cname, flags | libc::O_NOATIME, 0)
+                        .or_else(|_| sys::openat(src_dir.as_fd(), &cname, flags, 0))?,
+                };
                 copy_data(src.as_fd(), dst.as_fd(), st.st_size as u64)?;
                 // On disk before the rename publishes it, as overlayfs does: a crash must
                 // not leave a published copy with missing data.

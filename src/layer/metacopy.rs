@@ -6,14 +6,17 @@
 //! A stub is not a complete OCI layer entry: `unionfs-layer export --lowers` reads the data of
 //! stubs from the lower layers, and refuses to export a stub it cannot fill.
 //!
+//! An upper with stubs used as a lower layer keeps working: a stub in a lower layer reads from
+//! the layers below it, and copying it up keeps its record.
+//!
 //! The xattr holds the source's size and mtime and its path below the layer root. The source is
 //! the topmost lower layer holding that path with that size and mtime, so a stub keeps working
 //! when layers are moved or reordered, and a replaced lower file is reported, never read.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use crate::layer::stack::{open_below, Stack};
+use crate::layer::stack::{open_below, LayerIdx, Stack};
 use crate::sys::{self, Errno, SysResult};
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -102,10 +105,11 @@ pub fn write(stack: &Stack, at: sys::At<'_>, stub: &Stub) -> SysResult<()> {
     sys::setxattr(at, &stack.metacopy_xattr, &stub.encode(), 0)
 }
 
-/// Opens the data of a stub in the topmost lower layer that has it, read-only.
-pub fn open_source(stack: &Stack, stub: &Stub) -> SysResult<OwnedFd> {
-    let first = usize::from(stack.has_upper);
-    let lowers = stack.layers[first..].iter().map(|l| l.fd.as_fd());
+/// Opens the data of a stub found in layer `layer`: in the topmost lower layer below it that
+/// has it, read-only.
+pub fn open_source(stack: &Stack, stub: &Stub, layer: LayerIdx) -> SysResult<OwnedFd> {
+    let first = (layer + 1).max(usize::from(stack.has_upper));
+    let lowers = stack.layers.iter().skip(first).map(|l| l.fd.as_fd());
     match source_in(lowers, stub)? {
         Some(fd) => Ok(fd),
         None => {
@@ -142,29 +146,51 @@ pub fn source_in<'a>(
             }
             Err(e) => return Err(e),
         };
-        if stub.matches(&sys::fstat(fd.as_fd())?) {
+        // Another stub of the same file (chmod keeps size and mtime) holds no data.
+        if stub.matches(&sys::fstat(fd.as_fd())?) && !is_stub_fd(fd.as_fd()) {
             return Ok(Some(fd));
         }
     }
     Ok(None)
 }
 
-/// The stub record of `at` under either namespace (for tools that read an upper offline).
-pub fn read_at(at: sys::At<'_>) -> Option<Stub> {
-    let mut buf = vec![0u8; 4096 + HEADER];
-    [c"trusted.unionfs.metacopy", c"user.unionfs.metacopy"]
+fn is_stub_fd(fd: BorrowedFd<'_>) -> bool {
+    XATTR_NAMES
         .iter()
-        .find_map(|x| {
-            let n = sys::getxattr(at, x, &mut buf).ok()?;
-            Stub::decode(&buf[..n])
-        })
+        .any(|x| sys::fd_getxattr(fd, x, &mut []).is_ok())
+}
+
+/// The stub record's name in each xattr namespace we may write it in.
+const XATTR_NAMES: [&CStr; 2] = [c"trusted.unionfs.metacopy", c"user.unionfs.metacopy"];
+
+/// The stub record of `at` under either namespace, with the xattr name that holds it (for
+/// tools that read an upper offline).
+pub fn read_at(at: sys::At<'_>) -> Option<(Stub, &'static CStr)> {
+    let mut buf = vec![0u8; 4096 + HEADER];
+    XATTR_NAMES.into_iter().find_map(|x| {
+        let n = sys::getxattr(at, x, &mut buf).ok()?;
+        Stub::decode(&buf[..n]).map(|s| (s, x))
+    })
 }
 
 /// Copies the data of the stub `fd` refers to (any open mode) into it and drops the stub
 /// record, keeping its times. A crash in between leaves a stub whose data reads the same from
 /// either copy: the record goes last.
 pub fn fill(stack: &Stack, fd: BorrowedFd<'_>, stub: &Stub) -> SysResult<()> {
-    let src = open_source(stack, stub)?;
+    let src = open_source(stack, stub, 0)?;
+    fill_from(src.as_fd(), fd, stub, &stack.metacopy_xattr)?;
+    stack.stats.bytes_copied.fetch_add(stub.size, Relaxed);
+    Ok(())
+}
+
+/// Copies the data of `stub` from `src` into the stub file `fd`, then drops the record
+/// `xattr`: the steps of [`fill`] with the source already found.
+pub fn fill_from(
+    src: BorrowedFd<'_>,
+    fd: BorrowedFd<'_>,
+    stub: &Stub,
+    xattr: &CStr,
+) -> SysResult<()> {
     let before = sys::fstat(fd)?;
     let dst = match sys::reopen(fd, libc::O_WRONLY) {
         Ok(f) => f,
@@ -177,12 +203,13 @@ pub fn fill(stack: &Stack, fd: BorrowedFd<'_>, stub: &Stub) -> SysResult<()> {
         }
         Err(e) => return Err(e),
     };
-    crate::layer::copyup::copy_data(src.as_fd(), dst.as_fd(), stub.size)?;
+    crate::layer::copyup::copy_data(src, dst.as_fd(), stub.size)?;
     sys::fsync(dst.as_fd(), true)?;
     sys::utimens_fd(dst.as_fd(), &crate::layer::copyup::times_of(&before))?;
-    drop_record(stack, fd)?;
-    stack.stats.bytes_copied.fetch_add(stub.size, Relaxed);
-    Ok(())
+    match sys::fd_removexattr(fd, xattr) {
+        Ok(()) | Err(Errno::ENODATA) => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Drops the stub record of the upper file `fd` refers to: its data is its own from now on.

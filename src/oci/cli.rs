@@ -36,6 +36,15 @@ pub enum Cmd {
         #[arg(long)]
         lowers: Option<String>,
     },
+    /// Copy the data of metadata-only copy-ups (from a metacopy=on mount) into the unmounted
+    /// UPPER from the lowers, so the directory itself is a plain layer diff.
+    Fill {
+        /// The upper directory (not mounted).
+        upper: PathBuf,
+        /// The lower layers the union ran with (topmost first, ':'-separated).
+        #[arg(long, required = true)]
+        lowers: String,
+    },
     /// Unpack a layer tarball (plain, gzip or zstd) into DIR, refusing entries that would leave it.
     Import {
         /// The tarball ("-" for stdin).

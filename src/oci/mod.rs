@@ -59,17 +59,7 @@ pub fn export<W: Write>(upper: &Path, lowers: &[PathBuf], out: W) -> Result<W> {
     let mut ar = tar::Builder::new(out);
     ar.mode(tar::HeaderMode::Complete);
     let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
-    let mut roots = Vec::new();
-    for l in lowers {
-        let fd = sys::open_path(l, libc::O_PATH | libc::O_DIRECTORY).map_err(|e| {
-            Error::sys(
-                format!("lower layer {}", l.display()),
-                e.desc(),
-                "give the layers the union was mounted with",
-            )
-        })?;
-        roots.push(fd);
-    }
+    let roots = open_lowers(lowers)?;
     let mut ex = Export {
         lowers: roots,
         links: &mut links,
@@ -77,6 +67,74 @@ pub fn export<W: Write>(upper: &Path, lowers: &[PathBuf], out: W) -> Result<W> {
     export_dir(&mut ar, upper, Path::new(""), &mut ex)?;
     ar.into_inner()
         .map_err(|e| ioerr("finishing the tarball", e))
+}
+
+/// Copies the data of every metadata-only copy-up (stub) in the unmounted upper `upper` from
+/// `lowers` (topmost first) into the stub, so the upper directory itself is a plain layer diff.
+/// Returns how many stubs were filled; stops at the first stub whose data is missing.
+pub fn fill_stubs(upper: &Path, lowers: &[PathBuf]) -> Result<u64> {
+    let roots = open_lowers(lowers)?;
+    let root = sys::open_path(upper, libc::O_PATH | libc::O_DIRECTORY)
+        .map_err(|e| Error::sys(format!("upper {}", upper.display()), e.desc(), ""))?;
+    let mut filled = 0;
+    fill_dir(root.as_fd(), upper, &roots, &mut filled)?;
+    Ok(filled)
+}
+
+fn fill_dir(dir: BorrowedFd<'_>, path: &Path, lowers: &[OwnedFd], filled: &mut u64) -> Result<()> {
+    let entries =
+        sys::read_dir(dir).map_err(|e| ioerr(format!("reading {}", path.display()), e.desc()))?;
+    for e in entries {
+        if internal(&e.name) {
+            continue;
+        }
+        let name = CString::new(e.name.clone()).map_err(|_| Error::new("NUL in a name"))?;
+        let p = path.join(OsStr::from_bytes(&e.name));
+        let st = sys::fstatat(dir, &name).map_err(|err| ioerr(p.display(), err.desc()))?;
+        match st.st_mode & libc::S_IFMT {
+            libc::S_IFDIR => {
+                let sub = open_subdir(dir, &name).map_err(|err| ioerr(p.display(), err.desc()))?;
+                fill_dir(sub.as_fd(), &p, lowers, filled)?;
+            }
+            libc::S_IFREG => {
+                let Some((stub, xattr)) = metacopy::read_at(sys::At::new(dir, &name)) else {
+                    continue;
+                };
+                let src = metacopy::source_in(lowers.iter().map(|l| l.as_fd()), &stub)
+                    .map_err(|err| {
+                        ioerr(
+                            format!("reading the lower data of {}", p.display()),
+                            err.desc(),
+                        )
+                    })?
+                    .ok_or_else(|| {
+                        Error::new(format!("{}: {}", p.display(), metacopy::missing(&stub)))
+                    })?;
+                let fd = sys::openat(dir, &name, libc::O_PATH | libc::O_NOFOLLOW, 0)
+                    .map_err(|err| ioerr(p.display(), err.desc()))?;
+                metacopy::fill_from(src.as_fd(), fd.as_fd(), &stub, xattr)
+                    .map_err(|err| ioerr(format!("filling {}", p.display()), err.desc()))?;
+                *filled += 1;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn open_lowers(lowers: &[PathBuf]) -> Result<Vec<OwnedFd>> {
+    lowers
+        .iter()
+        .map(|l| {
+            sys::open_path(l, libc::O_PATH | libc::O_DIRECTORY).map_err(|e| {
+                Error::sys(
+                    format!("lower layer {}", l.display()),
+                    e.desc(),
+                    "give the layers the union was mounted with",
+                )
+            })
+        })
+        .collect()
 }
 
 /// State of one export.
@@ -90,7 +148,7 @@ struct Export<'a> {
 fn file_data(ex: &Export<'_>, dir: BorrowedFd<'_>, name: &CString, path: &Path) -> Result<OwnedFd> {
     let fd = sys::openat(dir, name, libc::O_RDONLY | libc::O_NOFOLLOW, 0)
         .map_err(|e| ioerr(format!("opening {}", path.display()), e.desc()))?;
-    let Some(stub) = metacopy::read_at(sys::At::new(dir, name)) else {
+    let Some((stub, _)) = metacopy::read_at(sys::At::new(dir, name)) else {
         return Ok(fd);
     };
     if ex.lowers.is_empty() {
