@@ -837,3 +837,30 @@ fn s22_real_changes_still_move_parent_times() {
     assert_eq!(mt(&u, "a"), old);
     u.check_upper_is_layer_diff();
 }
+
+/// Passthrough registrations outlive the last close (a cache of recently closed files): every
+/// reopen must still read the file the name shows now, through copy-up, rename-over, and
+/// delete-and-recreate.
+#[test]
+fn reopen_after_close_reads_what_the_name_shows_now() {
+    let Some(u) = Union::mount(Stack::new().lower([dir("d"), file("d/f", "lower")])) else {
+        return;
+    };
+    let p = u.m("d/f");
+    for _ in 0..3 {
+        assert_eq!(fs::read(&p).unwrap(), b"lower");
+    }
+    fs::write(&p, "copied up").unwrap();
+    for _ in 0..3 {
+        assert_eq!(fs::read(&p).unwrap(), b"copied up");
+    }
+    fs::write(u.m("d/g"), "renamed over").unwrap();
+    fs::rename(u.m("d/g"), &p).unwrap();
+    assert_eq!(fs::read(&p).unwrap(), b"renamed over");
+    fs::remove_file(&p).unwrap();
+    fs::write(&p, "recreated").unwrap();
+    for _ in 0..3 {
+        assert_eq!(fs::read(&p).unwrap(), b"recreated");
+    }
+    u.assert_upper_file("d/f", "recreated");
+}

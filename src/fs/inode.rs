@@ -54,8 +54,11 @@ pub struct Node {
 /// every concurrent passthrough open of an inode to use one backing file.
 #[derive(Debug, Default)]
 pub struct Passthrough {
-    /// The registered backing file, while `opens > 0`.
+    /// The registered backing file: while `opens > 0`, and after that while the entry stays in
+    /// the cache of recently closed files (see `UnionFs::keep_backing`).
     pub backing: Option<std::sync::Arc<fuser::BackingId>>,
+    /// The file registered, held so a cached registration can be checked against a new open.
+    pub file: Option<std::os::fd::OwnedFd>,
     /// Whether it is the upper copy (else a lower layer's file).
     pub upper: bool,
     /// Whether it was opened for writing.

@@ -3,7 +3,7 @@
 //! opens of one inode share one backing file (see `rehome`).
 
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -27,6 +27,15 @@ pub(super) enum IoMode {
     Conflict,
     /// The kernel reads and writes the backing file itself.
     Passthrough(Arc<fuser::BackingId>),
+}
+
+/// True when `held` (a cached backing file) is still a linked file and `fd` opens that same
+/// file. An open fd keeps its inode alive, so its number cannot have been reused.
+fn same_live_file(held: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> bool {
+    match (sys::fstat(held), sys::fstat(fd)) {
+        (Ok(a), Ok(b)) => a.st_nlink > 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino,
+        _ => false,
+    }
 }
 
 /// True when this process may register passthrough backing files: root with CAP_SYS_ADMIN in
@@ -114,6 +123,20 @@ impl UnionFs {
         register: &dyn Fn(&OwnedFd) -> std::io::Result<fuser::BackingId>,
     ) -> IoMode {
         let mut pt = self.pts.entry(node.ino).or_default();
+        if pt.opens == 0 {
+            // Registered for an earlier open of this very file: use it again, sparing the
+            // kernel a backing file setup and teardown per open.
+            let reuse = match (&pt.backing, &pt.file) {
+                (Some(b), Some(held)) if pt.upper == in_upper && (pt.writable || !writable) => {
+                    same_live_file(held.as_fd(), fd.as_fd()).then(|| Arc::clone(b))
+                }
+                _ => None,
+            };
+            if let Some(b) = reuse {
+                pt.opens = 1;
+                return IoMode::Passthrough(b);
+            }
+        }
         if pt.opens > 0 {
             let shared = pt.backing.clone();
             if let Some(b) = shared {
@@ -153,6 +176,7 @@ impl UnionFs {
                 let id = Arc::new(id);
                 *pt = inode::Passthrough {
                     backing: Some(Arc::clone(&id)),
+                    file: Some(bfd),
                     upper: in_upper,
                     writable: bwritable,
                     opens: 1,
@@ -163,6 +187,27 @@ impl UnionFs {
                 debug!("passthrough refused for inode {}: {e}", node.ino);
                 IoMode::Direct
             }
+        }
+    }
+
+    /// Called when the last handle on `ino` closes: its backing file stays registered among
+    /// the most recently closed ones, and the oldest beyond those is dropped.
+    pub(super) fn keep_backing(&self, ino: u64) {
+        const KEEP: usize = super::KEPT_BACKING_FILES;
+        let evict = {
+            let mut lru = self.backing_lru.lock();
+            if let Some(i) = lru.iter().position(|x| *x == ino) {
+                lru.remove(i);
+            }
+            lru.push_back(ino);
+            if lru.len() > KEEP {
+                lru.pop_front()
+            } else {
+                None
+            }
+        };
+        if let Some(old) = evict {
+            self.pts.remove_if(&old, |_, pt| pt.opens == 0);
         }
     }
 

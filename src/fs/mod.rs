@@ -69,6 +69,8 @@ pub struct UnionFs {
     /// Passthrough state of inodes with open passthrough handles only (kept out of `Node`: a
     /// walk over millions of files opens few of them).
     pts: dashmap::DashMap<u64, inode::Passthrough>,
+    /// Inodes whose last passthrough handle closed, oldest first (see `keep_backing`).
+    backing_lru: parking_lot::Mutex<std::collections::VecDeque<u64>>,
     next_synthetic: AtomicU64,
     /// Set once the session exists; used to drop kernel dentries from outside a request.
     notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
@@ -88,6 +90,10 @@ struct Ctx {
     layer: LayerIdx,
     dir_layers: Vec<LayerIdx>,
 }
+
+/// How many recently closed files keep their passthrough registration (and one fd each), so
+/// that opening them again costs no backing file setup.
+pub const KEPT_BACKING_FILES: usize = 128;
 
 fn fe(e: Errno) -> fuser::Errno {
     fuser::Errno::from_i32(e as i32)
@@ -112,6 +118,7 @@ impl UnionFs {
             rename_seq: AtomicU64::new(0),
             redirect: dashmap::DashMap::new(),
             pts: dashmap::DashMap::new(),
+            backing_lru: parking_lot::Mutex::new(std::collections::VecDeque::new()),
             next_synthetic: AtomicU64::new(1),
             notifier: Arc::new(std::sync::OnceLock::new()),
             dirsets: dashmap::DashMap::new(),
@@ -1183,11 +1190,16 @@ impl Filesystem for UnionFs {
                 .open_handles
                 .fetch_sub(1, Ordering::Relaxed);
             if f.backing.is_some() {
-                if let Some(mut pt) = self.pts.get_mut(&f.ino) {
-                    pt.opens = pt.opens.saturating_sub(1);
+                let last = match self.pts.get_mut(&f.ino) {
+                    Some(mut pt) => {
+                        pt.opens = pt.opens.saturating_sub(1);
+                        pt.opens == 0
+                    }
+                    None => false,
+                };
+                if last {
+                    self.keep_backing(f.ino);
                 }
-                // The backing file closes once its last user goes.
-                self.pts.remove_if(&f.ino, |_, pt| pt.opens == 0);
             }
         }
         reply.ok();

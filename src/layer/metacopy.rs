@@ -93,7 +93,12 @@ impl Stub {
 /// The stub record of the upper file `fd` refers to (any open mode), if it is a stub.
 pub fn read(stack: &Stack, fd: BorrowedFd<'_>) -> SysResult<Option<Stub>> {
     let mut buf = vec![0u8; 4096 + HEADER];
-    match sys::fd_getxattr(fd, &stack.metacopy_xattr, &mut buf) {
+    let got = match sys::fgetxattr(fd, &stack.metacopy_xattr, &mut buf) {
+        // An O_PATH fd: through its /proc link.
+        Err(Errno::EBADF) => sys::fd_getxattr(fd, &stack.metacopy_xattr, &mut buf),
+        r => r,
+    };
+    match got {
         Ok(n) => Ok(Stub::decode(&buf[..n])),
         Err(Errno::ENODATA) | Err(Errno::EOPNOTSUPP) => Ok(None),
         Err(e) => Err(e),

@@ -404,6 +404,19 @@ pub fn fd_getxattr(fd: BorrowedFd<'_>, xname: &CStr, buf: &mut [u8]) -> SysResul
     })
 }
 
+/// fgetxattr(2): for an fd opened for reading or writing (not `O_PATH`: EBADF).
+pub fn fgetxattr(fd: BorrowedFd<'_>, xname: &CStr, buf: &mut [u8]) -> SysResult<usize> {
+    // SAFETY: `buf` is writable for its length; `xname` is a valid C string.
+    check_size(unsafe {
+        libc::fgetxattr(
+            fd.as_raw_fd(),
+            xname.as_ptr(),
+            buf.as_mut_ptr() as *mut libc::c_void,
+            buf.len(),
+        )
+    })
+}
+
 /// removexattr of the file an fd (`O_PATH` included) refers to; never used on symlinks.
 pub fn fd_removexattr(fd: BorrowedFd<'_>, xname: &CStr) -> SysResult<()> {
     let p = proc_fd_path(fd);
