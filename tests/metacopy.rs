@@ -315,3 +315,24 @@ fn an_upper_with_stubs_works_as_a_lower_and_fill_makes_it_plain() {
     assert_eq!(fs::metadata(&p).unwrap().mode() & 0o7777, 0o600);
     u.resnapshot();
 }
+
+#[test]
+fn stub_of_a_long_path_reads_and_fills() {
+    if is_kernel() {
+        return;
+    }
+    // A record longer than the first buffer the daemon reads it into.
+    let dir_name = "d".repeat(200);
+    let rel = format!("{dir_name}/{}", "f".repeat(200));
+    let Some(u) = Union::mount(
+        Stack::new()
+            .lower([dir(&dir_name), file(&rel, data())])
+            .unionfs_opt("metacopy=on"),
+    ) else {
+        return;
+    };
+    fs::set_permissions(u.m(&rel), fs::Permissions::from_mode(0o600)).unwrap();
+    assert_stub(&u, &rel);
+    assert!(u.read(&rel) == data());
+    append(&u, &rel, b"end");
+}

@@ -397,21 +397,25 @@ impl UnionFs {
         Ok((a, fd))
     }
 
-    /// An upper file just opened as `fd` may be a metadata-only stub: a reader gets the lower
-    /// copy it points at instead, a writer first fills in its data (or, with O_TRUNC, only
-    /// drops the record: the open has already thrown the data away).
+    /// A regular file just opened as `fd` from `layer` may be a metadata-only stub (a lower
+    /// one: an upper with stubs made a layer). A reader gets the file it points at in the
+    /// layers below; a writer, always on an upper stub, first fills in its data (or, with
+    /// O_TRUNC, only drops the record: the open has already thrown the data away). Returns the
+    /// fd to use and whether it is the upper's.
     fn resolve_stub(
         &self,
         node: &Node,
         fd: OwnedFd,
+        layer: LayerIdx,
         writable: bool,
         trunc: bool,
     ) -> SysResult<(OwnedFd, bool)> {
+        let in_upper = self.stack.is_upper(layer);
         let Some(stub) = metacopy::read(&self.stack, fd.as_fd())? else {
-            return Ok((fd, true));
+            return Ok((fd, in_upper));
         };
-        if !writable && !trunc {
-            return Ok((metacopy::open_source(&self.stack, &stub, 0)?, false));
+        if !in_upper || (!writable && !trunc) {
+            return Ok((metacopy::open_source(&self.stack, &stub, layer)?, false));
         }
         let _guard = node.copy_lock.lock();
         if metacopy::read(&self.stack, fd.as_fd())?.is_some() {
@@ -443,10 +447,11 @@ impl UnionFs {
         let acc = flags & libc::O_ACCMODE;
         let writable = acc != libc::O_RDONLY;
         let clean = open_flags(flags);
+        let trunc = flags & libc::O_TRUNC != 0;
         let opened = (|| {
-            if writable || flags & libc::O_TRUNC != 0 {
+            if writable || trunc {
                 // An O_TRUNC open throws the data away: copy none of it.
-                let data = if flags & libc::O_TRUNC != 0 {
+                let data = if trunc {
                     CopyData::Empty
                 } else {
                     CopyData::Full
@@ -462,23 +467,13 @@ impl UnionFs {
                     .open_rel(c.layer, &c.rel, clean | libc::O_NOATIME)
                     .or_else(|_| self.stack.open_rel(c.layer, &c.rel, clean))?
             };
-            Ok((fd, self.stack.is_upper(c.layer)))
+            Ok((fd, c.layer))
         })();
         let (fd, in_upper) = match opened {
-            Ok((fd, true)) if node.kind == libc::S_IFREG => {
-                self.resolve_stub(&node, fd, writable, flags & libc::O_TRUNC != 0)?
+            Ok((fd, layer)) if node.kind == libc::S_IFREG => {
+                self.resolve_stub(&node, fd, layer, writable, trunc)?
             }
-            // A stub in a lower layer (an upper with stubs made a layer): read its source.
-            Ok((fd, false)) if node.kind == libc::S_IFREG => {
-                match metacopy::read(&self.stack, fd.as_fd())? {
-                    Some(stub) => {
-                        let layer = self.ctx(ino)?.layer;
-                        (metacopy::open_source(&self.stack, &stub, layer)?, false)
-                    }
-                    None => (fd, false),
-                }
-            }
-            Ok(v) => v,
+            Ok((fd, layer)) => (fd, self.stack.is_upper(layer)),
             // Unlinked but still open (e.g. reopened through /proc/PID/fd): reopen that file.
             Err(Errno::ENOENT) => match self.any_open(ino) {
                 Some(f) if f.in_upper || !writable => (

@@ -92,15 +92,32 @@ impl Stub {
 
 /// The stub record of the upper file `fd` refers to (any open mode), if it is a stub.
 pub fn read(stack: &Stack, fd: BorrowedFd<'_>) -> SysResult<Option<Stub>> {
-    let mut buf = vec![0u8; 4096 + HEADER];
-    let got = match sys::fgetxattr(fd, &stack.metacopy_xattr, &mut buf) {
+    let name = &stack.metacopy_xattr;
+    let got = read_record(|buf| match sys::fgetxattr(fd, name, buf) {
         // An O_PATH fd: through its /proc link.
-        Err(Errno::EBADF) => sys::fd_getxattr(fd, &stack.metacopy_xattr, &mut buf),
+        Err(Errno::EBADF) => sys::fd_getxattr(fd, name, buf),
         r => r,
-    };
+    });
     match got {
-        Ok(n) => Ok(Stub::decode(&buf[..n])),
+        Ok(v) => Ok(Stub::decode(&v)),
         Err(Errno::ENODATA) | Err(Errno::EOPNOTSUPP) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads a record with `get` (a getxattr call filling the buffer it is given): into a stack
+/// buffer first, since every open of a regular file asks and nearly all have none, and into a
+/// buffer of the size asked for when a long path does not fit.
+fn read_record(get: impl Fn(&mut [u8]) -> SysResult<usize>) -> SysResult<Vec<u8>> {
+    let mut small = [0u8; 256];
+    match get(&mut small) {
+        Ok(n) => Ok(small[..n].to_vec()),
+        Err(Errno::ERANGE) => {
+            let mut big = vec![0u8; get(&mut [])?];
+            let n = get(&mut big)?;
+            big.truncate(n);
+            Ok(big)
+        }
         Err(e) => Err(e),
     }
 }
@@ -159,22 +176,23 @@ pub fn source_in<'a>(
     Ok(None)
 }
 
+/// True when the open (not `O_PATH`) file `fd` carries a stub record in either namespace.
 fn is_stub_fd(fd: BorrowedFd<'_>) -> bool {
     XATTR_NAMES
         .iter()
-        .any(|x| sys::fd_getxattr(fd, x, &mut []).is_ok())
+        .any(|x| sys::fgetxattr(fd, x, &mut []).is_ok())
 }
 
-/// The stub record's name in each xattr namespace we may write it in.
+/// The stub record's name in each xattr namespace we may write it in: `trusted.` when the
+/// daemon may set it, else `user.`.
 const XATTR_NAMES: [&CStr; 2] = [c"trusted.unionfs.metacopy", c"user.unionfs.metacopy"];
 
 /// The stub record of `at` under either namespace, with the xattr name that holds it (for
 /// tools that read an upper offline).
 pub fn read_at(at: sys::At<'_>) -> Option<(Stub, &'static CStr)> {
-    let mut buf = vec![0u8; 4096 + HEADER];
     XATTR_NAMES.into_iter().find_map(|x| {
-        let n = sys::getxattr(at, x, &mut buf).ok()?;
-        Stub::decode(&buf[..n]).map(|s| (s, x))
+        let v = read_record(|buf| sys::getxattr(at, x, buf)).ok()?;
+        Stub::decode(&v).map(|s| (s, x))
     })
 }
 
@@ -211,28 +229,26 @@ pub fn fill_from(
     crate::layer::copyup::copy_data(src, dst.as_fd(), stub.size)?;
     sys::fsync(dst.as_fd(), true)?;
     sys::utimens_fd(dst.as_fd(), &crate::layer::copyup::times_of(&before))?;
+    remove_record(fd, xattr)
+}
+
+/// Drops the stub record of the upper file `fd` refers to: its data is its own from now on.
+pub fn drop_record(stack: &Stack, fd: BorrowedFd<'_>) -> SysResult<()> {
+    remove_record(fd, &stack.metacopy_xattr)
+}
+
+fn remove_record(fd: BorrowedFd<'_>, xattr: &CStr) -> SysResult<()> {
     match sys::fd_removexattr(fd, xattr) {
         Ok(()) | Err(Errno::ENODATA) => Ok(()),
         Err(e) => Err(e),
     }
 }
 
-/// Drops the stub record of the upper file `fd` refers to: its data is its own from now on.
-pub fn drop_record(stack: &Stack, fd: BorrowedFd<'_>) -> SysResult<()> {
-    match sys::fd_removexattr(fd, &stack.metacopy_xattr) {
-        Ok(()) | Err(Errno::ENODATA) => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-/// The xattr name of stub records for a stack using `origin` as its origin xattr name (both
-/// live in the same namespace: `trusted.` when the daemon may set it, else `user.`).
-pub fn xattr_name(origin: &CString) -> CString {
-    if origin.as_bytes().starts_with(b"user.") {
-        c"user.unionfs.metacopy".to_owned()
-    } else {
-        c"trusted.unionfs.metacopy".to_owned()
-    }
+/// The xattr name of stub records for a stack using `origin` as its origin xattr name: both
+/// live in the same namespace.
+pub fn xattr_name(origin: &CStr) -> CString {
+    let user = origin.to_bytes().starts_with(b"user.");
+    XATTR_NAMES[usize::from(user)].to_owned()
 }
 
 #[cfg(test)]

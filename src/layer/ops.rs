@@ -207,15 +207,14 @@ pub fn create(
         e
     };
     // A file is fixed up through its open fd; other kinds through an O_PATH one.
-    let path_fd = match &file {
-        Some(_) => None,
+    let path_fd;
+    let fd = match &file {
+        Some(f) => f.as_fd(),
         None => {
-            Some(sys::openat(up.as_fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0).map_err(undo)?)
+            path_fd =
+                sys::openat(up.as_fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0).map_err(undo)?;
+            path_fd.as_fd()
         }
-    };
-    let fd = match (&file, &path_fd) {
-        (Some(f), _) | (None, Some(f)) => f.as_fd(),
-        (None, None) => return Err(Errno::EIO),
     };
     let mut st = sys::fstat(fd).map_err(undo)?;
     let gid = if st.st_gid != owner.gid {

@@ -150,7 +150,7 @@ impl Stack {
             work: None,
             index: None,
             origin_xattr: c"trusted.unionfs.origin".to_owned(),
-            metacopy_xattr: c"trusted.unionfs.metacopy".to_owned(),
+            metacopy_xattr: crate::layer::metacopy::xattr_name(c"trusted.unionfs.origin"),
             metacopy: false,
             devs,
             work_in_upper: false,

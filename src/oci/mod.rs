@@ -100,16 +100,7 @@ fn fill_dir(dir: BorrowedFd<'_>, path: &Path, lowers: &[OwnedFd], filled: &mut u
                 let Some((stub, xattr)) = metacopy::read_at(sys::At::new(dir, &name)) else {
                     continue;
                 };
-                let src = metacopy::source_in(lowers.iter().map(|l| l.as_fd()), &stub)
-                    .map_err(|err| {
-                        ioerr(
-                            format!("reading the lower data of {}", p.display()),
-                            err.desc(),
-                        )
-                    })?
-                    .ok_or_else(|| {
-                        Error::new(format!("{}: {}", p.display(), metacopy::missing(&stub)))
-                    })?;
+                let src = stub_source(lowers, &stub, &p)?;
                 let fd = sys::openat(dir, &name, libc::O_PATH | libc::O_NOFOLLOW, 0)
                     .map_err(|err| ioerr(p.display(), err.desc()))?;
                 metacopy::fill_from(src.as_fd(), fd.as_fd(), &stub, xattr)
@@ -146,30 +137,30 @@ struct Export<'a> {
 /// The content of an upper file for the tarball: its own data, or for a metadata-only copy-up
 /// the lower file it stands for.
 fn file_data(ex: &Export<'_>, dir: BorrowedFd<'_>, name: &CString, path: &Path) -> Result<OwnedFd> {
-    let fd = sys::openat(dir, name, libc::O_RDONLY | libc::O_NOFOLLOW, 0)
-        .map_err(|e| ioerr(format!("opening {}", path.display()), e.desc()))?;
-    let Some((stub, _)) = metacopy::read_at(sys::At::new(dir, name)) else {
-        return Ok(fd);
-    };
-    if ex.lowers.is_empty() {
-        return Err(Error::new(format!(
-            "{} is a metadata-only copy-up (mounted with metacopy=on): its data is still in \
-             the lower layers; pass them with --lowers L1:L2 (topmost first)",
-            path.display()
-        )));
+    if let Some((stub, _)) = metacopy::read_at(sys::At::new(dir, name)) {
+        if ex.lowers.is_empty() {
+            return Err(Error::new(format!(
+                "{} is a metadata-only copy-up (mounted with metacopy=on): its data is still \
+                 in the lower layers; pass them with --lowers L1:L2 (topmost first)",
+                path.display()
+            )));
+        }
+        return stub_source(&ex.lowers, &stub, path);
     }
-    match metacopy::source_in(ex.lowers.iter().map(|l| l.as_fd()), &stub) {
-        Ok(Some(src)) => Ok(src),
-        Ok(None) => Err(Error::new(format!(
-            "{}: {}",
-            path.display(),
-            metacopy::missing(&stub)
-        ))),
-        Err(e) => Err(ioerr(
-            format!("reading the lower data of {}", path.display()),
-            e.desc(),
-        )),
-    }
+    sys::openat(dir, name, libc::O_RDONLY | libc::O_NOFOLLOW, 0)
+        .map_err(|e| ioerr(format!("opening {}", path.display()), e.desc()))
+}
+
+/// The lower file holding the data of the stub at `path`, or an error saying why there is none.
+fn stub_source(lowers: &[OwnedFd], stub: &metacopy::Stub, path: &Path) -> Result<OwnedFd> {
+    metacopy::source_in(lowers.iter().map(|l| l.as_fd()), stub)
+        .map_err(|e| {
+            ioerr(
+                format!("reading the lower data of {}", path.display()),
+                e.desc(),
+            )
+        })?
+        .ok_or_else(|| Error::new(format!("{}: {}", path.display(), metacopy::missing(stub))))
 }
 
 fn export_dir<W: Write>(

@@ -725,16 +725,7 @@ impl Union {
         let n = self.lowers.len() + 1;
         let new_lower = self.root.join(format!("rotated{n}"));
         fs::rename(&up, &new_lower).unwrap();
-        for name in list(&new_lower) {
-            if name.starts_with(".wh..wh.") && name != ".wh..wh..opq" {
-                let p = new_lower.join(&name);
-                if p.is_dir() {
-                    fs::remove_dir_all(&p).unwrap();
-                } else {
-                    fs::remove_file(&p).unwrap();
-                }
-            }
-        }
+        drop_internal_entries(&new_lower);
         fs::create_dir(&up).unwrap();
         // The kernel hard-links its whiteouts to one in the work dir; drop that link now so the
         // new lower's link counts do not change under the snapshot.
@@ -761,16 +752,7 @@ impl Union {
             "cp",
             &["-a".as_ref(), upper.as_os_str(), diff_layer.as_os_str()],
         );
-        for name in list(&diff_layer) {
-            if name.starts_with(".wh..wh.") && name != ".wh..wh..opq" {
-                let p = diff_layer.join(&name);
-                if p.is_dir() {
-                    fs::remove_dir_all(&p).unwrap();
-                } else {
-                    fs::remove_file(&p).unwrap();
-                }
-            }
-        }
+        drop_internal_entries(&diff_layer);
         self.lowers.insert(0, diff_layer.clone());
         let o_form = std::mem::replace(&mut self.stack.o_form, false);
         self.do_mount();
@@ -1192,6 +1174,21 @@ fn wait_pid_gone(pid: i32, timeout: Duration) -> bool {
             return false;
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Removes our internal `.wh..wh.*` entries (the work dir; `.wh..wh..opq` stays) from the top
+/// of an upper made into a layer.
+pub fn drop_internal_entries(layer: &Path) {
+    for name in list(layer) {
+        if name.starts_with(".wh..wh.") && name != ".wh..wh..opq" {
+            let p = layer.join(&name);
+            if p.is_dir() {
+                fs::remove_dir_all(&p).unwrap();
+            } else {
+                fs::remove_file(&p).unwrap();
+            }
+        }
     }
 }
 
