@@ -7,3 +7,14 @@ cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo build --bins
 cargo test --all-targets -- --test-threads="${UNIONFS_TEST_THREADS:-4}"
+# When the kernel serves FUSE over io_uring, unionfs takes every request but FORGET from the
+# ring, so the run above tested that transport: run the filesystem tests again with requests
+# read from /dev/fuse (the switch only affects new mounts; it is restored afterwards).
+switch=/sys/module/fuse/parameters/enable_uring
+if [ -w "$switch" ] && [ "$(cat "$switch")" = Y ]; then
+  echo 0 > "$switch"
+  trap 'echo 1 > "$switch"' EXIT
+  echo "== again over /dev/fuse (fuse.enable_uring=0)"
+  cargo test --test 'scenarios_*' --test harness_corpus --test metacopy --test hostile_layers \
+    --test cli -- --test-threads="${UNIONFS_TEST_THREADS:-4}"
+fi

@@ -167,9 +167,16 @@ fn start_watchdog(mountpoint: &Path) -> Option<OwnedFd> {
             let _ = std::env::set_current_dir("/");
             let mut b = [0u8; 1];
             let clean = matches!(sys::read(r.as_fd(), &mut b), Ok(1) if b[0] == b'c');
-            // Only the dead mount: the user may already have mounted a new union there.
-            if !clean && crate::mount::is_dead_fuse_mount(&mnt) {
-                let _ = sys::umount_lazy(&mnt);
+            // Only the dead mount: the user may already have mounted a new union there. The
+            // kernel may abort the connection a little after our fds close (io_uring commands
+            // are cancelled asynchronously), so look again for a while before giving up.
+            let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while !clean && std::time::Instant::now() < end {
+                if crate::mount::is_dead_fuse_mount(&mnt) {
+                    let _ = sys::umount_lazy(&mnt);
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
             }
             sys::exit_now(0);
         }

@@ -14,6 +14,7 @@ pub mod layer;
 pub mod mount;
 pub mod oci;
 pub mod options;
+pub mod ring;
 pub mod stats;
 pub mod sys;
 

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use fuser::{Session, SessionACL};
 
 use crate::error::{Error, Result};
+use crate::fs::fuser_adapter::FuserAdapter;
 use crate::fs::{FsOptions, UnionFs};
 use crate::layer::stack::is_within;
 use crate::layer::{Stack, StackConfig};
@@ -51,6 +52,8 @@ pub struct MountConfig {
     /// chmod, chown, utimes, xattr changes, renames and links of lower files copy up metadata
     /// only; data follows on the first write (see `layer::metacopy`).
     pub metacopy: bool,
+    /// Serve requests over io_uring when the kernel offers it (see [`crate::ring`]).
+    pub uring: bool,
 }
 
 impl MountConfig {
@@ -71,6 +74,7 @@ impl MountConfig {
             ttl: Duration::from_secs(3600),
             passthrough: true,
             metacopy: false,
+            uring: true,
         }
     }
 
@@ -187,13 +191,13 @@ impl Prepared {
                 hint,
             )
         })?;
-        let fs = UnionFs::new(
+        let fs = Arc::new(UnionFs::new(
             Arc::clone(&self.stack),
             FsOptions {
                 ttl: cfg.ttl,
                 passthrough: cfg.passthrough,
             },
-        );
+        ));
         let mut config = fuser::Config::default();
         config.n_threads = Some(cfg.worker_threads());
         config.clone_fd = true;
@@ -203,7 +207,20 @@ impl Prepared {
             SessionACL::Owner
         };
         let notifier_slot = fs.notifier_slot();
-        let session = match Session::from_fd(fs, fuse, acl, config) {
+        // The ring workers and their backing file registrations use the device directly.
+        let dev = if cfg.uring {
+            match fuse.try_clone() {
+                Ok(d) => Some(Arc::new(d)),
+                Err(e) => {
+                    log::warn!("io_uring transport off: cannot duplicate the FUSE device fd: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let adapter = FuserAdapter::new(fs, dev);
+        let session = match Session::from_fd(adapter, fuse, acl, config) {
             Ok(s) => s,
             Err(e) => {
                 let _ = sys::umount_lazy(&self.mountpoint);
@@ -333,7 +350,8 @@ pub fn cleanup(mountpoint: &Path) -> Result<bool> {
 /// True when `path` is a FUSE mount whose daemon is gone (its connection answers ENOTCONN):
 /// a watchdog must leave alone a live union mounted there since.
 pub fn is_dead_fuse_mount(path: &Path) -> bool {
-    let dead = |e| matches!(e, Errno::ENOTCONN | Errno::ECONNABORTED);
+    // Over io_uring, requests that reach the queues of a dead daemon end with ECANCELED.
+    let dead = |e| matches!(e, Errno::ENOTCONN | Errno::ECONNABORTED | Errno::ECANCELED);
     match sys::open_path(path, libc::O_PATH | libc::O_DIRECTORY) {
         Ok(fd) => sys::fstatfs_type(fd.as_fd()).is_err_and(dead),
         Err(e) => dead(e),

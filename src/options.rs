@@ -30,7 +30,7 @@ Lowers are listed topmost first; write '\\:' for a ':' inside a path.";
 pub struct Args {
     /// Mount options, comma-separated: lowerdir=, upperdir=, workdir=, ro, rw, dev, nodev,
     /// suid, nosuid, allow_other, threads=N, fsname=NAME, timeout=SECS, passthrough=auto|off,
-    /// metacopy=on|off; generic mount options are accepted.
+    /// metacopy=on|off, uring=auto|off; generic mount options are accepted.
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,
     /// Stay in the foreground instead of returning once the mount is live.
@@ -233,6 +233,15 @@ pub fn parse_args(args: Args) -> Result<Invocation> {
                     return Err(Error::new(format!(
                         "metacopy={v}: use metacopy=on or metacopy=off"
                     )))
+                }
+            },
+            "uring" => match val.as_deref() {
+                None | Some("on") | Some("auto") => cfg.uring = true,
+                Some("off") => cfg.uring = false,
+                Some(v) => {
+                    return Err(Error::new(format!(
+                    "uring={v}: use uring=auto (io_uring when the kernel offers it) or uring=off"
+                )))
                 }
             },
             "threads" => {

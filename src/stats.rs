@@ -57,6 +57,8 @@ pub struct Stats {
     pub open_handles: AtomicU64,
     /// Inodes the kernel holds references to.
     pub inodes: AtomicU64,
+    /// Requests served over io_uring (the rest came through `/dev/fuse`).
+    pub ring_requests: AtomicU64,
 }
 
 impl Default for Stats {
@@ -69,6 +71,7 @@ impl Default for Stats {
             passthrough: AtomicBool::new(false),
             open_handles: AtomicU64::new(0),
             inodes: AtomicU64::new(1),
+            ring_requests: AtomicU64::new(0),
         }
     }
 }
@@ -97,6 +100,8 @@ impl Stats {
         );
         let _ = writeln!(s, "open_handles {open_handles}");
         let _ = writeln!(s, "inodes {inodes}");
+        let ring = self.ring_requests.load(Ordering::Relaxed);
+        let _ = writeln!(s, "ring_requests {ring}");
         let _ = writeln!(s, "copy_ups {}", self.copy_ups.load(Ordering::Relaxed));
         let _ = writeln!(
             s,

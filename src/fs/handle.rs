@@ -23,7 +23,7 @@ pub struct OpenFile {
     pub in_upper: bool,
     /// The kernel reads and writes this file itself through this backing file (passthrough);
     /// released with the handle.
-    pub backing: Option<Arc<fuser::BackingId>>,
+    pub backing: Option<Arc<super::reply::Backing>>,
 }
 
 /// An open directory stream: a snapshot taken at the first read (and again on rewind).

@@ -56,7 +56,7 @@ pub struct Node {
 pub struct Passthrough {
     /// The registered backing file: while `opens > 0`, and after that while the entry stays in
     /// the cache of recently closed files (see `UnionFs::keep_backing`).
-    pub backing: Option<std::sync::Arc<fuser::BackingId>>,
+    pub backing: Option<std::sync::Arc<super::reply::Backing>>,
     /// The file registered, held so a cached registration can be checked against a new open.
     pub file: Option<std::os::fd::OwnedFd>,
     /// Whether it is the upper copy (else a lower layer's file).

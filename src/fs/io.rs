@@ -26,7 +26,7 @@ pub(super) enum IoMode {
     /// that opened it before the copy-up): the kernel cannot mix the two on one inode.
     Conflict,
     /// The kernel reads and writes the backing file itself.
-    Passthrough(Arc<fuser::BackingId>),
+    Passthrough(Arc<super::reply::Backing>),
 }
 
 /// True when `held` (a cached backing file) is still a linked file and `fd` opens that same
@@ -101,9 +101,9 @@ impl UnionFs {
         fd: &OwnedFd,
         in_upper: bool,
         writable: bool,
-        register: &dyn Fn(&OwnedFd) -> std::io::Result<fuser::BackingId>,
+        register: super::reply::Register<'_>,
     ) -> IoMode {
-        if !self.opts.passthrough {
+        if !self.passthrough() {
             return IoMode::Cached;
         }
         let mode = self.io_mode_locked(node, fd, in_upper, writable, register);
@@ -120,7 +120,7 @@ impl UnionFs {
         fd: &OwnedFd,
         in_upper: bool,
         writable: bool,
-        register: &dyn Fn(&OwnedFd) -> std::io::Result<fuser::BackingId>,
+        register: super::reply::Register<'_>,
     ) -> IoMode {
         let mut pt = self.pts.entry(node.ino).or_default();
         if pt.opens == 0 {
@@ -218,8 +218,8 @@ impl UnionFs {
         fd: OwnedFd,
         writable: bool,
         in_upper: bool,
-        register: &dyn Fn(&OwnedFd) -> std::io::Result<fuser::BackingId>,
-    ) -> (u64, FopenFlags, Option<Arc<fuser::BackingId>>) {
+        register: super::reply::Register<'_>,
+    ) -> (u64, FopenFlags, Option<Arc<super::reply::Backing>>) {
         let mode = self.io_mode(node, &fd, in_upper, writable, register);
         let (flags, backing) = match mode {
             // Every change to file data goes through this mount, so the page cache stays

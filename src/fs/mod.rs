@@ -2,9 +2,11 @@
 //! keeps the inode and handle tables, and maps errors to errno. No layer rule lives here.
 
 pub mod attr;
+pub mod fuser_adapter;
 pub mod handle;
 pub mod inode;
 mod io;
+pub mod reply;
 
 use std::ffi::{CString, OsStr};
 use std::os::fd::{AsFd, OwnedFd};
@@ -14,12 +16,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fuser::{
-    FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
+    OpenFlags, RenameFlags, TimeOrNow,
 };
 use log::{debug, warn};
+use reply::{
+    AttrOut, Backing, CreateOut, DataOut, DirOut, DirPlusOut, EmptyOut, EntryOut, LseekOut,
+    OpenOut, Register, StatfsOut, WriteOut, XattrOut,
+};
 
 use crate::layer::copyup::CopyData;
 use crate::layer::metacopy;
@@ -61,6 +65,8 @@ pub struct UnionFs {
     inodes: Inodes,
     handles: Handles,
     opts: FsOptions,
+    /// `opts.passthrough` as settled with the kernel at FUSE_INIT.
+    passthrough: std::sync::atomic::AtomicBool,
     /// Odd while a rename is changing paths: a request that built a path from the inode
     /// table concurrently and got ENOENT retries (see `retry`).
     rename_seq: AtomicU64,
@@ -81,6 +87,24 @@ pub struct UnionFs {
     dirset_cap: usize,
     /// Nodes dropped since the mount (to return memory to the system now and then).
     freed: AtomicU64,
+}
+
+/// Who made a request: new files are theirs.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    /// The caller's user id.
+    pub uid: u32,
+    /// The caller's group id.
+    pub gid: u32,
+}
+
+impl Caller {
+    fn uid(&self) -> u32 {
+        self.uid
+    }
+    fn gid(&self) -> u32 {
+        self.gid
+    }
 }
 
 /// A node with its location resolved for one request.
@@ -114,7 +138,7 @@ impl UnionFs {
             stack,
             inodes: Inodes::new(root),
             handles: Handles::default(),
-            opts,
+            passthrough: std::sync::atomic::AtomicBool::new(opts.passthrough),
             rename_seq: AtomicU64::new(0),
             redirect: dashmap::DashMap::new(),
             pts: dashmap::DashMap::new(),
@@ -124,7 +148,13 @@ impl UnionFs {
             dirsets: dashmap::DashMap::new(),
             dirset_cap,
             freed: AtomicU64::new(0),
+            opts,
         }
+    }
+
+    /// True while file data passes through to layer files (decided during FUSE_INIT).
+    pub fn passthrough(&self) -> bool {
+        self.passthrough.load(Ordering::Relaxed)
     }
 
     /// The layer stack.
@@ -346,13 +376,13 @@ impl UnionFs {
     #[allow(clippy::too_many_arguments)]
     fn create_entry(
         &self,
-        req: &Request,
+        req: &Caller,
         parent: u64,
         name: &[u8],
         kind: NewKind,
         mode: u32,
         umask: u32,
-        reply: ReplyEntry,
+        reply: impl EntryOut,
     ) {
         let is_dir = matches!(kind, NewKind::Dir);
         let r = self
@@ -365,7 +395,7 @@ impl UnionFs {
         self.entry_reply(reply, r);
     }
 
-    fn entry_reply(&self, reply: ReplyEntry, r: SysResult<FileAttr>) {
+    fn entry_reply(&self, reply: impl EntryOut, r: SysResult<FileAttr>) {
         match r {
             Ok(a) => reply.entry(&self.opts.ttl, &a, Generation(0)),
             Err(e) => reply.error(fe(e)),
@@ -375,7 +405,7 @@ impl UnionFs {
     #[allow(clippy::too_many_arguments)]
     fn do_create(
         &self,
-        req: &Request,
+        req: &Caller,
         parent: u64,
         name: &[u8],
         kind: NewKind,
@@ -441,8 +471,8 @@ impl UnionFs {
         &self,
         ino: u64,
         flags: i32,
-        register: &dyn Fn(&OwnedFd) -> std::io::Result<fuser::BackingId>,
-    ) -> SysResult<(u64, FopenFlags, Option<Arc<fuser::BackingId>>)> {
+        register: Register<'_>,
+    ) -> SysResult<(u64, FopenFlags, Option<Arc<Backing>>)> {
         let node = self.inodes.get(ino)?;
         let acc = flags & libc::O_ACCMODE;
         let writable = acc != libc::O_RDONLY;
@@ -484,7 +514,7 @@ impl UnionFs {
             },
             Err(e) => return Err(e),
         };
-        if self.opts.passthrough && in_upper {
+        if self.passthrough() && in_upper {
             let conflict = self
                 .pts
                 .get(&node.ino)
@@ -778,14 +808,14 @@ impl Drop for SeqGuard<'_> {
     }
 }
 
-fn empty_reply(reply: ReplyEmpty, r: SysResult<()>) {
+fn empty_reply(reply: impl EmptyOut, r: SysResult<()>) {
     match r {
         Ok(()) => reply.ok(),
         Err(e) => reply.error(fe(e)),
     }
 }
 
-fn reply_xattr(reply: ReplyXattr, size: u32, data: SysResult<Vec<u8>>) {
+fn reply_xattr(reply: impl XattrOut, size: u32, data: SysResult<Vec<u8>>) {
     match data {
         Ok(v) if size == 0 => reply.size(v.len() as u32),
         Ok(v) if v.len() > size as usize => reply.error(fuser::Errno::ERANGE),
@@ -833,23 +863,25 @@ fn list_xattrs(t: &XTarget) -> SysResult<Vec<u8>> {
     Ok(out)
 }
 
-impl Filesystem for UnionFs {
-    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+/// The operations, one per FUSE request, answering through either transport (see [`reply`]).
+impl UnionFs {
+    /// Negotiates the connection's capabilities during FUSE_INIT.
+    pub(crate) fn negotiate(&self, config: &mut KernelConfig) {
         self.stack.stats.count("init");
-        if self.opts.passthrough {
+        if self.passthrough() {
             let ok = passthrough_privileged()
                 && config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
                 && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
                 && config.set_max_stack_depth(1).is_ok();
-            self.opts.passthrough = ok;
+            self.passthrough.store(ok, Ordering::Relaxed);
         }
         self.stack
             .stats
             .passthrough
-            .store(self.opts.passthrough, Ordering::Relaxed);
+            .store(self.passthrough(), Ordering::Relaxed);
         log::info!(
             "data path: {}",
-            if self.opts.passthrough {
+            if self.passthrough() {
                 "passthrough"
             } else {
                 "through the daemon"
@@ -871,10 +903,9 @@ impl Filesystem for UnionFs {
         }
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
-        Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    pub(crate) fn lookup(&self, parent: INodeNo, name: &OsStr, reply: impl EntryOut) {
         self.stack.stats.count("lookup");
         match self.retry(|| self.do_lookup(parent.0, name_bytes(name))) {
             Ok(Some(a)) => reply.entry(&self.opts.ttl, &a, Generation(0)),
@@ -888,7 +919,7 @@ impl Filesystem for UnionFs {
         }
     }
 
-    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+    pub(crate) fn forget(&self, ino: INodeNo, nlookup: u64) {
         self.stack.stats.count("forget");
         self.inodes.forget(ino.0, nlookup);
         if self.inodes.get(ino.0).is_err() {
@@ -903,7 +934,7 @@ impl Filesystem for UnionFs {
         }
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+    pub(crate) fn getattr(&self, ino: INodeNo, fh: Option<FileHandle>, reply: impl AttrOut) {
         self.stack.stats.count("getattr");
         let r = (|| {
             if let Some(f) = fh.and_then(|f| self.handles.file(f.0)) {
@@ -925,9 +956,9 @@ impl Filesystem for UnionFs {
         }
     }
 
-    fn setattr(
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn setattr(
         &self,
-        _req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -935,13 +966,8 @@ impl Filesystem for UnionFs {
         size: Option<u64>,
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
-        _ctime: Option<std::time::SystemTime>,
         fh: Option<FileHandle>,
-        _crtime: Option<std::time::SystemTime>,
-        _chgtime: Option<std::time::SystemTime>,
-        _bkuptime: Option<std::time::SystemTime>,
-        _flags: Option<fuser::BsdFileFlags>,
-        reply: ReplyAttr,
+        reply: impl AttrOut,
     ) {
         self.stack.stats.count("setattr");
         match self.retry(|| self.do_setattr(ino.0, mode, uid, gid, size, atime, mtime, fh)) {
@@ -950,7 +976,7 @@ impl Filesystem for UnionFs {
         }
     }
 
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+    pub(crate) fn readlink(&self, ino: INodeNo, reply: impl DataOut) {
         self.stack.stats.count("readlink");
         let r = self.retry(|| {
             let c = self.ctx(ino.0)?;
@@ -963,15 +989,16 @@ impl Filesystem for UnionFs {
         }
     }
 
-    fn mknod(
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn mknod(
         &self,
-        req: &Request,
+        req: &Caller,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
         umask: u32,
         rdev: u32,
-        reply: ReplyEntry,
+        reply: impl EntryOut,
     ) {
         self.stack.stats.count("mknod");
         let kind = if mode & libc::S_IFMT == libc::S_IFREG {
@@ -984,14 +1011,14 @@ impl Filesystem for UnionFs {
         self.create_entry(req, parent.0, name_bytes(name), kind, mode, umask, reply);
     }
 
-    fn mkdir(
+    pub(crate) fn mkdir(
         &self,
-        req: &Request,
+        req: &Caller,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
         umask: u32,
-        reply: ReplyEntry,
+        reply: impl EntryOut,
     ) {
         self.stack.stats.count("mkdir");
         self.create_entry(
@@ -1005,23 +1032,23 @@ impl Filesystem for UnionFs {
         );
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    pub(crate) fn unlink(&self, parent: INodeNo, name: &OsStr, reply: impl EmptyOut) {
         self.stack.stats.count("unlink");
         self.remove(parent.0, name_bytes(name), false, reply);
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    pub(crate) fn rmdir(&self, parent: INodeNo, name: &OsStr, reply: impl EmptyOut) {
         self.stack.stats.count("rmdir");
         self.remove(parent.0, name_bytes(name), true, reply);
     }
 
-    fn symlink(
+    pub(crate) fn symlink(
         &self,
-        req: &Request,
+        req: &Caller,
         parent: INodeNo,
         link_name: &OsStr,
         target: &Path,
-        reply: ReplyEntry,
+        reply: impl EntryOut,
     ) {
         self.stack.stats.count("symlink");
         let kind = NewKind::Symlink(target.as_os_str().as_bytes().to_vec());
@@ -1029,15 +1056,14 @@ impl Filesystem for UnionFs {
         self.create_entry(req, parent.0, name_bytes(link_name), kind, mode, 0, reply);
     }
 
-    fn rename(
+    pub(crate) fn rename(
         &self,
-        _req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
         newname: &OsStr,
         flags: RenameFlags,
-        reply: ReplyEmpty,
+        reply: impl EmptyOut,
     ) {
         self.stack.stats.count("rename");
         empty_reply(
@@ -1052,13 +1078,12 @@ impl Filesystem for UnionFs {
         )
     }
 
-    fn link(
+    pub(crate) fn link(
         &self,
-        _req: &Request,
         ino: INodeNo,
         newparent: INodeNo,
         newname: &OsStr,
-        reply: ReplyEntry,
+        reply: impl EntryOut,
     ) {
         self.stack.stats.count("link");
         let r = (|| {
@@ -1091,7 +1116,7 @@ impl Filesystem for UnionFs {
         self.entry_reply(reply, r);
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    pub(crate) fn open(&self, ino: INodeNo, flags: OpenFlags, reply: impl OpenOut) {
         self.stack.stats.count("open");
         let register = |fd: &OwnedFd| reply.open_backing(fd);
         match self.retry(|| self.open_file(ino.0, flags.0, &register)) {
@@ -1101,17 +1126,7 @@ impl Filesystem for UnionFs {
         }
     }
 
-    fn read(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        size: u32,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        reply: ReplyData,
-    ) {
+    pub(crate) fn read(&self, fh: FileHandle, offset: u64, size: u32, reply: impl DataOut) {
         self.stack.stats.count("read");
         let Some(f) = self.handles.file(fh.0) else {
             return reply.error(fuser::Errno::EBADF);
@@ -1128,18 +1143,7 @@ impl Filesystem for UnionFs {
         reply.data(&buf[..got]);
     }
 
-    fn write(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        data: &[u8],
-        _write_flags: WriteFlags,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        reply: ReplyWrite,
-    ) {
+    pub(crate) fn write(&self, fh: FileHandle, offset: u64, data: &[u8], reply: impl WriteOut) {
         self.stack.stats.count("write");
         let Some(f) = self.handles.file(fh.0) else {
             return reply.error(fuser::Errno::EBADF);
@@ -1156,28 +1160,12 @@ impl Filesystem for UnionFs {
         reply.written(done as u32);
     }
 
-    fn flush(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _lock_owner: LockOwner,
-        reply: ReplyEmpty,
-    ) {
+    pub(crate) fn flush(&self, reply: impl EmptyOut) {
         self.stack.stats.count("flush");
         reply.ok();
     }
 
-    fn release(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        _flush: bool,
-        reply: ReplyEmpty,
-    ) {
+    pub(crate) fn release(&self, fh: FileHandle, reply: impl EmptyOut) {
         self.stack.stats.count("release");
         if let Some((_, f)) = self.handles.files.remove(&fh.0) {
             self.stack
@@ -1200,14 +1188,7 @@ impl Filesystem for UnionFs {
         reply.ok();
     }
 
-    fn fsync(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        datasync: bool,
-        reply: ReplyEmpty,
-    ) {
+    pub(crate) fn fsync(&self, fh: FileHandle, datasync: bool, reply: impl EmptyOut) {
         self.stack.stats.count("fsync");
         match self.handles.file(fh.0) {
             Some(f) => match sys::fsync(f.fd.as_fd(), datasync) {
@@ -1218,7 +1199,7 @@ impl Filesystem for UnionFs {
         }
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    pub(crate) fn opendir(&self, ino: INodeNo, reply: impl OpenOut) {
         self.stack.stats.count("opendir");
         match self.inodes.get(ino.0) {
             Ok(n) if n.is_dir() => {
@@ -1233,13 +1214,12 @@ impl Filesystem for UnionFs {
         }
     }
 
-    fn readdir(
+    pub(crate) fn readdir(
         &self,
-        _req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectory,
+        mut reply: impl DirOut,
     ) {
         self.stack.stats.count("readdir");
         let entries = match self.dir_entries(ino.0, fh.0, offset) {
@@ -1249,14 +1229,14 @@ impl Filesystem for UnionFs {
         // Offsets: 1 is ".", 2 is "..", 3 + i is entry i.
         let mut off = offset;
         if off == 0 {
-            if reply.add(ino, 1, FileType::Directory, ".") {
+            if reply.add(ino, 1, FileType::Directory, OsStr::new(".")) {
                 return reply.ok();
             }
             off = 1;
         }
         if off == 1 {
             let p = self.parent_of(ino.0);
-            if reply.add(INodeNo(p), 2, FileType::Directory, "..") {
+            if reply.add(INodeNo(p), 2, FileType::Directory, OsStr::new("..")) {
                 return reply.ok();
             }
             off = 2;
@@ -1280,13 +1260,12 @@ impl Filesystem for UnionFs {
         reply.ok();
     }
 
-    fn readdirplus(
+    pub(crate) fn readdirplus(
         &self,
-        _req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectoryPlus,
+        mut reply: impl DirPlusOut,
     ) {
         self.stack.stats.count("readdirplus");
         let r = (|| {
@@ -1314,7 +1293,7 @@ impl Filesystem for UnionFs {
                 let mut a = dir_attr;
                 a.ino = dino;
                 // The kernel does not instantiate "." and "..": no lookup is counted for them.
-                if reply.add(dino, doff, dname, &ttl, &a, Generation(0)) {
+                if reply.add(dino, doff, OsStr::new(dname), &ttl, &a, Generation(0)) {
                     return reply.ok();
                 }
             }
@@ -1353,32 +1332,18 @@ impl Filesystem for UnionFs {
         reply.ok();
     }
 
-    fn releasedir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        reply: ReplyEmpty,
-    ) {
+    pub(crate) fn releasedir(&self, fh: FileHandle, reply: impl EmptyOut) {
         self.stack.stats.count("releasedir");
         self.handles.dirs.remove(&fh.0);
         reply.ok();
     }
 
-    fn fsyncdir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _datasync: bool,
-        reply: ReplyEmpty,
-    ) {
+    pub(crate) fn fsyncdir(&self, reply: impl EmptyOut) {
         self.stack.stats.count("fsyncdir");
         reply.ok();
     }
 
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+    pub(crate) fn statfs(&self, reply: impl StatfsOut) {
         self.stack.stats.count("statfs");
         match sys::fstatvfs(self.stack.layers[0].fd.as_fd()) {
             Ok(s) => reply.statfs(
@@ -1395,22 +1360,20 @@ impl Filesystem for UnionFs {
         }
     }
 
-    fn setxattr(
+    pub(crate) fn setxattr(
         &self,
-        _req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
         flags: i32,
-        _position: u32,
-        reply: ReplyEmpty,
+        reply: impl EmptyOut,
     ) {
         self.stack.stats.count("setxattr");
         let r = self.change_xattr(ino.0, name, |at, c| sys::setxattr(at, c, value, flags));
         empty_reply(reply, r)
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+    pub(crate) fn getxattr(&self, ino: INodeNo, name: &OsStr, size: u32, reply: impl XattrOut) {
         self.stack.stats.count("getxattr");
         let r = (|| {
             let n = name_bytes(name);
@@ -1437,7 +1400,7 @@ impl Filesystem for UnionFs {
         reply_xattr(reply, size, r);
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+    pub(crate) fn listxattr(&self, ino: INodeNo, size: u32, reply: impl XattrOut) {
         self.stack.stats.count("listxattr");
         let r = (|| {
             let node = self.inodes.get(ino.0)?;
@@ -1456,21 +1419,22 @@ impl Filesystem for UnionFs {
         reply_xattr(reply, size, r);
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    pub(crate) fn removexattr(&self, ino: INodeNo, name: &OsStr, reply: impl EmptyOut) {
         self.stack.stats.count("removexattr");
         let r = self.change_xattr(ino.0, name, |at, c| sys::removexattr(at, c));
         empty_reply(reply, r)
     }
 
-    fn create(
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn create(
         &self,
-        req: &Request,
+        req: &Caller,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
         umask: u32,
         flags: i32,
-        reply: ReplyCreate,
+        reply: impl CreateOut,
     ) {
         self.stack.stats.count("create");
         let clean = open_flags(flags);
@@ -1501,15 +1465,13 @@ impl Filesystem for UnionFs {
         }
     }
 
-    fn fallocate(
+    pub(crate) fn fallocate(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         length: u64,
         mode: i32,
-        reply: ReplyEmpty,
+        reply: impl EmptyOut,
     ) {
         self.stack.stats.count("fallocate");
         match self.handles.file(fh.0) {
@@ -1521,15 +1483,7 @@ impl Filesystem for UnionFs {
         }
     }
 
-    fn lseek(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        offset: i64,
-        whence: i32,
-        reply: ReplyLseek,
-    ) {
+    pub(crate) fn lseek(&self, fh: FileHandle, offset: i64, whence: i32, reply: impl LseekOut) {
         self.stack.stats.count("lseek");
         match self.handles.file(fh.0) {
             Some(f) => match sys::lseek(f.fd.as_fd(), offset, whence) {
@@ -1540,18 +1494,14 @@ impl Filesystem for UnionFs {
         }
     }
 
-    fn copy_file_range(
+    pub(crate) fn copy_file_range(
         &self,
-        _req: &Request,
-        _ino_in: INodeNo,
         fh_in: FileHandle,
         offset_in: u64,
-        _ino_out: INodeNo,
         fh_out: FileHandle,
         offset_out: u64,
         len: u64,
-        _flags: fuser::CopyFileRangeFlags,
-        reply: ReplyWrite,
+        reply: impl WriteOut,
     ) {
         self.stack.stats.count("copy_file_range");
         let (Some(a), Some(b)) = (self.handles.file(fh_in.0), self.handles.file(fh_out.0)) else {
@@ -1568,7 +1518,7 @@ impl Filesystem for UnionFs {
 }
 
 impl UnionFs {
-    fn remove(&self, parent: u64, name: &[u8], dir: bool, reply: ReplyEmpty) {
+    fn remove(&self, parent: u64, name: &[u8], dir: bool, reply: impl EmptyOut) {
         let r = self.retry(|| {
             let (p, set) = self.dir_ctx(parent)?;
             let f = ops::remove(&self.stack, &p.rel, &set, name, dir)?;

@@ -113,9 +113,15 @@ pub struct State {
     pub inos: HashMap<String, u64>,
 }
 
-/// File descriptors this process holds (an in-process union's included).
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+/// File descriptors this process holds on files in `dirs` (an in-process union's layer fds).
+/// Other fds do not count: tests running beside this one open and close their own.
+fn fds_under(dirs: &[&Path]) -> usize {
+    let Ok(d) = std::fs::read_dir("/proc/self/fd") else {
+        return 0;
+    };
+    d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|t| dirs.iter().any(|d| t.starts_with(d)))
+        .count()
 }
 
 fn errno_name(e: &std::io::Error) -> String {
@@ -533,12 +539,14 @@ impl State {
             }
             "churn" => {
                 // mkdir + rmdir of `path`, `size` times: inodes and fds must not pile up.
-                let before = open_fds();
+                let mut dirs: Vec<&Path> = self.lowers.iter().map(PathBuf::as_path).collect();
+                dirs.extend(self.upper.as_deref());
+                let before = fds_under(&dirs);
                 for _ in 0..st.size.unwrap_or(1000) {
                     std::fs::create_dir(&p)?;
                     std::fs::remove_dir(&p)?;
                 }
-                let after = open_fds();
+                let after = fds_under(&dirs);
                 if after > before + 64 {
                     problems.push(format!("churn: open fds grew from {before} to {after}"));
                 }

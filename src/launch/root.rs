@@ -76,6 +76,11 @@ impl RootProvider for UnionRoot {
         // Device nodes in a layer must not become a way to the host's devices; the container's
         // /dev is a tmpfs with binds of the safe ones.
         mc.dev = false;
+        // Requests stay on /dev/fuse here: this process serves the union and also sits in the
+        // mount namespace that holds it, so its last exiting thread can drop the last reference
+        // and wait in the kernel for the connection's io_uring queues, one of which is its own
+        // (a D-state hang seen on 6.18). /dev/fuse requests are ended by the abort instead.
+        mc.uring = false;
         mount_union(&mc, target)
     }
 }

@@ -4,6 +4,7 @@
 //! unsafe block below says why it is sound. Wrappers retry `EINTR` where the call is restartable.
 
 pub mod launch;
+pub mod uring;
 
 use std::ffi::{CStr, CString, OsStr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};

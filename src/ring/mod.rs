@@ -1,0 +1,384 @@
+//! FUSE over io_uring: the transport that takes over from `/dev/fuse` once FUSE_INIT agreed on
+//! it (kernel 6.14+, module parameter `fuse.enable_uring=1`).
+//!
+//! Why: on `/dev/fuse` every request wakes a daemon thread on whatever CPU it slept, and the
+//! reply wakes the caller back across CPUs; on virtual machines those cross-CPU wakeups are
+//! most of a metadata call's cost. The kernel queues a ring request on the queue of the CPU
+//! the caller runs on, so a worker pinned to that CPU serves it without leaving the CPU.
+//!
+//! Each worker owns one ring with one registered entry and serves one request at a time; the
+//! kernel hands requests to whichever entry of the CPU's queue is free, so a slow request (a
+//! large copy-up) holds up only its own worker. FORGET and INTERRUPT still come through
+//! `/dev/fuse`, which fuser's session keeps reading.
+
+pub mod wire;
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use fuser::{FileHandle, INodeNo, OpenFlags, RenameFlags, TimeOrNow};
+use log::{debug, info, warn};
+
+use crate::fs::{Caller, UnionFs};
+use crate::sys::uring::{Event, Queue, ENT_IN_OUT, OP_IN};
+use crate::sys::Errno;
+use wire::{take_name, Args, Out, Reply};
+
+/// Workers per CPU queue: one may be busy with a long request while another serves the rest.
+pub const WORKERS_PER_CPU: usize = 2;
+
+/// Largest request or reply payload: the max_write and readahead we negotiate (1 MiB) plus
+/// room for the headers the kernel puts in front of write data.
+const PAYLOAD_LEN: usize = (1 << 20) + 4096;
+
+/// Starts the workers for every possible CPU (the kernel needs a queue for each before it
+/// switches to the ring).
+pub fn start(fs: Arc<UnionFs>, dev: Arc<OwnedFd>) {
+    let cpus = possible_cpus();
+    info!("transport: io_uring, {cpus} queues x {WORKERS_PER_CPU} workers");
+    for qid in 0..cpus {
+        for w in 0..WORKERS_PER_CPU {
+            let (fs, dev) = (Arc::clone(&fs), Arc::clone(&dev));
+            let spawned = std::thread::Builder::new()
+                .name(format!("unionfs-ring{qid}.{w}"))
+                .spawn(move || worker(&fs, &dev, qid));
+            if let Err(e) = spawned {
+                warn!("io_uring worker {qid}.{w}: {e}");
+            }
+        }
+    }
+}
+
+/// Number of possible CPUs (`/sys/devices/system/cpu/possible`, e.g. "0-3"): the kernel makes
+/// one queue for each.
+fn possible_cpus() -> usize {
+    let text = std::fs::read_to_string("/sys/devices/system/cpu/possible").unwrap_or_default();
+    let last = text
+        .trim()
+        .split(',')
+        .filter_map(|r| r.rsplit('-').next()?.parse::<usize>().ok())
+        .max();
+    match last {
+        Some(n) => n + 1,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    }
+}
+
+fn worker(fs: &UnionFs, dev: &Arc<OwnedFd>, qid: usize) {
+    if let Err(e) = crate::sys::uring::pin_to_cpu(qid) {
+        // Still correct, only without the same-CPU benefit (e.g. a cpuset without this CPU).
+        debug!("io_uring queue {qid}: not pinned: {e}");
+    }
+    let mut q = match Queue::new(dev.as_fd(), qid as u16, PAYLOAD_LEN) {
+        Ok(q) => q,
+        Err(e) => {
+            warn!("io_uring queue {qid}: cannot set up a ring: {e}; requests stay on /dev/fuse");
+            return;
+        }
+    };
+    // The kernel accepts registrations only once it has processed our INIT reply.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut ev = loop {
+        match q.register() {
+            Ok(Event::Failed(Errno::EAGAIN)) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            r => break r,
+        }
+    };
+    let mut out = Out::default();
+    loop {
+        match ev {
+            Ok(Event::Request) => {}
+            Ok(Event::Closed) => break,
+            Ok(Event::Failed(e)) => {
+                warn!("io_uring queue {qid}: the kernel refused the ring: {e}");
+                break;
+            }
+            Err(e) => {
+                warn!("io_uring queue {qid}: {e}");
+                break;
+            }
+        }
+        let unique = Args::new(q.header()).u64(8);
+        serve(fs, dev, &q, &mut out);
+        fs.stack()
+            .stats
+            .ring_requests
+            .fetch_add(1, Ordering::Relaxed);
+        if !q.put_reply(&out.header(unique), &out.body) {
+            out.reset(0);
+            out.error = -libc::EIO;
+            q.put_reply(&out.header(unique), &[]);
+        }
+        ev = q.commit_and_fetch(unique);
+    }
+    debug!("io_uring queue {qid}: worker done");
+}
+
+/// Decodes the request in `q`'s buffers and runs the operation, leaving the answer in `out`.
+fn serve(fs: &UnionFs, dev: &Arc<OwnedFd>, q: &Queue, out: &mut Out) {
+    let header = q.header();
+    let h = Args::new(header);
+    let opcode = h.u32(4);
+    let nodeid = INodeNo(h.u64(16));
+    let caller = Caller {
+        uid: h.u32(24),
+        gid: h.u32(28),
+    };
+    let op = Args::new(&header[OP_IN..ENT_IN_OUT]);
+    let payload = q.payload(h.u32(ENT_IN_OUT + 16) as usize);
+    out.reset(PAYLOAD_LEN);
+    let reply = Reply::new(out, dev);
+    dispatch(fs, opcode, nodeid, &caller, &op, payload, reply);
+}
+
+/// `fuse_opcode` values this transport serves.
+mod op_code {
+    pub const LOOKUP: u32 = 1;
+    pub const GETATTR: u32 = 3;
+    pub const SETATTR: u32 = 4;
+    pub const READLINK: u32 = 5;
+    pub const SYMLINK: u32 = 6;
+    pub const MKNOD: u32 = 8;
+    pub const MKDIR: u32 = 9;
+    pub const UNLINK: u32 = 10;
+    pub const RMDIR: u32 = 11;
+    pub const RENAME: u32 = 12;
+    pub const LINK: u32 = 13;
+    pub const OPEN: u32 = 14;
+    pub const READ: u32 = 15;
+    pub const WRITE: u32 = 16;
+    pub const STATFS: u32 = 17;
+    pub const RELEASE: u32 = 18;
+    pub const FSYNC: u32 = 20;
+    pub const SETXATTR: u32 = 21;
+    pub const GETXATTR: u32 = 22;
+    pub const LISTXATTR: u32 = 23;
+    pub const REMOVEXATTR: u32 = 24;
+    pub const FLUSH: u32 = 25;
+    pub const OPENDIR: u32 = 27;
+    pub const READDIR: u32 = 28;
+    pub const RELEASEDIR: u32 = 29;
+    pub const FSYNCDIR: u32 = 30;
+    pub const CREATE: u32 = 35;
+    pub const DESTROY: u32 = 38;
+    pub const FALLOCATE: u32 = 43;
+    pub const READDIRPLUS: u32 = 44;
+    pub const RENAME2: u32 = 45;
+    pub const LSEEK: u32 = 46;
+    pub const COPY_FILE_RANGE: u32 = 47;
+}
+
+/// `fuse_setattr_in.valid` bits.
+mod fattr {
+    pub const MODE: u32 = 1 << 0;
+    pub const UID: u32 = 1 << 1;
+    pub const GID: u32 = 1 << 2;
+    pub const SIZE: u32 = 1 << 3;
+    pub const ATIME: u32 = 1 << 4;
+    pub const MTIME: u32 = 1 << 5;
+    pub const FH: u32 = 1 << 6;
+    pub const ATIME_NOW: u32 = 1 << 7;
+    pub const MTIME_NOW: u32 = 1 << 8;
+}
+
+fn when(valid: u32, set: u32, now: u32, secs: u64, nsecs: u32) -> Option<TimeOrNow> {
+    if valid & now != 0 {
+        Some(TimeOrNow::Now)
+    } else if valid & set != 0 {
+        let secs = secs as i64;
+        let t = if secs >= 0 {
+            SystemTime::UNIX_EPOCH + Duration::new(secs as u64, nsecs)
+        } else {
+            SystemTime::UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
+                + Duration::from_nanos(u64::from(nsecs))
+        };
+        Some(TimeOrNow::SpecificTime(t))
+    } else {
+        None
+    }
+}
+
+/// One request to one operation. Layouts are the kernel's `fuse_*_in` structs; `op` holds the
+/// fixed argument, `payload` what follows it (names, data).
+fn dispatch(
+    fs: &UnionFs,
+    opcode: u32,
+    nodeid: INodeNo,
+    caller: &Caller,
+    op: &Args<'_>,
+    payload: &[u8],
+    reply: Reply<'_>,
+) {
+    use fuser::Errno as E;
+    use op_code as o;
+    let name = || take_name(payload);
+    let fh = FileHandle(op.u64(0));
+    match opcode {
+        o::LOOKUP => match name() {
+            Some((n, _)) => fs.lookup(nodeid, n, reply),
+            None => fuser_err(reply, E::EINVAL),
+        },
+        o::GETATTR => {
+            // fuse_getattr_in { getattr_flags, dummy, fh }; FUSE_GETATTR_FH = 1
+            let fh = (op.u32(0) & 1 != 0).then(|| FileHandle(op.u64(8)));
+            fs.getattr(nodeid, fh, reply)
+        }
+        o::SETATTR => {
+            let valid = op.u32(0);
+            let get32 = |bit: u32, off: usize| (valid & bit != 0).then(|| op.u32(off));
+            let size = (valid & fattr::SIZE != 0).then(|| op.u64(16));
+            let atime = when(
+                valid,
+                fattr::ATIME,
+                fattr::ATIME_NOW,
+                op.u64(32),
+                op.u32(56),
+            );
+            let mtime = when(
+                valid,
+                fattr::MTIME,
+                fattr::MTIME_NOW,
+                op.u64(40),
+                op.u32(60),
+            );
+            let fh = (valid & fattr::FH != 0).then(|| FileHandle(op.u64(8)));
+            fs.setattr(
+                nodeid,
+                get32(fattr::MODE, 68),
+                get32(fattr::UID, 76),
+                get32(fattr::GID, 80),
+                size,
+                atime,
+                mtime,
+                fh,
+                reply,
+            )
+        }
+        o::READLINK => fs.readlink(nodeid, reply),
+        o::SYMLINK => match name().and_then(|(n, rest)| Some((n, take_name(rest)?.0))) {
+            Some((n, target)) => fs.symlink(caller, nodeid, n, Path::new(target), reply),
+            None => fuser_err(reply, E::EINVAL),
+        },
+        o::MKNOD => match name() {
+            // fuse_mknod_in { mode, rdev, umask, padding }
+            Some((n, _)) => fs.mknod(caller, nodeid, n, op.u32(0), op.u32(8), op.u32(4), reply),
+            None => fuser_err(reply, E::EINVAL),
+        },
+        o::MKDIR => match name() {
+            // fuse_mkdir_in { mode, umask }
+            Some((n, _)) => fs.mkdir(caller, nodeid, n, op.u32(0), op.u32(4), reply),
+            None => fuser_err(reply, E::EINVAL),
+        },
+        o::UNLINK => match name() {
+            Some((n, _)) => fs.unlink(nodeid, n, reply),
+            None => fuser_err(reply, E::EINVAL),
+        },
+        o::RMDIR => match name() {
+            Some((n, _)) => fs.rmdir(nodeid, n, reply),
+            None => fuser_err(reply, E::EINVAL),
+        },
+        o::RENAME | o::RENAME2 => {
+            // fuse_rename_in { newdir } / fuse_rename2_in { newdir, flags, padding }
+            let flags = if opcode == o::RENAME2 { op.u32(8) } else { 0 };
+            match name().and_then(|(a, rest)| Some((a, take_name(rest)?.0))) {
+                Some((a, b)) => fs.rename(
+                    nodeid,
+                    a,
+                    INodeNo(op.u64(0)),
+                    b,
+                    RenameFlags::from_bits_retain(flags),
+                    reply,
+                ),
+                None => fuser_err(reply, E::EINVAL),
+            }
+        }
+        // fuse_link_in { oldnodeid }; the request's node is the new parent.
+        o::LINK => match name() {
+            Some((n, _)) => fs.link(INodeNo(op.u64(0)), nodeid, n, reply),
+            None => fuser_err(reply, E::EINVAL),
+        },
+        // fuse_open_in { flags, open_flags }
+        o::OPEN => fs.open(nodeid, OpenFlags(op.u32(0) as i32), reply),
+        o::OPENDIR => fs.opendir(nodeid, reply),
+        // fuse_read_in { fh, offset, size, ... }
+        o::READ => fs.read(fh, op.u64(8), op.u32(16), reply),
+        o::READDIR | o::READDIRPLUS => {
+            let mut reply = reply;
+            reply.limit(op.u32(16) as usize);
+            if opcode == o::READDIR {
+                fs.readdir(nodeid, fh, op.u64(8), reply)
+            } else {
+                fs.readdirplus(nodeid, fh, op.u64(8), reply)
+            }
+        }
+        // fuse_write_in { fh, offset, size, ... }; the data is the payload.
+        o::WRITE => {
+            let len = (op.u32(16) as usize).min(payload.len());
+            fs.write(fh, op.u64(8), &payload[..len], reply)
+        }
+        o::STATFS => fs.statfs(reply),
+        o::RELEASE => fs.release(fh, reply),
+        o::RELEASEDIR => fs.releasedir(fh, reply),
+        // fuse_fsync_in { fh, fsync_flags }; bit 0 is datasync
+        o::FSYNC => fs.fsync(fh, op.u32(8) & 1 != 0, reply),
+        o::FSYNCDIR => fs.fsyncdir(reply),
+        o::FLUSH => fs.flush(reply),
+        // fuse_setxattr_in { size, flags }; payload: name, value
+        o::SETXATTR => match name() {
+            Some((n, rest)) => {
+                let len = (op.u32(0) as usize).min(rest.len());
+                fs.setxattr(nodeid, n, &rest[..len], op.u32(4) as i32, reply)
+            }
+            None => fuser_err(reply, E::EINVAL),
+        },
+        // fuse_getxattr_in { size, padding }
+        o::GETXATTR => match name() {
+            Some((n, _)) => fs.getxattr(nodeid, n, op.u32(0), reply),
+            None => fuser_err(reply, E::EINVAL),
+        },
+        o::LISTXATTR => fs.listxattr(nodeid, op.u32(0), reply),
+        o::REMOVEXATTR => match name() {
+            Some((n, _)) => fs.removexattr(nodeid, n, reply),
+            None => fuser_err(reply, E::EINVAL),
+        },
+        // fuse_create_in { flags, mode, umask, open_flags }
+        o::CREATE => match name() {
+            Some((n, _)) => fs.create(
+                caller,
+                nodeid,
+                n,
+                op.u32(4),
+                op.u32(8),
+                op.u32(0) as i32,
+                reply,
+            ),
+            None => fuser_err(reply, E::EINVAL),
+        },
+        // fuse_fallocate_in { fh, offset, length, mode }
+        o::FALLOCATE => fs.fallocate(fh, op.u64(8), op.u64(16), op.u32(24) as i32, reply),
+        // fuse_lseek_in { fh, offset, whence }
+        o::LSEEK => fs.lseek(fh, op.u64(8) as i64, op.u32(16) as i32, reply),
+        // fuse_copy_file_range_in { fh_in, off_in, nodeid_out, fh_out, off_out, len, flags }
+        o::COPY_FILE_RANGE => fs.copy_file_range(
+            fh,
+            op.u64(8),
+            FileHandle(op.u64(24)),
+            op.u64(32),
+            op.u64(40),
+            reply,
+        ),
+        o::DESTROY => crate::fs::reply::EmptyOut::ok(reply),
+        // Locks, ioctl, poll, access, bmap, tmpfile, statx: not implemented on either transport
+        // (the kernel then handles locks and access checks itself).
+        _ => fuser_err(reply, E::ENOSYS),
+    }
+}
+
+fn fuser_err(reply: Reply<'_>, e: fuser::Errno) {
+    crate::fs::reply::EmptyOut::error(reply, e)
+}

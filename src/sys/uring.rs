@@ -1,0 +1,278 @@
+//! FUSE over io_uring, the kernel side of it: a ring per worker thread, the buffers the
+//! kernel writes requests into, and its two commands (register a buffer, commit a reply and
+//! fetch the next request). Everything that touches raw memory or the submission queue is here;
+//! request parsing and dispatch are safe code in [`crate::ring`].
+
+use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+
+use super::{Errno, SysResult};
+
+/// `struct fuse_uring_req_header`: 128 bytes for the in/out header, 128 for the op's fixed
+/// argument, 32 for `fuse_uring_ent_in_out`.
+pub const HEADER_LEN: usize = 288;
+/// Offset of the op's fixed argument in the header buffer.
+pub const OP_IN: usize = 128;
+/// Offset of `fuse_uring_ent_in_out` in the header buffer.
+pub const ENT_IN_OUT: usize = 256;
+
+const CMD_REGISTER: u32 = 1;
+const CMD_COMMIT_AND_FETCH: u32 = 2;
+
+/// A zeroed, page-aligned buffer the kernel reads and writes while we do not look at it.
+struct RawBuf {
+    ptr: *mut u8,
+    layout: Layout,
+}
+
+impl RawBuf {
+    fn new(len: usize) -> SysResult<RawBuf> {
+        let layout = Layout::from_size_align(len.max(1), 4096).map_err(|_| Errno::EINVAL)?;
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { alloc_zeroed(layout) };
+        if ptr.is_null() {
+            return Err(Errno::ENOMEM);
+        }
+        Ok(RawBuf { ptr, layout })
+    }
+}
+
+impl Drop for RawBuf {
+    fn drop(&mut self) {
+        if self.ptr.is_null() {
+            return;
+        }
+        // SAFETY: allocated in `new` with this layout; `Queue` lets a buffer drop only once the
+        // kernel has released the entry (see its `Drop`).
+        unsafe { dealloc(self.ptr, self.layout) }
+    }
+}
+
+/// One worker's ring with one registered entry (one request in flight per worker: a slow
+/// request holds up only its own worker, the kernel hands new ones to the others).
+pub struct Queue {
+    ring: IoUring<squeue::Entry128, cqueue::Entry>,
+    dev: i32,
+    qid: u16,
+    header: RawBuf,
+    payload: RawBuf,
+    iov: Box<[libc::iovec; 2]>,
+    /// False while the kernel may still write into the buffers.
+    released: bool,
+}
+
+// SAFETY: the raw buffers are owned by this value alone and only touched by the thread that
+// owns it; moving it to that thread before use is sound.
+unsafe impl Send for Queue {}
+
+/// What the kernel answered to a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A request is in the buffers.
+    Request,
+    /// The connection is gone (unmounted or aborted): the entry is released.
+    Closed,
+    /// The kernel refused the command with this errno.
+    Failed(Errno),
+}
+
+impl Queue {
+    /// A ring for queue `qid` of the FUSE connection `dev`, with buffers for payloads of up to
+    /// `payload_len` bytes (the kernel requires at least its max_write / max_pages size).
+    pub fn new(dev: BorrowedFd<'_>, qid: u16, payload_len: usize) -> SysResult<Queue> {
+        let ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .build(4)
+            .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+        let header = RawBuf::new(HEADER_LEN)?;
+        let payload = RawBuf::new(payload_len)?;
+        let iov = Box::new([
+            libc::iovec {
+                iov_base: header.ptr.cast(),
+                iov_len: HEADER_LEN,
+            },
+            libc::iovec {
+                iov_base: payload.ptr.cast(),
+                iov_len: payload_len,
+            },
+        ]);
+        Ok(Queue {
+            ring,
+            dev: dev.as_raw_fd(),
+            qid,
+            header,
+            payload,
+            iov,
+            released: true,
+        })
+    }
+
+    fn push(&mut self, cmd_op: u32, commit_id: u64) -> SysResult<()> {
+        // struct fuse_uring_cmd_req: flags, commit_id, qid, padding.
+        let mut cmd = [0u8; 80];
+        cmd[8..16].copy_from_slice(&commit_id.to_ne_bytes());
+        cmd[16..18].copy_from_slice(&self.qid.to_ne_bytes());
+        let mut op = opcode::UringCmd80::new(types::Fd(self.dev), cmd_op).cmd(cmd);
+        if cmd_op == CMD_REGISTER {
+            op = op.addr(Some(self.iov.as_ptr() as u64));
+        }
+        let mut sqe = op.build().user_data(u64::from(cmd_op));
+        if cmd_op == CMD_REGISTER {
+            // The kernel wants the iovec count in sqe->len, which the builder has no field for.
+            sqe = with_len(sqe, 2);
+        }
+        // SAFETY: the iovec array and the buffers it points at live in `self` and are freed
+        // only after the kernel released the entry; `released` tracks that.
+        unsafe { self.ring.submission().push(&sqe) }.map_err(|_| Errno::EBUSY)?;
+        self.released = false;
+        Ok(())
+    }
+
+    /// Hands the buffers to the kernel and waits for the first request.
+    pub fn register(&mut self) -> SysResult<Event> {
+        self.push(CMD_REGISTER, 0)?;
+        self.wait()
+    }
+
+    /// Sends the reply now in the buffers (see `out_header`/`payload_mut`) and waits for the
+    /// next request.
+    pub fn commit_and_fetch(&mut self, commit_id: u64) -> SysResult<Event> {
+        self.push(CMD_COMMIT_AND_FETCH, commit_id)?;
+        self.wait()
+    }
+
+    fn wait(&mut self) -> SysResult<Event> {
+        loop {
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) => return Err(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))),
+            }
+            if let Some(c) = self.ring.completion().next() {
+                let res = c.result();
+                return Ok(match res {
+                    0.. => Event::Request,
+                    _ => {
+                        // The command is over either way: the kernel no longer holds the entry.
+                        self.released = true;
+                        let e = Errno::from_raw(-res);
+                        match e {
+                            Errno::ENOTCONN | Errno::ECONNABORTED | Errno::ECANCELED => {
+                                Event::Closed
+                            }
+                            e => Event::Failed(e),
+                        }
+                    }
+                });
+            }
+        }
+    }
+
+    /// The request's headers: `fuse_in_header` at 0, the op's fixed argument at [`OP_IN`],
+    /// `fuse_uring_ent_in_out` at [`ENT_IN_OUT`].
+    pub fn header(&self) -> &[u8] {
+        // SAFETY: HEADER_LEN bytes were allocated; the kernel wrote them before completing the
+        // command and does not touch them again until the next command is pushed, which takes
+        // `&mut self` and so ends this borrow.
+        unsafe { std::slice::from_raw_parts(self.header.ptr, HEADER_LEN) }
+    }
+
+    /// The request's payload (names, data), `len` bytes of it.
+    pub fn payload(&self, len: usize) -> &[u8] {
+        let len = len.min(self.iov[1].iov_len);
+        // SAFETY: as in `header`, for the payload buffer, bounded by its length.
+        unsafe { std::slice::from_raw_parts(self.payload.ptr, len) }
+    }
+
+    /// Writes the reply: `fuse_out_header` and its payload, with the payload size the kernel
+    /// reads in `fuse_uring_ent_in_out`. Returns false (and writes nothing) when it does not fit.
+    pub fn put_reply(&mut self, out_header: &[u8; 16], body: &[u8]) -> bool {
+        if body.len() > self.iov[1].iov_len {
+            return false;
+        }
+        // SAFETY: the kernel is not using the buffers (a request is being answered) and
+        // `&mut self` rules out other borrows of them; both copies stay inside the allocations.
+        unsafe {
+            std::ptr::copy_nonoverlapping(out_header.as_ptr(), self.header.ptr, 16);
+            std::ptr::copy_nonoverlapping(body.as_ptr(), self.payload.ptr, body.len());
+            let sz = (body.len() as u32).to_ne_bytes();
+            std::ptr::copy_nonoverlapping(sz.as_ptr(), self.header.ptr.add(ENT_IN_OUT + 16), 4);
+        }
+        true
+    }
+
+    /// True once the kernel gave the entry back, so the buffers may be freed.
+    pub fn is_released(&self) -> bool {
+        self.released
+    }
+}
+
+impl Drop for Queue {
+    fn drop(&mut self) {
+        if !self.released {
+            // The kernel may still write into the entry: keep the memory (a few pages of
+            // untouched virtual memory per worker, once per connection).
+            std::mem::forget(std::mem::replace(&mut self.header, RawBuf::leak_marker()));
+            std::mem::forget(std::mem::replace(&mut self.payload, RawBuf::leak_marker()));
+        }
+    }
+}
+
+/// `sqe` with its `len` field (u32 at byte 24 of `struct io_uring_sqe`) set.
+fn with_len(sqe: squeue::Entry128, len: u32) -> squeue::Entry128 {
+    // SAFETY: Entry128 is #[repr(C)] over a 64-byte io_uring_sqe and 64 command bytes, all
+    // plain integers (any bit pattern is valid) and without Drop; transmute checks the size.
+    let mut raw: [u8; 128] = unsafe { std::mem::transmute(sqe) };
+    raw[24..28].copy_from_slice(&len.to_ne_bytes());
+    // SAFETY: as above, in the other direction.
+    unsafe { std::mem::transmute::<[u8; 128], squeue::Entry128>(raw) }
+}
+
+impl RawBuf {
+    /// A buffer that owns nothing (replaces one that is leaked on purpose).
+    fn leak_marker() -> RawBuf {
+        RawBuf {
+            ptr: std::ptr::null_mut(),
+            layout: Layout::new::<u8>(),
+        }
+    }
+}
+
+/// Registers `fd` as a passthrough backing file with the FUSE connection `dev`
+/// (FUSE_DEV_IOC_BACKING_OPEN); the kernel answers with its id.
+pub fn backing_open(dev: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> SysResult<u32> {
+    // struct fuse_backing_map { int32 fd; uint32 flags; uint64 padding; }
+    #[repr(C)]
+    struct Map {
+        fd: i32,
+        flags: u32,
+        padding: u64,
+    }
+    const BACKING_OPEN: libc::c_ulong = 0x4010_e501; // _IOW(229, 1, struct fuse_backing_map)
+    let map = Map {
+        fd: fd.as_raw_fd(),
+        flags: 0,
+        padding: 0,
+    };
+    // SAFETY: `map` is a valid fuse_backing_map for the duration of the call.
+    let r = unsafe { libc::ioctl(dev.as_raw_fd(), BACKING_OPEN as _, &map as *const Map) };
+    super::check(r).map(|id| id as u32)
+}
+
+/// Drops a backing file registration (FUSE_DEV_IOC_BACKING_CLOSE).
+pub fn backing_close(dev: BorrowedFd<'_>, id: u32) -> SysResult<()> {
+    const BACKING_CLOSE: libc::c_ulong = 0x4004_e502; // _IOW(229, 2, uint32_t)
+                                                      // SAFETY: the ioctl reads one u32 from a valid pointer.
+    let r = unsafe { libc::ioctl(dev.as_raw_fd(), BACKING_CLOSE as _, &id as *const u32) };
+    super::check(r).map(drop)
+}
+
+/// Pins the calling thread to `cpu` (queue `qid` is fed by requests made on CPU `qid`).
+pub fn pin_to_cpu(cpu: usize) -> SysResult<()> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu)?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+}
