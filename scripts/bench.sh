@@ -4,7 +4,14 @@
 # as fast, higher is better), then a table of the FUSE daemons' memory and open fds after a
 # walk over a large tree.
 #
-#   scripts/bench.sh [--quick] [--runs N] [--out FILE]
+#   scripts/bench.sh [--quick] [--runs N] [--out FILE] [--devfuse] [--no-drop]
+#
+# --no-drop never calls sync(2) or drop_caches (on a machine where one of them blocks, e.g.
+# behind a wedged filesystem): the cold rows and the memory table are then left out.
+#
+# unionfs serves requests over FUSE-over-io_uring when the kernel offers it: the script turns on
+# the fuse module's enable_uring switch for the run (and restores it). --devfuse adds a column
+# for unionfs with -o uring=off (requests read from /dev/fuse), to show what the transport gives.
 #
 # Needs root (mounts, loop devices). Installs fuse-overlayfs from Debian if it is missing. Layer
 # sets are built under $BENCH_DIR (default /var/tmp/unionfs-bench, or
@@ -12,6 +19,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 quick=0
+devfuse=0
+nodrop=0
 runs=3
 out=""
 while [ $# -gt 0 ]; do
@@ -19,7 +28,9 @@ while [ $# -gt 0 ]; do
     --quick) quick=1 ;;
     --runs) runs=$2; shift ;;
     --out) out=$2; shift ;;
-    *) echo "usage: $0 [--quick] [--runs N] [--out FILE]" >&2; exit 2 ;;
+    --devfuse) devfuse=1 ;;
+    --no-drop) nodrop=1 ;;
+    *) echo "usage: $0 [--quick] [--runs N] [--out FILE] [--devfuse] [--no-drop]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -127,8 +138,12 @@ lowers="$B/l1:$B/l2:$B/l3"
 deep=$(for i in $(seq 0 $((NLAYERS - 1))); do printf '%s:' "$B/deep/L$i"; done)
 deep=${deep%:}
 TAR=$B/files$NTAR.tar
-impls=(kernel unionfs fuse-overlayfs)
-command -v fuse-overlayfs >/dev/null || impls=(kernel unionfs)
+impls=(kernel unionfs)
+[ $devfuse = 1 ] && impls+=(unionfs-devfuse)
+command -v fuse-overlayfs >/dev/null && impls+=(fuse-overlayfs)
+URING_SWITCH=/sys/module/fuse/parameters/enable_uring
+URING_BEFORE=$(cat "$URING_SWITCH" 2>/dev/null || true)
+[ -n "$URING_BEFORE" ] && echo 1 > "$URING_SWITCH"
 
 # Each implementation gets, in each run, a fresh ext4 of its own for its upper, work dir and
 # mountpoints. Sharing one filesystem made the order of the runs leak into the results: after
@@ -167,7 +182,8 @@ cleanup() {
   IMG=""
   FS=""
 }
-trap cleanup EXIT
+restore_uring() { if [ -n "$URING_BEFORE" ]; then [ "$URING_BEFORE" = Y ] && echo 1 > "$URING_SWITCH" || echo 0 > "$URING_SWITCH"; fi; }
+trap 'cleanup; restore_uring' EXIT
 trap 'exit 130' INT TERM
 
 mount_impl() { # impl lowers name -> prints mountpoint; upper, work dir and mountpoint in $FS
@@ -178,12 +194,14 @@ mount_impl() { # impl lowers name -> prints mountpoint; upper, work dir and moun
     kernel) mount -t overlay overlay -o "lowerdir=$low,upperdir=$d/u,workdir=$d/w" "$d/m" ;;
     unionfs) "$UNIONFS" --pid-file "$d/pid" --stats-file "$d/stats" \
                -o "lowerdir=$low,upperdir=$d/u,workdir=$d/w" "$d/m" ;;
+    unionfs-devfuse) "$UNIONFS" --pid-file "$d/pid" --stats-file "$d/stats" \
+               -o "uring=off,lowerdir=$low,upperdir=$d/u,workdir=$d/w" "$d/m" ;;
     fuse-overlayfs) fuse-overlayfs -o "lowerdir=$low,upperdir=$d/u,workdir=$d/w" "$d/m" ;;
   esac
   echo "$d/m"
 }
 umount_impl() { umount "$1" 2>/dev/null || umount -l "$1"; }
-drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+drop() { [ $nodrop = 1 ] && return; sync; echo 3 > /proc/sys/vm/drop_caches; }
 now() { date +%s.%N; }
 
 # The pid of the FUSE daemon serving mountpoint $2 (made by mount_impl). unionfs writes it to
@@ -193,7 +211,7 @@ daemon_pid() { # impl mountpoint lowers
   local d=${2%/m} p
   local -a found=()
   case $1 in
-    unionfs) found=("$(cat "$d/pid")") ;;
+    unionfs|unionfs-devfuse) found=("$(cat "$d/pid")") ;;
     fuse-overlayfs)
       for p in /proc/[0-9]*; do
         if tr '\0' '\n' < "$p/cmdline" 2>/dev/null |
@@ -211,11 +229,17 @@ nfds() { find "/proc/$1/fd" -mindepth 1 -maxdepth 1 | wc -l; }
 
 # Whether unionfs's data path is FUSE passthrough: from its SIGUSR1 stats report.
 PASSTHROUGH=""
-passthrough_of() { # mountpoint
+TRANSPORT=""
+stat_of() { # mountpoint key: one of the unionfs daemon's SIGUSR1 counters
   local d=${1%/m} i
+  rm -f "$d/stats"
   kill -USR1 "$(cat "$d/pid")" || return 0
   for i in $(seq 50); do [ -s "$d/stats" ] && break; sleep 0.1; done
-  awk '$1 == "passthrough" {print $2}' "$d/stats" 2>/dev/null || true
+  awk -v k="$2" '$1 == k {print $2}' "$d/stats" 2>/dev/null || true
+}
+transport_of() { # mountpoint
+  local n; n=$(stat_of "$1" ring_requests)
+  if [ "${n:-0}" -gt 0 ]; then echo io_uring; else echo /dev/fuse; fi
 }
 
 declare -A T
@@ -260,13 +284,19 @@ ROWS=("$R_SEQW" "$R_SEQC" "$R_RAND" "$R_WRITE" "$R_FINDC" "$R_FINDW" "$R_LSC" "$
 M_RSS="RSS after walking $NMEM files (MiB)"; M_RSSD="RSS after drop_caches (MiB)"
 M_FD="open fds after walk"; M_FDD="open fds after drop_caches"
 MROWS=("$M_RSS" "$M_RSSD" "$M_FD" "$M_FDD")
+if [ $nodrop = 1 ]; then
+  ROWS=("$R_SEQW" "$R_RAND" "$R_WRITE" "$R_FINDW" "$R_LSW" "$R_TAR" "$R_CREATE" "$R_UNLINK"
+        "$R_RM" "$R_COPYUP")
+fi
 
 run_once() {
   local impl=$1 m pid s e
   m=$(mount_impl "$impl" "$lowers" main)
   cat "$m/big" >/dev/null
   timed "$R_SEQW" cat "$m/big" >/dev/null
-  if [ "$impl" = unionfs ] && [ -z "$PASSTHROUGH" ]; then PASSTHROUGH=$(passthrough_of "$m"); fi
+  if [ "$impl" = unionfs ] && [ -z "$PASSTHROUGH" ]; then
+    PASSTHROUGH=$(stat_of "$m" passthrough); TRANSPORT=$(transport_of "$m")
+  fi
   umount_impl "$m"; drop; m=$(mount_impl "$impl" "$lowers" main)
   timed "$R_SEQC" cat "$m/big" >/dev/null
   timed "$R_RAND" randread "$m/big"
@@ -291,6 +321,7 @@ run_once() {
   timed "$R_DEEP" stat_bottom "$m"
   umount_impl "$m"
   [ "$impl" = kernel ] && return
+  [ $nodrop = 1 ] && return
   # Memory: stat every file of a single-lower union so the kernel holds an inode (and the
   # daemon a node) for each, then let the kernel forget them.
   m=$(mount_impl "$impl" "$B/l4" mem)
@@ -317,7 +348,7 @@ done
 median() { echo "$1" | tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 report() {
   local w k v impl
-  echo "Machine: $(nproc) cores, $(free -g | awk '/Mem/{print $2}') GiB, $(uname -r), layers on $(df -T "$B" | awk 'NR==2{print $2}'), upper and work dir on a fresh ext4 (loop device) per implementation and run; unionfs passthrough ${PASSTHROUGH:-unknown}. Median of $runs runs, seconds; ratio = kernel time / time."
+  echo "Machine: $(nproc) cores, $(free -g | awk '/Mem/{print $2}') GiB, $(uname -r), layers on $(df -T "$B" | awk 'NR==2{print $2}'), upper and work dir on a fresh ext4 (loop device) per implementation and run; unionfs passthrough ${PASSTHROUGH:-unknown}, transport ${TRANSPORT:-unknown}. Median of $runs runs, seconds; ratio = kernel time / time."
   echo
   printf '| workload | kernel overlayfs |'
   for impl in "${impls[@]:1}"; do printf ' %s | ratio |' "$impl"; done
@@ -335,6 +366,7 @@ report() {
     echo
   done
   echo
+  [ $nodrop = 1 ] && { echo "Caches not dropped (--no-drop): cold rows and the memory table left out."; return; }
   echo "FUSE daemon memory after stat-ing every file of a $NMEM-file single-lower union (kernel overlayfs has no daemon). Median of $runs runs."
   echo
   printf '| |'

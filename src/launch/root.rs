@@ -79,7 +79,10 @@ impl RootProvider for UnionRoot {
         // Requests stay on /dev/fuse here: this process serves the union and also sits in the
         // mount namespace that holds it, so its last exiting thread can drop the last reference
         // and wait in the kernel for the connection's io_uring queues, one of which is its own
-        // (a D-state hang seen on 6.18). /dev/fuse requests are ended by the abort instead.
+        // (a D-state hang seen on 6.18 while the rings deferred their task work; six launch
+        // test runs with the ring and without deferral passed, but a hang here wedges
+        // sync(2) for the whole machine, so this stays off until the cause is pinned down).
+        // /dev/fuse requests are ended by the abort instead.
         mc.uring = false;
         mount_union(&mc, target)
     }

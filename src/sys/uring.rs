@@ -82,9 +82,12 @@ impl Queue {
     /// A ring for queue `qid` of the FUSE connection `dev`, with buffers for payloads of up to
     /// `payload_len` bytes (the kernel requires at least its max_write / max_pages size).
     pub fn new(dev: BorrowedFd<'_>, qid: u16, payload_len: usize) -> SysResult<Queue> {
+        // No IORING_SETUP_DEFER_TASKRUN: deferred task work runs only when its submitter
+        // enters the ring, so a request the kernel hands to a worker that is exiting would
+        // never be sent, and unmounting would wait for it forever. Ordinary task work falls
+        // back to a kernel thread when the worker is gone.
         let ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder()
-            .setup_single_issuer()
-            .setup_defer_taskrun()
+            .setup_coop_taskrun()
             .build(4)
             .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
         let header = RawBuf::new(HEADER_LEN)?;
