@@ -176,6 +176,19 @@ const GENERIC: &[&str] = &[
     "noiversion",
 ];
 
+/// An on/off mount option: `key`, `key=on`, `key=off` or `key=ON_WORD` (`auto` for features
+/// used only where the kernel allows them).
+fn switch(key: &str, val: Option<&str>, on_word: &str) -> Result<bool> {
+    match val {
+        None | Some("on") => Ok(true),
+        Some(v) if v == on_word => Ok(true),
+        Some("off") => Ok(false),
+        Some(v) => Err(Error::new(format!(
+            "{key}={v}: use {key}={on_word} or {key}=off"
+        ))),
+    }
+}
+
 /// Parses `args` (without the program name) into an invocation.
 pub fn parse_args(args: Args) -> Result<Invocation> {
     let mut lowers: Option<Vec<PathBuf>> = None;
@@ -216,34 +229,10 @@ pub fn parse_args(args: Args) -> Result<Invocation> {
                 cfg.ttl = std::time::Duration::from_secs_f64(secs.max(0.0));
             }
             "subtype" => {}
-            "passthrough" => match val.as_deref() {
-                None | Some("on") | Some("auto") => cfg.passthrough = true,
-                Some("off") => cfg.passthrough = false,
-                Some(v) => {
-                    return Err(Error::new(format!(
-                        "passthrough={v}: use passthrough=auto or passthrough=off"
-                    )))
-                }
-            },
+            "passthrough" => cfg.passthrough = switch(&key, val.as_deref(), "auto")?,
             "nopassthrough" => cfg.passthrough = false,
-            "metacopy" => match val.as_deref() {
-                None | Some("on") => cfg.metacopy = true,
-                Some("off") => cfg.metacopy = false,
-                Some(v) => {
-                    return Err(Error::new(format!(
-                        "metacopy={v}: use metacopy=on or metacopy=off"
-                    )))
-                }
-            },
-            "uring" => match val.as_deref() {
-                None | Some("on") | Some("auto") => cfg.uring = true,
-                Some("off") => cfg.uring = false,
-                Some(v) => {
-                    return Err(Error::new(format!(
-                    "uring={v}: use uring=auto (io_uring when the kernel offers it) or uring=off"
-                )))
-                }
-            },
+            "metacopy" => cfg.metacopy = switch(&key, val.as_deref(), "on")?,
+            "uring" => cfg.uring = switch(&key, val.as_deref(), "auto")?,
             "threads" => {
                 let v = need(val)?;
                 cfg.threads = v.parse().map_err(|_| {
@@ -351,6 +340,29 @@ mod tests {
             split_layers("/a::/b:"),
             vec![PathBuf::from("/a"), PathBuf::from("/b")]
         );
+    }
+
+    #[test]
+    fn on_off_options_and_their_errors() {
+        let i = inv(&[
+            "-o",
+            "uring=off,metacopy,passthrough=auto",
+            "/l",
+            "/u",
+            "/m",
+        ])
+        .unwrap();
+        assert!(!i.config.uring && i.config.metacopy && i.config.passthrough);
+        let i = inv(&["-o", "uring=auto,metacopy=off", "/l", "/u", "/m"]).unwrap();
+        assert!(i.config.uring && !i.config.metacopy);
+        for (opt, fix) in [
+            ("uring=maybe", "use uring=auto or uring=off"),
+            ("metacopy=auto", "use metacopy=on or metacopy=off"),
+            ("passthrough=1", "use passthrough=auto or passthrough=off"),
+        ] {
+            let e = inv(&["-o", opt, "/l", "/u", "/m"]).unwrap_err().to_string();
+            assert!(e.contains(opt) && e.contains(fix), "{opt}: {e}");
+        }
     }
 
     #[test]

@@ -481,6 +481,14 @@ fn exec_and_a_writer_after_a_reader_of_the_lower_copy() {
 }
 
 /// Parses `key value` lines of a stats report.
+/// Asks daemon `pid` for its counters (SIGUSR1) and reads them from its --stats-file.
+fn read_stats(pid: i32, stats: &Path) -> std::collections::HashMap<String, String> {
+    let _ = fs::remove_file(stats);
+    signal(pid, nix::sys::signal::Signal::SIGUSR1);
+    wait_until("stats file", || stats.exists());
+    parse_stats(&fs::read_to_string(stats).unwrap())
+}
+
 fn parse_stats(s: &str) -> std::collections::HashMap<String, String> {
     s.lines()
         .filter_map(|l| l.split_once(' '))
@@ -522,9 +530,7 @@ fn sigusr1_reports_counters_that_match_the_workload() {
     fs::remove_file(mnt.join("f1")).unwrap();
     fs::remove_file(mnt.join("f2")).unwrap();
     let held = fs::File::open(mnt.join("f0")).unwrap();
-    signal(pid, nix::sys::signal::Signal::SIGUSR1);
-    wait_until("stats file", || stats.exists());
-    let s = parse_stats(&fs::read_to_string(&stats).unwrap());
+    let s = read_stats(pid, &stats);
     assert_eq!(s["copy_ups"], "2", "{s:?}");
     assert_eq!(s["bytes_copied"], "2000", "{s:?}");
     assert_eq!(s["whiteouts"], "2", "{s:?}");
@@ -557,10 +563,7 @@ fn uring_workload(mnt: &Path, pid: i32, stats: &Path) -> std::collections::HashM
     assert_eq!(names, ["dir", "low", "renamed"]);
     assert_eq!(fs::read(mnt.join("low")).unwrap(), b"lower+");
     assert_eq!(fs::read(mnt.join("renamed")).unwrap(), b"made here");
-    let _ = fs::remove_file(stats);
-    signal(pid, nix::sys::signal::Signal::SIGUSR1);
-    wait_until("stats file", || stats.exists());
-    parse_stats(&fs::read_to_string(stats).unwrap())
+    read_stats(pid, stats)
 }
 
 #[test]
@@ -572,9 +575,17 @@ fn io_uring_transport_serves_requests_when_the_kernel_offers_it() {
         eprintln!("SKIP: this kernel has no FUSE over io_uring ({ENABLE_URING} is missing)");
         return;
     };
-    if before.trim() != "Y" {
-        fs::write(ENABLE_URING, "1").unwrap();
+    /// Puts the kernel switch back as it was, also when an assertion fails.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            if self.0 {
+                let _ = fs::write(ENABLE_URING, "0");
+            }
+        }
     }
+    let _restore = Restore(before.trim() != "Y");
+    fs::write(ENABLE_URING, "1").unwrap();
     let mut fx = Fixture::new("uring");
     for (opts, ring) in [(&[][..], true), (&["-o", "uring=off"][..], false)] {
         let (l, u, mnt) = (fx.dir("l"), fx.dir("u"), fx.dir("mnt"));
@@ -615,8 +626,5 @@ fn io_uring_transport_serves_requests_when_the_kernel_offers_it() {
         let m = fx.mounts.pop().unwrap();
         nix::mount::umount(&m).unwrap();
         wait_until("daemon exit", || !alive(pid));
-    }
-    if before.trim() != "Y" {
-        fs::write(ENABLE_URING, "0").unwrap();
     }
 }

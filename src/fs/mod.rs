@@ -1,5 +1,7 @@
-//! The FUSE adapter: turns kernel requests into calls on the layer model ([`crate::layer`]),
-//! keeps the inode and handle tables, and maps errors to errno. No layer rule lives here.
+//! The FUSE operations: turn kernel requests (from either transport: fuser's `/dev/fuse` loop
+//! through [`fuser_adapter`], or [`crate::ring`]) into calls on the layer model
+//! ([`crate::layer`]), keep the inode and handle tables, and map errors to errno. No layer rule
+//! lives here.
 
 pub mod attr;
 pub mod fuser_adapter;
@@ -98,15 +100,6 @@ pub struct Caller {
     pub gid: u32,
 }
 
-impl Caller {
-    fn uid(&self) -> u32 {
-        self.uid
-    }
-    fn gid(&self) -> u32 {
-        self.gid
-    }
-}
-
 /// A node with its location resolved for one request.
 struct Ctx {
     node: Arc<Node>,
@@ -114,6 +107,9 @@ struct Ctx {
     layer: LayerIdx,
     dir_layers: Vec<LayerIdx>,
 }
+
+/// Largest write (and read) the kernel sends in one request; ring buffers are sized by it.
+pub const MAX_WRITE: u32 = 1 << 20;
 
 /// How many recently closed files keep their passthrough registration (and one fd each), so
 /// that opening them again costs no backing file setup.
@@ -413,8 +409,8 @@ impl UnionFs {
         umask: u32,
     ) -> SysResult<(FileAttr, Option<OwnedFd>)> {
         let owner = Owner {
-            uid: req.uid(),
-            gid: req.gid(),
+            uid: req.uid,
+            gid: req.gid,
             umask,
         };
         let (p, found, fd) = self.retry(|| {
@@ -901,7 +897,7 @@ impl UnionFs {
         if let Err(missing) = config.add_capabilities(supported) {
             warn!("kernel refused FUSE capabilities {missing:?}");
         }
-        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_write(MAX_WRITE);
         let _ = config.set_max_readahead(1 << 20);
     }
 

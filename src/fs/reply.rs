@@ -204,40 +204,41 @@ pub trait DirPlusOut {
     fn error(self, err: Errno);
 }
 
+/// `error` of a reply trait, for fuser's reply type `$t`.
+macro_rules! fuser_error {
+    ($t:ident) => {
+        fn error(self, err: Errno) {
+            fuser::$t::error(self, err)
+        }
+    };
+}
+
 impl EntryOut for fuser::ReplyEntry {
     fn entry(self, ttl: &Duration, attr: &FileAttr, generation: Generation) {
         fuser::ReplyEntry::entry(self, ttl, attr, generation)
     }
-    fn error(self, err: Errno) {
-        fuser::ReplyEntry::error(self, err)
-    }
+    fuser_error!(ReplyEntry);
 }
 
 impl AttrOut for fuser::ReplyAttr {
     fn attr(self, ttl: &Duration, attr: &FileAttr) {
         fuser::ReplyAttr::attr(self, ttl, attr)
     }
-    fn error(self, err: Errno) {
-        fuser::ReplyAttr::error(self, err)
-    }
+    fuser_error!(ReplyAttr);
 }
 
 impl DataOut for fuser::ReplyData {
     fn data(self, data: &[u8]) {
         fuser::ReplyData::data(self, data)
     }
-    fn error(self, err: Errno) {
-        fuser::ReplyData::error(self, err)
-    }
+    fuser_error!(ReplyData);
 }
 
 impl EmptyOut for fuser::ReplyEmpty {
     fn ok(self) {
         fuser::ReplyEmpty::ok(self)
     }
-    fn error(self, err: Errno) {
-        fuser::ReplyEmpty::error(self, err)
-    }
+    fuser_error!(ReplyEmpty);
 }
 
 impl OpenOut for fuser::ReplyOpen {
@@ -257,9 +258,7 @@ impl OpenOut for fuser::ReplyOpen {
             }
         }
     }
-    fn error(self, err: Errno) {
-        fuser::ReplyOpen::error(self, err)
-    }
+    fuser_error!(ReplyOpen);
 }
 
 impl CreateOut for fuser::ReplyCreate {
@@ -299,18 +298,14 @@ impl CreateOut for fuser::ReplyCreate {
             ),
         }
     }
-    fn error(self, err: Errno) {
-        fuser::ReplyCreate::error(self, err)
-    }
+    fuser_error!(ReplyCreate);
 }
 
 impl WriteOut for fuser::ReplyWrite {
     fn written(self, size: u32) {
         fuser::ReplyWrite::written(self, size)
     }
-    fn error(self, err: Errno) {
-        fuser::ReplyWrite::error(self, err)
-    }
+    fuser_error!(ReplyWrite);
 }
 
 impl StatfsOut for fuser::ReplyStatfs {
@@ -329,9 +324,7 @@ impl StatfsOut for fuser::ReplyStatfs {
             self, blocks, bfree, bavail, files, ffree, bsize, namelen, frsize,
         )
     }
-    fn error(self, err: Errno) {
-        fuser::ReplyStatfs::error(self, err)
-    }
+    fuser_error!(ReplyStatfs);
 }
 
 impl XattrOut for fuser::ReplyXattr {
@@ -341,18 +334,14 @@ impl XattrOut for fuser::ReplyXattr {
     fn data(self, data: &[u8]) {
         fuser::ReplyXattr::data(self, data)
     }
-    fn error(self, err: Errno) {
-        fuser::ReplyXattr::error(self, err)
-    }
+    fuser_error!(ReplyXattr);
 }
 
 impl LseekOut for fuser::ReplyLseek {
     fn offset(self, offset: i64) {
         fuser::ReplyLseek::offset(self, offset)
     }
-    fn error(self, err: Errno) {
-        fuser::ReplyLseek::error(self, err)
-    }
+    fuser_error!(ReplyLseek);
 }
 
 impl DirOut for fuser::ReplyDirectory {
@@ -362,9 +351,7 @@ impl DirOut for fuser::ReplyDirectory {
     fn ok(self) {
         fuser::ReplyDirectory::ok(self)
     }
-    fn error(self, err: Errno) {
-        fuser::ReplyDirectory::error(self, err)
-    }
+    fuser_error!(ReplyDirectory);
 }
 
 impl DirPlusOut for fuser::ReplyDirectoryPlus {
@@ -382,7 +369,5 @@ impl DirPlusOut for fuser::ReplyDirectoryPlus {
     fn ok(self) {
         fuser::ReplyDirectoryPlus::ok(self)
     }
-    fn error(self, err: Errno) {
-        fuser::ReplyDirectoryPlus::error(self, err)
-    }
+    fuser_error!(ReplyDirectoryPlus);
 }

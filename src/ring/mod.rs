@@ -30,9 +30,9 @@ use wire::{take_name, Args, Out, Reply};
 /// Workers per CPU queue: one may be busy with a long request while another serves the rest.
 pub const WORKERS_PER_CPU: usize = 2;
 
-/// Largest request or reply payload: the max_write and readahead we negotiate (1 MiB) plus
-/// room for the headers the kernel puts in front of write data.
-const PAYLOAD_LEN: usize = (1 << 20) + 4096;
+/// Largest request or reply payload: the max_write and readahead we negotiate, plus a page
+/// (the kernel refuses buffers smaller than what it may send).
+const PAYLOAD_LEN: usize = crate::fs::MAX_WRITE as usize + 4096;
 
 /// Starts the workers for every possible CPU (the kernel needs a queue for each before it
 /// switches to the ring).
@@ -90,21 +90,37 @@ fn worker(fs: &UnionFs, dev: &Arc<OwnedFd>, qid: usize) {
         }
     };
     let mut out = Out::default();
+    // Requests answered; a refused commit after that is retried by registering the entry
+    // again (a worker that gave up would leave its CPU's queue one entry short).
+    let mut served = 0u64;
+    let mut refusals = 0;
     loop {
         match ev {
             Ok(Event::Request) => {}
             Ok(Event::Closed) => break,
+            Ok(Event::Failed(e)) if served > 0 && refusals < 3 => {
+                refusals += 1;
+                warn!("io_uring queue {qid}: the kernel refused a reply: {e}; registering again");
+                ev = q.register();
+                continue;
+            }
             Ok(Event::Failed(e)) => {
-                warn!("io_uring queue {qid}: the kernel refused the ring: {e}");
+                warn!(
+                    "io_uring queue {qid}: the kernel refused the ring: {e}; this worker stops \
+                     (before the first request the kernel goes back to /dev/fuse by itself)"
+                );
                 break;
             }
             Err(e) => {
-                warn!("io_uring queue {qid}: {e}");
+                warn!("io_uring queue {qid}: {e}; this worker stops");
                 break;
             }
         }
-        let unique = Args::new(q.header()).u64(8);
+        let h = Args::new(q.header());
+        // fuse_in_header.unique; fuse_uring_ent_in_out.commit_id names the entry to commit.
+        let (unique, commit_id) = (h.u64(8), h.u64(ENT_IN_OUT + 8));
         serve(fs, dev, &q, &mut out);
+        served += 1;
         fs.stack()
             .stats
             .ring_requests
@@ -114,7 +130,7 @@ fn worker(fs: &UnionFs, dev: &Arc<OwnedFd>, qid: usize) {
             out.error = -libc::EIO;
             q.put_reply(&out.header(unique), &[]);
         }
-        ev = q.commit_and_fetch(unique);
+        ev = q.commit_and_fetch(commit_id);
     }
     debug!("io_uring queue {qid}: worker done");
 }
@@ -216,13 +232,32 @@ fn dispatch(
 ) {
     use fuser::Errno as E;
     use op_code as o;
-    let name = || take_name(payload);
+    // Ops whose payload starts with a NUL-terminated name: take it once, EINVAL if missing.
+    let named = matches!(
+        opcode,
+        o::LOOKUP
+            | o::SYMLINK
+            | o::MKNOD
+            | o::MKDIR
+            | o::UNLINK
+            | o::RMDIR
+            | o::RENAME
+            | o::RENAME2
+            | o::LINK
+            | o::SETXATTR
+            | o::GETXATTR
+            | o::REMOVEXATTR
+            | o::CREATE
+    );
+    let (name, rest) = match named.then(|| take_name(payload)) {
+        Some(Some(split)) => split,
+        Some(None) => return fuser_err(reply, E::EINVAL),
+        None => (std::ffi::OsStr::new(""), payload),
+    };
+    let second = || take_name(rest).map(|(n, _)| n);
     let fh = FileHandle(op.u64(0));
     match opcode {
-        o::LOOKUP => match name() {
-            Some((n, _)) => fs.lookup(nodeid, n, reply),
-            None => fuser_err(reply, E::EINVAL),
-        },
+        o::LOOKUP => fs.lookup(nodeid, name, reply),
         o::GETATTR => {
             // fuse_getattr_in { getattr_flags, dummy, fh }; FUSE_GETATTR_FH = 1
             let fh = (op.u32(0) & 1 != 0).then(|| FileHandle(op.u64(8)));
@@ -260,37 +295,25 @@ fn dispatch(
             )
         }
         o::READLINK => fs.readlink(nodeid, reply),
-        o::SYMLINK => match name().and_then(|(n, rest)| Some((n, take_name(rest)?.0))) {
-            Some((n, target)) => fs.symlink(caller, nodeid, n, Path::new(target), reply),
+        o::SYMLINK => match second() {
+            Some(target) => fs.symlink(caller, nodeid, name, Path::new(target), reply),
             None => fuser_err(reply, E::EINVAL),
         },
-        o::MKNOD => match name() {
-            // fuse_mknod_in { mode, rdev, umask, padding }
-            Some((n, _)) => fs.mknod(caller, nodeid, n, op.u32(0), op.u32(8), op.u32(4), reply),
-            None => fuser_err(reply, E::EINVAL),
-        },
-        o::MKDIR => match name() {
-            // fuse_mkdir_in { mode, umask }
-            Some((n, _)) => fs.mkdir(caller, nodeid, n, op.u32(0), op.u32(4), reply),
-            None => fuser_err(reply, E::EINVAL),
-        },
-        o::UNLINK => match name() {
-            Some((n, _)) => fs.unlink(nodeid, n, reply),
-            None => fuser_err(reply, E::EINVAL),
-        },
-        o::RMDIR => match name() {
-            Some((n, _)) => fs.rmdir(nodeid, n, reply),
-            None => fuser_err(reply, E::EINVAL),
-        },
+        // fuse_mknod_in { mode, rdev, umask, padding }
+        o::MKNOD => fs.mknod(caller, nodeid, name, op.u32(0), op.u32(8), op.u32(4), reply),
+        // fuse_mkdir_in { mode, umask }
+        o::MKDIR => fs.mkdir(caller, nodeid, name, op.u32(0), op.u32(4), reply),
+        o::UNLINK => fs.unlink(nodeid, name, reply),
+        o::RMDIR => fs.rmdir(nodeid, name, reply),
         o::RENAME | o::RENAME2 => {
             // fuse_rename_in { newdir } / fuse_rename2_in { newdir, flags, padding }
             let flags = if opcode == o::RENAME2 { op.u32(8) } else { 0 };
-            match name().and_then(|(a, rest)| Some((a, take_name(rest)?.0))) {
-                Some((a, b)) => fs.rename(
+            match second() {
+                Some(to) => fs.rename(
                     nodeid,
-                    a,
+                    name,
                     INodeNo(op.u64(0)),
-                    b,
+                    to,
                     RenameFlags::from_bits_retain(flags),
                     reply,
                 ),
@@ -298,10 +321,7 @@ fn dispatch(
             }
         }
         // fuse_link_in { oldnodeid }; the request's node is the new parent.
-        o::LINK => match name() {
-            Some((n, _)) => fs.link(INodeNo(op.u64(0)), nodeid, n, reply),
-            None => fuser_err(reply, E::EINVAL),
-        },
+        o::LINK => fs.link(INodeNo(op.u64(0)), nodeid, name, reply),
         // fuse_open_in { flags, open_flags }
         o::OPEN => fs.open(nodeid, OpenFlags(op.u32(0) as i32), reply),
         o::OPENDIR => fs.opendir(nodeid, reply),
@@ -329,36 +349,19 @@ fn dispatch(
         o::FSYNCDIR => fs.fsyncdir(reply),
         o::FLUSH => fs.flush(reply),
         // fuse_setxattr_in { size, flags }; payload: name, value
-        o::SETXATTR => match name() {
-            Some((n, rest)) => {
-                let len = (op.u32(0) as usize).min(rest.len());
-                fs.setxattr(nodeid, n, &rest[..len], op.u32(4) as i32, reply)
-            }
-            None => fuser_err(reply, E::EINVAL),
-        },
+        o::SETXATTR => {
+            let len = (op.u32(0) as usize).min(rest.len());
+            fs.setxattr(nodeid, name, &rest[..len], op.u32(4) as i32, reply)
+        }
         // fuse_getxattr_in { size, padding }
-        o::GETXATTR => match name() {
-            Some((n, _)) => fs.getxattr(nodeid, n, op.u32(0), reply),
-            None => fuser_err(reply, E::EINVAL),
-        },
+        o::GETXATTR => fs.getxattr(nodeid, name, op.u32(0), reply),
         o::LISTXATTR => fs.listxattr(nodeid, op.u32(0), reply),
-        o::REMOVEXATTR => match name() {
-            Some((n, _)) => fs.removexattr(nodeid, n, reply),
-            None => fuser_err(reply, E::EINVAL),
-        },
+        o::REMOVEXATTR => fs.removexattr(nodeid, name, reply),
         // fuse_create_in { flags, mode, umask, open_flags }
-        o::CREATE => match name() {
-            Some((n, _)) => fs.create(
-                caller,
-                nodeid,
-                n,
-                op.u32(4),
-                op.u32(8),
-                op.u32(0) as i32,
-                reply,
-            ),
-            None => fuser_err(reply, E::EINVAL),
-        },
+        o::CREATE => {
+            let (mode, umask, flags) = (op.u32(4), op.u32(8), op.u32(0) as i32);
+            fs.create(caller, nodeid, name, mode, umask, flags, reply)
+        }
         // fuse_fallocate_in { fh, offset, length, mode }
         o::FALLOCATE => fs.fallocate(fh, op.u64(8), op.u64(16), op.u32(24) as i32, reply),
         // fuse_lseek_in { fh, offset, whence }

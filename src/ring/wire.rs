@@ -390,10 +390,7 @@ impl DirOut for Reply<'_> {
     fn ok(self) {
         self.out.answered = true;
     }
-    fn error(self, err: Errno) {
-        self.out.body.clear();
-        self.fail(err)
-    }
+    ring_error!();
 }
 
 impl DirPlusOut for Reply<'_> {
@@ -417,10 +414,7 @@ impl DirPlusOut for Reply<'_> {
     fn ok(self) {
         self.out.answered = true;
     }
-    fn error(self, err: Errno) {
-        self.out.body.clear();
-        self.fail(err)
-    }
+    ring_error!();
 }
 
 #[cfg(test)]

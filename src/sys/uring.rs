@@ -19,6 +19,10 @@ pub const OP_IN: usize = 128;
 pub const ENT_IN_OUT: usize = 256;
 
 const CMD_REGISTER: u32 = 1;
+
+fn errno_of(e: std::io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+}
 const CMD_COMMIT_AND_FETCH: u32 = 2;
 
 /// A zeroed, page-aligned buffer the kernel reads and writes while we do not look at it.
@@ -89,7 +93,7 @@ impl Queue {
         let ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder()
             .setup_coop_taskrun()
             .build(4)
-            .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+            .map_err(errno_of)?;
         let header = RawBuf::new(HEADER_LEN)?;
         let payload = RawBuf::new(payload_len)?;
         let iov = Box::new([
@@ -152,7 +156,7 @@ impl Queue {
             match self.ring.submit_and_wait(1) {
                 Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                Err(e) => return Err(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))),
+                Err(e) => return Err(errno_of(e)),
             }
             if let Some(c) = self.ring.completion().next() {
                 let res = c.result();
@@ -206,20 +210,15 @@ impl Queue {
         }
         true
     }
-
-    /// True once the kernel gave the entry back, so the buffers may be freed.
-    pub fn is_released(&self) -> bool {
-        self.released
-    }
 }
 
 impl Drop for Queue {
     fn drop(&mut self) {
         if !self.released {
-            // The kernel may still write into the entry: keep the memory (a few pages of
-            // untouched virtual memory per worker, once per connection).
-            std::mem::forget(std::mem::replace(&mut self.header, RawBuf::leak_marker()));
-            std::mem::forget(std::mem::replace(&mut self.payload, RawBuf::leak_marker()));
+            // The kernel may still write into the entry: leak the memory (a few untouched
+            // pages per worker, once per connection) by letting the buffers forget it.
+            self.header.ptr = std::ptr::null_mut();
+            self.payload.ptr = std::ptr::null_mut();
         }
     }
 }
@@ -232,16 +231,6 @@ fn with_len(sqe: squeue::Entry128, len: u32) -> squeue::Entry128 {
     raw[24..28].copy_from_slice(&len.to_ne_bytes());
     // SAFETY: as above, in the other direction.
     unsafe { std::mem::transmute::<[u8; 128], squeue::Entry128>(raw) }
-}
-
-impl RawBuf {
-    /// A buffer that owns nothing (replaces one that is leaked on purpose).
-    fn leak_marker() -> RawBuf {
-        RawBuf {
-            ptr: std::ptr::null_mut(),
-            layout: Layout::new::<u8>(),
-        }
-    }
 }
 
 /// Registers `fd` as a passthrough backing file with the FUSE connection `dev`
