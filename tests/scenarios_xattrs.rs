@@ -219,3 +219,45 @@ fn s46_setuid_kept_after_fchown_fchmod_and_cleared_by_unprivileged_write() {
     assert_eq!(u.read_str("d/lo"), "#!/bin/sh\nmore\n");
     u.check_upper_is_layer_diff();
 }
+
+#[test]
+fn missing_selinux_label_reads_as_unsupported_and_a_present_one_reads_back() {
+    // `ls -l` asks every file for security.selinux; ENOTSUP makes it stop asking (see
+    // fs::unlabelled), so only a missing label changes its answer.
+    let label = "system_u:object_r:etc_t:s0";
+    let stack = Stack::new().on_tmpfs().lower([
+        file("plain", "p"),
+        file("labelled", "l").xattr("security.selinux", label),
+    ]);
+    let Some(mut u) = Union::mount(stack) else {
+        return;
+    };
+    let errno = |p: &std::path::Path, name: &str| lgetxattr(p, name).unwrap_err().raw_os_error();
+    assert_eq!(
+        errno(&u.m("plain"), "security.selinux"),
+        Some(libc::EOPNOTSUPP)
+    );
+    assert_eq!(errno(&u.m("plain"), "security.other"), Some(libc::ENODATA));
+    assert_eq!(errno(&u.m("plain"), "user.missing"), Some(libc::ENODATA));
+    assert_eq!(
+        lgetxattr(&u.m("labelled"), "security.selinux").unwrap(),
+        label.as_bytes()
+    );
+    // The label survives a copy-up, and a label set through the mount reads back.
+    u.write("labelled", "changed");
+    lsetxattr(&u.m("plain"), "security.selinux", label.as_bytes()).unwrap();
+    u.remount();
+    for n in ["labelled", "plain"] {
+        assert_eq!(
+            lgetxattr(&u.m(n), "security.selinux").unwrap(),
+            label.as_bytes(),
+            "{n}"
+        );
+        assert_eq!(
+            lgetxattr(&u.u(n), "security.selinux").unwrap(),
+            label.as_bytes(),
+            "{n}"
+        );
+    }
+    u.check_upper_is_layer_diff();
+}
