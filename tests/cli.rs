@@ -530,7 +530,13 @@ fn sigusr1_reports_counters_that_match_the_workload() {
     fs::remove_file(mnt.join("f1")).unwrap();
     fs::remove_file(mnt.join("f2")).unwrap();
     let held = fs::File::open(mnt.join("f0")).unwrap();
-    let s = read_stats(pid, &stats);
+    // close() does not wait for the daemon to see RELEASE: give the two earlier ones time.
+    let mut s = read_stats(pid, &stats);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while s["open_handles"] != "1" && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        s = read_stats(pid, &stats);
+    }
     assert_eq!(s["copy_ups"], "2", "{s:?}");
     assert_eq!(s["bytes_copied"], "2000", "{s:?}");
     assert_eq!(s["whiteouts"], "2", "{s:?}");
