@@ -151,7 +151,20 @@ impl Queue {
         self.wait()
     }
 
-    fn wait(&mut self) -> SysResult<Event> {
+    /// Sends the reply now in the buffers without waiting: [`Queue::wait`] collects the next
+    /// request.
+    pub fn commit(&mut self, commit_id: u64) -> SysResult<()> {
+        self.push(CMD_COMMIT_AND_FETCH, commit_id)?;
+        loop {
+            match self.ring.submit() {
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                r => return r.map(drop).map_err(errno_of),
+            }
+        }
+    }
+
+    /// Waits for the next request (or the end of the connection).
+    pub fn wait(&mut self) -> SysResult<Event> {
         loop {
             match self.ring.submit_and_wait(1) {
                 Ok(_) => {}
@@ -267,4 +280,17 @@ pub fn pin_to_cpu(cpu: usize) -> SysResult<()> {
     let mut set = nix::sched::CpuSet::new();
     set.set(cpu)?;
     nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+}
+
+/// Switches the calling thread between SCHED_IDLE and SCHED_OTHER.
+pub fn set_idle_policy(idle: bool) -> SysResult<()> {
+    let policy = if idle {
+        libc::SCHED_IDLE
+    } else {
+        libc::SCHED_OTHER
+    };
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread; param is a valid sched_param.
+    let r = unsafe { libc::sched_setscheduler(0, policy, &param) };
+    super::check(r).map(drop)
 }
