@@ -2,10 +2,12 @@
 //! the same name on [`UnionFs`]. FUSE_INIT also decides whether the io_uring transport
 //! ([`crate::ring`]) takes over the other requests.
 
+use std::cell::Cell;
 use std::ffi::OsStr;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use fuser::{
     FileHandle, Filesystem, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
@@ -27,6 +29,15 @@ impl FuserAdapter {
     pub fn new(fs: Arc<UnionFs>, uring: Option<Arc<OwnedFd>>) -> Self {
         FuserAdapter { fs, uring }
     }
+}
+
+/// How long a `/dev/fuse` thread rests after taking FORGETs while the ring serves requests:
+/// the kernel holds forgotten nodes that long at most, and never waits for the answer.
+const FORGET_PACE: Duration = Duration::from_millis(1);
+
+thread_local! {
+    /// The request whose forgets this thread last took.
+    static FORGET_REQ: Cell<u64> = const { Cell::new(0) };
 }
 
 fn caller(req: &Request) -> Caller {
@@ -76,8 +87,17 @@ impl Filesystem for FuserAdapter {
         self.fs.lookup(parent, name, reply)
     }
 
-    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.fs.forget(ino, nlookup)
+    fn forget(&self, req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino, nlookup);
+        // With the ring serving every other request, this thread exists for FORGETs: each one
+        // read alone is a wakeup and two context switches, as much as the unlink that caused
+        // it. Resting after taking one lets the kernel queue the next ones, which it then
+        // hands over together as one BATCH_FORGET (whose nodes come here with one request
+        // id, so a batch rests once). unlink 20,000: 0.71 -> 0.47 s; rm -rf: 0.43 -> 0.31 s.
+        let id = req.unique().0;
+        if self.fs.ring_serving() && FORGET_REQ.replace(id) != id {
+            std::thread::sleep(FORGET_PACE);
+        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {

@@ -877,6 +877,12 @@ fn list_xattrs(t: &XTarget) -> SysResult<Vec<u8>> {
 /// The operations, one per FUSE request, answering through either transport (see [`reply`]).
 impl UnionFs {
     /// Negotiates the connection's capabilities during FUSE_INIT.
+    /// Whether requests arrive over io_uring (then `/dev/fuse` carries only FORGET and
+    /// INTERRUPT).
+    pub(crate) fn ring_serving(&self) -> bool {
+        self.stack.stats.ring_requests.load(Ordering::Relaxed) > 0
+    }
+
     pub(crate) fn negotiate(&self, config: &mut KernelConfig) {
         self.stack.stats.count("init");
         if self.passthrough() {
