@@ -489,6 +489,21 @@ fn read_stats(pid: i32, stats: &Path) -> std::collections::HashMap<String, Strin
     parse_stats(&fs::read_to_string(stats).unwrap())
 }
 
+/// Mounts lower `l` over a new upper with a stats file: (daemon pid, stats file, upper, mnt).
+fn mount_counting(fx: &mut Fixture, l: &Path) -> (i32, PathBuf, PathBuf, PathBuf) {
+    let stats = fx.root.join("stats");
+    let (u, mnt) = (fx.dir("u"), fx.dir("mnt"));
+    let o = fx.run(&[
+        "--stats-file",
+        stats.to_str().unwrap(),
+        l.to_str().unwrap(),
+        u.to_str().unwrap(),
+        mnt.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    (*fx.pids.last().unwrap(), stats, u, mnt)
+}
+
 fn parse_stats(s: &str) -> std::collections::HashMap<String, String> {
     s.lines()
         .filter_map(|l| l.split_once(' '))
@@ -502,21 +517,11 @@ fn sigusr1_reports_counters_that_match_the_workload() {
         return;
     }
     let mut fx = Fixture::new("stats");
-    let stats = fx.root.join("stats");
     let l = fx.dir("l");
     for i in 0..3 {
         fs::write(l.join(format!("f{i}")), vec![7u8; 1000]).unwrap();
     }
-    let (u, mnt) = (fx.dir("u"), fx.dir("mnt"));
-    let o = fx.run(&[
-        "--stats-file",
-        stats.to_str().unwrap(),
-        l.to_str().unwrap(),
-        u.to_str().unwrap(),
-        mnt.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let pid = *fx.pids.last().unwrap();
+    let (pid, stats, _, mnt) = mount_counting(&mut fx, &l);
     // Workload: two copy-ups of 1000-byte files, two deletes of lower files (two
     // whiteouts), one held-open file.
     fs::OpenOptions::new()
@@ -532,9 +537,9 @@ fn sigusr1_reports_counters_that_match_the_workload() {
     let held = fs::File::open(mnt.join("f0")).unwrap();
     // close() does not wait for the daemon to see RELEASE: give the two earlier ones time.
     let mut s = read_stats(pid, &stats);
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while s["open_handles"] != "1" && std::time::Instant::now() < until {
-        std::thread::sleep(std::time::Duration::from_millis(20));
+    let until = Instant::now() + Duration::from_secs(5);
+    while s["open_handles"] != "1" && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
         s = read_stats(pid, &stats);
     }
     assert_eq!(s["copy_ups"], "2", "{s:?}");
@@ -545,6 +550,28 @@ fn sigusr1_reports_counters_that_match_the_workload() {
     assert!(s["requests.open"].parse::<u64>().unwrap() >= 3, "{s:?}");
     assert!(["on", "off"].contains(&s["passthrough"].as_str()), "{s:?}");
     drop(held);
+}
+
+#[test]
+fn small_writes_do_not_each_ask_for_file_capabilities() {
+    // Without FUSE_HANDLE_KILLPRIV_V2 the kernel sends GETXATTR security.capability before
+    // every write(2), even to a passthrough file: one round trip per write.
+    if !fuse_available() {
+        return;
+    }
+    let mut fx = Fixture::new("killpriv");
+    let l = fx.dir("l");
+    let (pid, stats, u, mnt) = mount_counting(&mut fx, &l);
+    let mut f = fs::File::create(mnt.join("log")).unwrap();
+    for i in 0..200 {
+        std::io::Write::write_all(&mut f, format!("line {i}\n").as_bytes()).unwrap();
+    }
+    drop(f);
+    let s = read_stats(pid, &stats);
+    let asks: u64 = s.get("requests.getxattr").map_or(0, |n| n.parse().unwrap());
+    assert!(asks <= 2, "{asks} GETXATTRs for 200 writes: {s:?}");
+    let text = fs::read_to_string(u.join("log")).unwrap();
+    assert_eq!(text.lines().count(), 200);
 }
 
 /// The kernel's switch for FUSE over io_uring.

@@ -154,17 +154,7 @@ fn s45_posix_acls_work_and_default_acl_is_inherited() {
     assert!(sub.contains(&format!("default:user:{nobody}:r-x")), "{sub}");
     assert!(get(&u.u("d/new")).contains(&format!("user:{nobody}:r-x")));
     // The ACL is enforced through the mount: nobody can read f (group/other cannot).
-    let out = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
-        .arg(u.m("f"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "nobody cannot read f: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(out.stdout, b"x");
+    assert_eq!(as_nobody("cat \"$1\"", &u.m("f")), "x");
     u.check_upper_is_layer_diff();
 }
 
@@ -197,17 +187,7 @@ fn s46_setuid_kept_after_fchown_fchmod_and_cleared_by_unprivileged_write() {
             0o4755,
             "upper {name}"
         );
-        let out = std::process::Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .args(["sh", "-c", "echo more >> \"$1\"", "sh"])
-            .arg(u.m(name))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "write as owner 65534: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        as_nobody("echo more >> \"$1\"", &u.m(name));
         assert_eq!(
             u.stat(name).mode() & 0o7777,
             0o755,
@@ -259,5 +239,73 @@ fn missing_selinux_label_reads_as_unsupported_and_a_present_one_reads_back() {
             "{n}"
         );
     }
+    u.check_upper_is_layer_diff();
+}
+
+/// Runs `sh -c script file` as uid/gid 65534 with no groups (no CAP_FSETID); its output.
+fn as_nobody(script: &str, file: &std::path::Path) -> String {
+    let id = [
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "sh",
+        "-c",
+        script,
+        "sh",
+    ];
+    let mut args: Vec<&std::ffi::OsStr> = id.iter().map(std::ffi::OsStr::new).collect();
+    args.push(file.as_os_str());
+    run("setpriv", &args)
+}
+
+#[test]
+fn set_id_bits_go_on_unprivileged_truncate_or_o_trunc_and_capabilities_on_any_write() {
+    // Under FUSE_HANDLE_KILLPRIV_V2 the kernel leaves both to the daemon or the layer
+    // filesystem; the lower copies keep theirs.
+    // vfs_cap_data revision 2, effective, CAP_NET_RAW permitted.
+    let cap: [u8; 20] = [
+        1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    let stack = Stack::new().lower([
+        file("sgid", "data").mode(0o6775).owner(65534, 65534),
+        file("otrunc", "data").mode(0o4755).owner(65534, 65534),
+        file("capped", "data").xattr("security.capability", cap),
+    ]);
+    let Some(mut u) = Union::mount(stack) else {
+        return;
+    };
+    as_nobody("truncate -s 2 \"$1\"", &u.m("sgid"));
+    assert_eq!(u.stat("sgid").mode() & 0o7777, 0o775, "merged view");
+    assert_eq!(fs::metadata(u.u("sgid")).unwrap().mode() & 0o7777, 0o775);
+    assert_eq!(
+        fs::metadata(u.l(0, "sgid")).unwrap().mode() & 0o7777,
+        0o6775
+    );
+    // The same for an O_TRUNC open.
+    as_nobody(": > \"$1\"", &u.m("otrunc"));
+    assert_eq!(u.stat("otrunc").mode() & 0o7777, 0o755, "merged view");
+    assert_eq!(fs::metadata(u.u("otrunc")).unwrap().len(), 0);
+    assert_eq!(fs::metadata(u.u("otrunc")).unwrap().mode() & 0o7777, 0o755);
+
+    assert_eq!(
+        lgetxattr(&u.m("capped"), "security.capability").unwrap(),
+        cap
+    );
+    fs::OpenOptions::new()
+        .append(true)
+        .open(u.m("capped"))
+        .unwrap()
+        .write_all(b"+")
+        .unwrap();
+    u.remount();
+    assert_eq!(u.read_str("capped"), "data+");
+    for p in [u.m("capped"), u.u("capped")] {
+        let e = lgetxattr(&p, "security.capability").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENODATA), "{p:?}");
+    }
+    assert_eq!(
+        lgetxattr(&u.l(0, "capped"), "security.capability").unwrap(),
+        cap
+    );
     u.check_upper_is_layer_diff();
 }

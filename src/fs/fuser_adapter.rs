@@ -106,7 +106,7 @@ impl Filesystem for FuserAdapter {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -122,8 +122,12 @@ impl Filesystem for FuserAdapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        // fuser drops FATTR_KILL_SUIDGID, which the kernel sets on a truncate by a caller
+        // without CAP_FSETID: a caller other than root stands in for that. (chown clears the
+        // bits by itself: our fchown does.)
+        let kill = size.is_some() && req.uid() != 0;
         self.fs
-            .setattr(ino, mode, uid, gid, size, atime, mtime, fh, reply)
+            .setattr(ino, mode, uid, gid, size, atime, mtime, fh, kill, reply)
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -202,8 +206,11 @@ impl Filesystem for FuserAdapter {
         self.fs.link(ino, newparent, newname, reply)
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        self.fs.open(ino, flags, reply)
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        // fuser drops FUSE_OPEN_KILL_SUIDGID: as for setattr, a caller other than root
+        // stands in for "without CAP_FSETID".
+        let kill = flags.0 & libc::O_TRUNC != 0 && req.uid() != 0;
+        self.fs.open(ino, flags, kill, reply)
     }
 
     fn read(
@@ -227,12 +234,13 @@ impl Filesystem for FuserAdapter {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        self.fs.write(fh, offset, data, reply)
+        let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        self.fs.write(fh, offset, data, kill, reply)
     }
 
     fn flush(

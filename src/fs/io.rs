@@ -106,6 +106,13 @@ impl UnionFs {
         if !self.passthrough() {
             return IoMode::Cached;
         }
+        // Writes that pass through never reach us, and under FUSE_HANDLE_KILLPRIV_V2 clearing
+        // set-id bits on write is ours to do (see `write`): such files are written through
+        // the daemon.
+        if writable && sys::fstat(fd.as_fd()).is_ok_and(|st| super::setid_bits(st.st_mode) != 0) {
+            self.pts.remove_if(&node.ino, |_, pt| pt.opens == 0);
+            return IoMode::Direct;
+        }
         let mode = self.io_mode_locked(node, fd, in_upper, writable, register);
         if !matches!(mode, IoMode::Passthrough(_)) {
             self.pts.remove_if(&node.ino, |_, pt| pt.opens == 0);

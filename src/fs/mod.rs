@@ -557,6 +557,7 @@ impl UnionFs {
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         fh: Option<FileHandle>,
+        kill_setid: bool,
     ) -> SysResult<FileAttr> {
         let node = self.inodes.get(ino)?;
         let open = fh.and_then(|f| self.handles.file(f.0));
@@ -625,6 +626,9 @@ impl UnionFs {
             if stub.is_some() && sz == 0 {
                 metacopy::drop_record(&self.stack, target.as_fd())?;
             }
+        }
+        if kill_setid && mode.is_none() && !is_link {
+            drop_setid(target.as_fd())?;
         }
         if atime.is_some() || mtime.is_some() {
             let times = [attr::timespec(atime), attr::timespec(mtime)];
@@ -835,6 +839,29 @@ fn unlabelled(name: &OsStr, r: SysResult<Vec<u8>>) -> SysResult<Vec<u8>> {
     }
 }
 
+/// Clears set-user-ID, and set-group-ID on a group-executable file, as a write, truncate or
+/// chown by a caller without CAP_FSETID must: with FUSE_HANDLE_KILLPRIV_V2 the kernel leaves
+/// that to us (our own writes, as a privileged process, would keep them). Returns whether the
+/// mode changed.
+fn drop_setid(fd: std::os::fd::BorrowedFd<'_>) -> SysResult<bool> {
+    let mode = sys::fstat(fd)?.st_mode;
+    let kill = setid_bits(mode);
+    if kill == 0 {
+        return Ok(false);
+    }
+    sys::fchmod_fd(fd, mode & 0o7777 & !kill)?;
+    Ok(true)
+}
+
+/// The set-id bits a write by an unprivileged caller removes from `mode`.
+pub(super) fn setid_bits(mode: u32) -> u32 {
+    let mut kill = mode & libc::S_ISUID;
+    if mode & (libc::S_ISGID | libc::S_IXGRP) == libc::S_ISGID | libc::S_IXGRP {
+        kill |= libc::S_ISGID;
+    }
+    kill
+}
+
 fn read_xattr(t: &XTarget, name: &CString) -> SysResult<Vec<u8>> {
     let mut buf = vec![0u8; 4096];
     loop {
@@ -877,6 +904,15 @@ fn list_xattrs(t: &XTarget) -> SysResult<Vec<u8>> {
 /// The operations, one per FUSE request, answering through either transport (see [`reply`]).
 impl UnionFs {
     /// Negotiates the connection's capabilities during FUSE_INIT.
+    /// Tells the kernel to drop its cached attributes of `ino` (after we changed them behind
+    /// a request that returns none).
+    fn forget_attrs(&self, ino: u64) {
+        if let Some(n) = self.notifier.get() {
+            // Offset -1: attributes only, no page cache (so no lock the writer may hold).
+            let _ = n.inval_inode(INodeNo(self.map_ino(ino)), -1, 0);
+        }
+    }
+
     /// Whether requests arrive over io_uring (then `/dev/fuse` carries only FORGET and
     /// INTERRUPT).
     pub(crate) fn ring_serving(&self) -> bool {
@@ -913,7 +949,12 @@ impl UnionFs {
             | InitFlags::FUSE_ATOMIC_O_TRUNC
             // ACLs checked and cached by the kernel; umask left to us so default ACLs work.
             | InitFlags::FUSE_POSIX_ACL
-            | InitFlags::FUSE_DONT_MASK;
+            | InitFlags::FUSE_DONT_MASK
+            // The kernel then marks files without set-id bits or capabilities S_NOSEC and stops
+            // asking for security.capability before every write (one round trip per write(2)
+            // otherwise, even on passthrough files); set-id bits become ours to clear, which
+            // is why a set-id file opened for writing gets no passthrough (fs/io.rs).
+            | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
         let supported = config.capabilities() & want;
         if let Err(missing) = config.add_capabilities(supported) {
             warn!("kernel refused FUSE capabilities {missing:?}");
@@ -984,10 +1025,13 @@ impl UnionFs {
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         fh: Option<FileHandle>,
+        kill_setid: bool,
         reply: impl AttrOut,
     ) {
         self.stack.stats.count("setattr");
-        match self.retry(|| self.do_setattr(ino.0, mode, uid, gid, size, atime, mtime, fh)) {
+        let r = self
+            .retry(|| self.do_setattr(ino.0, mode, uid, gid, size, atime, mtime, fh, kill_setid));
+        match r {
             Ok(a) => reply.attr(&self.opts.ttl, &a),
             Err(e) => reply.error(fe(e)),
         }
@@ -1133,10 +1177,27 @@ impl UnionFs {
         self.entry_reply(reply, r);
     }
 
-    pub(crate) fn open(&self, ino: INodeNo, flags: OpenFlags, reply: impl OpenOut) {
+    /// Opens `ino`; `kill_setid`: an O_TRUNC open by a caller without CAP_FSETID, which drops
+    /// set-id bits like a write (see `drop_setid`).
+    pub(crate) fn open(
+        &self,
+        ino: INodeNo,
+        flags: OpenFlags,
+        kill_setid: bool,
+        reply: impl OpenOut,
+    ) {
         self.stack.stats.count("open");
         let register = |fd: &OwnedFd| reply.open_backing(fd);
-        match self.retry(|| self.open_file(ino.0, flags.0, &register)) {
+        let r = self.retry(|| self.open_file(ino.0, flags.0, &register));
+        let r = r.and_then(|(fh, fl, b)| {
+            if let Some(f) = self.handles.file(fh).filter(|_| kill_setid) {
+                if drop_setid(f.fd.as_fd())? {
+                    self.forget_attrs(f.ino);
+                }
+            }
+            Ok((fh, fl, b))
+        });
+        match r {
             Ok((fh, f, Some(b))) => reply.opened_passthrough(FileHandle(fh), f, &b),
             Ok((fh, f, None)) => reply.opened(FileHandle(fh), f),
             Err(e) => reply.error(fe(e)),
@@ -1160,11 +1221,26 @@ impl UnionFs {
         reply.data(&buf[..got]);
     }
 
-    pub(crate) fn write(&self, fh: FileHandle, offset: u64, data: &[u8], reply: impl WriteOut) {
+    pub(crate) fn write(
+        &self,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        kill_setid: bool,
+        reply: impl WriteOut,
+    ) {
         self.stack.stats.count("write");
         let Some(f) = self.handles.file(fh.0) else {
             return reply.error(fuser::Errno::EBADF);
         };
+        if kill_setid {
+            match drop_setid(f.fd.as_fd()) {
+                // The kernel keeps the old mode for its attribute TTL unless told.
+                Ok(true) => self.forget_attrs(f.ino),
+                Ok(false) => {}
+                Err(e) => return reply.error(fe(e)),
+            }
+        }
         let mut done = 0;
         while done < data.len() {
             match sys::pwrite(f.fd.as_fd(), &data[done..], offset + done as u64) {

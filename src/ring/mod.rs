@@ -252,7 +252,13 @@ mod fattr {
     pub const FH: u32 = 1 << 6;
     pub const ATIME_NOW: u32 = 1 << 7;
     pub const MTIME_NOW: u32 = 1 << 8;
+    pub const KILL_SUIDGID: u32 = 1 << 11;
 }
+
+/// fuse_write_in.write_flags: the writer lacks CAP_FSETID (see `UnionFs::write`).
+const FUSE_WRITE_KILL_SUIDGID: u32 = 1 << 2;
+/// fuse_open_in.open_flags: an O_TRUNC open by a caller without CAP_FSETID.
+const FUSE_OPEN_KILL_SUIDGID: u32 = 1 << 0;
 
 fn when(valid: u32, set: u32, now: u32, secs: u64, nsecs: u32) -> Option<TimeOrNow> {
     if valid & now != 0 {
@@ -343,6 +349,7 @@ fn dispatch(
                 atime,
                 mtime,
                 fh,
+                valid & fattr::KILL_SUIDGID != 0,
                 reply,
             )
         }
@@ -375,7 +382,11 @@ fn dispatch(
         // fuse_link_in { oldnodeid }; the request's node is the new parent.
         o::LINK => fs.link(INodeNo(op.u64(0)), nodeid, name, reply),
         // fuse_open_in { flags, open_flags }
-        o::OPEN => fs.open(nodeid, OpenFlags(op.u32(0) as i32), reply),
+        // fuse_open_in { flags, open_flags }
+        o::OPEN => {
+            let kill = op.u32(4) & FUSE_OPEN_KILL_SUIDGID != 0;
+            fs.open(nodeid, OpenFlags(op.u32(0) as i32), kill, reply)
+        }
         o::OPENDIR => fs.opendir(nodeid, reply),
         // fuse_read_in { fh, offset, size, ... }
         o::READ => fs.read(fh, op.u64(8), op.u32(16), reply),
@@ -391,7 +402,8 @@ fn dispatch(
         // fuse_write_in { fh, offset, size, ... }; the data is the payload.
         o::WRITE => {
             let len = (op.u32(16) as usize).min(payload.len());
-            fs.write(fh, op.u64(8), &payload[..len], reply)
+            let kill = op.u32(20) & FUSE_WRITE_KILL_SUIDGID != 0;
+            fs.write(fh, op.u64(8), &payload[..len], kill, reply)
         }
         o::STATFS => fs.statfs(reply),
         o::RELEASE => fs.release(fh, reply),
