@@ -903,7 +903,6 @@ fn list_xattrs(t: &XTarget) -> SysResult<Vec<u8>> {
 
 /// The operations, one per FUSE request, answering through either transport (see [`reply`]).
 impl UnionFs {
-    /// Negotiates the connection's capabilities during FUSE_INIT.
     /// Tells the kernel to drop its cached attributes of `ino` (after we changed them behind
     /// a request that returns none).
     fn forget_attrs(&self, ino: u64) {
@@ -919,6 +918,7 @@ impl UnionFs {
         self.stack.stats.ring_requests.load(Ordering::Relaxed) > 0
     }
 
+    /// Negotiates the connection's capabilities during FUSE_INIT.
     pub(crate) fn negotiate(&self, config: &mut KernelConfig) {
         self.stack.stats.count("init");
         if self.passthrough() {

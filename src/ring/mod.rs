@@ -76,7 +76,7 @@ fn possible_cpus() -> usize {
     }
 }
 
-fn worker(fs: &UnionFs, dev: &Arc<OwnedFd>, qid: usize, mut hand_over: bool) {
+fn worker(fs: &UnionFs, dev: &Arc<OwnedFd>, qid: usize, hand_over: bool) {
     if let Err(e) = crate::sys::uring::pin_to_cpu(qid) {
         // Still correct, only without the same-CPU benefit (e.g. a cpuset without this CPU).
         debug!("io_uring queue {qid}: not pinned: {e}");
@@ -140,7 +140,7 @@ fn worker(fs: &UnionFs, dev: &Arc<OwnedFd>, qid: usize, mut hand_over: bool) {
             q.put_reply(&out.header(unique), &[]);
         }
         ev = if hand_over {
-            commit_handing_over(&mut q, commit_id, &mut hand_over, qid)
+            commit_handing_over(&mut q, commit_id, qid)
         } else {
             q.commit_and_fetch(commit_id)
         };
@@ -158,19 +158,13 @@ fn worker(fs: &UnionFs, dev: &Arc<OwnedFd>, qid: usize, mut hand_over: bool) {
 /// SCHED_OTHER before it waits for its next request, so it is of idle policy only between
 /// sending a reply and its next instruction, which it gets once the caller blocks again or
 /// its slice ends.
-fn commit_handing_over(
-    q: &mut Queue,
-    id: u64,
-    hand_over: &mut bool,
-    qid: usize,
-) -> SysResult<Event> {
+fn commit_handing_over(q: &mut Queue, id: u64, qid: usize) -> SysResult<Event> {
     let idle = uring::set_idle_policy(true).is_ok();
     let sent = q.commit(id);
     if idle {
         if let Err(e) = uring::set_idle_policy(false) {
             // Left of idle policy, this worker would starve behind any busy process.
             warn!("io_uring queue {qid}: cannot leave SCHED_IDLE ({e}); worker stops");
-            *hand_over = false;
             return Err(e);
         }
     }
