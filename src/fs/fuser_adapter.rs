@@ -40,6 +40,13 @@ thread_local! {
     static FORGET_REQ: Cell<u64> = const { Cell::new(0) };
 }
 
+/// Whether the caller of a truncate or O_TRUNC open lacks CAP_FSETID, so that set-id bits go.
+/// The kernel says so (FATTR_KILL_SUIDGID, FUSE_OPEN_KILL_SUIDGID), but fuser drops both
+/// flags; a caller other than root stands in for it. The ring reads the kernel's flags.
+fn lacks_fsetid(req: &Request) -> bool {
+    req.uid() != 0
+}
+
 fn caller(req: &Request) -> Caller {
     Caller {
         uid: req.uid(),
@@ -122,10 +129,8 @@ impl Filesystem for FuserAdapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        // fuser drops FATTR_KILL_SUIDGID, which the kernel sets on a truncate by a caller
-        // without CAP_FSETID: a caller other than root stands in for that. (chown clears the
-        // bits by itself: our fchown does.)
-        let kill = size.is_some() && req.uid() != 0;
+        // chown needs no flag: our fchown clears the bits by itself.
+        let kill = size.is_some() && lacks_fsetid(req);
         self.fs
             .setattr(ino, mode, uid, gid, size, atime, mtime, fh, kill, reply)
     }
@@ -207,9 +212,7 @@ impl Filesystem for FuserAdapter {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        // fuser drops FUSE_OPEN_KILL_SUIDGID: as for setattr, a caller other than root
-        // stands in for "without CAP_FSETID".
-        let kill = flags.0 & libc::O_TRUNC != 0 && req.uid() != 0;
+        let kill = flags.0 & libc::O_TRUNC != 0 && lacks_fsetid(req);
         self.fs.open(ino, flags, kill, reply)
     }
 

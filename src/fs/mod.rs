@@ -903,13 +903,17 @@ fn list_xattrs(t: &XTarget) -> SysResult<Vec<u8>> {
 
 /// The operations, one per FUSE request, answering through either transport (see [`reply`]).
 impl UnionFs {
-    /// Tells the kernel to drop its cached attributes of `ino` (after we changed them behind
-    /// a request that returns none).
-    fn forget_attrs(&self, ino: u64) {
-        if let Some(n) = self.notifier.get() {
-            // Offset -1: attributes only, no page cache (so no lock the writer may hold).
-            let _ = n.inval_inode(INodeNo(self.map_ino(ino)), -1, 0);
+    /// Clears the set-id bits of an open file (see `drop_setid`) and, when there were any, has
+    /// the kernel drop its cached attributes: OPEN and WRITE answer none, so it would show
+    /// the old mode for its attribute TTL.
+    fn drop_setid_of(&self, f: &OpenFile) -> SysResult<()> {
+        if drop_setid(f.fd.as_fd())? {
+            if let Some(n) = self.notifier.get() {
+                // Offset -1: attributes only, no page cache (so no lock the writer may hold).
+                let _ = n.inval_inode(INodeNo(self.map_ino(f.ino)), -1, 0);
+            }
         }
+        Ok(())
     }
 
     /// Whether requests arrive over io_uring (then `/dev/fuse` carries only FORGET and
@@ -1189,13 +1193,16 @@ impl UnionFs {
         self.stack.stats.count("open");
         let register = |fd: &OwnedFd| reply.open_backing(fd);
         let r = self.retry(|| self.open_file(ino.0, flags.0, &register));
-        let r = r.and_then(|(fh, fl, b)| {
-            if let Some(f) = self.handles.file(fh).filter(|_| kill_setid) {
-                if drop_setid(f.fd.as_fd())? {
-                    self.forget_attrs(f.ino);
+        let r = r.and_then(|(fh, fl, b)| match self.handles.file(fh) {
+            Some(f) if kill_setid => match self.drop_setid_of(&f) {
+                Ok(()) => Ok((fh, fl, b)),
+                Err(e) => {
+                    // The kernel never learns of this handle: close it here.
+                    self.close_handle(fh);
+                    Err(e)
                 }
-            }
-            Ok((fh, fl, b))
+            },
+            _ => Ok((fh, fl, b)),
         });
         match r {
             Ok((fh, f, Some(b))) => reply.opened_passthrough(FileHandle(fh), f, &b),
@@ -1234,11 +1241,8 @@ impl UnionFs {
             return reply.error(fuser::Errno::EBADF);
         };
         if kill_setid {
-            match drop_setid(f.fd.as_fd()) {
-                // The kernel keeps the old mode for its attribute TTL unless told.
-                Ok(true) => self.forget_attrs(f.ino),
-                Ok(false) => {}
-                Err(e) => return reply.error(fe(e)),
+            if let Err(e) = self.drop_setid_of(&f) {
+                return reply.error(fe(e));
             }
         }
         let mut done = 0;
@@ -1260,7 +1264,14 @@ impl UnionFs {
 
     pub(crate) fn release(&self, fh: FileHandle, reply: impl EmptyOut) {
         self.stack.stats.count("release");
-        if let Some((_, f)) = self.handles.files.remove(&fh.0) {
+        self.close_handle(fh.0);
+        reply.ok();
+    }
+
+    /// Drops handle `fh`; its passthrough backing file joins the recently closed ones when
+    /// this was the inode's last open.
+    fn close_handle(&self, fh: u64) {
+        if let Some((_, f)) = self.handles.files.remove(&fh) {
             self.stack
                 .stats
                 .open_handles
@@ -1278,7 +1289,6 @@ impl UnionFs {
                 }
             }
         }
-        reply.ok();
     }
 
     pub(crate) fn fsync(&self, fh: FileHandle, datasync: bool, reply: impl EmptyOut) {

@@ -376,7 +376,6 @@ fn dispatch(
         // fuse_link_in { oldnodeid }; the request's node is the new parent.
         o::LINK => fs.link(INodeNo(op.u64(0)), nodeid, name, reply),
         // fuse_open_in { flags, open_flags }
-        // fuse_open_in { flags, open_flags }
         o::OPEN => {
             let kill = op.u32(4) & FUSE_OPEN_KILL_SUIDGID != 0;
             fs.open(nodeid, OpenFlags(op.u32(0) as i32), kill, reply)
