@@ -360,12 +360,21 @@ impl UnionFs {
         let prel = self.inodes.rel_path(parent)?;
         ops::copy_up(&self.stack, &prel, &name, c.layer, node.is_dir(), data)?;
         self.inodes.mark_upper_chain(node.ino);
-        if !node.is_dir() && self.stack.is_indexed(node.ino) {
+        if !node.is_dir() && self.linked_elsewhere(&join(&prel, &name)) {
             // Its other names got upper links too, maybe in directories new to the upper:
-            // every node re-resolves its layers on next use.
+            // every node re-resolves its layers on next use. (The index entry is gone when
+            // every name was linked, so the upper link count is what tells.)
             self.inodes.bump_epoch();
         }
         Ok(())
+    }
+
+    /// Whether the upper file at `rel` has other names (or an index link) besides `rel`.
+    fn linked_elsewhere(&self, rel: &[u8]) -> bool {
+        self.stack
+            .open_rel(0, rel, libc::O_PATH | libc::O_NOFOLLOW)
+            .and_then(|fd| sys::fstat(fd.as_fd()))
+            .is_ok_and(|st| st.st_nlink > 1)
     }
 
     /// mknod, mkdir and symlink: create, then answer with the new entry.
