@@ -6,7 +6,7 @@ mod common;
 use common::can_mount as fuse_available;
 
 use std::fs;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{DirEntryExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -572,6 +572,103 @@ fn small_writes_do_not_each_ask_for_file_capabilities() {
     assert!(asks <= 2, "{asks} GETXATTRs for 200 writes: {s:?}");
     let text = fs::read_to_string(u.join("log")).unwrap();
     assert_eq!(text.lines().count(), 200);
+}
+
+#[test]
+fn a_listing_carries_attributes_only_for_callers_that_stat_what_they_list() {
+    // Over the ring the first batch of a listing goes without attributes (no stat in the
+    // daemon, no inode in the kernel) until the caller looks up a name it was sent bare;
+    // over /dev/fuse (fuser cannot send such entries) every entry carries attributes.
+    if !fuse_available() {
+        return;
+    }
+    let mut fx = Fixture::new("listing");
+    let l = fx.dir("l");
+    const N: usize = 60;
+    for d in ["a", "b", "c", "d"] {
+        fs::create_dir_all(l.join(d).join("sub")).unwrap();
+        for i in 0..N {
+            fs::write(l.join(d).join(format!("f{i}")), vec![b'x'; i]).unwrap();
+        }
+    }
+    let (pid, stats, u, mnt) = mount_counting(&mut fx, &l);
+    let count = |s: &std::collections::HashMap<String, String>, k: &str| -> u64 {
+        s.get(k).map_or(0, |v| v.parse().unwrap())
+    };
+    let nodes0 = count(&read_stats(pid, &stats), "inodes");
+
+    // This thread lists `a`: the names and their d_ino, no inodes for the files.
+    let listed: Vec<(String, u64)> = fs::read_dir(mnt.join("a"))
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (e.file_name().into_string().unwrap(), e.ino())
+        })
+        .collect();
+    assert_eq!(listed.len(), N + 1);
+    let s = read_stats(pid, &stats);
+    let ring = count(&s, "ring_requests") > 0;
+    let made = count(&s, "inodes") - nodes0;
+    if ring {
+        assert!(made <= 2, "listing made {made} inodes: {s:?}");
+    } else {
+        assert!(made > N as u64, "listing made {made} inodes: {s:?}");
+    }
+    // A bare entry's d_ino is the st_ino a lookup then reports.
+    for (name, d_ino) in &listed {
+        let m = fs::symlink_metadata(mnt.join("a").join(name)).unwrap();
+        assert_eq!(m.ino(), *d_ino, "d_ino of a/{name}");
+        if let Some(i) = name.strip_prefix('f') {
+            assert_eq!(m.len(), i.parse::<u64>().unwrap(), "size of a/{name}");
+        }
+    }
+
+    // `ls -l b c`, a new process: it pays lookups for b's first batch, then gets attributes.
+    let lookups0 = count(&read_stats(pid, &stats), "requests.lookup");
+    let o = Command::new("ls")
+        .arg("-ln")
+        .arg(mnt.join("b"))
+        .arg(mnt.join("c"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8(o.stdout).unwrap();
+    for i in 0..N {
+        let line = format!(" {i} ");
+        let name = format!(" f{i}\n");
+        let hits = out
+            .lines()
+            .filter(|x| format!("{x}\n").ends_with(&name) && x.contains(&line))
+            .count();
+        assert_eq!(hits, 2, "f{i} with size {i} in b and c:\n{out}");
+    }
+    let lookups = count(&read_stats(pid, &stats), "requests.lookup") - lookups0;
+    if ring {
+        assert!(
+            (N as u64..=N as u64 + 4).contains(&lookups),
+            "ls -l b c took {lookups} lookups"
+        );
+    } else {
+        assert!(lookups <= 4, "ls -l b c took {lookups} lookups");
+    }
+
+    // `find`, a new process that never stats: no inodes for d's files.
+    let nodes1 = count(&read_stats(pid, &stats), "inodes");
+    let o = Command::new("find").arg(mnt.join("d")).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), N + 2);
+    let made = count(&read_stats(pid, &stats), "inodes") - nodes1;
+    if ring {
+        assert!(made <= 2, "find made {made} inodes");
+    }
+    // Listings change nothing on disk (the upper holds only our work dir).
+    let upper: Vec<_> = fs::read_dir(&u)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n != ".wh..wh.unionfs")
+        .collect();
+    assert!(upper.is_empty(), "{upper:?}");
+    assert_eq!(fs::read(l.join("a/f3")).unwrap(), b"xxx");
 }
 
 /// The kernel's switch for FUSE over io_uring.

@@ -51,6 +51,7 @@ fn caller(req: &Request) -> Caller {
     Caller {
         uid: req.uid(),
         gid: req.gid(),
+        pid: req.pid(),
     }
 }
 
@@ -90,8 +91,8 @@ impl Filesystem for FuserAdapter {
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.fs.lookup(parent, name, reply)
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.fs.lookup(caller(req), parent, name, reply)
     }
 
     fn forget(&self, req: &Request, ino: INodeNo, nlookup: u64) {
@@ -298,13 +299,13 @@ impl Filesystem for FuserAdapter {
 
     fn readdirplus(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         reply: ReplyDirectoryPlus,
     ) {
-        self.fs.readdirplus(ino, fh, offset, reply)
+        self.fs.readdirplus(caller(req), ino, fh, offset, reply)
     }
 
     fn releasedir(

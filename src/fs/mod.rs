@@ -8,6 +8,7 @@ pub mod fuser_adapter;
 pub mod handle;
 pub mod inode;
 mod io;
+pub mod listing;
 pub mod reply;
 
 use std::ffi::{CString, OsStr};
@@ -89,6 +90,8 @@ pub struct UnionFs {
     dirset_cap: usize,
     /// Nodes dropped since the mount (to return memory to the system now and then).
     freed: AtomicU64,
+    /// Which callers get the first batch of a listing without attributes.
+    listing: listing::ListHints,
 }
 
 /// Who made a request: new files are theirs.
@@ -98,6 +101,8 @@ pub struct Caller {
     pub uid: u32,
     /// The caller's group id.
     pub gid: u32,
+    /// The calling thread's id in the daemon's pid namespace (0 when it is not visible there).
+    pub pid: u32,
 }
 
 /// A node with its location resolved for one request.
@@ -144,6 +149,7 @@ impl UnionFs {
             dirsets: dashmap::DashMap::new(),
             dirset_cap,
             freed: AtomicU64::new(0),
+            listing: listing::ListHints::default(),
             opts,
         }
     }
@@ -976,8 +982,15 @@ impl UnionFs {
         let _ = config.set_max_readahead(1 << 20);
     }
 
-    pub(crate) fn lookup(&self, parent: INodeNo, name: &OsStr, reply: impl EntryOut) {
+    pub(crate) fn lookup(
+        &self,
+        caller: Caller,
+        parent: INodeNo,
+        name: &OsStr,
+        reply: impl EntryOut,
+    ) {
         self.stack.stats.count("lookup");
+        self.listing.looked_up(caller.pid, parent.0);
         match self.retry(|| self.do_lookup(parent.0, name_bytes(name))) {
             Ok(Some(a)) => reply.entry(&self.opts.ttl, &a, Generation(0)),
             Ok(None) => {
@@ -1374,6 +1387,7 @@ impl UnionFs {
 
     pub(crate) fn readdirplus(
         &self,
+        caller: Caller,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -1411,7 +1425,20 @@ impl UnionFs {
             }
             off = 2;
         }
+        // Later batches come as READDIRPLUS only when the kernel saw names of this directory
+        // looked up: the reader wants attributes. The first comes so regardless (see listing).
+        let bare = offset == 0 && reply.sends_bare() && self.listing.send_bare(caller.pid, ino.0);
         for (i, e) in entries.iter().enumerate().skip((off - 2) as usize) {
+            // Directories keep their attributes: a walk descends into them, which needs the
+            // inode, and there are few of them.
+            if bare && e.dtype != libc::DT_DIR {
+                let d_ino = INodeNo(self.map_ino(e.union_ino(&self.stack, &set)));
+                let kind = attr::file_type(dtype_mode(e.dtype));
+                if reply.add_bare(d_ino, 3 + i as u64, kind, OsStr::from_bytes(&e.name)) {
+                    break;
+                }
+                continue;
+            }
             // Every entry sent here counts as a lookup for the kernel: register it as one.
             let found = match resolve::lookup(&self.stack, &set, &e.name) {
                 Ok(Some(f)) => f,

@@ -198,6 +198,11 @@ pub trait DirPlusOut {
         attr: &FileAttr,
         generation: Generation,
     ) -> bool;
+    /// Whether this transport can send entries without attributes (`add_bare`).
+    fn sends_bare(&self) -> bool;
+    /// Adds an entry without attributes (the kernel then lists the name but makes no inode for
+    /// it); true when it did not fit. Only called when `sends_bare`.
+    fn add_bare(&mut self, d_ino: INodeNo, offset: u64, kind: FileType, name: &OsStr) -> bool;
     /// Sends the entries added.
     fn ok(self);
     /// Failure.
@@ -365,6 +370,14 @@ impl DirPlusOut for fuser::ReplyDirectoryPlus {
         generation: Generation,
     ) -> bool {
         fuser::ReplyDirectoryPlus::add(self, ino, offset, name, ttl, attr, generation)
+    }
+    fn sends_bare(&self) -> bool {
+        // fuser writes the entry's node id as its d_ino too: a bare entry would list inode 0.
+        false
+    }
+    fn add_bare(&mut self, _: INodeNo, _: u64, _: FileType, _: &OsStr) -> bool {
+        // Never called (sends_bare): ending the batch is the answer that loses nothing.
+        true
     }
     fn ok(self) {
         fuser::ReplyDirectoryPlus::ok(self)

@@ -190,6 +190,7 @@ fn serve(fs: &UnionFs, dev: &Arc<OwnedFd>, q: &Queue, out: &mut Out) {
     let caller = Caller {
         uid: h.u32(24),
         gid: h.u32(28),
+        pid: h.u32(32),
     };
     let op = Args::new(&header[OP_IN..ENT_IN_OUT]);
     let payload = q.payload(h.u32(ENT_IN_OUT + 16) as usize);
@@ -309,7 +310,7 @@ fn dispatch(
     let second = || take_name(rest).map(|(n, _)| n);
     let fh = FileHandle(op.u64(0));
     match opcode {
-        o::LOOKUP => fs.lookup(nodeid, name, reply),
+        o::LOOKUP => fs.lookup(*caller, nodeid, name, reply),
         o::GETATTR => {
             // fuse_getattr_in { getattr_flags, dummy, fh }; FUSE_GETATTR_FH = 1
             let fh = (op.u32(0) & 1 != 0).then(|| FileHandle(op.u64(8)));
@@ -389,7 +390,7 @@ fn dispatch(
             if opcode == o::READDIR {
                 fs.readdir(nodeid, fh, op.u64(8), reply)
             } else {
-                fs.readdirplus(nodeid, fh, op.u64(8), reply)
+                fs.readdirplus(*caller, nodeid, fh, op.u64(8), reply)
             }
         }
         // fuse_write_in { fh, offset, size, ... }; the data is the payload.

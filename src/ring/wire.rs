@@ -411,6 +411,19 @@ impl DirPlusOut for Reply<'_> {
         self.put_entry(ttl, attr, generation);
         self.put_dirent(ino.0, offset, attr.kind, name)
     }
+    fn sends_bare(&self) -> bool {
+        true
+    }
+    fn add_bare(&mut self, d_ino: INodeNo, offset: u64, kind: FileType, name: &OsStr) -> bool {
+        let len = 24 + name.len();
+        let padded = 128 + ((len + 7) & !7);
+        if self.out.body.len() + padded > self.out.limit {
+            return true;
+        }
+        // A fuse_entry_out of zeros: node id 0 tells the kernel "no attributes for this name".
+        self.out.body.resize(self.out.body.len() + 128, 0);
+        self.put_dirent(d_ino.0, offset, kind, name)
+    }
     fn ok(self) {
         self.out.answered = true;
     }
@@ -494,6 +507,29 @@ mod tests {
         EmptyOut::ok(Reply::new(&mut out2, &dev));
         assert_eq!(out2.error, -libc::ENOENT);
         assert_eq!(&out2.header(5)[0..4], &16u32.to_ne_bytes());
+    }
+
+    #[test]
+    fn a_bare_direntplus_has_node_id_zero_and_the_real_d_ino() {
+        let dev = Arc::new(OwnedFd::from(std::fs::File::open("/dev/null").unwrap()));
+        let mut out = Out::default();
+        // One 128-byte entry_out + 24-byte dirent + 8 padded name bytes fits, a second not.
+        out.reset(160 + 100);
+        let mut r = Reply::new(&mut out, &dev);
+        assert!(r.sends_bare());
+        let name = OsStr::new("file");
+        assert!(!r.add_bare(INodeNo(77), 9, FileType::RegularFile, name));
+        assert!(r.add_bare(INodeNo(78), 10, FileType::RegularFile, name));
+        DirPlusOut::ok(r);
+        assert_eq!(out.body.len(), 160);
+        let a = Args::new(&out.body);
+        assert_eq!(a.u64(0), 0, "node id");
+        assert!(out.body[8..128].iter().all(|b| *b == 0));
+        assert_eq!(a.u64(128), 77, "d_ino");
+        assert_eq!(a.u64(136), 9, "offset");
+        assert_eq!(a.u32(144), 4, "name length");
+        assert_eq!(a.u32(148), libc::S_IFREG >> 12, "d_type");
+        assert_eq!(&out.body[152..156], b"file");
     }
 
     #[test]
