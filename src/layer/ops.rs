@@ -356,7 +356,8 @@ pub fn remove(
             return Err(Errno::ENOTEMPTY);
         }
     }
-    let need_whiteout = resolve::lower_has(stack, parent, name)?;
+    // Found in a lower layer: no need to look there again.
+    let need_whiteout = !stack.is_upper(f.layer) || resolve::lower_has(stack, parent, name)?;
     // A name of a lower multi-link file goes: the other names now show one link less.
     let tracked = !dir && stack.has_upper && stack.tracks_nlink(f.ino, f.layer, &f.st);
     let view_links = stack.view_nlink(f.ino, &f.st);

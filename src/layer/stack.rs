@@ -414,8 +414,10 @@ impl Stack {
     /// True when the link count of this regular file is tracked by us rather than by the
     /// layer: a lower file with several names, or one copied up through the index.
     pub fn tracks_nlink(&self, ino: u64, layer: LayerIdx, st: &libc::stat) -> bool {
-        // A tracked file in the upper always has its index link beside its name.
-        if self.is_upper(layer) && st.st_nlink <= 1 {
+        // A tracked file in the upper always has its index link beside its name; records and
+        // index entries are only ever made for lower inodes with several names, and a lower
+        // layer's link counts do not change.
+        if st.st_nlink <= 1 {
             return false;
         }
         st.st_mode & libc::S_IFMT != libc::S_IFDIR
