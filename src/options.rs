@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::Parser;
 
 use crate::error::{Error, Result};
-use crate::mount::MountConfig;
+use crate::mount::{MountConfig, Uring};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -30,7 +30,7 @@ Lowers are listed topmost first; write '\\:' for a ':' inside a path.";
 pub struct Args {
     /// Mount options, comma-separated: lowerdir=, upperdir=, workdir=, ro, rw, dev, nodev,
     /// suid, nosuid, allow_other, threads=N, fsname=NAME, timeout=SECS, passthrough=auto|off,
-    /// metacopy=on|off, uring=auto|off; generic mount options are accepted.
+    /// metacopy=on|off, uring=auto|on|off; generic mount options are accepted.
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,
     /// Stay in the foreground instead of returning once the mount is live.
@@ -232,7 +232,18 @@ pub fn parse_args(args: Args) -> Result<Invocation> {
             "passthrough" => cfg.passthrough = switch(&key, val.as_deref(), "auto")?,
             "nopassthrough" => cfg.passthrough = false,
             "metacopy" => cfg.metacopy = switch(&key, val.as_deref(), "on")?,
-            "uring" => cfg.uring = switch(&key, val.as_deref(), "auto")?,
+            "uring" => {
+                cfg.uring = match val.as_deref() {
+                    None | Some("auto") => Uring::Auto,
+                    Some("on") => Uring::On,
+                    Some("off") => Uring::Off,
+                    Some(v) => {
+                        return Err(Error::new(format!(
+                            "{key}={v}: use uring=auto, uring=on or uring=off"
+                        )))
+                    }
+                }
+            }
             "threads" => {
                 let v = need(val)?;
                 cfg.threads = v.parse().map_err(|_| {
@@ -352,11 +363,13 @@ mod tests {
             "/m",
         ])
         .unwrap();
-        assert!(!i.config.uring && i.config.metacopy && i.config.passthrough);
+        assert!(i.config.uring == Uring::Off && i.config.metacopy && i.config.passthrough);
         let i = inv(&["-o", "uring=auto,metacopy=off", "/l", "/u", "/m"]).unwrap();
-        assert!(i.config.uring && !i.config.metacopy);
+        assert!(i.config.uring == Uring::Auto && !i.config.metacopy);
+        let i = inv(&["-o", "uring=on", "/l", "/u", "/m"]).unwrap();
+        assert_eq!(i.config.uring, Uring::On);
         for (opt, fix) in [
-            ("uring=maybe", "use uring=auto or uring=off"),
+            ("uring=maybe", "use uring=auto, uring=on or uring=off"),
             ("metacopy=auto", "use metacopy=on or metacopy=off"),
             ("passthrough=1", "use passthrough=auto or passthrough=off"),
         ] {

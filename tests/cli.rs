@@ -674,6 +674,64 @@ fn a_listing_carries_attributes_only_for_callers_that_stat_what_they_list() {
 /// The kernel's switch for FUSE over io_uring.
 const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
 
+#[test]
+fn without_cap_sys_nice_uring_auto_keeps_dev_fuse_and_uring_on_takes_the_ring() {
+    // Without CAP_SYS_NICE the ring's workers cannot keep a caller on its CPU, and a ring
+    // round trip then costs more than one over /dev/fuse: auto stays off the ring.
+    if !fuse_available() {
+        return;
+    }
+    match fs::read_to_string(ENABLE_URING) {
+        Ok(v) if v.trim() == "Y" => {}
+        _ => {
+            eprintln!("SKIP: FUSE over io_uring is not switched on ({ENABLE_URING})");
+            return;
+        }
+    }
+    let mut fx = Fixture::new("nonice");
+    for (mode, ring) in [("auto", false), ("on", true)] {
+        let (l, u, mnt) = (fx.dir("l"), fx.dir("u"), fx.dir("mnt"));
+        for d in [&u, &mnt] {
+            fs::remove_dir_all(d).unwrap();
+            fs::create_dir(d).unwrap();
+        }
+        fs::write(l.join("low"), b"lower").unwrap();
+        fs::write(l.join("gone"), b"x").unwrap();
+        let (stats, pidfile) = (fx.root.join("stats"), fx.root.join("pid"));
+        let o = Command::new("setpriv")
+            .args(["--inh-caps=-sys_nice", "--bounding-set=-sys_nice", BIN])
+            .arg("--pid-file")
+            .arg(&pidfile)
+            .arg("--stats-file")
+            .arg(&stats)
+            .args(["-o", &format!("uring={mode}")])
+            .args([&l, &u, &mnt])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        fx.mounts.push(mnt.clone());
+        let pid: i32 = fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        fx.pids.push(pid);
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let eff = status.lines().find(|x| x.starts_with("CapEff:")).unwrap();
+        let caps = u64::from_str_radix(eff.split_whitespace().nth(1).unwrap(), 16).unwrap();
+        const CAP_SYS_NICE: u32 = 23; // linux/capability.h
+        assert_eq!(caps & (1 << CAP_SYS_NICE), 0, "daemon kept CAP_SYS_NICE");
+        let s = uring_workload(&mnt, pid, &stats);
+        let served: u64 = s["ring_requests"].parse().unwrap();
+        assert_eq!(served > 0, ring, "uring={mode}: {s:?}");
+        assert_eq!(fs::read(u.join("low")).unwrap(), b"lower+");
+        assert_eq!(fs::read(l.join("low")).unwrap(), b"lower");
+        let m = fx.mounts.pop().unwrap();
+        nix::mount::umount(&m).unwrap();
+        wait_until("daemon exit", || !alive(pid));
+    }
+}
+
 /// Runs a small workload on `mnt` and returns the daemon's counters.
 fn uring_workload(mnt: &Path, pid: i32, stats: &Path) -> std::collections::HashMap<String, String> {
     fs::write(mnt.join("new"), b"made here").unwrap();

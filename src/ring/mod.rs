@@ -175,7 +175,7 @@ fn commit_handing_over(q: &mut Queue, id: u64, qid: usize) -> SysResult<Event> {
 /// Whether workers may switch to SCHED_IDLE and back: leaving it needs CAP_SYS_NICE or an
 /// RLIMIT_NICE of 20 (a rootless daemon usually has neither). Tried on a throwaway thread,
 /// since the policy belongs to the thread.
-fn can_hand_over() -> bool {
+pub(crate) fn can_hand_over() -> bool {
     std::thread::spawn(|| uring::set_idle_policy(true).and_then(|()| uring::set_idle_policy(false)))
         .join()
         .is_ok_and(|r| r.is_ok())
