@@ -690,13 +690,7 @@ fn without_cap_sys_nice_uring_auto_keeps_dev_fuse_and_uring_on_takes_the_ring() 
     }
     let mut fx = Fixture::new("nonice");
     for (mode, ring) in [("auto", false), ("on", true)] {
-        let (l, u, mnt) = (fx.dir("l"), fx.dir("u"), fx.dir("mnt"));
-        for d in [&u, &mnt] {
-            fs::remove_dir_all(d).unwrap();
-            fs::create_dir(d).unwrap();
-        }
-        fs::write(l.join("low"), b"lower").unwrap();
-        fs::write(l.join("gone"), b"x").unwrap();
+        let (l, u, mnt) = uring_layers(&mut fx);
         let (stats, pidfile) = (fx.root.join("stats"), fx.root.join("pid"));
         let o = Command::new("setpriv")
             .args(["--inh-caps=-sys_nice", "--bounding-set=-sys_nice", BIN])
@@ -730,6 +724,18 @@ fn without_cap_sys_nice_uring_auto_keeps_dev_fuse_and_uring_on_takes_the_ring() 
         nix::mount::umount(&m).unwrap();
         wait_until("daemon exit", || !alive(pid));
     }
+}
+
+/// A lower for `uring_workload` over an empty upper and mount point: (lower, upper, mnt).
+fn uring_layers(fx: &mut Fixture) -> (PathBuf, PathBuf, PathBuf) {
+    let (l, u, mnt) = (fx.dir("l"), fx.dir("u"), fx.dir("mnt"));
+    for d in [&u, &mnt] {
+        fs::remove_dir_all(d).unwrap();
+        fs::create_dir(d).unwrap();
+    }
+    fs::write(l.join("low"), b"lower").unwrap();
+    fs::write(l.join("gone"), b"x").unwrap();
+    (l, u, mnt)
 }
 
 /// Runs a small workload on `mnt` and returns the daemon's counters.
@@ -776,13 +782,7 @@ fn io_uring_transport_serves_requests_when_the_kernel_offers_it() {
     fs::write(ENABLE_URING, "1").unwrap();
     let mut fx = Fixture::new("uring");
     for (opts, ring) in [(&[][..], true), (&["-o", "uring=off"][..], false)] {
-        let (l, u, mnt) = (fx.dir("l"), fx.dir("u"), fx.dir("mnt"));
-        for d in [&u, &mnt] {
-            fs::remove_dir_all(d).unwrap();
-            fs::create_dir(d).unwrap();
-        }
-        fs::write(l.join("low"), b"lower").unwrap();
-        fs::write(l.join("gone"), b"x").unwrap();
+        let (l, u, mnt) = uring_layers(&mut fx);
         let stats = fx.root.join("stats");
         let mut a = opts.to_vec();
         let sp = stats.to_str().unwrap().to_string();
