@@ -489,6 +489,17 @@ fn read_stats(pid: i32, stats: &Path) -> std::collections::HashMap<String, Strin
     parse_stats(&fs::read_to_string(stats).unwrap())
 }
 
+/// The names in `dir` with their d_ino.
+fn list_inos(dir: &Path) -> Vec<(String, u64)> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (e.file_name().into_string().unwrap(), e.ino())
+        })
+        .collect()
+}
+
 /// Mounts lower `l` over a new upper with a stats file: (daemon pid, stats file, upper, mnt).
 fn mount_counting(fx: &mut Fixture, l: &Path) -> (i32, PathBuf, PathBuf, PathBuf) {
     let stats = fx.root.join("stats");
@@ -577,15 +588,15 @@ fn small_writes_do_not_each_ask_for_file_capabilities() {
 #[test]
 fn a_listing_carries_attributes_only_for_callers_that_stat_what_they_list() {
     // Over the ring the first batch of a listing goes without attributes (no stat in the
-    // daemon, no inode in the kernel) until the caller looks up a name it was sent bare;
-    // over /dev/fuse (fuser cannot send such entries) every entry carries attributes.
+    // daemon, no inode in the kernel) until a name of a directory the caller was sent bare is
+    // looked up; over /dev/fuse (fuser cannot send such entries) every entry carries them.
     if !fuse_available() {
         return;
     }
     let mut fx = Fixture::new("listing");
     let l = fx.dir("l");
     const N: usize = 60;
-    for d in ["a", "b", "c", "d"] {
+    for d in ["a", "b", "c", "d", "e"] {
         fs::create_dir_all(l.join(d).join("sub")).unwrap();
         for i in 0..N {
             fs::write(l.join(d).join(format!("f{i}")), vec![b'x'; i]).unwrap();
@@ -597,14 +608,18 @@ fn a_listing_carries_attributes_only_for_callers_that_stat_what_they_list() {
     };
     let nodes0 = count(&read_stats(pid, &stats), "inodes");
 
-    // This thread lists `a`: the names and their d_ino, no inodes for the files.
-    let listed: Vec<(String, u64)> = fs::read_dir(mnt.join("a"))
-        .unwrap()
-        .map(|e| {
-            let e = e.unwrap();
-            (e.file_name().into_string().unwrap(), e.ino())
-        })
-        .collect();
+    // A thread of ours lists `a`: the names and their d_ino, no inodes for the files.
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let (res_tx, res_rx) = std::sync::mpsc::channel();
+    let lister = std::thread::spawn({
+        let mnt = mnt.clone();
+        move || {
+            res_tx.send(list_inos(&mnt.join("a"))).unwrap();
+            go_rx.recv().unwrap();
+            res_tx.send(list_inos(&mnt.join("e"))).unwrap();
+        }
+    });
+    let listed = res_rx.recv().unwrap();
     assert_eq!(listed.len(), N + 1);
     let s = read_stats(pid, &stats);
     let ring = count(&s, "ring_requests") > 0;
@@ -622,6 +637,14 @@ fn a_listing_carries_attributes_only_for_callers_that_stat_what_they_list() {
             assert_eq!(m.len(), i.parse::<u64>().unwrap(), "size of a/{name}");
         }
     }
+
+    // Another thread used the names the lister was sent bare: its next listing has attributes.
+    let nodes1 = count(&read_stats(pid, &stats), "inodes");
+    go_tx.send(()).unwrap();
+    assert_eq!(res_rx.recv().unwrap().len(), N + 1);
+    lister.join().unwrap();
+    let made = count(&read_stats(pid, &stats), "inodes") - nodes1;
+    assert!(made > N as u64, "second listing made {made} inodes");
 
     // `ls -l b c`, a new process: it pays lookups for b's first batch, then gets attributes.
     let lookups0 = count(&read_stats(pid, &stats), "requests.lookup");

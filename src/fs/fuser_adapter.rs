@@ -113,8 +113,8 @@ impl Filesystem for FuserAdapter {
         Ok(())
     }
 
-    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.fs.lookup(caller(req), parent, name, reply)
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.fs.lookup(parent, name, reply)
     }
 
     fn forget(&self, req: &Request, ino: INodeNo, nlookup: u64) {

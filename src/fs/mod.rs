@@ -982,17 +982,13 @@ impl UnionFs {
         let _ = config.set_max_readahead(1 << 20);
     }
 
-    pub(crate) fn lookup(
-        &self,
-        caller: Caller,
-        parent: INodeNo,
-        name: &OsStr,
-        reply: impl EntryOut,
-    ) {
+    pub(crate) fn lookup(&self, parent: INodeNo, name: &OsStr, reply: impl EntryOut) {
         self.stack.stats.count("lookup");
-        self.listing.looked_up(caller.pid, parent.0);
         match self.retry(|| self.do_lookup(parent.0, name_bytes(name))) {
-            Ok(Some(a)) => reply.entry(&self.opts.ttl, &a, Generation(0)),
+            Ok(Some(a)) => {
+                self.listing.found_in(parent.0);
+                reply.entry(&self.opts.ttl, &a, Generation(0))
+            }
             Ok(None) => {
                 // A negative entry: repeated stats of a missing name stay in the kernel.
                 let mut a = attr::from_stat(0, &zero_stat(), None);

@@ -310,7 +310,7 @@ fn dispatch(
     let second = || take_name(rest).map(|(n, _)| n);
     let fh = FileHandle(op.u64(0));
     match opcode {
-        o::LOOKUP => fs.lookup(*caller, nodeid, name, reply),
+        o::LOOKUP => fs.lookup(nodeid, name, reply),
         o::GETATTR => {
             // fuse_getattr_in { getattr_flags, dummy, fh }; FUSE_GETATTR_FH = 1
             let fh = (op.u32(0) & 1 != 0).then(|| FileHandle(op.u64(8)));
