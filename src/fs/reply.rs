@@ -376,7 +376,7 @@ impl DirPlusOut for fuser::ReplyDirectoryPlus {
         false
     }
     fn add_bare(&mut self, _: INodeNo, _: u64, _: FileType, _: &OsStr) -> bool {
-        // Never called (sends_bare): ending the batch is the answer that loses nothing.
+        // Unreachable: readdirplus asks sends_bare first.
         true
     }
     fn ok(self) {
