@@ -201,6 +201,49 @@ fn s46_setuid_kept_after_fchown_fchmod_and_cleared_by_unprivileged_write() {
 }
 
 #[test]
+fn unprivileged_write_to_a_set_id_file_open_for_reading_clears_the_bits() {
+    // The reader's open passes through; the kernel fails an open that does not while it does,
+    // so the writer shares the backing file and its writes never reach the daemon: the bits
+    // go when the unprivileged writer opens. Once in the upper (copied up by a root write
+    // before the reader opened), and once with the reader on the lower copy.
+    let stack = Stack::new().lower([
+        file("up", "u").mode(0o4755).owner(65534, 65534),
+        file("low", "l").mode(0o6775).owner(65534, 65534),
+    ]);
+    let Some(mut u) = Union::mount(stack) else {
+        return;
+    };
+    fs::OpenOptions::new()
+        .append(true)
+        .open(u.m("up"))
+        .unwrap()
+        .write_all(b"+")
+        .unwrap();
+    assert_eq!(
+        u.stat("up").mode() & 0o7777,
+        0o4755,
+        "root's write keeps S_ISUID"
+    );
+    for (name, was, left) in [("up", "u+", 0o755), ("low", "l", 0o775)] {
+        let reader = fs::File::open(u.m(name)).unwrap();
+        as_nobody("printf more >> \"$1\"", &u.m(name));
+        let want = format!("{was}more");
+        assert_eq!(u.read_str(name), want, "{name}");
+        assert_eq!(u.stat(name).mode() & 0o7777, left, "{name}: merged view");
+        assert_eq!(
+            fs::metadata(u.u(name)).unwrap().mode() & 0o7777,
+            left,
+            "{name}: upper"
+        );
+        assert_eq!(fs::read_to_string(u.u(name)).unwrap(), want);
+        drop(reader);
+    }
+    assert_eq!(fs::metadata(u.l(0, "low")).unwrap().mode() & 0o7777, 0o6775);
+    assert_eq!(fs::read_to_string(u.l(0, "low")).unwrap(), "l");
+    u.check_upper_is_layer_diff();
+}
+
+#[test]
 fn missing_selinux_label_reads_as_unsupported_and_a_present_one_reads_back() {
     // `ls -l` asks every file for security.selinux; ENOTSUP makes it stop asking (see
     // fs::unlabelled), so only a missing label changes its answer.

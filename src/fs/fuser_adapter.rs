@@ -235,8 +235,9 @@ impl Filesystem for FuserAdapter {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let kill = flags.0 & libc::O_TRUNC != 0 && lacks_fsetid(req);
-        self.fs.open(ino, flags, kill, reply)
+        let unprivileged = lacks_fsetid(req);
+        let kill = flags.0 & libc::O_TRUNC != 0 && unprivileged;
+        self.fs.open(ino, flags, kill, unprivileged, reply)
     }
 
     fn read(

@@ -101,6 +101,7 @@ impl UnionFs {
         fd: &OwnedFd,
         in_upper: bool,
         writable: bool,
+        unprivileged: bool,
         register: super::reply::Register<'_>,
     ) -> IoMode {
         if !self.passthrough() {
@@ -110,8 +111,18 @@ impl UnionFs {
         // set-id bits on write is ours to do (see `write`): such files are written through
         // the daemon.
         if writable && sys::fstat(fd.as_fd()).is_ok_and(|st| super::setid_bits(st.st_mode) != 0) {
-            self.pts.remove_if(&node.ino, |_, pt| pt.opens == 0);
-            return IoMode::Direct;
+            if self.pts.get(&node.ino).is_none_or(|pt| pt.opens == 0) {
+                self.pts.remove_if(&node.ino, |_, pt| pt.opens == 0);
+                return IoMode::Direct;
+            }
+            // Other opens of this inode pass through, and the kernel fails (EIO) an open that
+            // does not while they do: this one shares their backing file, so its writes will
+            // not reach us, and the bits an unprivileged writer clears go now. (The kernel
+            // says per write whether the writer lacks CAP_FSETID; at open, uid != 0 stands
+            // in. A privileged writer's writes keep the bits anyway.)
+            if unprivileged && super::drop_setid(fd.as_fd()).unwrap_or(false) {
+                self.tell_attrs_changed(node.ino);
+            }
         }
         let mode = self.io_mode_locked(node, fd, in_upper, writable, register);
         if !matches!(mode, IoMode::Passthrough(_)) {
@@ -225,9 +236,10 @@ impl UnionFs {
         fd: OwnedFd,
         writable: bool,
         in_upper: bool,
+        unprivileged: bool,
         register: super::reply::Register<'_>,
     ) -> (u64, FopenFlags, Option<Arc<super::reply::Backing>>) {
-        let mode = self.io_mode(node, &fd, in_upper, writable, register);
+        let mode = self.io_mode(node, &fd, in_upper, writable, unprivileged, register);
         let (flags, backing) = match mode {
             // Every change to file data goes through this mount, so the page cache stays
             // valid across opens.

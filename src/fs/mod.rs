@@ -482,6 +482,7 @@ impl UnionFs {
         &self,
         ino: u64,
         flags: i32,
+        unprivileged: bool,
         register: Register<'_>,
     ) -> SysResult<(u64, FopenFlags, Option<Arc<Backing>>)> {
         let node = self.inodes.get(ino)?;
@@ -534,7 +535,7 @@ impl UnionFs {
                 return Err(self.rehome(&node));
             }
         }
-        Ok(self.new_handle(&node, fd, writable, in_upper, register))
+        Ok(self.new_handle(&node, fd, writable, in_upper, unprivileged, register))
     }
 
     /// The merged listing: names, types and layers only. Attributes are looked up lazily for
@@ -923,12 +924,17 @@ impl UnionFs {
     /// the old mode for its attribute TTL.
     fn drop_setid_of(&self, f: &OpenFile) -> SysResult<()> {
         if drop_setid(f.fd.as_fd())? {
-            if let Some(n) = self.notifier.get() {
-                // Offset -1: attributes only, no page cache (so no lock the writer may hold).
-                let _ = n.inval_inode(INodeNo(self.map_ino(f.ino)), -1, 0);
-            }
+            self.tell_attrs_changed(f.ino);
         }
         Ok(())
+    }
+
+    /// Makes the kernel fetch the attributes of `ino` again (we changed them behind a request).
+    fn tell_attrs_changed(&self, ino: u64) {
+        if let Some(n) = self.notifier.get() {
+            // Offset -1: attributes only, no page cache (so no lock the writer may hold).
+            let _ = n.inval_inode(INodeNo(self.map_ino(ino)), -1, 0);
+        }
     }
 
     /// Whether requests arrive over io_uring (then `/dev/fuse` carries only FORGET and
@@ -1206,11 +1212,12 @@ impl UnionFs {
         ino: INodeNo,
         flags: OpenFlags,
         kill_setid: bool,
+        unprivileged: bool,
         reply: impl OpenOut,
     ) {
         self.stack.stats.count("open");
         let register = |fd: &OwnedFd| reply.open_backing(fd);
-        let r = self.retry(|| self.open_file(ino.0, flags.0, &register));
+        let r = self.retry(|| self.open_file(ino.0, flags.0, unprivileged, &register));
         let r = r.and_then(|(fh, fl, b)| match self.handles.file(fh) {
             Some(f) if kill_setid => match self.drop_setid_of(&f) {
                 Ok(()) => Ok((fh, fl, b)),
@@ -1588,7 +1595,8 @@ impl UnionFs {
                     return reply.error(fuser::Errno::EIO);
                 };
                 let register = |fd: &OwnedFd| reply.open_backing(fd);
-                let (fh, fl, backing) = self.new_handle(&node, fd, writable, true, &register);
+                let (fh, fl, backing) =
+                    self.new_handle(&node, fd, writable, true, req.uid != 0, &register);
                 let (ttl, fh) = (&self.opts.ttl, FileHandle(fh));
                 match backing {
                     Some(b) => reply.created_passthrough(ttl, &a, Generation(0), fh, fl, &b),

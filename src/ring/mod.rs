@@ -379,7 +379,13 @@ fn dispatch(
         // fuse_open_in { flags, open_flags }
         o::OPEN => {
             let kill = op.u32(4) & FUSE_OPEN_KILL_SUIDGID != 0;
-            fs.open(nodeid, OpenFlags(op.u32(0) as i32), kill, reply)
+            fs.open(
+                nodeid,
+                OpenFlags(op.u32(0) as i32),
+                kill,
+                caller.uid != 0,
+                reply,
+            )
         }
         o::OPENDIR => fs.opendir(nodeid, reply),
         // fuse_read_in { fh, offset, size, ... }
