@@ -375,6 +375,12 @@ impl UnionFs {
         Ok(())
     }
 
+    /// Whether bringing the non-directory `f` into the upper also linked its other names there
+    /// (a lower file with several names), so that nodes resolved before may be stale.
+    fn links_joined(&self, f: &Found) -> bool {
+        !f.is_dir() && !self.stack.is_upper(f.layer) && f.st.st_nlink > 1
+    }
+
     /// Whether the upper file at `rel` has other names (or an index link) besides `rel`.
     fn linked_elsewhere(&self, rel: &[u8]) -> bool {
         self.stack
@@ -699,8 +705,14 @@ impl UnionFs {
             mode,
         )?;
         let moved_tree = |f: &Found| f.is_dir() && f.dir_layers.iter().any(|l| *l != 0);
-        if moved_tree(&src) || dst.as_ref().is_some_and(moved_tree) {
-            // Whole trees moved into the upper: every node re-resolves on next use.
+        let exchanged = dst.as_ref().filter(|_| mode.exchange);
+        if moved_tree(&src)
+            || dst.as_ref().is_some_and(moved_tree)
+            || self.links_joined(&src)
+            || exchanged.is_some_and(|d| self.links_joined(d))
+        {
+            // Whole trees, or the other names of a lower hard link, moved into the upper:
+            // every node re-resolves on next use.
             self.inodes.bump_epoch();
         }
         self.inodes.mark_upper_chain(parent);
@@ -1194,6 +1206,9 @@ impl UnionFs {
             let _guard = node.copy_lock.lock();
             ops::link(&self.stack, &sprel, &sname, &src, &dp.rel, &dset, newname)?;
             drop(_guard);
+            if self.links_joined(&src) {
+                self.inodes.bump_epoch();
+            }
             self.inodes.mark_upper_chain(ino.0);
             self.inodes.mark_upper_chain(newparent.0);
             let set = DirSet::open(&self.stack, &dp.rel, &[0])?;
