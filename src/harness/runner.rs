@@ -47,6 +47,43 @@ pub struct Finished {
 }
 
 impl Instance {
+    /// The file `rel` (a path below the mount point, symlinks followed) names right now, as a
+    /// path below the mount point; `rel` itself when it does not resolve inside the mount.
+    pub fn resolve(&self, rel: &str) -> String {
+        std::fs::canonicalize(self.ws.mnt.join(rel))
+            .ok()
+            .and_then(|p| {
+                p.strip_prefix(&self.ws.mnt)
+                    .ok()
+                    .map(|r| r.to_string_lossy().into_owned())
+            })
+            .unwrap_or_else(|| rel.to_string())
+    }
+
+    /// The (device, inode) of `rel` in each lower layer that has it (hard-link identity).
+    pub fn lower_ids(&self, rel: &str) -> Vec<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        self.ws
+            .lowers
+            .iter()
+            .filter_map(|l| l.join(rel).symlink_metadata().ok())
+            .map(|m| (m.dev(), m.ino()))
+            .collect()
+    }
+
+    /// The mount point.
+    pub fn mnt(&self) -> &std::path::Path {
+        &self.ws.mnt
+    }
+
+    /// Whether the upper directory holds `rel` (a resolved path below the mount point).
+    pub fn upper_has(&self, rel: &str) -> bool {
+        self.ws
+            .upper
+            .as_ref()
+            .is_some_and(|u| u.join(rel).symlink_metadata().is_ok())
+    }
+
     /// Builds the layers of `s` in `imp`'s format and mounts them.
     pub fn start(s: &Scenario, imp: &str) -> Result<Instance, String> {
         let mut u = by_name(imp)?;
