@@ -114,10 +114,13 @@ fn fuzz_one(
         Duration::from_secs(120),
     );
     r.divergence = Some(sd.clone());
-    let file = out.join(format!(
-        "fuzz-seed-{seed}-{}.toml",
-        sd.field.replace(' ', "-")
-    ));
+    // Field names may hold any character ("nlink changed by ... (before / after)").
+    let slug: String = sd
+        .field
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let file = out.join(format!("fuzz-seed-{seed}-{slug}.toml"));
     let written = fuzz::annotate(&small, against, &sd, imp)
         .and_then(|sc| scenario::to_toml(&sc))
         .and_then(|t| {

@@ -64,6 +64,19 @@ pub fn run_pair_ignoring(
 /// Marks an internal "stop here" result of [`pair`].
 const STOPPED: &str = "\0stopped";
 
+/// The "stop here" result at step index `i`: the two agreed so far, and `why` they can no
+/// longer be compared.
+fn stopped(i: usize, st: &Step, why: String) -> Divergence {
+    Divergence {
+        step: i + 1,
+        op: describe(st),
+        path: String::new(),
+        field: STOPPED.into(),
+        a: format!("agreed up to step {}; stopped there: {why}", i + 1),
+        b: String::new(),
+    }
+}
+
 fn div(step: usize, st: Option<&Step>, x: view::Difference) -> Divergence {
     Divergence {
         step,
@@ -150,23 +163,16 @@ fn pair(
                 let post = view_of(inst)?;
                 if let Some(x) = view::diff(pre, &post, Fields::VIEWS).into_iter().next() {
                     if name == "kernel" {
-                        return Ok(Some(Divergence {
-                            step: i + 1,
-                            op: describe(st),
-                            path: String::new(),
-                            field: STOPPED.into(),
-                            a: format!(
-                                "agreed up to step {}; stopped there: the kernel's own view changed \
+                        return Ok(Some(stopped(
+                            i,
+                            st,
+                            format!(
+                                "the kernel's own view changed \
                                  across the rotation ({} {}: {} -> {}); its index=on hard links do \
                                  not survive becoming a plain layer",
-                                i + 1,
-                                x.path,
-                                x.field,
-                                x.a,
-                                x.b
+                                x.path, x.field, x.a, x.b
                             ),
-                            b: String::new(),
-                        }));
+                        )));
                     }
                     let mut d = div(i + 1, Some(st), x);
                     d.field = format!(
@@ -180,14 +186,7 @@ fn pair(
         if oa.result != ob.result {
             let bridged = bridge_exdev(st, &oa.result, &ob.result, &mut ia, &mut ib);
             if let Some(Err(why)) = bridged {
-                return Ok(Some(Divergence {
-                    step: i + 1,
-                    op: describe(st),
-                    path: String::new(),
-                    field: STOPPED.into(),
-                    a: format!("agreed up to step {}; stopped there: {why}", i + 1),
-                    b: String::new(),
-                }));
+                return Ok(Some(stopped(i, st, why)));
             }
             if let Some(Ok((x, y))) = bridged {
                 oa.result = x;
@@ -218,19 +217,35 @@ fn pair(
             // before its file was copied up keeps reading the file it opened (with
             // passthrough the kernel reads that file itself); kernel overlayfs moves it.
             if let Some((p, _)) = opened_below.get(&fd).filter(|(_, copied)| *copied) {
-                return Ok(Some(Divergence {
-                    step: i + 1,
-                    op: describe(st),
-                    path: String::new(),
-                    field: STOPPED.into(),
-                    a: format!(
-                        "agreed up to step {}; stopped there: fd {fd} was opened before {p:?} \
+                return Ok(Some(stopped(
+                    i,
+                    st,
+                    format!(
+                        "fd {fd} was opened before {p:?} \
                          was copied up; it reads the file it opened, kernel overlayfs moves \
-                         it to the copy",
-                        i + 1
+                         it to the copy"
                     ),
-                    b: String::new(),
-                }));
+                )));
+            }
+        }
+        if oa.result != ob.result && st.op == "rm_rf" {
+            // The kernel lists whiteouts that hide nothing in a non-merged directory (see
+            // view_of) and cannot remove them, so its rm -rf of such a tree fails.
+            for (inst, r) in [(&ia, &oa.result), (&ib, &ob.result)] {
+                if inst.name() != "kernel" || !r.starts_with("ENOTEMPTY") {
+                    continue;
+                }
+                let under = format!("{path}/");
+                if inst.view()?.ghosts.iter().any(|g| g.starts_with(&under)) {
+                    return Ok(Some(stopped(
+                        i,
+                        st,
+                        format!(
+                            "kernel overlayfs lists a \
+                             whiteout under {path:?} that hides nothing and cannot remove it"
+                        ),
+                    )));
+                }
             }
         }
         if oa.result != ob.result {
@@ -275,22 +290,17 @@ fn pair(
                             || ia.lower_ids(p).iter().any(|i| ids.contains(i)))
                 });
                 if let Some((fd, (p, _))) = reader {
-                    return Ok(Some(Divergence {
-                        step: i + 1,
-                        op: describe(st),
-                        path: String::new(),
-                        field: STOPPED.into(),
-                        a: format!(
-                            "agreed up to step {}; stopped there: {:?} differs ({}) while fd \
+                    return Ok(Some(stopped(
+                        i,
+                        st,
+                        format!(
+                            "{:?} differs ({}) while fd \
                              {fd}, opened before {p:?} was copied up, is open; such a file takes \
                              a new inode number for the rest of the mount, and the fd and the \
                              file's other names keep the old one",
-                            i + 1,
-                            x.path,
-                            x.field
+                            x.path, x.field
                         ),
-                        b: String::new(),
-                    }));
+                    )));
                 }
                 let mut d = div(i + 1, Some(st), x);
                 if every > 1 {

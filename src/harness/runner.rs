@@ -76,12 +76,24 @@ impl Instance {
         &self.ws.mnt
     }
 
-    /// Whether the upper directory holds `rel` (a resolved path below the mount point).
+    /// Whether the upper directory holds `rel` (a resolved path below the mount point) with its
+    /// data: a metadata-only copy (a stub) still reads from below.
     pub fn upper_has(&self, rel: &str) -> bool {
-        self.ws
-            .upper
-            .as_ref()
-            .is_some_and(|u| u.join(rel).symlink_metadata().is_ok())
+        let Some(p) = self.ws.upper.as_ref().map(|u| u.join(rel)) else {
+            return false;
+        };
+        if p.symlink_metadata().is_err() {
+            return false;
+        }
+        let stub = (|| {
+            let dir = crate::sys::open_path(p.parent()?, libc::O_PATH | libc::O_DIRECTORY).ok()?;
+            let name = std::ffi::CString::new(p.file_name()?.as_encoded_bytes()).ok()?;
+            crate::layer::metacopy::read_at(crate::sys::At::new(
+                std::os::fd::AsFd::as_fd(&dir),
+                &name,
+            ))
+        })();
+        stub.is_none()
     }
 
     /// Builds the layers of `s` in `imp`'s format and mounts them.
