@@ -310,3 +310,31 @@ fn s39_write_through_one_lower_hard_link_shows_through_the_other() {
         u.remount();
     }
 }
+
+#[test]
+fn a_reader_that_just_closed_does_not_cost_a_written_file_its_inode_number() {
+    // RELEASE reaches the daemon after close(2) returns. A write open of a lower file right
+    // after a read through another name used to find the reader still counted, and moved the
+    // written name to a new inode number (the rule for readers that really are still open).
+    const N: usize = 40;
+    let mut entries = Vec::new();
+    for i in 0..N {
+        entries.push(file(&format!("a{i}"), "data"));
+        entries.push(hardlink(&format!("b{i}"), &format!("a{i}")));
+    }
+    let stack = Stack::new().lower(entries);
+    let Some(mut u) = Union::mount(stack) else {
+        return;
+    };
+    for i in 0..N {
+        let (a, b) = (format!("a{i}"), format!("b{i}"));
+        let before = u.stat(&a).ino();
+        assert_eq!(fs::read(u.m(&a)).unwrap(), b"data");
+        // O_TRUNC: the copy-up copies no data, so the open follows the close closely.
+        fs::write(u.m(&b), "new").unwrap();
+        assert_eq!(u.stat(&b).ino(), before, "{b} after the write");
+        assert_eq!(u.stat(&a).ino(), before, "{a} after the write");
+        assert_eq!(u.read_str(&a), "new");
+    }
+    u.check_upper_is_layer_diff();
+}

@@ -533,11 +533,20 @@ impl UnionFs {
             Err(e) => return Err(e),
         };
         if self.passthrough() && in_upper {
-            let conflict = self
-                .pts
-                .get(&node.ino)
-                .is_some_and(|pt| pt.opens > 0 && !(pt.upper && pt.writable));
-            if conflict {
+            let conflict = || {
+                self.pts
+                    .get(&node.ino)
+                    .is_some_and(|pt| pt.opens > 0 && !(pt.upper && pt.writable))
+            };
+            // RELEASE is asynchronous: a reader that has just closed (`cat f; echo >> f`) may
+            // still count here for a moment. Give its RELEASE up to 2 ms before moving the name
+            // to a new inode number for the rest of the mount.
+            let mut waited = 0;
+            while conflict() && waited < 20 {
+                std::thread::sleep(Duration::from_micros(100));
+                waited += 1;
+            }
+            if conflict() {
                 return Err(self.rehome(&node));
             }
         }
