@@ -338,3 +338,51 @@ fn a_reader_that_just_closed_does_not_cost_a_written_file_its_inode_number() {
     }
     u.check_upper_is_layer_diff();
 }
+
+#[test]
+fn a_removed_directory_still_open_keeps_its_node_when_the_layer_reuses_its_inode_number() {
+    // The upper filesystem may give a removed directory's inode number to the next file or
+    // directory made; the kernel still holds the removed one (an open fd), so the new entry
+    // must not come back under its node id (the kernel took it for the dead directory: EIO on
+    // the old fd, or a new directory nobody could create anything in).
+    let stack = Stack::new().lower([dir("d2")]).upper([dir("d2/b")]);
+    let Some(mut u) = Union::mount(stack) else {
+        return;
+    };
+    let held = fs::File::open(u.m("d2/b")).unwrap();
+    let old = ino(&u.u("d2/b"));
+    fs::remove_dir(u.m("d2/b")).unwrap();
+    let mut reused = None;
+    for i in 0..200 {
+        let name = format!("d2/n{i}");
+        if i % 2 == 1 {
+            fs::create_dir(u.m(&name)).unwrap();
+        } else {
+            fs::write(u.m(&name), "x").unwrap();
+        }
+        if ino(&u.u(&name)) == old {
+            reused = Some((name, i % 2 == 1));
+            break;
+        }
+    }
+    let Some((name, is_dir)) = reused else {
+        eprintln!("SKIP: the upper filesystem did not reuse the inode number in 200 creations");
+        return;
+    };
+    if is_dir {
+        fs::create_dir(u.m(&format!("{name}/inner"))).unwrap();
+        assert_eq!(u.names(&name), set(&["inner"]));
+    } else {
+        assert_eq!(u.read_str(&name), "x");
+    }
+    assert_ne!(
+        u.stat(&name).ino(),
+        old,
+        "{name} took the removed directory's node"
+    );
+    if let Err(e) = held.metadata() {
+        assert_ne!(e.raw_os_error(), Some(libc::EIO), "the held fd went bad");
+    }
+    drop(held);
+    u.check_upper_is_layer_diff();
+}

@@ -62,6 +62,11 @@ impl UnionFs {
         self.redirect.get(&ino).map_or(ino, |v| *v)
     }
 
+    /// A node id no layer inode maps to (shown as st_ino too, until the next mount).
+    pub(super) fn synthetic_ino(&self) -> u64 {
+        (0xfd << 56) | self.next_synthetic.fetch_add(1, Ordering::Relaxed)
+    }
+
     /// Gives the name of `node` a new nodeid and answers ESTALE, so that the kernel looks the
     /// name up again and retries the open on a fresh inode whose passthrough backing file can
     /// be the upper copy, while readers that opened the lower copy keep their own inode.
@@ -70,7 +75,7 @@ impl UnionFs {
         let Ok((parent, name)) = self.inodes.primary(node.ino) else {
             return Errno::EIO;
         };
-        let new = (0xfd << 56) | self.next_synthetic.fetch_add(1, Ordering::Relaxed);
+        let new = self.synthetic_ino();
         self.inodes
             .upsert(new, node.kind, parent, &name, 0, Vec::new(), 0);
         self.inodes.drop_alias(node.ino, parent, &name);

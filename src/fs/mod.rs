@@ -92,6 +92,10 @@ pub struct UnionFs {
     freed: AtomicU64,
     /// Which callers get the first batch of a listing without attributes.
     listing: listing::ListHints,
+    /// Node ids of removed directories the kernel may still hold (an open fd, a cwd): the
+    /// layer may give their inode number to a new file, which must then get another node id,
+    /// or the kernel would take it for the dead directory.
+    orphans: dashmap::DashSet<u64>,
 }
 
 /// Who made a request: new files are theirs.
@@ -150,6 +154,7 @@ impl UnionFs {
             dirset_cap,
             freed: AtomicU64::new(0),
             listing: listing::ListHints::default(),
+            orphans: dashmap::DashSet::new(),
             opts,
         }
     }
@@ -310,7 +315,11 @@ impl UnionFs {
         }
         let f = adopted.as_ref().unwrap_or(f);
         let kind = f.st.st_mode & libc::S_IFMT;
-        let ino = self.map_ino(f.ino);
+        let mut ino = self.map_ino(f.ino);
+        if self.orphans.contains(&ino) {
+            ino = self.synthetic_ino();
+            self.redirect.insert(f.ino, ino);
+        }
         let node = self
             .inodes
             .upsert(ino, kind, parent, name, f.layer, f.dir_layers.clone(), 1);
@@ -373,6 +382,15 @@ impl UnionFs {
             self.inodes.bump_epoch();
         }
         Ok(())
+    }
+
+    /// After directory node `ino` lost its name: its inode number may come back for a new
+    /// file (its layer fd goes, so the layer can reuse it) while the kernel still holds it.
+    fn dir_removed(&self, ino: u64) {
+        self.dirsets.remove(&ino);
+        if self.inodes.get(ino).is_ok() {
+            self.orphans.insert(ino);
+        }
     }
 
     /// Whether bringing the non-directory `f` into the upper also linked its other names there
@@ -732,7 +750,9 @@ impl UnionFs {
                     .move_alias(self.map_ino(d.ino), newparent, newname, parent, name);
             }
         } else if let Some(d) = &dst {
-            self.dirsets.remove(&self.map_ino(d.ino));
+            if d.is_dir() {
+                self.dir_removed(self.map_ino(d.ino));
+            }
             if self.map_ino(d.ino) != self.map_ino(src.ino) {
                 self.inodes
                     .drop_alias(self.map_ino(d.ino), newparent, newname);
@@ -1031,6 +1051,7 @@ impl UnionFs {
         self.inodes.forget(ino.0, nlookup);
         if self.inodes.get(ino.0).is_err() {
             self.dirsets.remove(&ino.0);
+            self.orphans.remove(&ino.0);
             let held = self.inodes.len() as u64;
             self.stack.stats.inodes.store(held, Ordering::Relaxed);
             // After the kernel drops a large part of its cache, hand the memory back: the
@@ -1693,8 +1714,7 @@ impl UnionFs {
             self.inodes.drop_alias(self.map_ino(f.ino), parent, name);
             if dir {
                 self.inodes.invalidate_nlink(parent);
-                // Its inode number may come back for a new directory.
-                self.dirsets.remove(&self.map_ino(f.ino));
+                self.dir_removed(self.map_ino(f.ino));
             }
             Ok(())
         });
