@@ -108,14 +108,20 @@ fn seeds_that_found_bugs_agree_with_kernel() {
 }
 
 /// Where unionfs differs from the kernel by design, the run stops there and says why instead
-/// of failing: an fd opened before its file was copied up (seed 1967), and the kernel's
-/// whiteout that hides nothing, which its rm -rf cannot remove (seed 2560).
+/// of failing: an fd opened before its file was copied up (seed 1967; 5123 after a rename),
+/// and the kernel's whiteout that hides nothing, which its rm -rf cannot remove (seed 2560)
+/// and the mv fallback of its EXDEV cannot copy (seed 5720).
 #[test]
 fn documented_differences_stop_the_run_with_the_reason() {
     if !can_run("unionfs") || !can_run("kernel") {
         return;
     }
-    for (seed, why) in [(1967, "was opened before"), (2560, "hides nothing")] {
+    for (seed, why) in [
+        (1967, "was opened before"),
+        (5123, "was opened before"),
+        (2560, "hides nothing"),
+        (5720, "hides nothing"),
+    ] {
         match run_pair(&generate(seed, 300), "unionfs", "kernel", 10) {
             DiffOutcome::Stopped(m) => assert!(m.contains(why), "seed {seed}: {m}"),
             other => panic!("seed {seed}: expected a stop ({why}), got {other:?}"),

@@ -209,6 +209,16 @@ fn pair(
         if st.op == "close" && oa.result == "ok" {
             opened_below.remove(&fd);
         }
+        if let (true, "ok", Some(to)) = (st.op == "rename", oa.result.as_str(), &st.to) {
+            // The file moved (and moving a lower file copies it up): follow it.
+            for (file, _) in opened_below.values_mut() {
+                if *file == path {
+                    *file = to.clone();
+                } else if let Some(rest) = file.strip_prefix(&format!("{path}/")) {
+                    *file = format!("{to}/{rest}");
+                }
+            }
+        }
         for (file, copied) in opened_below.values_mut() {
             *copied = *copied || ia.upper_has(file);
         }
@@ -379,6 +389,18 @@ fn bridge_exdev(
             "{} said EXDEV for renaming {from:?} while files are open; an open file does not \
              follow the mv fallback's copy",
             target.name()
+        )));
+    }
+    let ghost_under = |p: &str| {
+        let under = format!("{p}/");
+        target
+            .view()
+            .is_ok_and(|v| v.ghosts.iter().any(|g| g.starts_with(&under)))
+    };
+    if target.name() == "kernel" && (ghost_under(from) || (exchange && ghost_under(to))) {
+        return Some(Err(format!(
+            "kernel said EXDEV for renaming {from:?}, whose tree holds a whiteout that hides \
+             nothing; the kernel lists it, so the mv fallback cannot copy the tree"
         )));
     }
     if has_hard_links(&src) || (exchange && has_hard_links(&dst)) {
