@@ -556,7 +556,7 @@ impl UnionFs {
                     .get(&node.ino)
                     .is_some_and(|pt| pt.opens > 0 && !(pt.upper && pt.writable))
             };
-            // RELEASE is asynchronous: a reader that has just closed (`cat f; echo >> f`) may
+            // RELEASE is asynchronous: a reader that has just closed (`cat f; echo x > f`) may
             // still count here for a moment. Give its RELEASE up to 2 ms before moving the name
             // to a new inode number for the rest of the mount.
             let mut waited = 0;
