@@ -294,10 +294,7 @@ fn pair(
                 // file's other lower names, stay on the old inode and its lower data.
                 let ids = ia.lower_ids(&x.path);
                 let reader = opened_below.iter().find(|(_, (p, copied))| {
-                    *copied
-                        && (x.field == "same inode as"
-                            || *p == x.path
-                            || ia.lower_ids(p).iter().any(|i| ids.contains(i)))
+                    *copied && (*p == x.path || ia.lower_ids(p).iter().any(|i| ids.contains(i)))
                 });
                 if let Some((fd, (p, _))) = reader {
                     return Ok(Some(stopped(
