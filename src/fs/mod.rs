@@ -92,10 +92,11 @@ pub struct UnionFs {
     freed: AtomicU64,
     /// Which callers get the first batch of a listing without attributes.
     listing: listing::ListHints,
-    /// Node ids of removed directories the kernel may still hold (an open fd, a cwd): the
-    /// layer may give their inode number to a new file, which must then get another node id,
-    /// or the kernel would take it for the dead directory.
-    orphans: dashmap::DashSet<u64>,
+    /// Node ids of removed directories the kernel may still hold (an open fd, a cwd), with
+    /// their last attributes (fstat on such an fd still answers): the layer may give their
+    /// inode number to a new file, which must then get another node id, or the kernel would
+    /// take it for the dead directory.
+    orphans: dashmap::DashMap<u64, libc::stat>,
 }
 
 /// Who made a request: new files are theirs.
@@ -154,7 +155,7 @@ impl UnionFs {
             dirset_cap,
             freed: AtomicU64::new(0),
             listing: listing::ListHints::default(),
-            orphans: dashmap::DashSet::new(),
+            orphans: dashmap::DashMap::new(),
             opts,
         }
     }
@@ -316,7 +317,7 @@ impl UnionFs {
         let f = adopted.as_ref().unwrap_or(f);
         let kind = f.st.st_mode & libc::S_IFMT;
         let mut ino = self.map_ino(f.ino);
-        if self.orphans.contains(&ino) {
+        if self.orphans.contains_key(&ino) {
             ino = self.synthetic_ino();
             self.redirect.insert(f.ino, ino);
         }
@@ -384,12 +385,13 @@ impl UnionFs {
         Ok(())
     }
 
-    /// After directory node `ino` lost its name: its inode number may come back for a new
-    /// file (its layer fd goes, so the layer can reuse it) while the kernel still holds it.
-    fn dir_removed(&self, ino: u64) {
+    /// After directory node `ino` (last seen as `st`) lost its name: its inode number may come
+    /// back for a new file (its layer fd goes, so the layer can reuse it) while the kernel
+    /// still holds it.
+    fn dir_removed(&self, ino: u64, st: &libc::stat) {
         self.dirsets.remove(&ino);
         if self.inodes.get(ino).is_ok() {
-            self.orphans.insert(ino);
+            self.orphans.insert(ino, *st);
         }
     }
 
@@ -751,7 +753,7 @@ impl UnionFs {
             }
         } else if let Some(d) = &dst {
             if d.is_dir() {
-                self.dir_removed(self.map_ino(d.ino));
+                self.dir_removed(self.map_ino(d.ino), &d.st);
             }
             if self.map_ino(d.ino) != self.map_ino(src.ino) {
                 self.inodes
@@ -1071,6 +1073,10 @@ impl UnionFs {
             }
             match self.retry(|| self.ctx(ino.0).and_then(|c| self.stat_of(&c))) {
                 Err(Errno::ENOENT) => {
+                    // Removed but still held: an open file, or a directory (no links left).
+                    if let Some(st) = self.orphans.get(&ino.0).map(|s| *s) {
+                        return Ok(self.attr(ino.0, &st, Some(0)));
+                    }
                     let f = self.any_open(ino.0).ok_or(Errno::ENOENT)?;
                     let st = sys::fstat(f.fd.as_fd())?;
                     Ok(self.attr(ino.0, &st, None))
@@ -1714,7 +1720,7 @@ impl UnionFs {
             self.inodes.drop_alias(self.map_ino(f.ino), parent, name);
             if dir {
                 self.inodes.invalidate_nlink(parent);
-                self.dir_removed(self.map_ino(f.ino));
+                self.dir_removed(self.map_ino(f.ino), &f.st);
             }
             Ok(())
         });
