@@ -425,11 +425,7 @@ fn full_disk_during_copy_up_loses_nothing() {
     assert_eq!(fs::read(mnt.join("big")).unwrap(), big);
     assert!(!u.join("big").exists());
     let work = u.join(".wh..wh.unionfs");
-    let staged: Vec<_> = fs::read_dir(&work)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .filter(|n| n != "index")
-        .collect();
+    let staged = names_but(&work, "index");
     assert!(staged.is_empty(), "staging leftovers: {staged:?}");
     assert_eq!(fs::read(l.join("big")).unwrap(), big);
     // Small changes still work on the nearly full upper.
@@ -487,6 +483,15 @@ fn read_stats(pid: i32, stats: &Path) -> std::collections::HashMap<String, Strin
     signal(pid, nix::sys::signal::Signal::SIGUSR1);
     wait_until("stats file", || stats.exists());
     parse_stats(&fs::read_to_string(stats).unwrap())
+}
+
+/// The names in `dir` other than `skip`.
+fn names_but(dir: &Path, skip: &str) -> Vec<std::ffi::OsString> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n != skip)
+        .collect()
 }
 
 /// The names in `dir` with their d_ino.
@@ -685,11 +690,7 @@ fn a_listing_carries_attributes_only_for_callers_that_stat_what_they_list() {
         assert!(made <= 2, "find made {made} inodes");
     }
     // Listings change nothing on disk (the upper holds only our work dir).
-    let upper: Vec<_> = fs::read_dir(&u)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .filter(|n| n != ".wh..wh.unionfs")
-        .collect();
+    let upper = names_but(&u, ".wh..wh.unionfs");
     assert!(upper.is_empty(), "{upper:?}");
     assert_eq!(fs::read(l.join("a/f3")).unwrap(), b"xxx");
 }

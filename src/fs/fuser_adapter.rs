@@ -47,13 +47,6 @@ thread_local! {
     static FORGET_REQ: Cell<u64> = const { Cell::new(0) };
 }
 
-/// Whether the caller of a truncate or O_TRUNC open lacks CAP_FSETID, so that set-id bits go.
-/// The kernel says so (FATTR_KILL_SUIDGID, FUSE_OPEN_KILL_SUIDGID), but fuser drops both
-/// flags; a caller other than root stands in for it. The ring reads the kernel's flags.
-fn lacks_fsetid(req: &Request) -> bool {
-    req.uid() != 0
-}
-
 fn caller(req: &Request) -> Caller {
     Caller {
         uid: req.uid(),
@@ -65,14 +58,24 @@ fn caller(req: &Request) -> Caller {
 impl Filesystem for FuserAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         self.fs.negotiate(config);
+        let offered = config
+            .capabilities()
+            .contains(InitFlags::FUSE_OVER_IO_URING);
+        // Probed on a throwaway thread, so only where the ring is on offer.
+        let hand_over = self.uring.is_some() && offered && crate::ring::can_hand_over();
         let ring = match &self.uring {
-            Some(_)
-                if config
-                    .capabilities()
-                    .contains(InitFlags::FUSE_OVER_IO_URING)
-                    && !self.uring_always
-                    && !crate::ring::can_hand_over() =>
-            {
+            None => {
+                log::info!("transport: /dev/fuse (uring=off)");
+                None
+            }
+            Some(_) if !offered => {
+                log::info!(
+                    "transport: /dev/fuse (the kernel does not offer io_uring: \
+                     echo 1 > /sys/module/fuse/parameters/enable_uring)"
+                );
+                None
+            }
+            Some(_) if !hand_over && !self.uring_always => {
                 // Callers then hop to another CPU on every reply: measured 32 us a round
                 // trip against 17 over /dev/fuse (README, Performance).
                 log::info!(
@@ -81,34 +84,19 @@ impl Filesystem for FuserAdapter {
                 );
                 None
             }
-            Some(dev)
-                if config
-                    .capabilities()
-                    .contains(InitFlags::FUSE_OVER_IO_URING) =>
-            {
+            Some(dev) => {
                 let _ = config.add_capabilities(InitFlags::FUSE_INIT_EXT);
                 config
                     .add_capabilities(InitFlags::FUSE_OVER_IO_URING)
                     .is_ok()
                     .then(|| Arc::clone(dev))
             }
-            Some(_) => {
-                log::info!(
-                    "transport: /dev/fuse (the kernel does not offer io_uring: \
-                     echo 1 > /sys/module/fuse/parameters/enable_uring)"
-                );
-                None
-            }
-            None => {
-                log::info!("transport: /dev/fuse (uring=off)");
-                None
-            }
         };
         if let Some(dev) = ring {
             // The workers register once the kernel has our INIT reply; until all queues are
             // registered the kernel holds new requests back, and falls back to /dev/fuse if
             // registration fails.
-            crate::ring::start(Arc::clone(&self.fs), dev);
+            crate::ring::start(Arc::clone(&self.fs), dev, hand_over);
         }
         Ok(())
     }
@@ -153,7 +141,7 @@ impl Filesystem for FuserAdapter {
         reply: ReplyAttr,
     ) {
         // chown needs no flag: our fchown clears the bits by itself.
-        let kill = size.is_some() && lacks_fsetid(req);
+        let kill = size.is_some() && caller(req).lacks_fsetid();
         self.fs
             .setattr(ino, mode, uid, gid, size, atime, mtime, fh, kill, reply)
     }
@@ -235,7 +223,7 @@ impl Filesystem for FuserAdapter {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let unprivileged = lacks_fsetid(req);
+        let unprivileged = caller(req).lacks_fsetid();
         let kill = flags.0 & libc::O_TRUNC != 0 && unprivileged;
         self.fs.open(ino, flags, kill, unprivileged, reply)
     }

@@ -110,6 +110,16 @@ pub struct Caller {
     pub pid: u32,
 }
 
+impl Caller {
+    /// Whether set-id bits must go when this caller writes, truncates or opens with O_TRUNC
+    /// (it lacks CAP_FSETID). The kernel says so per request only on WRITE over /dev/fuse
+    /// (fuser drops the SETATTR and OPEN flags) and never at a plain open; a caller other
+    /// than root stands in for it there. The ring reads the kernel's flags where it sends them.
+    pub fn lacks_fsetid(&self) -> bool {
+        self.uid != 0
+    }
+}
+
 /// A node with its location resolved for one request.
 struct Ctx {
     node: Arc<Node>,
@@ -1647,7 +1657,7 @@ impl UnionFs {
                 };
                 let register = |fd: &OwnedFd| reply.open_backing(fd);
                 let (fh, fl, backing) =
-                    self.new_handle(&node, fd, writable, true, req.uid != 0, &register);
+                    self.new_handle(&node, fd, writable, true, req.lacks_fsetid(), &register);
                 let (ttl, fh) = (&self.opts.ttl, FileHandle(fh));
                 match backing {
                     Some(b) => reply.created_passthrough(ttl, &a, Generation(0), fh, fl, &b),

@@ -36,9 +36,9 @@ const PAYLOAD_LEN: usize = crate::fs::MAX_WRITE as usize + 4096;
 
 /// Starts the workers for every possible CPU (the kernel needs a queue for each before it
 /// switches to the ring).
-pub fn start(fs: Arc<UnionFs>, dev: Arc<OwnedFd>) {
+/// `hand_over`: workers may reply as SCHED_IDLE (see `can_hand_over`).
+pub fn start(fs: Arc<UnionFs>, dev: Arc<OwnedFd>, hand_over: bool) {
     let cpus = possible_cpus();
-    let hand_over = can_hand_over();
     info!(
         "transport: io_uring, {cpus} queues x {WORKERS_PER_CPU} workers, callers kept on \
          their CPU: {}",
@@ -383,7 +383,7 @@ fn dispatch(
                 nodeid,
                 OpenFlags(op.u32(0) as i32),
                 kill,
-                caller.uid != 0,
+                caller.lacks_fsetid(),
                 reply,
             )
         }
