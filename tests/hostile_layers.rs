@@ -9,7 +9,6 @@
 mod common;
 
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -128,12 +127,7 @@ fn hostile_symlinks_under_directories_are_never_followed() {
 
     // Every kind of write, through each hostile spot.
     u.write("a/new", "n");
-    fs::OpenOptions::new()
-        .append(true)
-        .open(u.m("a/f"))
-        .unwrap()
-        .write_all(b"+")
-        .unwrap();
+    u.append("a/f", b"+");
     fs::create_dir(u.m("a/nd")).unwrap();
     fs::rename(u.m("a/f"), u.m("a/f2")).unwrap();
     fs::set_permissions(u.m("a/sub"), fs::Permissions::from_mode(0o700)).unwrap();
@@ -243,12 +237,7 @@ fn hostile_symlinked_parent_in_lower_for_copy_up_of_deep_file() {
     };
     u.add_sentinel(victim.path());
 
-    fs::OpenOptions::new()
-        .append(true)
-        .open(u.m("d/e/f"))
-        .unwrap()
-        .write_all(b"+")
-        .unwrap();
+    u.append("d/e/f", b"+");
     u.write("d/sub", "x");
     fs::remove_dir_all(u.m("d")).unwrap();
     fs::create_dir(u.m("d")).unwrap();

@@ -69,12 +69,7 @@ fn assert_full(u: &Union, rel: &str, want: &[u8]) {
 /// Appends `tail` to the stub `rel` through the mount; checks the upper then holds all the
 /// data, and returns it.
 fn append(u: &Union, rel: &str, tail: &[u8]) -> Vec<u8> {
-    fs::OpenOptions::new()
-        .append(true)
-        .open(u.m(rel))
-        .unwrap()
-        .write_all(tail)
-        .unwrap();
+    u.append(rel, tail);
     let mut want = data();
     want.extend_from_slice(tail);
     assert_full(u, rel, &want);

@@ -113,12 +113,7 @@ fn s47_layer_rotation_keeps_the_view() {
         return;
     };
 
-    fs::OpenOptions::new()
-        .append(true)
-        .open(u.m("a"))
-        .unwrap()
-        .write_all(b"+")
-        .unwrap();
+    u.append("a", b"+");
     lsetxattr(&u.m("a"), "user.tag", b"v").unwrap();
     fs::remove_file(u.m("b")).unwrap();
     fs::remove_file(u.m("d/x")).unwrap();

@@ -34,22 +34,12 @@ fn s43_internal_xattrs_are_invisible_and_unsettable() {
 
     // Operations after which implementations record state in xattrs: copy-up, rename of a
     // merged dir's child, whiteouts, opaque dirs, hard-link copy-up.
-    fs::OpenOptions::new()
-        .append(true)
-        .open(u.m("f"))
-        .unwrap()
-        .write_all(b"+")
-        .unwrap();
+    u.append("f", b"+");
     fs::rename(u.m("d/g"), u.m("d/g2")).unwrap();
     fs::remove_file(u.m("d/old")).unwrap();
     fs::remove_dir_all(u.m("e")).unwrap();
     fs::create_dir(u.m("e")).unwrap();
-    fs::OpenOptions::new()
-        .append(true)
-        .open(u.m("d/h"))
-        .unwrap()
-        .write_all(b"+")
-        .unwrap();
+    u.append("d/h", b"+");
     u.remount();
 
     for rel in ["", "f", "d", "d/g2", "d/h", "d/h2", "e"] {
@@ -96,12 +86,7 @@ fn s44_64k_xattr_round_trips_and_survives_copy_up() {
 
     assert!(lgetxattr(&u.m("lo"), "user.big").unwrap() == big);
     // Copy-up of a file that carries one, then a new one set through the mount.
-    fs::OpenOptions::new()
-        .append(true)
-        .open(u.m("lo"))
-        .unwrap()
-        .write_all(b"+")
-        .unwrap();
+    u.append("lo", b"+");
     u.write("new", "n");
     let mut other = big.clone();
     other.reverse();
@@ -213,12 +198,7 @@ fn unprivileged_write_to_a_set_id_file_open_for_reading_clears_the_bits() {
     let Some(mut u) = Union::mount(stack) else {
         return;
     };
-    fs::OpenOptions::new()
-        .append(true)
-        .open(u.m("up"))
-        .unwrap()
-        .write_all(b"+")
-        .unwrap();
+    u.append("up", b"+");
     assert_eq!(
         u.stat("up").mode() & 0o7777,
         0o4755,
@@ -334,12 +314,7 @@ fn set_id_bits_go_on_unprivileged_truncate_or_o_trunc_and_capabilities_on_any_wr
         lgetxattr(&u.m("capped"), "security.capability").unwrap(),
         cap
     );
-    fs::OpenOptions::new()
-        .append(true)
-        .open(u.m("capped"))
-        .unwrap()
-        .write_all(b"+")
-        .unwrap();
+    u.append("capped", b"+");
     u.remount();
     assert_eq!(u.read_str("capped"), "data+");
     for p in [u.m("capped"), u.u("capped")] {

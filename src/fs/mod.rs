@@ -97,6 +97,8 @@ pub struct UnionFs {
     /// inode number to a new file, which must then get another node id, or the kernel would
     /// take it for the dead directory.
     orphans: dashmap::DashMap<u64, libc::stat>,
+    /// Signalled when an inode's last passthrough handle closes (see `await_release`).
+    released: (parking_lot::Mutex<()>, parking_lot::Condvar),
 }
 
 /// Who made a request: new files are theirs.
@@ -143,6 +145,10 @@ fn name_bytes(name: &OsStr) -> &[u8] {
     name.as_bytes()
 }
 
+/// How long an open that conflicts with a passthrough reader waits for that reader's RELEASE
+/// (a reader really still open costs the writer this, once per file).
+const RELEASE_GRACE: Duration = Duration::from_millis(100);
+
 impl UnionFs {
     /// A filesystem over `stack`.
     pub fn new(stack: Arc<Stack>, opts: FsOptions) -> Self {
@@ -166,6 +172,7 @@ impl UnionFs {
             freed: AtomicU64::new(0),
             listing: listing::ListHints::default(),
             orphans: dashmap::DashMap::new(),
+            released: Default::default(),
             opts,
         }
     }
@@ -568,14 +575,7 @@ impl UnionFs {
                     .get(&node.ino)
                     .is_some_and(|pt| pt.opens > 0 && !(pt.upper && pt.writable))
             };
-            // RELEASE is asynchronous: a reader that has just closed (`cat f; echo x > f`) may
-            // still count here for a moment. Give its RELEASE up to 2 ms before moving the name
-            // to a new inode number for the rest of the mount.
-            let mut waited = 0;
-            while conflict() && waited < 20 {
-                std::thread::sleep(Duration::from_micros(100));
-                waited += 1;
-            }
+            self.await_release(conflict);
             if conflict() {
                 return Err(self.rehome(&node));
             }
@@ -1354,6 +1354,20 @@ impl UnionFs {
         reply.ok();
     }
 
+    /// Waits while `conflict` holds, for at most `RELEASE_GRACE`, woken by each last close.
+    /// RELEASE is asynchronous: a reader that has just closed (`cat f; echo x > f`) may still
+    /// count for a while, longer on a loaded machine (2 ms was seen to be too short), and
+    /// giving up means moving the name to a new inode number for the rest of the mount.
+    fn await_release(&self, conflict: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + RELEASE_GRACE;
+        let mut g = self.released.0.lock();
+        while conflict() {
+            if self.released.1.wait_until(&mut g, deadline).timed_out() {
+                break;
+            }
+        }
+    }
+
     /// Drops handle `fh`; its passthrough backing file joins the recently closed ones when
     /// this was the inode's last open.
     fn close_handle(&self, fh: u64) {
@@ -1372,6 +1386,9 @@ impl UnionFs {
                 };
                 if last {
                     self.keep_backing(f.ino);
+                    // Under the lock, so that a waiter between its check and its wait hears it.
+                    let _g = self.released.0.lock();
+                    self.released.1.notify_all();
                 }
             }
         }

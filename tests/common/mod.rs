@@ -959,6 +959,14 @@ impl Union {
     pub fn read_str(&self, rel: &str) -> String {
         String::from_utf8(self.read(rel)).unwrap()
     }
+    /// Appends `data` to the file at `rel` in the merged view (a copy-up of a lower file).
+    pub fn append(&self, rel: &str, data: impl AsRef<[u8]>) {
+        fs::OpenOptions::new()
+            .append(true)
+            .open(self.m(rel))
+            .and_then(|mut f| io::Write::write_all(&mut f, data.as_ref()))
+            .unwrap_or_else(|e| panic!("append to {rel}: {e}"))
+    }
     pub fn write(&self, rel: &str, content: impl AsRef<[u8]>) {
         fs::write(self.m(rel), content).unwrap_or_else(|e| panic!("write {rel}: {e}"))
     }
