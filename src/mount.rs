@@ -240,6 +240,18 @@ impl Prepared {
             }
         };
         let _ = notifier_slot.set(session.notifier());
+        // The handshake started the ring workers (if any): report the mount live once the
+        // kernel has their entries, so its first requests already take the ring.
+        let ring = &self.stack.stats.ring;
+        ring.go();
+        if let Err(q) = ring.wait_settled(std::time::Duration::from_secs(5)) {
+            let _ = sys::umount_lazy(&self.mountpoint);
+            return Err(Error::new(format!(
+                "FUSE over io_uring: no ring entry could be registered for CPU queue {q} \
+                 (the daemon log says why; often RLIMIT_MEMLOCK), and the kernel holds every \
+                 request until each queue has one: mount with -o uring=off"
+            )));
+        }
         let thread = std::thread::Builder::new()
             .name("unionfs-session".into())
             .spawn(move || session.run())

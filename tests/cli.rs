@@ -742,6 +742,13 @@ fn without_cap_sys_nice_uring_auto_keeps_dev_fuse_and_uring_on_takes_the_ring() 
         let s = uring_workload(&mnt, pid, &stats);
         let served: u64 = s["ring_requests"].parse().unwrap();
         assert_eq!(served > 0, ring, "uring={mode}: {s:?}");
+        // The mount was reported live only once the kernel had every worker's ring entry.
+        let entries: Vec<u64> = s["ring_entries"]
+            .split(" of ")
+            .map(|n| n.parse().unwrap())
+            .collect();
+        assert_eq!(entries[0], entries[1], "uring={mode}: {s:?}");
+        assert_eq!(entries[0] > 0, ring, "uring={mode}: {s:?}");
         assert_eq!(fs::read(u.join("low")).unwrap(), b"lower+");
         assert_eq!(fs::read(l.join("low")).unwrap(), b"lower");
         let m = fx.mounts.pop().unwrap();

@@ -48,14 +48,16 @@ pub fn start(fs: Arc<UnionFs>, dev: Arc<OwnedFd>, hand_over: bool) {
             "no (no CAP_SYS_NICE)"
         }
     );
+    fs.stack().stats.ring.expect(cpus, WORKERS_PER_CPU);
     for qid in 0..cpus {
         for w in 0..WORKERS_PER_CPU {
-            let (fs, dev) = (Arc::clone(&fs), Arc::clone(&dev));
+            let (wfs, wdev) = (Arc::clone(&fs), Arc::clone(&dev));
             let spawned = std::thread::Builder::new()
                 .name(format!("unionfs-ring{qid}.{w}"))
-                .spawn(move || worker(&fs, &dev, qid, hand_over));
+                .spawn(move || worker(&wfs, &wdev, qid, hand_over));
             if let Err(e) = spawned {
                 warn!("io_uring worker {qid}.{w}: {e}");
+                fs.stack().stats.ring.settled(qid, false);
             }
         }
     }
@@ -81,23 +83,32 @@ fn worker(fs: &UnionFs, dev: &Arc<OwnedFd>, qid: usize, hand_over: bool) {
         // Still correct, only without the same-CPU benefit (e.g. a cpuset without this CPU).
         debug!("io_uring queue {qid}: not pinned: {e}");
     }
+    let stats = &fs.stack().stats;
     let mut q = match Queue::new(dev.as_fd(), qid as u16, PAYLOAD_LEN) {
         Ok(q) => q,
         Err(e) => {
             warn!("io_uring queue {qid}: cannot set up a ring: {e}; requests stay on /dev/fuse");
+            stats.ring.settled(qid, false);
             return;
         }
     };
-    // The kernel accepts registrations only once it has processed our INIT reply.
+    // The kernel accepts registrations only once it has processed our INIT reply, written
+    // after `init` returns; a refusal then may come back late (io_uring retries a command
+    // that answered EAGAIN from a worker thread), so that it would look registered.
+    stats.ring.wait_go(Duration::from_secs(10));
     let deadline = Instant::now() + Duration::from_secs(10);
-    let mut ev = loop {
+    let first = loop {
         match q.register() {
-            Ok(Event::Failed(Errno::EAGAIN)) if Instant::now() < deadline => {
+            Ok(Some(Event::Failed(Errno::EAGAIN))) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(1));
             }
             r => break r,
         }
     };
+    stats
+        .ring
+        .settled(qid, matches!(first, Ok(None | Some(Event::Request))));
+    let mut ev = registered(&mut q, first);
     let mut out = Out::default();
     // Requests answered; a refused commit after that is retried by registering the entry
     // again (a worker that gave up would leave its CPU's queue one entry short).
@@ -110,7 +121,8 @@ fn worker(fs: &UnionFs, dev: &Arc<OwnedFd>, qid: usize, hand_over: bool) {
             Ok(Event::Failed(e)) if served > 0 && refusals < 3 => {
                 refusals += 1;
                 warn!("io_uring queue {qid}: the kernel refused a reply: {e}; registering again");
-                ev = q.register();
+                let r = q.register();
+                ev = registered(&mut q, r);
                 continue;
             }
             Ok(Event::Failed(e)) => {
@@ -146,6 +158,16 @@ fn worker(fs: &UnionFs, dev: &Arc<OwnedFd>, qid: usize, hand_over: bool) {
         };
     }
     debug!("io_uring queue {qid}: worker done");
+}
+
+/// The first event of an entry whose registration went as `r`: the kernel's answer, or the
+/// first request it hands the registered entry.
+fn registered(q: &mut Queue, r: SysResult<Option<Event>>) -> SysResult<Event> {
+    match r {
+        Ok(None) => q.wait(),
+        Ok(Some(ev)) => Ok(ev),
+        Err(e) => Err(e),
+    }
 }
 
 /// Sends the reply as a SCHED_IDLE thread, so that the caller it wakes stays on this CPU.

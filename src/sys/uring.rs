@@ -138,10 +138,13 @@ impl Queue {
         Ok(())
     }
 
-    /// Hands the buffers to the kernel and waits for the first request.
-    pub fn register(&mut self) -> SysResult<Event> {
+    /// Hands the buffers to the kernel. `None`: the entry is registered and waits for a
+    /// request ([`Queue::wait`]); the kernel answers a refused registration at once.
+    pub fn register(&mut self) -> SysResult<Option<Event>> {
         self.push(CMD_REGISTER, 0)?;
-        self.wait()
+        self.submit_pushed()?;
+        let res = self.ring.completion().next().map(|c| c.result());
+        Ok(res.map(|r| self.event(r)))
     }
 
     /// Sends the reply now in the buffers (see `out_header`/`payload_mut`) and waits for the
@@ -155,6 +158,11 @@ impl Queue {
     /// request.
     pub fn commit(&mut self, commit_id: u64) -> SysResult<()> {
         self.push(CMD_COMMIT_AND_FETCH, commit_id)?;
+        self.submit_pushed()
+    }
+
+    /// Submits what was pushed, without waiting.
+    fn submit_pushed(&mut self) -> SysResult<()> {
         loop {
             match self.ring.submit() {
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
@@ -171,23 +179,23 @@ impl Queue {
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                 Err(e) => return Err(errno_of(e)),
             }
-            if let Some(c) = self.ring.completion().next() {
-                let res = c.result();
-                return Ok(match res {
-                    0.. => Event::Request,
-                    _ => {
-                        // The command is over either way: the kernel no longer holds the entry.
-                        self.released = true;
-                        let e = Errno::from_raw(-res);
-                        match e {
-                            Errno::ENOTCONN | Errno::ECONNABORTED | Errno::ECANCELED => {
-                                Event::Closed
-                            }
-                            e => Event::Failed(e),
-                        }
-                    }
-                });
+            let res = self.ring.completion().next().map(|c| c.result());
+            if let Some(r) = res {
+                return Ok(self.event(r));
             }
+        }
+    }
+
+    /// What a completion's result says.
+    fn event(&mut self, res: i32) -> Event {
+        if res >= 0 {
+            return Event::Request;
+        }
+        // The command is over either way: the kernel no longer holds the entry.
+        self.released = true;
+        match Errno::from_raw(-res) {
+            Errno::ENOTCONN | Errno::ECONNABORTED | Errno::ECANCELED => Event::Closed,
+            e => Event::Failed(e),
         }
     }
 
