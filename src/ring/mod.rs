@@ -140,7 +140,16 @@ fn worker(fs: &UnionFs, dev: &Arc<OwnedFd>, qid: usize, hand_over: bool) {
         let h = Args::new(q.header());
         // fuse_in_header.unique; fuse_uring_ent_in_out.commit_id names the entry to commit.
         let (unique, commit_id) = (h.u64(8), h.u64(ENT_IN_OUT + 8));
-        serve(fs, dev, &q, &mut out);
+        // A panic costs the one request (EIO), not the worker: a queue whose workers all
+        // died would leave its CPU's callers waiting for good.
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            serve(fs, dev, &q, &mut out)
+        }));
+        if ran.is_err() {
+            log::error!("io_uring queue {qid}: a request's operation panicked; answered EIO");
+            out.reset(0);
+            out.error = -libc::EIO;
+        }
         served += 1;
         fs.stack()
             .stats
