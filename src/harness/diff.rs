@@ -238,9 +238,9 @@ fn pair(
                 )));
             }
         }
-        if oa.result != ob.result && st.op == "rm_rf" {
+        if oa.result != ob.result && (st.op == "rm_rf" || st.op == "rmdir") {
             // The kernel lists whiteouts that hide nothing in a non-merged directory (see
-            // view_of) and cannot remove them, so its rm -rf of such a tree fails.
+            // view_of) and cannot remove them, so its rmdir or rm -rf of such a tree fails.
             for (inst, r) in [(&ia, &oa.result), (&ib, &ob.result)] {
                 if inst.name() != "kernel" || !r.starts_with("ENOTEMPTY") {
                     continue;
@@ -293,8 +293,14 @@ fn pair(
                 // of the mount (the kernel allows one backing file per inode); that fd, and the
                 // file's other lower names, stay on the old inode and its lower data.
                 let ids = ia.lower_ids(&x.path);
+                // A name of the read file: a lower hard link, or one linked since (the
+                // reference shows it as the same inode).
+                let ino = |p: &str| vb.nodes.get(p).map(|n| n.ino);
                 let reader = opened_below.iter().find(|(_, (p, copied))| {
-                    *copied && (*p == x.path || ia.lower_ids(p).iter().any(|i| ids.contains(i)))
+                    *copied
+                        && (*p == x.path
+                            || ia.lower_ids(p).iter().any(|i| ids.contains(i))
+                            || ino(p).is_some_and(|i| ino(&x.path) == Some(i)))
                 });
                 if let Some((fd, (p, _))) = reader {
                     return Ok(Some(stopped(
