@@ -14,9 +14,9 @@ pub mod layer;
 pub mod mount;
 pub mod oci;
 pub mod options;
-pub mod ring;
 pub mod stats;
 pub mod sys;
+pub mod transport;
 
 pub use error::{Error, Result};
 pub use mount::{MountConfig, MountGuard};

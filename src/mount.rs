@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 use fuser::{Session, SessionACL};
 
 use crate::error::{Error, Result};
-use crate::fs::fuser_adapter::FuserAdapter;
 use crate::fs::{FsOptions, UnionFs};
 use crate::layer::stack::is_within;
 use crate::layer::{Stack, StackConfig};
 use crate::sys::{self, Errno};
+use crate::transport::handshake::Handshake;
 
 /// The filesystem type we mount as (`fuse.` + this subtype).
 pub const SUBTYPE: &str = "unionfs";
@@ -52,7 +52,7 @@ pub struct MountConfig {
     /// chmod, chown, utimes, xattr changes, renames and links of lower files copy up metadata
     /// only; data follows on the first write (see `layer::metacopy`).
     pub metacopy: bool,
-    /// When to serve requests over io_uring (see [`crate::ring`]).
+    /// When to serve requests over io_uring (see [`crate::transport::ring`]).
     pub uring: Uring,
 }
 
@@ -219,20 +219,13 @@ impl Prepared {
             SessionACL::Owner
         };
         let notifier_slot = fs.notifier_slot();
-        // The ring workers and their backing file registrations use the device directly.
-        let dev = if cfg.uring != Uring::Off {
-            match fuse.try_clone() {
-                Ok(d) => Some(Arc::new(d)),
-                Err(e) => {
-                    log::warn!("io_uring transport off: cannot duplicate the FUSE device fd: {e}");
-                    None
-                }
-            }
-        } else {
-            None
-        };
-        let adapter = FuserAdapter::new(fs, dev, cfg.uring == Uring::On);
-        let session = match Session::from_fd(adapter, fuse, acl, config) {
+        // Our transports read and answer the device themselves; fuser only does FUSE_INIT.
+        let dev = fuse
+            .try_clone()
+            .map(Arc::new)
+            .map_err(|e| Error::sys("duplicating the FUSE device fd", e, ""))?;
+        let handshake = Handshake::new(Arc::clone(&fs), Arc::clone(&dev), cfg.uring);
+        let session = match Session::from_fd(handshake, fuse, acl, config) {
             Ok(s) => s,
             Err(e) => {
                 let _ = sys::umount_lazy(&self.mountpoint);
@@ -252,9 +245,17 @@ impl Prepared {
                  request until each queue has one: mount with -o uring=off"
             )));
         }
+        let readers = crate::transport::dev::start(&fs, &dev, cfg.worker_threads());
         let thread = std::thread::Builder::new()
             .name("unionfs-session".into())
-            .spawn(move || session.run())
+            .spawn(move || {
+                for r in readers {
+                    let _ = r.join();
+                }
+                // Kept until the connection ends: the notifier writes through its channel.
+                drop(session);
+                Ok(())
+            })
             .map_err(|e| {
                 let _ = sys::umount_lazy(&self.mountpoint);
                 Error::sys("starting the FUSE session thread", e, "")

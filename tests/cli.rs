@@ -592,9 +592,9 @@ fn small_writes_do_not_each_ask_for_file_capabilities() {
 
 #[test]
 fn a_listing_carries_attributes_only_for_callers_that_stat_what_they_list() {
-    // Over the ring the first batch of a listing goes without attributes (no stat in the
-    // daemon, no inode in the kernel) until a name of a directory the caller was sent bare is
-    // looked up; over /dev/fuse (fuser cannot send such entries) every entry carries them.
+    // The first batch of a listing goes without attributes (no stat in the daemon, no inode
+    // in the kernel) until a name of a directory the caller was sent bare is looked up; on
+    // either transport (the test command runs this file over each).
     if !fuse_available() {
         return;
     }
@@ -627,13 +627,8 @@ fn a_listing_carries_attributes_only_for_callers_that_stat_what_they_list() {
     let listed = res_rx.recv().unwrap();
     assert_eq!(listed.len(), N + 1);
     let s = read_stats(pid, &stats);
-    let ring = count(&s, "ring_requests") > 0;
     let made = count(&s, "inodes") - nodes0;
-    if ring {
-        assert!(made <= 2, "listing made {made} inodes: {s:?}");
-    } else {
-        assert!(made > N as u64, "listing made {made} inodes: {s:?}");
-    }
+    assert!(made <= 2, "listing made {made} inodes: {s:?}");
     // A bare entry's d_ino is the st_ino a lookup then reports.
     for (name, d_ino) in &listed {
         let m = fs::symlink_metadata(mnt.join("a").join(name)).unwrap();
@@ -671,14 +666,10 @@ fn a_listing_carries_attributes_only_for_callers_that_stat_what_they_list() {
         assert_eq!(hits, 2, "f{i} with size {i} in b and c:\n{out}");
     }
     let lookups = count(&read_stats(pid, &stats), "requests.lookup") - lookups0;
-    if ring {
-        assert!(
-            (N as u64..=N as u64 + 4).contains(&lookups),
-            "ls -l b c took {lookups} lookups"
-        );
-    } else {
-        assert!(lookups <= 4, "ls -l b c took {lookups} lookups");
-    }
+    assert!(
+        (N as u64..=N as u64 + 4).contains(&lookups),
+        "ls -l b c took {lookups} lookups"
+    );
 
     // `find`, a new process that never stats: no inodes for d's files.
     let nodes1 = count(&read_stats(pid, &stats), "inodes");
@@ -686,9 +677,7 @@ fn a_listing_carries_attributes_only_for_callers_that_stat_what_they_list() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), N + 2);
     let made = count(&read_stats(pid, &stats), "inodes") - nodes1;
-    if ring {
-        assert!(made <= 2, "find made {made} inodes");
-    }
+    assert!(made <= 2, "find made {made} inodes");
     // Listings change nothing on disk (the upper holds only our work dir).
     let upper = names_but(&u, ".wh..wh.unionfs");
     assert!(upper.is_empty(), "{upper:?}");

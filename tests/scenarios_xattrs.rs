@@ -282,6 +282,54 @@ fn as_nobody(script: &str, file: &std::path::Path) -> String {
 }
 
 #[test]
+fn set_id_bits_follow_cap_fsetid_not_the_uid_on_truncate_and_o_trunc() {
+    // The kernel says per request whether the caller lacks CAP_FSETID; root without it
+    // clears the bits like anyone, root with it keeps them (once, over /dev/fuse, the uid
+    // stood in for the flag, and root kept them either way).
+    let stack = Stack::new().lower([
+        file("trunc", "data").mode(0o4755),
+        file("otrunc", "data").mode(0o2775),
+        file("kept", "data").mode(0o4755),
+    ]);
+    let Some(mut u) = Union::mount(stack) else {
+        return;
+    };
+    let no_fsetid = |script: &str, f: &std::path::Path| {
+        let args = [
+            "--inh-caps=-fsetid",
+            "--bounding-set=-fsetid",
+            "sh",
+            "-c",
+            script,
+            "sh",
+        ];
+        let mut a: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+        a.push(f.as_os_str());
+        run("setpriv", &a)
+    };
+    no_fsetid("truncate -s 2 \"$1\"", &u.m("trunc"));
+    no_fsetid(": > \"$1\"", &u.m("otrunc"));
+    run(
+        "truncate",
+        &[std::ffi::OsStr::new("-s2"), u.m("kept").as_os_str()],
+    );
+    for (name, mode) in [("trunc", 0o755), ("otrunc", 0o775), ("kept", 0o4755)] {
+        assert_eq!(
+            u.stat(name).mode() & 0o7777,
+            mode,
+            "{name} in the merged view"
+        );
+        assert_eq!(
+            fs::metadata(u.u(name)).unwrap().mode() & 0o7777,
+            mode,
+            "upper {name}"
+        );
+    }
+    assert_eq!(fs::metadata(u.l(0, "kept")).unwrap().len(), 4);
+    u.check_upper_is_layer_diff();
+}
+
+#[test]
 fn set_id_bits_go_on_unprivileged_truncate_or_o_trunc_and_capabilities_on_any_write() {
     // Under FUSE_HANDLE_KILLPRIV_V2 the kernel leaves both to the daemon or the layer
     // filesystem; the lower copies keep theirs.

@@ -1,10 +1,9 @@
-//! The FUSE operations: turn kernel requests (from either transport: fuser's `/dev/fuse` loop
-//! through [`fuser_adapter`], or [`crate::ring`]) into calls on the layer model
+//! The FUSE operations: turn kernel requests (from either transport, [`crate::transport`])
+//! into calls on the layer model
 //! ([`crate::layer`]), keep the inode and handle tables, and map errors to errno. No layer rule
 //! lives here.
 
 pub mod attr;
-pub mod fuser_adapter;
 pub mod handle;
 pub mod inode;
 mod io;
@@ -113,10 +112,9 @@ pub struct Caller {
 }
 
 impl Caller {
-    /// Whether set-id bits must go when this caller writes, truncates or opens with O_TRUNC
-    /// (it lacks CAP_FSETID). The kernel says so per request only on WRITE over /dev/fuse
-    /// (fuser drops the SETATTR and OPEN flags) and never at a plain open; a caller other
-    /// than root stands in for it there. The ring reads the kernel's flags where it sends them.
+    /// Whether this caller lacks CAP_FSETID, so that its writes will clear set-id bits, as
+    /// far as an open can tell: the kernel says so per WRITE, SETATTR and O_TRUNC open (those
+    /// flags are read), never at a plain open, where a caller other than root stands in.
     pub fn lacks_fsetid(&self) -> bool {
         self.uid != 0
     }
@@ -1508,7 +1506,7 @@ impl UnionFs {
         }
         // Later batches come as READDIRPLUS only when the kernel saw names of this directory
         // looked up: the reader wants attributes. The first comes so regardless (see listing).
-        let bare = offset == 0 && reply.sends_bare() && self.listing.send_bare(caller.pid, ino.0);
+        let bare = offset == 0 && self.listing.send_bare(caller.pid, ino.0);
         for (i, e) in entries.iter().enumerate().skip((off - 2) as usize) {
             // Directories keep their attributes: a walk descends into them, which needs the
             // inode, and there are few of them.

@@ -895,6 +895,24 @@ pub fn write(fd: BorrowedFd<'_>, buf: &[u8]) -> SysResult<usize> {
     })
 }
 
+/// One writev(2) of `a` then `b` (a FUSE reply must reach the device in one call).
+pub fn write2(fd: BorrowedFd<'_>, a: &[u8], b: &[u8]) -> SysResult<usize> {
+    let iov = [
+        libc::iovec {
+            iov_base: a.as_ptr() as *mut libc::c_void,
+            iov_len: a.len(),
+        },
+        libc::iovec {
+            iov_base: b.as_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
+        },
+    ];
+    retry(|| {
+        // SAFETY: both iovecs point at live slices of their lengths, only read by the kernel.
+        check_size(unsafe { libc::writev(fd.as_raw_fd(), iov.as_ptr(), 2) })
+    })
+}
+
 /// Ends the process at once, without running destructors (a forked child must not unwind
 /// into its parent's state).
 pub fn exit_now(code: i32) -> ! {

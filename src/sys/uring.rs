@@ -1,10 +1,10 @@
 //! FUSE over io_uring, the kernel side of it: a ring per worker thread, the buffers the
 //! kernel writes requests into, and its two commands (register a buffer, commit a reply and
 //! fetch the next request). Everything that touches raw memory or the submission queue is here;
-//! request parsing and dispatch are safe code in [`crate::ring`].
+//! request parsing and dispatch are safe code in [`crate::transport`].
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
@@ -275,10 +275,27 @@ pub fn backing_open(dev: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> SysResult<u32> {
     super::check(r).map(|id| id as u32)
 }
 
+/// A new `/dev/fuse` fd attached to the connection of `dev` (FUSE_DEV_IOC_CLONE): requests
+/// read from it are answered on it, with their own processing list in the kernel, so
+/// readers on separate clones do not contend for one.
+pub fn dev_clone(dev: BorrowedFd<'_>) -> SysResult<OwnedFd> {
+    let fd = super::open_path(
+        std::path::Path::new("/dev/fuse"),
+        libc::O_RDWR | libc::O_CLOEXEC,
+    )?;
+    // _IOR(229, 0, uint32_t)
+    const CLONE: libc::c_ulong = 0x8004_e500;
+    let src = dev.as_raw_fd() as u32;
+    // SAFETY: the ioctl reads one u32 (the fd to clone) from a valid pointer.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), CLONE as _, &src as *const u32) };
+    super::check(r).map(|_| fd)
+}
+
 /// Drops a backing file registration (FUSE_DEV_IOC_BACKING_CLOSE).
 pub fn backing_close(dev: BorrowedFd<'_>, id: u32) -> SysResult<()> {
-    const BACKING_CLOSE: libc::c_ulong = 0x4004_e502; // _IOW(229, 2, uint32_t)
-                                                      // SAFETY: the ioctl reads one u32 from a valid pointer.
+    // _IOW(229, 2, uint32_t)
+    const BACKING_CLOSE: libc::c_ulong = 0x4004_e502;
+    // SAFETY: the ioctl reads one u32 from a valid pointer.
     let r = unsafe { libc::ioctl(dev.as_raw_fd(), BACKING_CLOSE as _, &id as *const u32) };
     super::check(r).map(drop)
 }

@@ -128,6 +128,12 @@ impl<'a> Reply<'a> {
         self.out.body.extend_from_slice(&v.to_ne_bytes());
     }
 
+    /// `fuse_write_out` / `fuse_getxattr_out`: a size and padding.
+    fn put_size(&mut self, size: u32) {
+        self.put32(size);
+        self.put32(0);
+    }
+
     fn put64(&mut self, v: u64) {
         self.out.body.extend_from_slice(&v.to_ne_bytes());
     }
@@ -319,8 +325,7 @@ impl CreateOut for Reply<'_> {
 impl WriteOut for Reply<'_> {
     fn written(mut self, size: u32) {
         if self.begin() {
-            self.put32(size);
-            self.put32(0);
+            self.put_size(size);
         }
     }
     reply_error!();
@@ -355,8 +360,7 @@ impl StatfsOut for Reply<'_> {
 impl XattrOut for Reply<'_> {
     fn size(mut self, size: u32) {
         if self.begin() {
-            self.put32(size);
-            self.put32(0);
+            self.put_size(size);
         }
     }
     fn data(mut self, data: &[u8]) {
