@@ -179,6 +179,39 @@ fn s21_copy_up_keeps_metadata_xattrs_and_special_files() {
 }
 
 #[test]
+fn removing_an_xattr_a_lower_file_lacks_copies_nothing_up() {
+    // As kernel overlayfs: ENODATA, and the upper stays without the file (a copy-up there
+    // would also split the file from its lower hard links: fuzz seed 11072).
+    let stack = Stack::new().lower([
+        file("d/f", "data").xattr("user.color", "blue"),
+        hardlink("d/g", "d/f"),
+    ]);
+    let Some(mut u) = Union::mount(stack) else {
+        return;
+    };
+    assert_errno(
+        lremovexattr(&u.m("d/f"), "user.none"),
+        libc::ENODATA,
+        "missing name",
+    );
+    assert!(
+        !u.u("d").exists(),
+        "removexattr of a missing name copied d/f up"
+    );
+    assert_eq!(u.stat("d/g").nlink(), 2);
+    // A name the file has is a change: copied up (with its hard link), removed there.
+    lremovexattr(&u.m("d/f"), "user.color").unwrap();
+    assert!(u.u("d/f").exists());
+    assert_errno(
+        lgetxattr(&u.m("d/g"), "user.color"),
+        libc::ENODATA,
+        "other name",
+    );
+    assert_eq!(lgetxattr(&u.l(0, "d/f"), "user.color").unwrap(), b"blue");
+    u.check_upper_is_layer_diff();
+}
+
+#[test]
 fn s22_copy_up_creates_ancestors_with_their_metadata() {
     let stack = Stack::new().lower([
         dir("a")

@@ -1639,7 +1639,18 @@ impl UnionFs {
 
     pub(crate) fn removexattr(&self, ino: INodeNo, name: &OsStr, reply: impl EmptyOut) {
         self.stack.stats.count("removexattr");
-        let r = self.change_xattr(ino.0, name, |at, c| sys::removexattr(at, c));
+        let r = (|| {
+            let n = name_bytes(name);
+            if !whiteout::is_internal_xattr(n) {
+                // Removing a name the file does not have changes nothing: no copy-up (the
+                // upper would carry a needless entry, split from its lower hard links).
+                let c = CString::new(n).map_err(|_| Errno::EINVAL)?;
+                if read_xattr(&self.xattr_target(ino.0)?, &c) == Err(Errno::ENODATA) {
+                    return Err(Errno::ENODATA);
+                }
+            }
+            self.change_xattr(ino.0, name, |at, c| sys::removexattr(at, c))
+        })();
         empty_reply(reply, r)
     }
 
