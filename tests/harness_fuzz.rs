@@ -88,14 +88,15 @@ fn check_seeds_on(
 
 /// Seeds that found real bugs at 300 ops (set-id writer beside a passthrough reader: EIO;
 /// rename of a lower hard link leaving stale directory nodes; a reader's RELEASE still in
-/// flight; a new directory given the node id of a removed one still open): fixed, they must
-/// agree. (The last two failed only in some runs.)
+/// flight; a new directory given the node id of a removed one still open; removexattr of a
+/// missing name copying a lower hard link up): fixed, they must agree. (4274 and 5366 failed
+/// only in some runs.)
 #[test]
 fn seeds_that_found_bugs_agree_with_kernel() {
     if !can_run("unionfs") || !can_run("kernel") {
         return;
     }
-    for seed in [1188, 1380, 2158, 4274, 5366] {
+    for seed in [1188, 1380, 2158, 4274, 5366, 11072] {
         match run_pair(&generate(seed, 300), "unionfs", "kernel", 10) {
             DiffOutcome::Same | DiffOutcome::Stopped(_) => {}
             DiffOutcome::Diverged(d) => panic!(
@@ -109,8 +110,9 @@ fn seeds_that_found_bugs_agree_with_kernel() {
 
 /// Where unionfs differs from the kernel by design, the run stops there and says why instead
 /// of failing: an fd opened before its file was copied up (seed 1967; 5123 after a rename),
-/// and the kernel's whiteout that hides nothing, which its rm -rf cannot remove (seed 2560)
-/// and the mv fallback of its EXDEV cannot copy (seed 5720).
+/// or linked to since (10853), and the kernel's whiteout that hides nothing, which its rm -rf
+/// (seed 2560) and rmdir (10102) cannot remove and the mv fallback of its EXDEV cannot copy
+/// (seed 5720).
 #[test]
 fn documented_differences_stop_the_run_with_the_reason() {
     if !can_run("unionfs") || !can_run("kernel") {
@@ -121,6 +123,8 @@ fn documented_differences_stop_the_run_with_the_reason() {
         (5123, "was opened before"),
         (2560, "hides nothing"),
         (5720, "hides nothing"),
+        (10102, "hides nothing"),
+        (10853, "opened before"),
     ] {
         match run_pair(&generate(seed, 300), "unionfs", "kernel", 10) {
             DiffOutcome::Stopped(m) => assert!(m.contains(why), "seed {seed}: {m}"),
