@@ -240,9 +240,9 @@ impl Prepared {
         if let Err(q) = ring.wait_settled(std::time::Duration::from_secs(5)) {
             let _ = sys::umount_lazy(&self.mountpoint);
             return Err(Error::new(format!(
-                "FUSE over io_uring: no ring entry could be registered for CPU queue {q} \
-                 (the daemon log says why; often RLIMIT_MEMLOCK), and the kernel holds every \
-                 request until each queue has one: mount with -o uring=off"
+                "FUSE over io_uring: no ring entry could be registered for CPU queue {q} (run \
+                 with -d to see why), and the kernel holds every request until each queue \
+                 has one: mount with -o uring=off"
             )));
         }
         let readers = crate::transport::dev::start(&fs, &dev, cfg.worker_threads());

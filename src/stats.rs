@@ -60,72 +60,7 @@ pub struct Stats {
     /// Requests served over io_uring (the rest came through `/dev/fuse`).
     pub ring_requests: AtomicU64,
     /// How the io_uring workers' registration went.
-    pub ring: RingStart,
-}
-
-/// The io_uring workers' registration, queue by queue. Once one entry is registered the kernel
-/// holds every request back until each CPU's queue has one, so a queue left without any would
-/// hang the mount: the mount checks this before it is reported live.
-#[derive(Debug, Default)]
-pub struct RingStart {
-    /// Set once the kernel has processed our INIT reply: it refuses registrations before.
-    go: AtomicBool,
-    /// Per queue: (workers settled, entries the kernel took).
-    queues: parking_lot::Mutex<Vec<(usize, usize)>>,
-    workers_per_queue: AtomicU64,
-}
-
-impl RingStart {
-    /// Expects `per_queue` workers for each of `queues` queues.
-    pub fn expect(&self, queues: usize, per_queue: usize) {
-        *self.queues.lock() = vec![(0, 0); queues];
-        self.workers_per_queue
-            .store(per_queue as u64, Ordering::Relaxed);
-    }
-
-    /// Lets the workers register (the INIT reply is in).
-    pub fn go(&self) {
-        self.go.store(true, Ordering::Release);
-    }
-
-    /// Waits (at most `limit`) for [`RingStart::go`].
-    pub fn wait_go(&self, limit: std::time::Duration) {
-        let deadline = std::time::Instant::now() + limit;
-        while !self.go.load(Ordering::Acquire) && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-    }
-
-    /// A worker of queue `qid` is done registering; `taken`: the kernel has its entry.
-    pub fn settled(&self, qid: usize, taken: bool) {
-        if let Some(q) = self.queues.lock().get_mut(qid) {
-            q.0 += 1;
-            q.1 += usize::from(taken);
-        }
-    }
-
-    /// Waits (at most `limit`) until every worker has registered or given up. Then `Err(q)`
-    /// names a queue left without an entry while others have one (the kernel would hold
-    /// every request back for good).
-    pub fn wait_settled(&self, limit: std::time::Duration) -> Result<(), usize> {
-        let per = self.workers_per_queue.load(Ordering::Relaxed) as usize;
-        let deadline = std::time::Instant::now() + limit;
-        while self.queues.lock().iter().any(|q| q.0 < per) && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        let queues = self.queues.lock();
-        if queues.iter().all(|q| q.1 == 0) {
-            return Ok(());
-        }
-        queues.iter().position(|q| q.1 == 0).map_or(Ok(()), Err)
-    }
-
-    /// (entries taken, workers started).
-    pub fn entries(&self) -> (usize, usize) {
-        let queues = self.queues.lock();
-        let per = self.workers_per_queue.load(Ordering::Relaxed) as usize;
-        (queues.iter().map(|q| q.1).sum(), queues.len() * per)
-    }
+    pub ring: crate::transport::ring::RingStart,
 }
 
 impl Default for Stats {
@@ -139,7 +74,7 @@ impl Default for Stats {
             open_handles: AtomicU64::new(0),
             inodes: AtomicU64::new(1),
             ring_requests: AtomicU64::new(0),
-            ring: RingStart::default(),
+            ring: Default::default(),
         }
     }
 }

@@ -15,9 +15,9 @@ use fuser::INodeNo;
 use log::{error, warn};
 
 use super::op_code as o;
-use super::wire::{Args, Out, Reply};
-use super::{dispatch, PAYLOAD_LEN};
-use crate::fs::{Caller, UnionFs};
+use super::wire::{Args, Out};
+use super::PAYLOAD_LEN;
+use crate::fs::UnionFs;
 use crate::sys::{self, Errno};
 
 /// `fuse_in_header`: len, opcode, unique, nodeid, uid, gid, pid, total_extlen, padding.
@@ -111,31 +111,8 @@ fn reader(fs: &UnionFs, fd: &OwnedFd, dev: &Arc<OwnedFd>) {
             o::INTERRUPT => continue,
             _ => {}
         }
-        let caller = Caller {
-            uid: h.u32(24),
-            gid: h.u32(28),
-            pid: h.u32(32),
-        };
         let payload = body.get(fixed_arg_len(opcode)..).unwrap_or_default();
-        out.reset(PAYLOAD_LEN);
-        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let reply = Reply::new(&mut out, dev);
-            dispatch(
-                fs,
-                opcode,
-                INodeNo(nodeid),
-                &caller,
-                &Args::new(body),
-                payload,
-                reply,
-            )
-        }));
-        if ran.is_err() {
-            // A bug costs this request, not the reader (see `ring::worker`).
-            error!("/dev/fuse: opcode {opcode}'s operation panicked; answered EIO");
-            out.reset(0);
-            out.error = -libc::EIO;
-        }
+        super::serve(fs, dev, &req[..IN_HEADER], body, payload, &mut out);
         let body = if out.error == 0 { &out.body[..] } else { &[] };
         match sys::write2(fd.as_fd(), &out.header(unique), body) {
             // ENOENT: the caller was interrupted and the kernel no longer waits for this.

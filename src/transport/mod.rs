@@ -11,14 +11,110 @@ pub mod wire;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
 use fuser::{FileHandle, INodeNo, OpenFlags, RenameFlags, TimeOrNow};
 
 use crate::fs::{Caller, UnionFs};
-use wire::{take_name, Args, Reply};
+use wire::{take_name, Args, Out, Reply};
 
 /// Largest request or reply payload: the max_write and readahead we negotiate, plus a page
 /// (the kernel refuses buffers smaller than what it may send).
 const PAYLOAD_LEN: usize = crate::fs::MAX_WRITE as usize + 4096;
+
+/// Runs one request, whichever transport brought it: `header` is its `fuse_in_header`, `op`
+/// its fixed argument, `payload` the names or data after it. The answer is left in `out`. A
+/// panic in the operation costs this request (EIO), not the serving thread: a dead thread
+/// would leave its requests, or its CPU's ring queue, unanswered and the mount wedged.
+fn serve(
+    fs: &UnionFs,
+    dev: &Arc<OwnedFd>,
+    header: &[u8],
+    op: &[u8],
+    payload: &[u8],
+    out: &mut Out,
+) {
+    let h = Args::new(header);
+    let (opcode, nodeid) = (h.u32(4), h.u64(16));
+    let caller = Caller {
+        uid: h.u32(24),
+        gid: h.u32(28),
+        pid: h.u32(32),
+    };
+    out.reset(PAYLOAD_LEN);
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let reply = Reply::new(out, dev);
+        dispatch(
+            fs,
+            opcode,
+            INodeNo(nodeid),
+            &caller,
+            &Args::new(op),
+            payload,
+            reply,
+        )
+    }));
+    if ran.is_err() {
+        log::error!("{}: the operation panicked; answered EIO", op_name(opcode));
+        out.reset(0);
+        out.error = -libc::EIO;
+    }
+    if log::log_enabled!(log::Level::Debug) {
+        let result = match out.error {
+            0 => "ok".to_string(),
+            e => crate::sys::Errno::from_raw(-e).to_string(),
+        };
+        log::debug!(
+            "{} node {nodeid} by uid {} pid {}: {result}",
+            op_name(opcode),
+            caller.uid,
+            caller.pid
+        );
+    }
+}
+
+/// A request's name for the log.
+fn op_name(opcode: u32) -> String {
+    use op_code as o;
+    let name = match opcode {
+        o::LOOKUP => "LOOKUP",
+        o::FORGET => "FORGET",
+        o::GETATTR => "GETATTR",
+        o::SETATTR => "SETATTR",
+        o::READLINK => "READLINK",
+        o::SYMLINK => "SYMLINK",
+        o::MKNOD => "MKNOD",
+        o::MKDIR => "MKDIR",
+        o::UNLINK => "UNLINK",
+        o::RMDIR => "RMDIR",
+        o::RENAME | o::RENAME2 => "RENAME",
+        o::LINK => "LINK",
+        o::OPEN => "OPEN",
+        o::READ => "READ",
+        o::WRITE => "WRITE",
+        o::STATFS => "STATFS",
+        o::RELEASE => "RELEASE",
+        o::FSYNC => "FSYNC",
+        o::SETXATTR => "SETXATTR",
+        o::GETXATTR => "GETXATTR",
+        o::LISTXATTR => "LISTXATTR",
+        o::REMOVEXATTR => "REMOVEXATTR",
+        o::FLUSH => "FLUSH",
+        o::OPENDIR => "OPENDIR",
+        o::READDIR => "READDIR",
+        o::RELEASEDIR => "RELEASEDIR",
+        o::FSYNCDIR => "FSYNCDIR",
+        o::CREATE => "CREATE",
+        o::DESTROY => "DESTROY",
+        o::FALLOCATE => "FALLOCATE",
+        o::READDIRPLUS => "READDIRPLUS",
+        o::LSEEK => "LSEEK",
+        o::COPY_FILE_RANGE => "COPY_FILE_RANGE",
+        _ => return format!("opcode {opcode}"),
+    };
+    name.to_string()
+}
 
 /// `fuse_opcode` values the transports serve.
 mod op_code {
@@ -98,7 +194,7 @@ fn when(valid: u32, set: u32, now: u32, secs: u64, nsecs: u32) -> Option<TimeOrN
 
 /// One request to one operation. Layouts are the kernel's `fuse_*_in` structs; `op` holds the
 /// fixed argument, `payload` what follows it (names, data).
-pub(crate) fn dispatch(
+fn dispatch(
     fs: &UnionFs,
     opcode: u32,
     nodeid: INodeNo,

@@ -12,16 +12,15 @@
 //! `/dev/fuse` (see `dev`).
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fuser::INodeNo;
 use log::{debug, info, warn};
 
-use super::wire::{Args, Out, Reply};
-use super::{dispatch, PAYLOAD_LEN};
-use crate::fs::{Caller, UnionFs};
+use super::wire::{Args, Out};
+use super::PAYLOAD_LEN;
+use crate::fs::UnionFs;
 use crate::sys::uring::{self, Event, Queue, ENT_IN_OUT, OP_IN};
 use crate::sys::{Errno, SysResult};
 
@@ -134,16 +133,7 @@ fn worker(fs: &UnionFs, dev: &Arc<OwnedFd>, qid: usize, hand_over: bool) {
         let h = Args::new(q.header());
         // fuse_in_header.unique; fuse_uring_ent_in_out.commit_id names the entry to commit.
         let (unique, commit_id) = (h.u64(8), h.u64(ENT_IN_OUT + 8));
-        // A panic costs the one request (EIO), not the worker: a queue whose workers all
-        // died would leave its CPU's callers waiting for good.
-        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            serve(fs, dev, &q, &mut out)
-        }));
-        if ran.is_err() {
-            log::error!("io_uring queue {qid}: a request's operation panicked; answered EIO");
-            out.reset(0);
-            out.error = -libc::EIO;
-        }
+        serve(fs, dev, &q, &mut out);
         served += 1;
         fs.stack()
             .stats
@@ -206,20 +196,76 @@ pub(crate) fn can_hand_over() -> bool {
         .is_ok_and(|r| r.is_ok())
 }
 
-/// Decodes the request in `q`'s buffers and runs the operation, leaving the answer in `out`.
+/// Runs the request in `q`'s buffers, leaving the answer in `out`: the ring hands the fixed
+/// argument over apart from the payload.
 fn serve(fs: &UnionFs, dev: &Arc<OwnedFd>, q: &Queue, out: &mut Out) {
     let header = q.header();
-    let h = Args::new(header);
-    let opcode = h.u32(4);
-    let nodeid = INodeNo(h.u64(16));
-    let caller = Caller {
-        uid: h.u32(24),
-        gid: h.u32(28),
-        pid: h.u32(32),
-    };
-    let op = Args::new(&header[OP_IN..ENT_IN_OUT]);
-    let payload = q.payload(h.u32(ENT_IN_OUT + 16) as usize);
-    out.reset(PAYLOAD_LEN);
-    let reply = Reply::new(out, dev);
-    dispatch(fs, opcode, nodeid, &caller, &op, payload, reply);
+    let len = Args::new(header).u32(ENT_IN_OUT + 16) as usize;
+    let op = &header[OP_IN..ENT_IN_OUT];
+    super::serve(fs, dev, header, op, q.payload(len), out);
+}
+
+/// The io_uring workers' registration, queue by queue. Once one entry is registered the kernel
+/// holds every request back until each CPU's queue has one, so a queue left without any would
+/// hang the mount: the mount checks this before it is reported live.
+#[derive(Debug, Default)]
+pub struct RingStart {
+    /// Set once the kernel has processed our INIT reply: it refuses registrations before.
+    go: AtomicBool,
+    /// Per queue: (workers settled, entries the kernel took).
+    queues: parking_lot::Mutex<Vec<(usize, usize)>>,
+    workers_per_queue: AtomicU64,
+}
+
+impl RingStart {
+    /// Expects `per_queue` workers for each of `queues` queues.
+    pub fn expect(&self, queues: usize, per_queue: usize) {
+        *self.queues.lock() = vec![(0, 0); queues];
+        self.workers_per_queue
+            .store(per_queue as u64, Ordering::Relaxed);
+    }
+
+    /// Lets the workers register (the INIT reply is in).
+    pub fn go(&self) {
+        self.go.store(true, Ordering::Release);
+    }
+
+    /// Waits (at most `limit`) for [`RingStart::go`].
+    pub fn wait_go(&self, limit: std::time::Duration) {
+        let deadline = std::time::Instant::now() + limit;
+        while !self.go.load(Ordering::Acquire) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    /// A worker of queue `qid` is done registering; `taken`: the kernel has its entry.
+    pub fn settled(&self, qid: usize, taken: bool) {
+        if let Some(q) = self.queues.lock().get_mut(qid) {
+            q.0 += 1;
+            q.1 += usize::from(taken);
+        }
+    }
+
+    /// Waits (at most `limit`) until every worker has registered or given up. Then `Err(q)`
+    /// names a queue left without an entry while others have one (the kernel would hold
+    /// every request back for good).
+    pub fn wait_settled(&self, limit: std::time::Duration) -> Result<(), usize> {
+        let per = self.workers_per_queue.load(Ordering::Relaxed) as usize;
+        let deadline = std::time::Instant::now() + limit;
+        while self.queues.lock().iter().any(|q| q.0 < per) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let queues = self.queues.lock();
+        if queues.iter().all(|q| q.1 == 0) {
+            return Ok(());
+        }
+        queues.iter().position(|q| q.1 == 0).map_or(Ok(()), Err)
+    }
+
+    /// (entries taken, workers started).
+    pub fn entries(&self) -> (usize, usize) {
+        let queues = self.queues.lock();
+        let per = self.workers_per_queue.load(Ordering::Relaxed) as usize;
+        (queues.iter().map(|q| q.1).sum(), queues.len() * per)
+    }
 }
