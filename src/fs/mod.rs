@@ -389,12 +389,11 @@ impl UnionFs {
         }
         let (parent, name) = self.inodes.primary(node.ino)?;
         let prel = self.inodes.rel_path(parent)?;
-        ops::copy_up(&self.stack, &prel, &name, c.layer, node.is_dir(), data)?;
+        let joined = ops::copy_up(&self.stack, &prel, &name, c.layer, node.is_dir(), data)?;
         self.inodes.mark_upper_chain(node.ino);
-        if !node.is_dir() && self.linked_elsewhere(&join(&prel, &name)) {
+        if joined {
             // Its other names got upper links too, maybe in directories new to the upper:
-            // every node re-resolves its layers on next use. (The index entry is gone when
-            // every name was linked, so the upper link count is what tells.)
+            // every node re-resolves its layers on next use.
             self.inodes.bump_epoch();
         }
         Ok(())
@@ -410,18 +409,10 @@ impl UnionFs {
         }
     }
 
-    /// Whether bringing the non-directory `f` into the upper also linked its other names there
-    /// (a lower file with several names), so that nodes resolved before may be stale.
+    /// Whether bringing `f` into the upper also linked its other names there (the rule of
+    /// `copyup::joins_links`), so that nodes resolved before may be stale.
     fn links_joined(&self, f: &Found) -> bool {
-        !f.is_dir() && !self.stack.is_upper(f.layer) && f.st.st_nlink > 1
-    }
-
-    /// Whether the upper file at `rel` has other names (or an index link) besides `rel`.
-    fn linked_elsewhere(&self, rel: &[u8]) -> bool {
-        self.stack
-            .open_rel(0, rel, libc::O_PATH | libc::O_NOFOLLOW)
-            .and_then(|fd| sys::fstat(fd.as_fd()))
-            .is_ok_and(|st| st.st_nlink > 1)
+        !self.stack.is_upper(f.layer) && crate::layer::copyup::joins_links(&f.st)
     }
 
     /// mknod, mkdir and symlink: create, then answer with the new entry.

@@ -291,29 +291,31 @@ pub enum CopyData {
 }
 
 /// Copies up the non-directory `name` of directory `parent_rel` from layer `src_layer`.
+/// True when that also linked the file's other names into the upper (see `joins_links`).
 pub fn copy_up_entry(
     stack: &Stack,
     parent_rel: &[u8],
     name: &[u8],
     src_layer: LayerIdx,
     data: CopyData,
-) -> SysResult<()> {
+) -> SysResult<bool> {
     let cname = CString::new(name).map_err(|_| Errno::EINVAL)?;
     let upper_parent = ensure_upper_dir(stack, parent_rel)?;
     if sys::fstatat(upper_parent.as_fd(), &cname).is_ok() {
-        return Ok(()); // already there (another thread or an earlier call)
+        return Ok(false); // already there (another thread or an earlier call)
     }
     let src_dir = stack.open_rel(src_layer, parent_rel, libc::O_PATH | libc::O_DIRECTORY)?;
     let st = sys::fstatat(src_dir.as_fd(), &cname)?;
     let kind = st.st_mode & libc::S_IFMT;
-    if kind != libc::S_IFDIR && st.st_nlink > 1 {
+    let joined = joins_links(&st);
+    if joined {
         let ino = stack.union_ino(st.st_dev, st.st_ino);
         if stack.is_indexed(ino) {
-            return link_from_index(stack, upper_parent.as_fd(), &cname, ino);
+            return link_from_index(stack, upper_parent.as_fd(), &cname, ino).map(|()| joined);
         }
     }
     if kind == libc::S_IFDIR {
-        return copy_up_dir(stack, upper_parent.as_fd(), parent_rel, &cname);
+        return copy_up_dir(stack, upper_parent.as_fd(), parent_rel, &cname).map(|()| false);
     }
     let src_at = sys::At::new(src_dir.as_fd(), &cname);
     let origin = stack.entry_ino(src_layer, src_at, &st);
@@ -397,7 +399,8 @@ pub fn copy_up_entry(
             }
             Err(Errno::EEXIST) => {
                 let _ = sys::unlinkat(work, &stage, false);
-                return link_from_index(stack, upper_parent.as_fd(), &cname, origin);
+                return link_from_index(stack, upper_parent.as_fd(), &cname, origin)
+                    .map(|()| joined);
             }
             Err(e) => {
                 let _ = sys::unlinkat(work, &stage, false);
@@ -423,7 +426,14 @@ pub fn copy_up_entry(
             }
         }
     }
-    Ok(())
+    Ok(joined)
+}
+
+/// Whether copying up a lower entry with stat `st` links its other names too: a file (not a
+/// directory) with more than one name keeps all of them on one upper inode (the index). Nodes
+/// resolved before such a copy-up may then be stale.
+pub fn joins_links(st: &libc::stat) -> bool {
+    st.st_mode & libc::S_IFMT != libc::S_IFDIR && st.st_nlink > 1
 }
 
 /// Gives every other visible name of a copied-up lower file its link to the upper copy, so

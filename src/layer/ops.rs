@@ -280,15 +280,15 @@ pub fn copy_up(
     layer: crate::layer::LayerIdx,
     is_dir: bool,
     data: CopyData,
-) -> SysResult<()> {
+) -> SysResult<bool> {
     if stack.is_upper(layer) {
-        return Ok(());
+        return Ok(false);
     }
     if !stack.has_upper {
         return Err(Errno::EROFS);
     }
     if is_dir {
-        copyup::ensure_upper_dir(stack, &join(parent_rel, name)).map(drop)
+        copyup::ensure_upper_dir(stack, &join(parent_rel, name)).map(|_| false)
     } else {
         copyup::copy_up_entry(stack, parent_rel, name, layer, data)
     }
@@ -403,7 +403,7 @@ fn bring_up(stack: &Stack, parent_rel: &[u8], name: &[u8], f: &Found) -> SysResu
         }
         Ok(())
     } else {
-        copy_up(stack, parent_rel, name, f.layer, false, CopyData::MetaOnly)
+        copy_up(stack, parent_rel, name, f.layer, false, CopyData::MetaOnly).map(drop)
     }
 }
 
