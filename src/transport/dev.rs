@@ -82,7 +82,11 @@ fn reader(fs: &UnionFs, fd: &OwnedFd, dev: &Arc<OwnedFd>) {
             }
         };
         let req = &buf[..n];
-        let h = Args::new(req);
+        let Some(header) = req.get(..IN_HEADER) else {
+            warn!("/dev/fuse: a {n}-byte read is shorter than a request header; skipped");
+            continue;
+        };
+        let h = Args::new(header);
         let (opcode, unique, nodeid) = (h.u32(4), h.u64(8), h.u64(16));
         let body = req.get(IN_HEADER..).unwrap_or_default();
         match opcode {
@@ -112,7 +116,7 @@ fn reader(fs: &UnionFs, fd: &OwnedFd, dev: &Arc<OwnedFd>) {
             _ => {}
         }
         let payload = body.get(fixed_arg_len(opcode)..).unwrap_or_default();
-        super::serve(fs, dev, &req[..IN_HEADER], body, payload, &mut out);
+        super::serve(fs, dev, header, body, payload, &mut out);
         let body = if out.error == 0 { &out.body[..] } else { &[] };
         match sys::write2(fd.as_fd(), &out.header(unique), body) {
             // ENOENT: the caller was interrupted and the kernel no longer waits for this.
