@@ -1280,8 +1280,7 @@ impl UnionFs {
             _ => Ok((fh, fl, b)),
         });
         match r {
-            Ok((fh, f, Some(b))) => reply.opened_passthrough(FileHandle(fh), f, &b),
-            Ok((fh, f, None)) => reply.opened(FileHandle(fh), f),
+            Ok((fh, f, b)) => reply.opened(FileHandle(fh), f, b.as_deref()),
             Err(e) => reply.error(fe(e)),
         }
     }
@@ -1402,7 +1401,7 @@ impl UnionFs {
                 self.handles.dirs.insert(fh, Arc::new(OpenDir::default()));
                 // The kernel may cache listings: every change to a directory passes through it.
                 let flags = FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE;
-                reply.opened(FileHandle(fh), flags);
+                reply.opened(FileHandle(fh), flags, None);
             }
             Ok(_) => reply.error(fuser::Errno::ENOTDIR),
             Err(e) => reply.error(fe(e)),
@@ -1676,10 +1675,7 @@ impl UnionFs {
                 let (fh, fl, backing) =
                     self.new_handle(&node, fd, writable, true, req.lacks_fsetid(), &register);
                 let (ttl, fh) = (&self.opts.ttl, FileHandle(fh));
-                match backing {
-                    Some(b) => reply.created_passthrough(ttl, &a, Generation(0), fh, fl, &b),
-                    None => reply.created(ttl, &a, Generation(0), fh, fl),
-                }
+                reply.created(ttl, &a, Generation(0), fh, fl, backing.as_deref());
             }
             Ok((_, None)) => reply.error(fuser::Errno::EIO),
             Err(e) => reply.error(fe(e)),

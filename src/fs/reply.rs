@@ -79,10 +79,9 @@ pub trait EmptyOut {
 pub trait OpenOut {
     /// Registers a passthrough backing file for this open.
     fn open_backing(&self, fd: &OwnedFd) -> std::io::Result<Backing>;
-    /// Opened, I/O through the daemon or the page cache.
-    fn opened(self, fh: FileHandle, flags: FopenFlags);
-    /// Opened, I/O passed through to `backing`.
-    fn opened_passthrough(self, fh: FileHandle, flags: FopenFlags, backing: &Backing);
+    /// Opened: I/O passed through to `backing` when given, else through the daemon or the
+    /// page cache.
+    fn opened(self, fh: FileHandle, flags: FopenFlags, backing: Option<&Backing>);
     /// Failure.
     fn error(self, err: Errno);
 }
@@ -91,7 +90,8 @@ pub trait OpenOut {
 pub trait CreateOut {
     /// Registers a passthrough backing file for the new open.
     fn open_backing(&self, fd: &OwnedFd) -> std::io::Result<Backing>;
-    /// Created and opened.
+    /// Created and opened, with passthrough I/O to `backing` when given.
+    #[allow(clippy::too_many_arguments)]
     fn created(
         self,
         ttl: &Duration,
@@ -99,17 +99,7 @@ pub trait CreateOut {
         generation: Generation,
         fh: FileHandle,
         flags: FopenFlags,
-    );
-    /// Created and opened with passthrough I/O.
-    #[allow(clippy::too_many_arguments)]
-    fn created_passthrough(
-        self,
-        ttl: &Duration,
-        attr: &FileAttr,
-        generation: Generation,
-        fh: FileHandle,
-        flags: FopenFlags,
-        backing: &Backing,
+        backing: Option<&Backing>,
     );
     /// Failure.
     fn error(self, err: Errno);

@@ -275,14 +275,9 @@ impl OpenOut for Reply<'_> {
     fn open_backing(&self, fd: &OwnedFd) -> std::io::Result<Backing> {
         Backing::register(self.dev, fd)
     }
-    fn opened(mut self, fh: FileHandle, flags: FopenFlags) {
+    fn opened(mut self, fh: FileHandle, flags: FopenFlags, backing: Option<&Backing>) {
         if self.begin() {
-            self.put_open(fh, flags, None);
-        }
-    }
-    fn opened_passthrough(mut self, fh: FileHandle, flags: FopenFlags, backing: &Backing) {
-        if self.begin() {
-            self.put_open(fh, flags, Some(backing.id));
+            self.put_open(fh, flags, backing.map(|b| b.id));
         }
     }
     reply_error!();
@@ -299,24 +294,11 @@ impl CreateOut for Reply<'_> {
         generation: Generation,
         fh: FileHandle,
         flags: FopenFlags,
+        backing: Option<&Backing>,
     ) {
         if self.begin() {
             self.put_entry(ttl, attr, generation);
-            self.put_open(fh, flags, None);
-        }
-    }
-    fn created_passthrough(
-        mut self,
-        ttl: &Duration,
-        attr: &FileAttr,
-        generation: Generation,
-        fh: FileHandle,
-        flags: FopenFlags,
-        backing: &Backing,
-    ) {
-        if self.begin() {
-            self.put_entry(ttl, attr, generation);
-            self.put_open(fh, flags, Some(backing.id));
+            self.put_open(fh, flags, backing.map(|b| b.id));
         }
     }
     reply_error!();
