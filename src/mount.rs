@@ -210,14 +210,9 @@ impl Prepared {
                 passthrough: cfg.passthrough,
             },
         ));
-        let mut config = fuser::Config::default();
-        config.n_threads = Some(cfg.worker_threads());
-        config.clone_fd = true;
-        let acl = if cfg.allow_other {
-            SessionACL::All
-        } else {
-            SessionACL::Owner
-        };
+        // fuser runs no session loop here (see below), so its thread and access settings do
+        // nothing: who may use the mount is the kernel's check (`allow_other` in the data).
+        let (config, acl) = (fuser::Config::default(), SessionACL::All);
         let notifier_slot = fs.notifier_slot();
         // Our transports read and answer the device themselves; fuser only does FUSE_INIT.
         let dev = fuse

@@ -98,8 +98,6 @@ fn view_of(i: &Instance) -> Result<view::Tree, String> {
     Ok(v)
 }
 
-/// Removes from the kernel's answer to a `readdir` step the whiteouts it lists but lookup does
-/// not find (the quirk [`view_of`] leaves out of views).
 /// Documented (README, the harness's fuzz results): a file whose link count before a rotation
 /// counted names the view does not show (a lower hard link shadowed by a higher layer, or
 /// whited out) has only its visible names in the layer diff, so the rotation lowers the count.
@@ -118,6 +116,16 @@ fn hidden_links(pre: &view::Tree, x: &view::Difference) -> Option<String> {
             x.path
         )
     })
+}
+
+/// Removes from the kernel's answer to a `readdir` step the whiteouts it lists but lookup does
+/// not find (the quirk [`view_of`] leaves out of views).
+/// Whether `inst`'s view lists, below directory `p`, a whiteout that hides nothing (a kernel
+/// "ghost", see [`view_of`]): such a tree cannot be removed or copied by the kernel.
+fn ghost_under(inst: &Instance, p: &str) -> bool {
+    let under = format!("{p}/");
+    inst.view()
+        .is_ok_and(|v| v.ghosts.iter().any(|g| g.starts_with(&under)))
 }
 
 fn drop_ghosts(i: &Instance, st: &Step, data: &mut Option<String>) {
@@ -268,8 +276,7 @@ fn pair(
                 if inst.name() != "kernel" || !r.starts_with("ENOTEMPTY") {
                     continue;
                 }
-                let under = format!("{path}/");
-                if inst.view()?.ghosts.iter().any(|g| g.starts_with(&under)) {
+                if ghost_under(inst, &path) {
                     return Ok(Some(stopped(
                         i,
                         st,
@@ -417,13 +424,9 @@ fn bridge_exdev(
             target.name()
         )));
     }
-    let ghost_under = |p: &str| {
-        let under = format!("{p}/");
-        target
-            .view()
-            .is_ok_and(|v| v.ghosts.iter().any(|g| g.starts_with(&under)))
-    };
-    if target.name() == "kernel" && (ghost_under(from) || (exchange && ghost_under(to))) {
+    if target.name() == "kernel"
+        && (ghost_under(target, from) || (exchange && ghost_under(target, to)))
+    {
         return Some(Err(format!(
             "kernel said EXDEV for renaming {from:?}, whose tree holds a whiteout that hides \
              nothing; the kernel lists it, so the mv fallback cannot copy the tree"

@@ -8,11 +8,10 @@ pub mod handshake;
 pub mod ring;
 pub mod wire;
 
-use std::path::Path;
-use std::time::{Duration, SystemTime};
-
 use std::os::fd::OwnedFd;
+use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use fuser::{FileHandle, INodeNo, OpenFlags, RenameFlags, TimeOrNow};
 

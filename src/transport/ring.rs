@@ -86,8 +86,9 @@ fn worker(fs: &UnionFs, dev: &Arc<OwnedFd>, qid: usize, hand_over: bool) {
         }
     };
     // The kernel accepts registrations only once it has processed our INIT reply, written
-    // after `init` returns; a refusal then may come back late (io_uring retries a command
-    // that answered EAGAIN from a worker thread), so that it would look registered.
+    // after `init` returns. Registering before would be refused, and a refusal may come back
+    // late (io_uring retries a command that answered EAGAIN from a worker thread), after the
+    // entry was counted as taken.
     stats.ring.wait_go(Duration::from_secs(10));
     let deadline = Instant::now() + Duration::from_secs(10);
     let first = loop {
@@ -111,6 +112,14 @@ fn worker(fs: &UnionFs, dev: &Arc<OwnedFd>, qid: usize, hand_over: bool) {
         match ev {
             Ok(Event::Request) => {}
             Ok(Event::Closed) => break,
+            // A registration refused late (io_uring retried it from a worker thread) counts
+            // as not yet accepted: try again, as for one refused at once.
+            Ok(Event::Failed(Errno::EAGAIN)) if served == 0 && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1));
+                let r = q.register();
+                ev = registered(&mut q, r);
+                continue;
+            }
             Ok(Event::Failed(e)) if served > 0 && refusals < 3 => {
                 refusals += 1;
                 warn!("io_uring queue {qid}: the kernel refused a reply: {e}; registering again");
@@ -119,10 +128,7 @@ fn worker(fs: &UnionFs, dev: &Arc<OwnedFd>, qid: usize, hand_over: bool) {
                 continue;
             }
             Ok(Event::Failed(e)) => {
-                warn!(
-                    "io_uring queue {qid}: the kernel refused the ring: {e}; this worker stops \
-                     (before the first request the kernel goes back to /dev/fuse by itself)"
-                );
+                warn!("io_uring queue {qid}: the kernel refused the ring: {e}; this worker stops");
                 break;
             }
             Err(e) => {
@@ -135,10 +141,7 @@ fn worker(fs: &UnionFs, dev: &Arc<OwnedFd>, qid: usize, hand_over: bool) {
         let (unique, commit_id) = (h.u64(8), h.u64(ENT_IN_OUT + 8));
         serve(fs, dev, &q, &mut out);
         served += 1;
-        fs.stack()
-            .stats
-            .ring_requests
-            .fetch_add(1, Ordering::Relaxed);
+        stats.ring_requests.fetch_add(1, Ordering::Relaxed);
         if !q.put_reply(&out.header(unique), &out.body) {
             out.reset(0);
             out.error = -libc::EIO;
