@@ -368,3 +368,81 @@ fn blob(layout: &Path, digest: &str) -> PathBuf {
         .join("blobs/sha256")
         .join(digest.trim_start_matches("sha256:"))
 }
+
+#[test]
+fn deletes_of_names_too_long_for_wh_files_export_as_wh_entries_and_import_back() {
+    if !fuse_available() {
+        return;
+    }
+    let t = Tmp::new("longwh");
+    let l = t.dir("l");
+    let (a, b) = ("a".repeat(255), "b".repeat(252));
+    fs::write(l.join(&a), "a").unwrap();
+    fs::create_dir_all(l.join("d")).unwrap();
+    fs::write(l.join("d").join(&b), "b").unwrap();
+    fs::write(l.join("keep"), "k").unwrap();
+    let (u, m) = (t.dir("u"), t.dir("m"));
+    {
+        let g = unionfs::MountConfig::new(vec![l.clone()], Some(u.clone()))
+            .mount(&m)
+            .unwrap();
+        fs::remove_file(m.join(&a)).unwrap();
+        fs::remove_file(m.join("d").join(&b)).unwrap();
+        drop(g);
+    }
+    // On disk: the kernel's form, since `.wh.` + 252 bytes does not fit NAME_MAX.
+    for p in [u.join(&a), u.join("d").join(&b)] {
+        let md = fs::symlink_metadata(&p).unwrap();
+        assert!(
+            std::os::unix::fs::FileTypeExt::is_char_device(&md.file_type()) && md.rdev() == 0,
+            "{p:?} is not a 0/0 char device"
+        );
+    }
+    let o = layer_tool(&["diff", u.to_str().unwrap(), "--lowers", l.to_str().unwrap()]);
+    assert!(o.status.success());
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.lines().any(|x| x == format!("D {a}")), "{out}");
+    assert!(out.lines().any(|x| x == format!("D d/{b}")), "{out}");
+    let tarball = t.0.join("layer.tar");
+    let o = layer_tool(&[
+        "export",
+        u.to_str().unwrap(),
+        "-o",
+        tarball.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // GNU tar reads the long `.wh.` names as plain empty files, as OCI tools expect.
+    let listing = Command::new("tar")
+        .arg("tvf")
+        .arg(&tarball)
+        .output()
+        .unwrap();
+    let names = String::from_utf8_lossy(&listing.stdout);
+    assert!(listing.status.success());
+    for want in [format!(" .wh.{a}"), format!(" d/.wh.{b}")] {
+        let line = names.lines().find(|x| x.ends_with(&want));
+        let line = line.unwrap_or_else(|| panic!("no {want} in\n{names}"));
+        assert!(line.starts_with('-'), "not a regular file entry: {line}");
+    }
+    assert!(
+        !names.contains(" c"),
+        "a device entry in the layer:\n{names}"
+    );
+    let imported = t.0.join("imported");
+    let o = layer_tool(&[
+        "import",
+        tarball.to_str().unwrap(),
+        imported.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let u2 = t.dir("u2");
+    let g = unionfs::MountConfig::new(vec![imported, l.clone()], Some(u2))
+        .mount(&m)
+        .unwrap();
+    assert!(fs::symlink_metadata(m.join(&a)).is_err());
+    assert!(fs::symlink_metadata(m.join("d").join(&b)).is_err());
+    assert_eq!(fs::read_to_string(m.join("keep")).unwrap(), "k");
+    assert_eq!(fs::read_dir(m.join("d")).unwrap().count(), 0);
+    drop(g);
+    assert_eq!(fs::read_to_string(l.join(&a)).unwrap(), "a");
+}

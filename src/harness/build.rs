@@ -155,8 +155,13 @@ fn build_entry(root: &Path, e: &Entry, format: Format) -> Result<(), String> {
             match format {
                 Format::Oci => {
                     let (parent, name) = split(&e.path);
-                    let w = root.join(parent).join(format!(".wh.{name}"));
-                    io(std::fs::write(&w, ""), "write whiteout", &w)?;
+                    if crate::layer::whiteout::has_file_form(name.as_bytes()) {
+                        let w = root.join(parent).join(format!(".wh.{name}"));
+                        io(std::fs::write(&w, ""), "write whiteout", &w)?;
+                    } else {
+                        // `.wh.NAME` would exceed NAME_MAX: the form unionfs writes too.
+                        mknod(&p, libc::S_IFCHR, [0, 0])?;
+                    }
                 }
                 Format::Kernel => mknod(&p, libc::S_IFCHR, [0, 0])?,
             }

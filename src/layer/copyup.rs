@@ -526,8 +526,12 @@ pub fn make_opaque(_stack: &Stack, upper_dir: BorrowedFd<'_>) -> SysResult<()> {
         Err(e) => return Err(e),
     }
     for e in sys::read_dir(upper_dir)? {
-        if whiteout::whited_out(&e.name).is_some() {
-            let c = CString::new(e.name).map_err(|_| Errno::EINVAL)?;
+        let c = CString::new(e.name).map_err(|_| Errno::EINVAL)?;
+        let dev_whiteout = || {
+            e.dtype == libc::DT_CHR
+                && sys::fstatat(upper_dir, &c).is_ok_and(|st| whiteout::is_chardev_whiteout(&st))
+        };
+        if whiteout::whited_out(c.to_bytes()).is_some() || dev_whiteout() {
             let _ = sys::unlinkat(upper_dir, &c, false);
         }
     }

@@ -58,27 +58,41 @@ pub struct Owner {
     pub umask: u32,
 }
 
+/// The `.wh.NAME` file name; only for names that have that form (`whiteout::has_file_form`).
 fn whiteout_name(name: &[u8]) -> SysResult<CString> {
-    let wh = whiteout::whiteout_for(name);
-    if wh.len() > 255 {
-        // `.wh.` plus the name does not fit in NAME_MAX: the OCI format cannot record this delete.
-        return Err(Errno::ENAMETOOLONG);
-    }
-    cname(&wh)
+    cname(&whiteout::whiteout_for(name))
 }
 
 fn has_entry(dir: BorrowedFd<'_>, name: &CString) -> bool {
     sys::fstatat(dir, name).is_ok()
 }
 
+/// True when `name` in the upper directory `dir` is a 0/0 character-device whiteout.
+fn chardev_whiteout_at(dir: BorrowedFd<'_>, name: &CStr) -> bool {
+    sys::fstatat(dir, name).is_ok_and(|st| whiteout::is_chardev_whiteout(&st))
+}
+
 /// Name of the shared empty file in the work dir that whiteouts are hard links of.
 const SHARED_WHITEOUT: &CStr = c"whiteout";
 
-/// Writes a `.wh.NAME` whiteout in an upper directory (idempotent). Whiteouts are hard links
-/// of one empty file in the work dir: a link costs no inode allocation, which on ext4 is most
-/// of the price of deleting a lower file (overlayfs shares its whiteout inode the same way).
-/// Each is still an ordinary empty `.wh.NAME` file to anything reading the upper.
+/// Writes a whiteout for `name` in an upper directory that has no entry of that name
+/// (idempotent). `.wh.NAME` whiteouts are hard links of one empty file in the work dir: a link
+/// costs no inode allocation, which on ext4 is most of the price of deleting a lower file
+/// (overlayfs shares its whiteout inode the same way). Each is still an ordinary empty
+/// `.wh.NAME` file to anything reading the upper. Names too long for that form get a 0/0
+/// character device of their own name.
 pub fn write_whiteout(stack: &Stack, upper_dir: BorrowedFd<'_>, name: &[u8]) -> SysResult<()> {
+    if !whiteout::has_file_form(name) {
+        let c = cname(name)?;
+        return match sys::mknodat(upper_dir, &c, whiteout::CHARDEV_WHITEOUT_MODE, 0) {
+            Ok(()) => {
+                stack.stats.whiteouts.fetch_add(1, Relaxed);
+                Ok(())
+            }
+            Err(Errno::EEXIST) if chardev_whiteout_at(upper_dir, &c) => Ok(()),
+            Err(e) => Err(e),
+        };
+    }
     let wh = whiteout_name(name)?;
     if let Ok(work) = stack.work() {
         for _ in 0..3 {
@@ -119,12 +133,53 @@ pub fn write_whiteout(stack: &Stack, upper_dir: BorrowedFd<'_>, name: &[u8]) -> 
     }
 }
 
-/// Removes a `.wh.NAME` whiteout from an upper directory if there is one.
+/// Replaces the upper entry `name` of `dir` by a 0/0 character-device whiteout in one step
+/// (`RENAME_WHITEOUT`, as kernel overlayfs does) and removes the entry where nobody sees it.
+/// For names whose delete cannot be recorded beside the entry (`.wh.NAME` does not fit).
+fn whiteout_over(stack: &Stack, dir: BorrowedFd<'_>, name: &CStr) -> SysResult<()> {
+    let work = stack.work()?;
+    let stage = stack.stage_name();
+    match sys::renameat2(dir, name, work, &stage, libc::RENAME_WHITEOUT) {
+        Ok(()) => {}
+        // A filesystem without RENAME_WHITEOUT: two steps, the entry put back if the second
+        // fails (a crash between them shows the lower entry again).
+        Err(Errno::EINVAL) => {
+            sys::renameat2(dir, name, work, &stage, libc::RENAME_NOREPLACE)?;
+            if let Err(e) = sys::mknodat(dir, name, whiteout::CHARDEV_WHITEOUT_MODE, 0) {
+                let _ = sys::renameat2(work, &stage, dir, name, libc::RENAME_NOREPLACE);
+                return Err(e);
+            }
+        }
+        Err(e) => return Err(e),
+    }
+    stack.stats.whiteouts.fetch_add(1, Relaxed);
+    let _ = remove_tree(work, &stage);
+    Ok(())
+}
+
+/// Removes a `.wh.NAME` whiteout from an upper directory if there is one. (A char-device
+/// whiteout holds the name itself: whoever takes the name replaces it, see `take_whiteout`.)
 pub fn drop_whiteout(upper_dir: BorrowedFd<'_>, name: &[u8]) -> SysResult<()> {
+    if !whiteout::has_file_form(name) {
+        return Ok(());
+    }
     let wh = whiteout_name(name)?;
     match sys::unlinkat(upper_dir, &wh, false) {
         Ok(()) | Err(Errno::ENOENT) => Ok(()),
         Err(e) => Err(e),
+    }
+}
+
+/// Moves the entry made as `temp` in `dir` to `name`, where a char-device whiteout is, in one
+/// step: the delete it recorded ends exactly when the new entry appears.
+fn take_whiteout(dir: BorrowedFd<'_>, temp: &CStr, name: &CStr, is_dir: bool) -> SysResult<()> {
+    if is_dir {
+        // rename(2) cannot put a directory over a non-directory: swap, then drop the whiteout.
+        exchange(dir, temp, dir, name)?;
+        let _ = sys::unlinkat(dir, temp, false);
+        Ok(())
+    } else {
+        sys::renameat2(dir, temp, dir, name, 0)
     }
 }
 
@@ -175,35 +230,54 @@ pub fn create(
     }
     let up = upper_dir(stack, parent_rel, parent)?;
     let c = cname(name)?;
-    let wh = whiteout_name(name)?;
-    let over_whiteout = has_entry(up.as_fd(), &wh);
+    let mut over_whiteout =
+        whiteout::has_file_form(name) && has_entry(up.as_fd(), &whiteout_name(name)?);
     let acl = has_default_acl(up.as_fd());
     let perm = if acl {
         mode & 0o7777
     } else {
         mode & 0o7777 & !owner.umask
     };
-    let mut file = None;
-    match kind {
-        NewKind::File { flags } => {
-            // Read-write whatever the caller asked: the fd may become the passthrough backing
-            // file that later readers share, and a file being created is never refused to
-            // its creator. The kernel still enforces the caller's access mode.
-            let flags = (flags & !(libc::O_TRUNC | libc::O_ACCMODE)) | libc::O_RDWR;
-            let f = sys::openat(
-                up.as_fd(),
-                &c,
-                flags | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
-                perm,
-            )?;
-            file = Some(f);
+    let is_dir = matches!(kind, NewKind::Dir);
+    let make = |at: &CStr| -> SysResult<Option<OwnedFd>> {
+        match kind {
+            NewKind::File { flags } => {
+                // Read-write whatever the caller asked: the fd may become the passthrough
+                // backing file that later readers share, and a file being created is never
+                // refused to its creator. The kernel still enforces the caller's access mode.
+                let flags = (flags & !(libc::O_TRUNC | libc::O_ACCMODE)) | libc::O_RDWR;
+                let f = sys::openat(
+                    up.as_fd(),
+                    at,
+                    flags | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+                    perm,
+                )?;
+                Ok(Some(f))
+            }
+            NewKind::Dir => sys::mkdirat(up.as_fd(), at, perm).map(|()| None),
+            NewKind::Symlink(target) => {
+                sys::symlinkat(&cname(target)?, up.as_fd(), at).map(|()| None)
+            }
+            NewKind::Node { rdev } => sys::mknodat(up.as_fd(), at, mode, *rdev).map(|()| None),
         }
-        NewKind::Dir => sys::mkdirat(up.as_fd(), &c, perm)?,
-        NewKind::Symlink(target) => sys::symlinkat(&cname(target)?, up.as_fd(), &c)?,
-        NewKind::Node { rdev } => sys::mknodat(up.as_fd(), &c, mode, *rdev)?,
-    }
+    };
+    // A char-device whiteout holds the name itself: the entry is made under a temporary name
+    // in the same directory (so it gets what the directory gives new entries: default ACL,
+    // set-group-id group) and takes the whiteout's place with one rename at the end.
+    let mut temp = None;
+    let file = match make(&c) {
+        Err(Errno::EEXIST) if chardev_whiteout_at(up.as_fd(), &c) => {
+            let t = stack.temp_name();
+            let f = make(&t)?;
+            temp = Some(t);
+            over_whiteout = true;
+            f
+        }
+        r => r?,
+    };
+    let at: &CStr = temp.as_deref().unwrap_or(&c);
     let undo = |e: Errno| {
-        let _ = sys::unlinkat(up.as_fd(), &c, matches!(kind, NewKind::Dir));
+        let _ = sys::unlinkat(up.as_fd(), at, is_dir);
         e
     };
     // A file is fixed up through its open fd; other kinds through an O_PATH one.
@@ -212,7 +286,7 @@ pub fn create(
         Some(f) => f.as_fd(),
         None => {
             path_fd =
-                sys::openat(up.as_fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0).map_err(undo)?;
+                sys::openat(up.as_fd(), at, libc::O_PATH | libc::O_NOFOLLOW, 0).map_err(undo)?;
             path_fd.as_fd()
         }
     };
@@ -237,7 +311,7 @@ pub fn create(
         // chown clears set-id bits and our own umask may have masked the mode: put back what
         // the caller asked for, unless a default ACL decided the mode.
         let mut want = perm;
-        if matches!(kind, NewKind::Dir) {
+        if is_dir {
             want |= st.st_mode & libc::S_ISGID; // inherited from a set-group-id parent
         }
         if st.st_mode & 0o7777 != want {
@@ -246,11 +320,16 @@ pub fn create(
         }
     }
     if over_whiteout {
-        if matches!(kind, NewKind::Dir) {
+        if is_dir {
             // The old directory below must not shine through the new one.
             copyup::make_opaque(stack, fd).map_err(undo)?;
         }
-        drop_whiteout(up.as_fd(), name)?;
+        match &temp {
+            Some(t) => take_whiteout(up.as_fd(), t, &c, is_dir).inspect_err(|_| {
+                let _ = remove_tree(up.as_fd(), t);
+            })?,
+            None => drop_whiteout(up.as_fd(), name)?,
+        }
         st = sys::fstat(fd)?;
     }
     // New in the upper: no copy-up origin to look for.
@@ -362,11 +441,15 @@ pub fn remove(
     let tracked = !dir && stack.has_upper && stack.tracks_nlink(f.ino, f.layer, &f.st);
     let view_links = stack.view_nlink(f.ino, &f.st);
     let up = upper_dir(stack, parent_rel, parent)?;
-    if need_whiteout {
+    let in_upper = stack.is_upper(f.layer);
+    if need_whiteout && in_upper && !whiteout::has_file_form(name) {
+        // Only the char-device form fits, and it takes the entry's own name.
+        whiteout_over(stack, up.as_fd(), &cname(name)?)?;
+    } else if need_whiteout {
         // Written first: beside the upper entry it changes nothing until that entry goes.
         write_whiteout(stack, up.as_fd(), name)?;
     }
-    if stack.is_upper(f.layer) {
+    if in_upper && (!need_whiteout || whiteout::has_file_form(name)) {
         let c = cname(name)?;
         if dir {
             // Move it out in one step, then clean it up where nobody sees it.
@@ -470,13 +553,7 @@ pub fn rename(
         if d.is_dir() && src_lower {
             opaque_child(stack, dp_up.as_fd(), &dc)?;
         }
-        sys::renameat2(
-            sp_up.as_fd(),
-            &sc,
-            dp_up.as_fd(),
-            &dc,
-            libc::RENAME_EXCHANGE,
-        )?;
+        exchange(sp_up.as_fd(), &sc, dp_up.as_fd(), &dc)?;
         return Ok((src, dst));
     }
     if let Some(d) = &dst {
@@ -493,16 +570,42 @@ pub fn rename(
         .as_ref()
         .filter(|d| d.ino != src.ino && stack.tracks_nlink(d.ino, d.layer, &d.st))
         .map(|d| (d.ino, stack.view_nlink(d.ino, &d.st)));
-    let wrote_whiteout = src_lower && !has_entry(sp_up.as_fd(), &whiteout_name(sname)?);
-    if src_lower {
+    // The old name needs a whiteout when a lower layer still has it: `.wh.NAME` is written
+    // first (beside the entry it changes nothing yet); a name too long for that form gets the
+    // char-device form from the rename itself, which leaves it behind in one step.
+    let src_wh_file = src_lower && whiteout::has_file_form(sname);
+    let src_wh_dev = src_lower && !src_wh_file;
+    let wrote_whiteout = src_wh_file && !has_entry(sp_up.as_fd(), &whiteout_name(sname)?);
+    if src_wh_file {
         write_whiteout(stack, sp_up.as_fd(), sname)?;
     }
-    let flags = if mode.noreplace {
-        libc::RENAME_NOREPLACE
+    // A char-device whiteout where the view shows no target: the rename replaces it.
+    let over_dev = dst.is_none() && chardev_whiteout_at(dp_up.as_fd(), &dc);
+    let moved = if over_dev && src.is_dir() {
+        // rename(2) cannot put a directory over a non-directory: swap the two. The whiteout
+        // then stands at the old name, which keeps it if a lower layer has that name.
+        exchange(sp_up.as_fd(), &sc, dp_up.as_fd(), &dc).map(|()| {
+            if !src_wh_dev {
+                let _ = sys::unlinkat(sp_up.as_fd(), &sc, false);
+            }
+        })
     } else {
-        0
+        let flags = if mode.noreplace && !over_dev {
+            libc::RENAME_NOREPLACE
+        } else {
+            0
+        };
+        rename_leaving_whiteout(
+            stack,
+            sp_up.as_fd(),
+            &sc,
+            dp_up.as_fd(),
+            &dc,
+            flags,
+            src_wh_dev,
+        )
     };
-    if let Err(e) = sys::renameat2(sp_up.as_fd(), &sc, dp_up.as_fd(), &dc, flags) {
+    if let Err(e) = moved {
         if wrote_whiteout {
             let _ = drop_whiteout(sp_up.as_fd(), sname);
         }
@@ -515,6 +618,36 @@ pub fn rename(
     Ok((src, dst))
 }
 
+/// renameat2 with `flags`, leaving a char-device whiteout at the old name when `whiteout`
+/// (`RENAME_WHITEOUT`; on filesystems without it, made right after the rename).
+fn rename_leaving_whiteout(
+    stack: &Stack,
+    from_dir: BorrowedFd<'_>,
+    from: &CStr,
+    to_dir: BorrowedFd<'_>,
+    to: &CStr,
+    flags: u32,
+    whiteout: bool,
+) -> SysResult<()> {
+    if !whiteout {
+        return sys::renameat2(from_dir, from, to_dir, to, flags);
+    }
+    match sys::renameat2(from_dir, from, to_dir, to, flags | libc::RENAME_WHITEOUT) {
+        Err(Errno::EINVAL) => {
+            sys::renameat2(from_dir, from, to_dir, to, flags)?;
+            sys::mknodat(from_dir, from, whiteout::CHARDEV_WHITEOUT_MODE, 0)?;
+        }
+        r => r?,
+    }
+    stack.stats.whiteouts.fetch_add(1, Relaxed);
+    Ok(())
+}
+
+/// Swaps two names in one step (`RENAME_EXCHANGE`).
+fn exchange(a_dir: BorrowedFd<'_>, a: &CStr, b_dir: BorrowedFd<'_>, b: &CStr) -> SysResult<()> {
+    sys::renameat2(a_dir, a, b_dir, b, libc::RENAME_EXCHANGE)
+}
+
 fn opaque_child(stack: &Stack, dir: BorrowedFd<'_>, name: &CString) -> SysResult<()> {
     let fd = open_subdir(dir, name)?;
     copyup::make_opaque(stack, fd.as_fd())
@@ -523,8 +656,8 @@ fn opaque_child(stack: &Stack, dir: BorrowedFd<'_>, name: &CString) -> SysResult
 fn clear_whiteouts(dir: BorrowedFd<'_>, name: &CString) -> SysResult<()> {
     let fd = open_subdir(dir, name)?;
     for e in sys::read_dir(fd.as_fd())? {
-        if whiteout::is_hidden(&e.name) {
-            let c = cname(&e.name)?;
+        let c = cname(&e.name)?;
+        if whiteout::is_hidden(&e.name) || chardev_whiteout_at(fd.as_fd(), &c) {
             sys::unlinkat(fd.as_fd(), &c, false)?;
         } else {
             return Err(Errno::ENOTEMPTY);
@@ -559,7 +692,17 @@ pub fn link(
     copy_up(stack, sp_rel, sname, src.layer, false, CopyData::MetaOnly)?;
     let sp_up = copyup::ensure_upper_dir(stack, sp_rel)?;
     let dp_up = copyup::ensure_upper_dir(stack, dp_rel)?;
-    sys::linkat(sp_up.as_fd(), &cname(sname)?, dp_up.as_fd(), &cname(dname)?)?;
+    let (sc, dc) = (cname(sname)?, cname(dname)?);
+    match sys::linkat(sp_up.as_fd(), &sc, dp_up.as_fd(), &dc) {
+        Err(Errno::EEXIST) if chardev_whiteout_at(dp_up.as_fd(), &dc) => {
+            let temp = stack.temp_name();
+            sys::linkat(sp_up.as_fd(), &sc, dp_up.as_fd(), &temp)?;
+            take_whiteout(dp_up.as_fd(), &temp, &dc, false).inspect_err(|_| {
+                let _ = sys::unlinkat(dp_up.as_fd(), &temp, false);
+            })?;
+        }
+        r => r?,
+    }
     if tracked {
         stack.set_nlink_record(src.ino, view_links + 1)?;
     }

@@ -308,6 +308,16 @@ impl Stack {
         CString::new(format!("{STAGE_PREFIX}{}-{n}", std::process::id())).unwrap_or_default()
     }
 
+    /// A fresh unique name for an entry made inside an upper directory before it takes its
+    /// real name (see `ops::create`): reserved (`.wh..wh.`), so the view, listings and
+    /// `unionfs-layer export` never show it, even if a crash leaves it behind.
+    pub fn temp_name(&self) -> CString {
+        let n = self
+            .next_stage
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        CString::new(format!(".wh..wh.unionfs-new-{}-{n}", std::process::id())).unwrap_or_default()
+    }
+
     /// The union inode number of a file with real (dev, ino): the real number on the first
     /// filesystem, the device index in the top byte for others.
     pub fn union_ino(&self, dev: u64, ino: u64) -> u64 {

@@ -15,6 +15,20 @@ pub const DEFAULT_WORK_NAME: &str = ".wh..wh.unionfs";
 /// Opaque-directory xattrs written by kernel overlayfs and by rootless tools.
 pub const OPAQUE_XATTRS: [&CStr; 2] = [c"trusted.overlay.opaque", c"user.overlay.opaque"];
 
+/// The longest name a directory entry may have (NAME_MAX on Linux filesystems).
+pub const NAME_MAX: usize = 255;
+
+/// Mode of a 0/0 character-device whiteout (kernel overlayfs writes the same).
+pub const CHARDEV_WHITEOUT_MODE: u32 = libc::S_IFCHR;
+
+/// True when `.wh.NAME` fits in NAME_MAX. A longer name is whited out by a 0/0 character
+/// device named NAME instead (the kernel's form, which every reader of ours and the kernel
+/// understand; `unionfs-layer export` turns it into a `.wh.NAME` tar entry, where names are not
+/// bound by NAME_MAX).
+pub fn has_file_form(name: &[u8]) -> bool {
+    WH_PREFIX.len() + name.len() <= NAME_MAX
+}
+
 /// True for a name the union never shows and never lets anyone create (`.wh.*`).
 pub fn is_hidden(name: &[u8]) -> bool {
     name.starts_with(WH_PREFIX)
@@ -66,6 +80,13 @@ mod tests {
         assert_eq!(whited_out(b"f"), None);
         assert!(is_hidden(b".wh.x"));
         assert!(!is_hidden(b".whx"));
+    }
+
+    #[test]
+    fn only_names_up_to_251_bytes_have_a_file_whiteout() {
+        assert!(has_file_form(&[b'a'; 251]));
+        assert!(!has_file_form(&[b'a'; 252]));
+        assert!(!has_file_form(&[b'a'; 255]));
     }
 
     #[test]

@@ -192,6 +192,16 @@ fn export_dir<W: Write>(
         h.set_gid(meta.gid() as u64);
         h.set_mtime(meta.mtime().max(0) as u64);
         h.set_size(0);
+        if ft.is_char_device() && meta.rdev() == 0 {
+            // The kernel's whiteout form, which an upper uses for names too long for
+            // `.wh.NAME` on disk: an OCI layer says `.wh.NAME`, which a tar name can hold.
+            let mut wh = std::ffi::OsString::from(".wh.");
+            wh.push(&name);
+            h.set_entry_type(tar::EntryType::Regular);
+            ar.append_data(&mut h, rel.join(wh), std::io::empty())
+                .map_err(|err| ioerr(format!("adding the whiteout of {}", relp.display()), err))?;
+            continue;
+        }
         let cname = CString::new(name.as_bytes()).map_err(|_| Error::new("NUL in a name"))?;
         let x = xattrs(dirfd.as_fd(), &cname);
         let is_whiteout = name.as_bytes().starts_with(whiteout::WH_PREFIX);
@@ -352,6 +362,23 @@ fn import_tar<R: Read>(mut ar: tar::Archive<R>, dir: &Path) -> Result<ImportStat
         let h = entry.header().clone();
         let mode = h.mode().unwrap_or(0o644) & 0o7777;
         let kind = h.entry_type();
+        // `.wh.NAME` longer than NAME_MAX: no file can have that name, so the delete is
+        // recorded the other way a union reads, a 0/0 character device named NAME.
+        let long_whiteout = matches!(kind, tar::EntryType::Regular | tar::EntryType::Continuous)
+            && whiteout::whited_out(name).is_some_and(|n| !whiteout::has_file_form(n));
+        if long_whiteout {
+            let target = whiteout::whited_out(name).unwrap_or_default();
+            let c = CString::new(target).map_err(|_| refuse("NUL in name"))?;
+            sys::mknodat(parent.as_fd(), &c, whiteout::CHARDEV_WHITEOUT_MODE, 0).map_err(|e| {
+                refuse(&format!(
+                    "creating its 0/0 character-device whiteout: {}; that needs Linux 5.8+ \
+                     or CAP_MKNOD",
+                    e.desc()
+                ))
+            })?;
+            stats.entries += 1;
+            continue;
+        }
         // A later entry replaces an earlier one of the same name (but keeps directories).
         if !kind.is_dir() {
             match sys::unlinkat(parent.as_fd(), &cname, false) {
@@ -531,6 +558,12 @@ fn diff_dir(dir: &Path, rel: &Path, lowers: &[PathBuf], out: &mut Vec<Change>) -
         }
         if let Some(target) = whiteout::whited_out(nb) {
             out.push(Change::Deleted(rel.join(OsStr::from_bytes(target))));
+            continue;
+        }
+        if e.metadata()
+            .is_ok_and(|m| m.file_type().is_char_device() && m.rdev() == 0)
+        {
+            out.push(Change::Deleted(rel.join(&name)));
             continue;
         }
         let relp = rel.join(&name);

@@ -28,6 +28,7 @@ use std::ffi::{CStr, CString, OsStr};
 use std::fmt::Debug;
 use std::fs;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -483,6 +484,31 @@ fn hash_file(p: &Path) -> u64 {
     h
 }
 
+/// A path to `root/rel` that system calls take: itself, or for paths near or beyond PATH_MAX
+/// the entry's name under its parent directory opened one component at a time (through
+/// `/proc/self/fd`; the returned file keeps that directory open while the path is used).
+pub fn reachable(root: &Path, rel: &Path) -> (Option<fs::File>, PathBuf) {
+    let full = root.join(rel);
+    if full.as_os_str().len() < 3800 {
+        return (None, full);
+    }
+    let mut dir = fs::File::open(root).unwrap();
+    let comps: Vec<_> = rel.components().collect();
+    let (last, parents) = comps.split_last().unwrap();
+    for c in parents {
+        let fd = nix::fcntl::openat(
+            std::os::fd::AsFd::as_fd(&dir),
+            c.as_os_str(),
+            nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY,
+            Mode::empty(),
+        )
+        .unwrap_or_else(|e| panic!("opening {c:?} below {root:?}: {e}"));
+        dir = fs::File::from(fd);
+    }
+    let p = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd())).join(last.as_os_str());
+    (Some(dir), p)
+}
+
 /// Everything about a tree except atimes (reads legitimately change those).
 pub fn snapshot(root: &Path) -> Snapshot {
     // Layer paths may be symlinks to the real directory, as podman passes them.
@@ -490,7 +516,7 @@ pub fn snapshot(root: &Path) -> Snapshot {
     let mut out = BTreeMap::new();
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
-        let p = root.join(&rel);
+        let (_held, p) = reachable(root, &rel);
         let md = fs::symlink_metadata(&p).unwrap();
         let ft = md.file_type();
         let mut xattrs = BTreeMap::new();
@@ -1009,14 +1035,21 @@ impl Union {
         p.with_file_name(format!(".wh.{name}"))
     }
 
+    /// Whether unionfs records a delete of `rel` as `.wh.NAME`: only when that name fits in
+    /// NAME_MAX (longer names get the kernel's 0/0 char device).
+    fn file_form(&self, rel: &str) -> bool {
+        let name = Path::new(rel).file_name().unwrap().len();
+        self.imp == Impl::Unionfs && ".wh.".len() + name <= 255
+    }
+
     /// Whether the upper holds a whiteout for `rel` in the implementation's native format.
     pub fn upper_has_whiteout(&self, rel: &str) -> bool {
-        match self.imp {
-            Impl::Kernel => is_char_whiteout(&self.u(rel)),
-            Impl::Unionfs => fs::symlink_metadata(self.wh_file(rel))
-                .map(|m| m.is_file() && m.len() == 0)
-                .unwrap_or(false),
+        if !self.file_form(rel) {
+            return is_char_whiteout(&self.u(rel));
         }
+        fs::symlink_metadata(self.wh_file(rel))
+            .map(|m| m.is_file() && m.len() == 0)
+            .unwrap_or(false)
     }
 
     pub fn assert_upper_whiteout(&self, rel: &str) {
@@ -1025,7 +1058,7 @@ impl Union {
             "expected a whiteout for {rel} in the upper; upper dir holds {:?}",
             self.u(rel).parent().map(list)
         );
-        if self.imp == Impl::Unionfs {
+        if self.file_form(rel) {
             assert!(
                 fs::symlink_metadata(self.u(rel)).is_err(),
                 "upper holds both {rel} and its whiteout"
@@ -1038,8 +1071,8 @@ impl Union {
             !self.upper_has_whiteout(rel),
             "unexpected whiteout for {rel} in the upper"
         );
-        if self.imp == Impl::Unionfs {
-            // The kernel format must never be written by unionfs either.
+        if self.file_form(rel) {
+            // The kernel format must never be written by unionfs either where `.wh.` fits.
             assert!(!is_char_whiteout(&self.u(rel)), "0/0 char device at {rel}");
         }
     }
