@@ -375,3 +375,73 @@ fn set_id_bits_go_on_unprivileged_truncate_or_o_trunc_and_capabilities_on_any_wr
     );
     u.check_upper_is_layer_diff();
 }
+
+/// Maps `len` bytes of `f` shared and writable, writes `data` at 0 through the mapping and
+/// syncs it.
+fn write_through_shared_map(f: &fs::File, data: &[u8]) -> std::io::Result<()> {
+    let mut map = shared_map(f, data.len())?;
+    map[..data.len()].copy_from_slice(data);
+    map.flush()
+}
+
+fn shared_map(f: &fs::File, len: usize) -> std::io::Result<memmap2::MmapMut> {
+    // SAFETY: the file is private to this test while the map lives.
+    unsafe { memmap2::MmapOptions::new().len(len).map_mut(f) }
+}
+
+#[test]
+fn set_id_files_map_shared_and_writable_and_unprivileged_writes_still_clear_the_bits() {
+    // Set-id files opened for writing are served with direct I/O (their writes must reach
+    // the daemon, which clears the bits); the kernel allowed no shared writable mapping of
+    // such a file (ENODEV) until the INIT reply asked for FUSE_DIRECT_IO_ALLOW_MMAP.
+    let stack = Stack::new().lower([
+        file("suid", "hello world").mode(0o4755),
+        file("sgid", "hello world").mode(0o2775),
+        file("plain", "hello world").mode(0o755),
+        file("nobody", "hello world").mode(0o4777),
+    ]);
+    let Some(mut u) = Union::mount(stack) else {
+        return;
+    };
+    for name in ["suid", "sgid", "plain"] {
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(u.m(name))
+            .unwrap();
+        write_through_shared_map(&f, b"HELLO")
+            .unwrap_or_else(|e| panic!("{name}: shared writable mmap: {e}"));
+        // Another open while the mapping lives (the inode is in caching mode meanwhile).
+        assert_eq!(
+            u.read_str(name),
+            "HELLO world",
+            "{name}: read beside the map"
+        );
+        drop(f);
+        assert_eq!(u.read_str(name), "HELLO world", "{name}");
+        assert_eq!(fs::read_to_string(u.u(name)).unwrap(), "HELLO world");
+        assert_eq!(fs::read_to_string(u.l(0, name)).unwrap(), "hello world");
+    }
+    // Root writing through a mapping keeps the bits, as on the kernel's filesystems.
+    assert_eq!(u.stat("suid").mode() & 0o7777, 0o4755);
+    assert_eq!(u.stat("sgid").mode() & 0o7777, 0o2775);
+    // An unprivileged write() to a set-id file still clears them, mapping or not.
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(u.m("nobody"))
+        .unwrap();
+    write_through_shared_map(&f, b"HELLO").unwrap();
+    as_nobody("printf X >> \"$1\"", &u.m("nobody"));
+    drop(f);
+    assert_eq!(u.read_str("nobody"), "HELLO worldX");
+    assert_eq!(u.stat("nobody").mode() & 0o7777, 0o777);
+    assert_eq!(fs::metadata(u.u("nobody")).unwrap().mode() & 0o7777, 0o777);
+    assert_eq!(
+        fs::metadata(u.l(0, "nobody")).unwrap().mode() & 0o7777,
+        0o4777
+    );
+    u.remount();
+    assert_eq!(u.read_str("suid"), "HELLO world");
+    u.check_upper_is_layer_diff();
+}

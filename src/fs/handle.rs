@@ -24,6 +24,9 @@ pub struct OpenFile {
     /// The kernel reads and writes this file itself through this backing file (passthrough);
     /// released with the handle.
     pub backing: Option<Arc<super::reply::Backing>>,
+    /// Served by the daemon with direct I/O while passthrough is on (counted in
+    /// `UnionFs::daemon_io` until it closes).
+    pub daemon_io: bool,
 }
 
 /// An open directory stream: a snapshot taken at the first read (and again on rewind).

@@ -112,6 +112,9 @@ impl UnionFs {
         if !self.passthrough() {
             return IoMode::Cached;
         }
+        if self.daemon_io.contains_key(&node.ino) {
+            return IoMode::Direct;
+        }
         // Writes that pass through never reach us, and under FUSE_HANDLE_KILLPRIV_V2 clearing
         // set-id bits on write is ours to do (see `write`): such files are written through
         // the daemon.
@@ -245,6 +248,7 @@ impl UnionFs {
         register: super::reply::Register<'_>,
     ) -> (u64, FopenFlags, Option<Arc<super::reply::Backing>>) {
         let mode = self.io_mode(node, &fd, in_upper, writable, unprivileged, register);
+        let daemon_io = matches!(mode, IoMode::Direct);
         let (flags, backing) = match mode {
             // Every change to file data goes through this mount, so the page cache stays
             // valid across opens.
@@ -255,6 +259,9 @@ impl UnionFs {
         // Our flush does nothing (data goes straight to the layer file; no locks to drop), so
         // spare every close() a round trip.
         let flags = flags | FopenFlags::FOPEN_NOFLUSH;
+        if daemon_io {
+            *self.daemon_io.entry(node.ino).or_insert(0) += 1;
+        }
         let fh = self.handles.next_id();
         self.stack
             .stats
@@ -268,6 +275,7 @@ impl UnionFs {
                 writable,
                 in_upper,
                 backing: backing.clone(),
+                daemon_io,
             }),
         );
         (fh, flags, backing)

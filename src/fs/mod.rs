@@ -77,6 +77,11 @@ pub struct UnionFs {
     /// Passthrough state of inodes with open passthrough handles only (kept out of `Node`: a
     /// walk over millions of files opens few of them).
     pts: dashmap::DashMap<u64, inode::Passthrough>,
+    /// Inodes with open handles that the daemon serves (direct I/O) while passthrough is on,
+    /// by count. Later opens of such an inode are served the same way: a shared mapping of a
+    /// direct-I/O handle puts the inode in the kernel's caching mode, where a passthrough open
+    /// fails (EIO).
+    daemon_io: dashmap::DashMap<u64, u32>,
     /// Inodes whose last passthrough handle closed, oldest first (see `keep_backing`).
     backing_lru: parking_lot::Mutex<std::collections::VecDeque<u64>>,
     next_synthetic: AtomicU64,
@@ -162,6 +167,7 @@ impl UnionFs {
             rename_seq: AtomicU64::new(0),
             redirect: dashmap::DashMap::new(),
             pts: dashmap::DashMap::new(),
+            daemon_io: dashmap::DashMap::new(),
             backing_lru: parking_lot::Mutex::new(std::collections::VecDeque::new()),
             next_synthetic: AtomicU64::new(1),
             notifier: Arc::new(std::sync::OnceLock::new()),
@@ -1021,7 +1027,11 @@ impl UnionFs {
             // asking for security.capability before every write (one round trip per write(2)
             // otherwise, even on passthrough files); set-id bits become ours to clear, which
             // is why a set-id file opened for writing gets no passthrough (fs/io.rs).
-            | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
+            | InitFlags::FUSE_HANDLE_KILLPRIV_V2
+            // Files we answer with direct I/O (set-id files opened for writing, see above;
+            // writers beside a passthrough reader) can still be mapped shared and writable,
+            // as on any other filesystem: the kernel keeps such a mapping coherent itself.
+            | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP;
         let supported = config.capabilities() & want;
         if let Err(missing) = config.add_capabilities(supported) {
             warn!("kernel refused FUSE capabilities {missing:?}");
@@ -1364,6 +1374,12 @@ impl UnionFs {
                 .stats
                 .open_handles
                 .fetch_sub(1, Ordering::Relaxed);
+            if f.daemon_io {
+                if let Some(mut n) = self.daemon_io.get_mut(&f.ino) {
+                    *n = n.saturating_sub(1);
+                }
+                self.daemon_io.remove_if(&f.ino, |_, n| *n == 0);
+            }
             if f.backing.is_some() {
                 let last = match self.pts.get_mut(&f.ino) {
                     Some(mut pt) => {
