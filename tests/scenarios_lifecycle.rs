@@ -489,3 +489,34 @@ fn s51_daemon_fds_and_memory_stay_bounded() {
     );
     assert_eq!(u.names(""), set(&["t"]));
 }
+
+#[test]
+fn mounting_changes_neither_the_view_root_nor_the_upper_times() {
+    // The default work dir lives in the upper; making it must not move the upper's times,
+    // which are the view root's times.
+    let stack = Stack::new().lower([file("l", "l")]).upper([file("u", "u")]);
+    let Some(mut u) = Union::build(stack) else {
+        return;
+    };
+    let old = nix::sys::time::TimeSpec::new(1_000_000_000, 123_456_789);
+    nix::sys::stat::utimensat(
+        nix::fcntl::AT_FDCWD,
+        &u.u(""),
+        &old,
+        &old,
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )
+    .unwrap();
+    let times = |p: &std::path::Path| {
+        let m = fs::metadata(p).unwrap();
+        (m.mtime(), m.mtime_nsec(), m.atime(), m.atime_nsec())
+    };
+    let want = (1_000_000_000, 123_456_789, 1_000_000_000, 123_456_789);
+    u.do_mount();
+    assert_eq!(times(&u.m("")), want, "view root after the first mount");
+    u.unmount();
+    assert_eq!(times(&u.u("")), want, "upper root after the first mount");
+    u.do_mount();
+    assert_eq!(times(&u.m("")), want, "view root after a remount");
+    assert_eq!(u.names(""), set(&["l", "u"]));
+}

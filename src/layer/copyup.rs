@@ -13,26 +13,6 @@ use crate::layer::whiteout;
 use crate::sys::{self, Errno, SysResult};
 use std::sync::atomic::Ordering::Relaxed;
 
-fn ts(sec: i64, nsec: i64) -> libc::timespec {
-    libc::timespec {
-        tv_sec: sec as libc::time_t,
-        tv_nsec: nsec as _,
-    }
-}
-
-/// atime and mtime of a stat, as utimensat wants them.
-pub fn times_of(st: &libc::stat) -> [libc::timespec; 2] {
-    [
-        ts(st.st_atime, st.st_atime_nsec),
-        ts(st.st_mtime, st.st_mtime_nsec),
-    ]
-}
-
-/// Puts a directory's atime/mtime back after we changed its entries for internal reasons.
-pub fn restore_times(dir: BorrowedFd<'_>, before: &libc::stat) {
-    let _ = sys::utimens_fd(dir, &times_of(before));
-}
-
 /// Copies every xattr of `src` to `dst` except the layer format's and ours.
 fn copy_xattrs(src: sys::At<'_>, dst: sys::At<'_>) -> SysResult<()> {
     let mut names = vec![0u8; 4096];
@@ -94,9 +74,9 @@ fn copy_meta(
     }
     if kind != libc::S_IFLNK {
         sys::fchmod_fd(dst, st.st_mode & 0o7777)?;
-        sys::utimens_fd(dst, &times_of(st))?;
+        sys::utimens_fd(dst, &sys::times_of(st))?;
     } else {
-        sys::utimensat(stack.work()?, stage, &times_of(st))?;
+        sys::utimensat(stack.work()?, stage, &sys::times_of(st))?;
     }
     Ok(())
 }
@@ -200,7 +180,7 @@ fn publish(
     let before = sys::fstat(upper_parent)?;
     match sys::renameat2(work, stage, upper_parent, name, libc::RENAME_NOREPLACE) {
         Ok(()) => {
-            restore_times(upper_parent, &before);
+            sys::restore_times(upper_parent, &before);
             Ok(true)
         }
         Err(Errno::EEXIST) => {
@@ -484,7 +464,7 @@ pub fn link_from_index(
     let before = sys::fstat(upper_parent)?;
     match sys::linkat(index.as_fd(), &Stack::index_key(ino), upper_parent, name) {
         Ok(()) | Err(Errno::EEXIST) => {
-            restore_times(upper_parent, &before);
+            sys::restore_times(upper_parent, &before);
             Ok(())
         }
         Err(e) => Err(e),
@@ -535,6 +515,6 @@ pub fn make_opaque(_stack: &Stack, upper_dir: BorrowedFd<'_>) -> SysResult<()> {
             let _ = sys::unlinkat(upper_dir, &c, false);
         }
     }
-    restore_times(upper_dir, &before);
+    sys::restore_times(upper_dir, &before);
     Ok(())
 }

@@ -228,7 +228,7 @@ pub fn fill_from(
     };
     crate::layer::copyup::copy_data(src, dst.as_fd(), stub.size)?;
     sys::fsync(dst.as_fd(), true)?;
-    sys::utimens_fd(dst.as_fd(), &crate::layer::copyup::times_of(&before))?;
+    sys::utimens_fd(dst.as_fd(), &sys::times_of(&before))?;
     remove_record(fd, xattr)
 }
 

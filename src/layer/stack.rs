@@ -200,8 +200,16 @@ impl Stack {
             }
             None => {
                 let name = CString::new(whiteout::DEFAULT_WORK_NAME).unwrap_or_default();
+                let before = sys::fstat(upper.fd.as_fd()).ok();
                 match sys::mkdirat(upper.fd.as_fd(), &name, 0o700) {
-                    Ok(()) | Err(Errno::EEXIST) => {}
+                    Ok(()) => {
+                        // The upper's root is the view's root: mounting must not change its
+                        // times (its ctime, which nobody can set, does move once).
+                        if let Some(before) = before {
+                            sys::restore_times(upper.fd.as_fd(), &before);
+                        }
+                    }
+                    Err(Errno::EEXIST) => {}
                     Err(e) => {
                         return Err(Error::sys(
                             format!("creating work dir in upper {}", upper.path.display()),

@@ -121,6 +121,26 @@ pub fn open_path(path: &std::path::Path, flags: i32) -> SysResult<OwnedFd> {
     check(fd).map(owned)
 }
 
+fn ts(sec: i64, nsec: i64) -> libc::timespec {
+    libc::timespec {
+        tv_sec: sec as libc::time_t,
+        tv_nsec: nsec as _,
+    }
+}
+
+/// atime and mtime of a stat, as utimensat wants them.
+pub fn times_of(st: &libc::stat) -> [libc::timespec; 2] {
+    [
+        ts(st.st_atime, st.st_atime_nsec),
+        ts(st.st_mtime, st.st_mtime_nsec),
+    ]
+}
+
+/// Puts a directory's atime/mtime back after we changed its entries for internal reasons.
+pub fn restore_times(dir: BorrowedFd<'_>, before: &libc::stat) {
+    let _ = utimens_fd(dir, &times_of(before));
+}
+
 /// fstat(2).
 pub fn fstat(fd: BorrowedFd<'_>) -> SysResult<libc::stat> {
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
@@ -678,7 +698,14 @@ pub struct DirEntry {
 
 /// Lists a directory given an fd of it (the fd is duplicated; the caller keeps its own).
 pub fn read_dir(dir: BorrowedFd<'_>) -> SysResult<Vec<DirEntry>> {
-    let fd = openat(dir, c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+    // O_NOATIME: listing a layer directory, for the union's own bookkeeping or for a reader,
+    // must not change it (lower layers are never modified, their atimes included). Only the
+    // owner or CAP_FOWNER may ask for it.
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY;
+    let fd = match openat(dir, c".", flags | libc::O_NOATIME, 0) {
+        Err(Errno::EPERM) => openat(dir, c".", flags, 0)?,
+        r => r?,
+    };
     let raw: RawFd = std::os::fd::IntoRawFd::into_raw_fd(fd);
     // SAFETY: `raw` is an open directory fd whose ownership passes to the DIR stream.
     let dirp = unsafe { libc::fdopendir(raw) };
