@@ -592,6 +592,106 @@ fn s30_fd_open_before_copy_up_keeps_reading_valid_data() {
     u.check_upper_is_layer_diff();
 }
 
+/// Opens `f` read-only and reads a little of it, then writes `NEW12` at offset 0 and appends
+/// ` more` through a second fd (the copy-up), and returns the first fd.
+fn reader_then_copy_up(u: &Union, f: &str) -> fs::File {
+    let ro = fs::File::open(u.m(f)).unwrap();
+    let mut first = [0u8; 3];
+    ro.read_exact_at(&mut first, 0).unwrap();
+    assert_eq!(&first, b"old");
+    let w = fs::OpenOptions::new().write(true).open(u.m(f)).unwrap();
+    w.write_all_at(b"NEW12", 0).unwrap();
+    drop(w);
+    u.append(f, " more");
+    ro
+}
+
+#[test]
+fn s30_without_passthrough_an_fd_opened_before_copy_up_reads_the_copy() {
+    // Like kernel overlayfs since 4.19: data, size, times through the old fd, and what the
+    // kernel learns through it (GETATTR with its handle at EOF), are the file as it is now.
+    for opts in [
+        &["passthrough=off"][..],
+        &["passthrough=off", "metacopy=on"],
+    ] {
+        let mut stack = Stack::new().lower([
+            file("f", "old data").mtime(1_000_000_000, 0),
+            file("meta", "old meta").mtime(1_000_000_000, 0),
+        ]);
+        for o in opts {
+            stack = stack.unionfs_opt(o);
+        }
+        let Some(mut u) = Union::mount(stack) else {
+            return;
+        };
+        let mut ro = reader_then_copy_up(&u, "f");
+        let mut all = String::new();
+        ro.read_to_string(&mut all).unwrap();
+        assert_eq!(all, "NEW12ata more", "{opts:?}: old fd after the copy-up");
+        let upper_mtime = fs::metadata(u.u("f")).unwrap().mtime();
+        assert_ne!(upper_mtime, 1_000_000_000);
+        assert_eq!(
+            u.stat("f").mtime(),
+            upper_mtime,
+            "{opts:?}: stat after the old fd's EOF"
+        );
+        assert_eq!(
+            ro.metadata().unwrap().len(),
+            13,
+            "{opts:?}: fstat of the old fd"
+        );
+        assert_eq!(ro.seek(SeekFrom::End(0)).unwrap(), 13);
+        // A metadata-only copy-up (with metacopy=on a stub whose data stays below) does not
+        // take the data away from a reader that opened the lower file.
+        let meta = fs::File::open(u.m("meta")).unwrap();
+        fs::set_permissions(u.m("meta"), fs::Permissions::from_mode(0o600)).unwrap();
+        let mut got = vec![0u8; 8];
+        meta.read_exact_at(&mut got, 0).unwrap();
+        assert_eq!(got, b"old meta", "{opts:?}");
+        assert_eq!(meta.metadata().unwrap().mode() & 0o7777, 0o600, "{opts:?}");
+        drop((ro, meta));
+        u.remount();
+        assert_eq!(u.read_str("f"), "NEW12ata more");
+        assert_eq!(fs::read_to_string(u.l(0, "f")).unwrap(), "old data");
+        if !opts.contains(&"metacopy=on") {
+            u.check_upper_is_layer_diff();
+        }
+    }
+}
+
+#[test]
+fn s30_with_passthrough_an_fd_opened_before_copy_up_keeps_the_lower_copy() {
+    // The documented difference (README, "Data path"): the kernel reads a passthrough file
+    // itself, from the backing file registered at open, so an fd opened on the lower copy
+    // goes on reading it; every open after the copy-up gets the upper copy. Kernel overlayfs
+    // switches the old fd to the copy.
+    let stack = Stack::new().lower([file("f", "old data")]);
+    let Some(mut u) = Union::mount(stack) else {
+        return;
+    };
+    let kernel = is_kernel();
+    assert!(
+        kernel || u.passthrough_on(),
+        "passthrough is off on this machine"
+    );
+    let mut ro = reader_then_copy_up(&u, "f");
+    let mut all = String::new();
+    ro.read_to_string(&mut all).unwrap();
+    let (want, len) = if kernel {
+        ("NEW12ata more", 13)
+    } else {
+        ("old data", 8)
+    };
+    assert_eq!(all, want, "old fd after the copy-up");
+    assert_eq!(ro.metadata().unwrap().len(), len, "fstat of the old fd");
+    assert_eq!(u.read_str("f"), "NEW12ata more", "a new open");
+    assert_eq!(u.stat("f").len(), 13);
+    drop(ro);
+    assert_eq!(fs::read_to_string(u.u("f")).unwrap(), "NEW12ata more");
+    assert_eq!(fs::read_to_string(u.l(0, "f")).unwrap(), "old data");
+    u.check_upper_is_layer_diff();
+}
+
 /// Small deterministic PRNG (xorshift64*), so a failure replays exactly.
 struct Rng(u64);
 

@@ -24,6 +24,9 @@ pub struct OpenFile {
     /// The kernel reads and writes this file itself through this backing file (passthrough);
     /// released with the handle.
     pub backing: Option<Arc<super::reply::Backing>>,
+    /// For a lower file opened before its copy-up: the upper copy, opened at the first
+    /// request after the copy-up (see `UnionFs::current_fd`).
+    pub moved: std::sync::OnceLock<OwnedFd>,
     /// Served by the daemon with direct I/O while passthrough is on (counted in
     /// `UnionFs::daemon_io` until it closes).
     pub daemon_io: bool,

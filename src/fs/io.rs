@@ -237,6 +237,43 @@ impl UnionFs {
         }
     }
 
+    /// The file a handle reads now. A handle opened on a lower file before its copy-up reads
+    /// the upper copy from then on, as in kernel overlayfs (since 4.19): the data other names
+    /// of the file show, and the attributes GETATTR reports. A passthrough handle cannot follow
+    /// (the kernel reads its backing file itself) and keeps the lower copy (README, "Data
+    /// path"); so does a handle whose file lost every name.
+    pub(super) fn current_fd<'a>(&self, f: &'a OpenFile) -> BorrowedFd<'a> {
+        if f.in_upper || f.backing.is_some() {
+            return f.fd.as_fd();
+        }
+        if f.moved.get().is_none() {
+            if let Some(fd) = self.upper_copy(f.ino) {
+                let _ = f.moved.set(fd);
+            }
+        }
+        f.moved.get().unwrap_or(&f.fd).as_fd()
+    }
+
+    /// The upper copy of lower file `ino` opened for reading, once it has one.
+    fn upper_copy(&self, ino: u64) -> Option<OwnedFd> {
+        let node = self.inodes.get(ino).ok()?;
+        {
+            // Most handles never see a copy-up: answer them without a path walk.
+            let st = node.state.read();
+            if !self.stack.is_upper(st.layer) && st.epoch == self.inodes.epoch() {
+                return None;
+            }
+        }
+        let c = self.ctx(ino).ok()?;
+        if !self.stack.is_upper(c.layer) {
+            return None;
+        }
+        let fd = self.stack.open_rel(c.layer, &c.rel, libc::O_RDONLY).ok()?;
+        // A metadata-only copy still has its data below: read it where its record says.
+        let (fd, _) = self.resolve_stub(&node, fd, c.layer, false, false).ok()?;
+        Some(fd)
+    }
+
     /// Registers an open file and says how the kernel should do its I/O.
     pub(super) fn new_handle(
         &self,
@@ -275,6 +312,7 @@ impl UnionFs {
                 writable,
                 in_upper,
                 backing: backing.clone(),
+                moved: std::sync::OnceLock::new(),
                 daemon_io,
             }),
         );

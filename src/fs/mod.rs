@@ -1076,18 +1076,19 @@ impl UnionFs {
     pub(crate) fn getattr(&self, ino: INodeNo, fh: Option<FileHandle>, reply: impl AttrOut) {
         self.stack.stats.count("getattr");
         let r = (|| {
-            if let Some(f) = fh.and_then(|f| self.handles.file(f.0)) {
-                let st = sys::fstat(f.fd.as_fd())?;
-                return Ok(self.attr(ino.0, &st, None));
-            }
+            // The file as it is now, by name, even when asked through a handle: a handle
+            // opened before a copy-up holds the lower copy, whose attributes are old.
             match self.retry(|| self.ctx(ino.0).and_then(|c| self.stat_of(&c))) {
                 Err(Errno::ENOENT) => {
                     // Removed but still held: an open file, or a directory (no links left).
                     if let Some(st) = self.orphans.get(&ino.0).map(|s| *s) {
                         return Ok(self.attr(ino.0, &st, Some(0)));
                     }
-                    let f = self.any_open(ino.0).ok_or(Errno::ENOENT)?;
-                    let st = sys::fstat(f.fd.as_fd())?;
+                    let f = fh
+                        .and_then(|f| self.handles.file(f.0))
+                        .or_else(|| self.any_open(ino.0))
+                        .ok_or(Errno::ENOENT)?;
+                    let st = sys::fstat(self.current_fd(&f))?;
                     Ok(self.attr(ino.0, &st, None))
                 }
                 r => r,
@@ -1303,7 +1304,7 @@ impl UnionFs {
         let mut buf = vec![0u8; size as usize];
         let mut got = 0;
         while got < buf.len() {
-            match sys::pread(f.fd.as_fd(), &mut buf[got..], offset + got as u64) {
+            match sys::pread(self.current_fd(&f), &mut buf[got..], offset + got as u64) {
                 Ok(0) => break,
                 Ok(n) => got += n,
                 Err(e) => return reply.error(fe(e)),
@@ -1719,7 +1720,7 @@ impl UnionFs {
     pub(crate) fn lseek(&self, fh: FileHandle, offset: i64, whence: i32, reply: impl LseekOut) {
         self.stack.stats.count("lseek");
         match self.handles.file(fh.0) {
-            Some(f) => match sys::lseek(f.fd.as_fd(), offset, whence) {
+            Some(f) => match sys::lseek(self.current_fd(&f), offset, whence) {
                 Ok(o) => reply.offset(o),
                 Err(e) => reply.error(fe(e)),
             },
@@ -1743,7 +1744,7 @@ impl UnionFs {
         let mut oi = offset_in as i64;
         let mut oo = offset_out as i64;
         let len = len.min(1 << 30) as usize;
-        match sys::copy_file_range(a.fd.as_fd(), &mut oi, b.fd.as_fd(), &mut oo, len) {
+        match sys::copy_file_range(self.current_fd(&a), &mut oi, b.fd.as_fd(), &mut oo, len) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(fe(e)),
         }

@@ -947,6 +947,28 @@ impl Union {
         self.pid
     }
 
+    /// Whether the daemon serves file data through FUSE passthrough (its SIGUSR1 report, which
+    /// goes to the log). Always false for the kernel.
+    pub fn passthrough_on(&self) -> bool {
+        let Some(pid) = self.pid else {
+            return false;
+        };
+        let before = self.daemon_log().len();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGUSR1).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let log = self.daemon_log();
+            if let Some(l) = log[before..]
+                .lines()
+                .find(|l| l.starts_with("passthrough "))
+            {
+                return l == "passthrough on";
+            }
+            assert!(Instant::now() < deadline, "no SIGUSR1 report in the log");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// For tests that killed the daemon and recovered by hand.
     pub fn forget_mount(&mut self) {
         self.mounted = false;
