@@ -4,7 +4,7 @@
 # as fast, higher is better), then a table of the FUSE daemons' memory and open fds after a
 # walk over a large tree.
 #
-#   scripts/bench.sh [--quick] [--runs N] [--out FILE] [--devfuse] [--no-drop]
+#   scripts/bench.sh [--quick] [--runs N] [--out FILE] [--devfuse] [--no-passthrough] [--no-drop]
 #
 # --no-drop never calls sync(2) or drop_caches (on a machine where one of them blocks, e.g.
 # behind a wedged filesystem): the cold rows and the memory table are then left out.
@@ -12,6 +12,8 @@
 # unionfs serves requests over FUSE-over-io_uring when the kernel offers it: the script turns on
 # the fuse module's enable_uring switch for the run (and restores it). --devfuse adds a column
 # for unionfs with -o uring=off (requests read from /dev/fuse), to show what the transport gives.
+# --no-passthrough adds a column for unionfs with -o passthrough=off (file data through the
+# daemon, and fds opened before a copy-up follow it, as in kernel overlayfs), to show its cost.
 #
 # Needs root (mounts, loop devices). Installs fuse-overlayfs from Debian if it is missing. Layer
 # sets are built under $BENCH_DIR (default /var/tmp/unionfs-bench, or
@@ -20,6 +22,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 quick=0
 devfuse=0
+nopt=0
 nodrop=0
 runs=3
 out=""
@@ -29,8 +32,9 @@ while [ $# -gt 0 ]; do
     --runs) runs=$2; shift ;;
     --out) out=$2; shift ;;
     --devfuse) devfuse=1 ;;
+    --no-passthrough) nopt=1 ;;
     --no-drop) nodrop=1 ;;
-    *) echo "usage: $0 [--quick] [--runs N] [--out FILE] [--devfuse] [--no-drop]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--quick] [--runs N] [--out FILE] [--devfuse] [--no-passthrough] [--no-drop]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -140,6 +144,7 @@ deep=${deep%:}
 TAR=$B/files$NTAR.tar
 impls=(kernel unionfs)
 [ $devfuse = 1 ] && impls+=(unionfs-devfuse)
+[ $nopt = 1 ] && impls+=(unionfs-nopassthrough)
 command -v fuse-overlayfs >/dev/null && impls+=(fuse-overlayfs)
 URING_SWITCH=/sys/module/fuse/parameters/enable_uring
 URING_BEFORE=$(cat "$URING_SWITCH" 2>/dev/null || true)
@@ -196,6 +201,8 @@ mount_impl() { # impl lowers name -> prints mountpoint; upper, work dir and moun
                -o "lowerdir=$low,upperdir=$d/u,workdir=$d/w" "$d/m" ;;
     unionfs-devfuse) "$UNIONFS" --pid-file "$d/pid" --stats-file "$d/stats" \
                -o "uring=off,lowerdir=$low,upperdir=$d/u,workdir=$d/w" "$d/m" ;;
+    unionfs-nopassthrough) "$UNIONFS" --pid-file "$d/pid" --stats-file "$d/stats" \
+               -o "passthrough=off,lowerdir=$low,upperdir=$d/u,workdir=$d/w" "$d/m" ;;
     fuse-overlayfs) fuse-overlayfs -o "lowerdir=$low,upperdir=$d/u,workdir=$d/w" "$d/m" ;;
   esac
   echo "$d/m"
@@ -211,7 +218,7 @@ daemon_pid() { # impl mountpoint lowers
   local d=${2%/m} p
   local -a found=()
   case $1 in
-    unionfs|unionfs-devfuse) found=("$(cat "$d/pid")") ;;
+    unionfs|unionfs-devfuse|unionfs-nopassthrough) found=("$(cat "$d/pid")") ;;
     fuse-overlayfs)
       for p in /proc/[0-9]*; do
         if tr '\0' '\n' < "$p/cmdline" 2>/dev/null |
