@@ -29,8 +29,9 @@ Lowers are listed topmost first; write '\\:' for a ':' inside a path.";
 )]
 pub struct Args {
     /// Mount options, comma-separated: lowerdir=, upperdir=, workdir=, ro, rw, dev, nodev,
-    /// suid, nosuid, allow_other, threads=N, fsname=NAME, timeout=SECS, passthrough=auto|off,
-    /// metacopy=on|off, uring=auto|on|off; generic mount options are accepted.
+    /// suid, nosuid, allow_other, nonempty, threads=N, fsname=NAME, timeout=SECS,
+    /// passthrough=auto|off, metacopy=on|off, uring=auto|on|off; generic mount options are
+    /// accepted.
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,
     /// Stay in the foreground instead of returning once the mount is live.
@@ -95,6 +96,8 @@ pub struct Invocation {
     pub stats_file: Option<PathBuf>,
     /// Options we accepted but ignore, to tell the user about.
     pub warnings: Vec<String>,
+    /// Mount over a non-empty directory without a warning (`-o nonempty`, libfuse2's opt-in).
+    pub nonempty: bool,
 }
 
 /// Splits a lower-layer list on `:` (topmost first), honouring `\:` as a literal colon.
@@ -195,6 +198,7 @@ pub fn parse_args(args: Args) -> Result<Invocation> {
     let mut upper = None;
     let mut workdir = None;
     let mut warnings = Vec::new();
+    let mut nonempty = false;
     let mut cfg = MountConfig::new(Vec::new(), None);
     if let Some(t) = args.threads {
         cfg.threads = t;
@@ -220,6 +224,7 @@ pub fn parse_args(args: Args) -> Result<Invocation> {
             "suid" => cfg.suid = true,
             "nosuid" => cfg.suid = false,
             "allow_other" => cfg.allow_other = true,
+            "nonempty" => nonempty = true,
             "fsname" => cfg.fsname = need(val)?,
             "timeout" | "entry_timeout" | "attr_timeout" => {
                 let v = need(val)?;
@@ -323,6 +328,7 @@ pub fn parse_args(args: Args) -> Result<Invocation> {
         watchdog: !args.no_watchdog,
         stats_file: args.stats_file,
         warnings,
+        nonempty,
     })
 }
 

@@ -904,3 +904,93 @@ fn every_tool_answers_help_and_version_and_writes_nothing() {
         assert!(left.is_empty(), "unionfs-docs {args:?} wrote {left:?}");
     }
 }
+
+/// Unmounts `mnt` (a union this test mounted with daemon `pid`) and waits for the daemon to end.
+fn unmount_and_wait(mnt: &Path, pid: i32) {
+    nix::mount::umount2(mnt, nix::mount::MntFlags::MNT_DETACH).unwrap();
+    wait_until("daemon exit", || !alive(pid));
+}
+
+#[test]
+fn a_mount_point_that_is_a_layer_is_refused_with_the_fix() {
+    if !fuse_available() {
+        return;
+    }
+    let mut fx = Fixture::new("mnt-is-layer");
+    let (l, u, w) = (fx.dir("l"), fx.dir("u"), fx.dir("w"));
+    fs::write(l.join("gone"), "lower").unwrap();
+    let (ls, us, ws) = (
+        l.to_str().unwrap(),
+        u.to_str().unwrap(),
+        w.to_str().unwrap(),
+    );
+    let o_form = format!("lowerdir={ls},upperdir={us},workdir={ws}");
+    let cases: [(&[&str], &str); 4] = [
+        (&[ls, us, us], "is the upper layer"),
+        (&[ls, ls], "is a lower layer"),
+        (&["-o", &o_form, us], "is the upper layer"),
+        (&["-o", &o_form, ws], "is the workdir"),
+    ];
+    for (args, says) in cases {
+        let o = fx.run(args);
+        let e = stderr(&o);
+        assert!(!o.status.success(), "{args:?} mounted");
+        assert!(
+            e.contains(says) && e.contains("unionfs-mount LOWERS"),
+            "{args:?}: {e}"
+        );
+    }
+    // The usual slip: an upper used before, then `unionfs-mount L U` with MNT left out.
+    let mnt = fx.dir("mnt");
+    let o = fx.run(&[ls, us, mnt.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    fs::remove_file(mnt.join("gone")).unwrap();
+    unmount_and_wait(&mnt, *fx.pids.last().unwrap());
+    let o = fx.run(&[ls, us]);
+    let e = stderr(&o);
+    assert!(!o.status.success(), "mounted over the upper: {e}");
+    assert!(
+        e.contains(us) && e.contains("layer directory") && e.contains("unionfs-mount LOWERS"),
+        "{e}"
+    );
+    for p in [&u, &l, &w] {
+        assert!(!is_mounted(p), "{p:?} is mounted");
+    }
+    assert!(u.join(".wh.gone").exists());
+}
+
+#[test]
+fn a_non_empty_mount_point_is_mounted_over_with_a_warning() {
+    if !fuse_available() {
+        return;
+    }
+    let mut fx = Fixture::new("nonempty");
+    let (l, u, mnt) = (fx.dir("l"), fx.dir("u"), fx.dir("mnt"));
+    fs::write(l.join("f"), "lower").unwrap();
+    fs::write(mnt.join("mine"), "mine").unwrap();
+    let (ls, us, ms) = (
+        l.to_str().unwrap(),
+        u.to_str().unwrap(),
+        mnt.to_str().unwrap(),
+    );
+    for (args, hint) in [(&[ls, us, ms][..], false), (&[ls, ms][..], true)] {
+        let o = fx.run(args);
+        let e = stderr(&o);
+        assert!(o.status.success(), "{args:?}: {e}");
+        assert!(
+            e.contains("warning") && e.contains(ms) && e.contains("not empty"),
+            "{args:?}: {e}"
+        );
+        // Without an upper the directory may have been meant as the upper: say how.
+        assert_eq!(e.contains("meant as the upper"), hint, "{args:?}: {e}");
+        assert_eq!(fs::read_to_string(mnt.join("f")).unwrap(), "lower");
+        assert!(!mnt.join("mine").exists());
+        unmount_and_wait(&mnt, *fx.pids.last().unwrap());
+        assert_eq!(fs::read_to_string(mnt.join("mine")).unwrap(), "mine");
+    }
+    // -o nonempty (libfuse2's opt-in) says it is meant: no warning, and no "unknown option".
+    let o = fx.run(&["-o", "nonempty", ls, us, ms]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).is_empty(), "{}", stderr(&o));
+    unmount_and_wait(&mnt, *fx.pids.last().unwrap());
+}
