@@ -242,7 +242,9 @@ impl Prepared {
         if !cfg.dev {
             flags |= libc::MS_NODEV;
         }
-        if cfg.read_only {
+        // Without an upper every write fails anyway; the flag makes the kernel refuse writes
+        // itself and /proc/mounts say `ro`, as it does for kernel overlayfs without an upper.
+        if cfg.read_only || cfg.upper.is_none() {
             flags |= libc::MS_RDONLY;
         }
         let mut data = format!(

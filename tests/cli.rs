@@ -994,3 +994,52 @@ fn a_non_empty_mount_point_is_mounted_over_with_a_warning() {
     assert!(stderr(&o).is_empty(), "{}", stderr(&o));
     unmount_and_wait(&mnt, *fx.pids.last().unwrap());
 }
+
+/// The mount options, filesystem type and source of the mount on `mnt`, from mountinfo.
+fn mount_fields(mnt: &Path) -> (String, String, String) {
+    let canon = fs::canonicalize(mnt).unwrap();
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = info
+        .lines()
+        .rfind(|l| l.split(' ').nth(4) == Some(canon.to_str().unwrap()))
+        .unwrap_or_else(|| panic!("{mnt:?} is not mounted"));
+    let fields: Vec<&str> = line.split(' ').collect();
+    // After the optional fields and a lone "-": type, source, super options.
+    let dash = fields.iter().position(|f| *f == "-").unwrap();
+    (
+        fields[5].to_string(),
+        fields[dash + 1].to_string(),
+        fields[dash + 2].to_string(),
+    )
+}
+
+#[test]
+fn a_union_without_an_upper_is_mounted_read_only() {
+    if !fuse_available() {
+        return;
+    }
+    let mut fx = Fixture::new("ro-flag");
+    let (l, u) = (fx.dir("l"), fx.dir("u"));
+    fs::write(l.join("f"), "lower").unwrap();
+    let (ls, us) = (l.to_str().unwrap(), u.to_str().unwrap());
+    for (args, want) in [
+        (vec![ls], "ro"),
+        (vec!["-o", "ro", ls, us], "ro"),
+        (vec![ls, us], "rw"),
+    ] {
+        let mnt = fx.dir(&format!("mnt-{}", fx.mounts.len()));
+        let mut a = args.clone();
+        a.push(mnt.to_str().unwrap());
+        let o = fx.run(&a);
+        assert!(o.status.success(), "{a:?}: {}", stderr(&o));
+        let (opts, fstype, _) = mount_fields(&mnt);
+        assert_eq!(fstype, "fuse.unionfs");
+        assert_eq!(opts.split(',').next(), Some(want), "{a:?}: {opts}");
+        assert_eq!(fs::read_to_string(mnt.join("f")).unwrap(), "lower");
+        if want == "ro" {
+            let r = fs::write(mnt.join("new"), "x");
+            assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EROFS));
+        }
+        unmount_and_wait(&mnt, *fx.pids.last().unwrap());
+    }
+}
