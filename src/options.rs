@@ -199,6 +199,7 @@ pub fn parse_args(args: Args) -> Result<Invocation> {
     let mut workdir = None;
     let mut warnings = Vec::new();
     let mut nonempty = false;
+    let mut fsname_given = false;
     let mut cfg = MountConfig::new(Vec::new(), None);
     if let Some(t) = args.threads {
         cfg.threads = t;
@@ -225,7 +226,10 @@ pub fn parse_args(args: Args) -> Result<Invocation> {
             "nosuid" => cfg.suid = false,
             "allow_other" => cfg.allow_other = true,
             "nonempty" => nonempty = true,
-            "fsname" => cfg.fsname = need(val)?,
+            "fsname" => {
+                cfg.fsname = need(val)?;
+                fsname_given = true;
+            }
             "timeout" | "entry_timeout" | "attr_timeout" => {
                 let v = need(val)?;
                 let secs: f64 = v
@@ -267,7 +271,14 @@ pub fn parse_args(args: Args) -> Result<Invocation> {
         Some(l) => {
             let mnt = match pos.len() {
                 1 => pos[0].clone(),
-                2 => pos[1].clone(), // SOURCE MNT, as mount.fuse3 calls us
+                // SOURCE MNT, as mount.fuse3 calls us: SOURCE is what `mount` and fstab users
+                // wrote as the device, and what they expect to see in /proc/mounts.
+                2 => {
+                    if !fsname_given && !pos[0].as_os_str().is_empty() {
+                        cfg.fsname = pos[0].to_string_lossy().into_owned();
+                    }
+                    pos[1].clone()
+                }
                 0 => {
                     return Err(Error::new(
                         "missing mount point: unionfs-mount -o lowerdir=... MNT",
@@ -422,6 +433,26 @@ mod tests {
         assert_eq!(i.mountpoint, PathBuf::from("/m"));
         assert!(i.config.dev);
         assert!(i.warnings.is_empty());
+    }
+
+    #[test]
+    fn source_argument_is_the_fsname_unless_fsname_is_given() {
+        let i = inv(&["-o", "lowerdir=/a", "my-root", "/m"]).unwrap();
+        assert_eq!(i.config.fsname, "my-root");
+        let i = inv(&["-o", "lowerdir=/a,fsname=explicit", "my-root", "/m"]).unwrap();
+        assert_eq!(i.config.fsname, "explicit");
+        let i = inv(&[
+            "-o",
+            "fsname=explicit",
+            "-o",
+            "lowerdir=/a",
+            "my-root",
+            "/m",
+        ])
+        .unwrap();
+        assert_eq!(i.config.fsname, "explicit");
+        let i = inv(&["-o", "lowerdir=/a", "/m"]).unwrap();
+        assert_eq!(i.config.fsname, crate::mount::SUBTYPE);
     }
 
     #[test]

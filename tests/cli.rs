@@ -1043,3 +1043,25 @@ fn a_union_without_an_upper_is_mounted_read_only() {
         unmount_and_wait(&mnt, *fx.pids.last().unwrap());
     }
 }
+
+#[test]
+fn the_source_argument_is_the_name_in_proc_mounts() {
+    if !fuse_available() {
+        return;
+    }
+    let mut fx = Fixture::new("fsname");
+    let l = fx.dir("l");
+    let lower = format!("lowerdir={}", l.display());
+    let explicit = format!("{lower},fsname=explicit-name");
+    for (opts, source, want) in [
+        (lower.as_str(), "my-root", "my-root"),
+        (explicit.as_str(), "my-root", "explicit-name"),
+    ] {
+        let mnt = fx.dir(&format!("mnt-{}", fx.mounts.len()));
+        let o = fx.run(&["-o", opts, source, mnt.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let (_, fstype, shown) = mount_fields(&mnt);
+        assert_eq!((fstype.as_str(), shown.as_str()), ("fuse.unionfs", want));
+        unmount_and_wait(&mnt, *fx.pids.last().unwrap());
+    }
+}
