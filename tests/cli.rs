@@ -1065,3 +1065,46 @@ fn the_source_argument_is_the_name_in_proc_mounts() {
         unmount_and_wait(&mnt, *fx.pids.last().unwrap());
     }
 }
+
+/// Runs `scripts/demo.sh` with `args` from `cwd`, using the binary under test.
+fn demo(cwd: &Path, args: &[&Path]) -> Output {
+    Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/demo.sh"))
+        .args(args)
+        .current_dir(cwd)
+        .env("UNIONFS_MOUNT", BIN)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_demo_refuses_a_non_empty_directory_it_did_not_make() {
+    let mut fx = Fixture::new("demo");
+    let theirs = fx.dir("theirs");
+    fs::write(theirs.join("precious"), "data").unwrap();
+    let o = demo(&fx.root, &[&theirs]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(
+        e.contains(theirs.to_str().unwrap()) && e.contains("not empty"),
+        "{e}"
+    );
+    assert_eq!(names_but(&theirs, ""), ["precious"]);
+    assert_eq!(fs::read_to_string(theirs.join("precious")).unwrap(), "data");
+    let file = theirs.join("precious");
+    let o = demo(&fx.root, &[&file]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("not a directory"), "{}", stderr(&o));
+    if !fuse_available() {
+        return;
+    }
+    // A directory it made itself (relative: to the caller's cwd) it may clear on the next run.
+    let ours = fx.root.join("ours");
+    fx.mounts.push(ours.join("mnt"));
+    for run in 0..2 {
+        let o = demo(&fx.root, &[Path::new("ours")]);
+        assert!(o.status.success(), "run {run}: {}", stderr(&o));
+        assert!(ours.join(".unionfs-demo").exists(), "run {run}");
+        assert!(!is_mounted(&ours.join("mnt")), "run {run}");
+        assert!(ours.join("upper/etc/new.conf").exists(), "run {run}");
+    }
+}
