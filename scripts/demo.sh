@@ -1,14 +1,35 @@
 #!/usr/bin/env bash
-# Builds a small three-layer example stack under ./example/mount-demo (or $1), mounts it with
+# Builds a small three-layer example stack under ./example/mount-demo (or DIR, $1), mounts it with
 # unionfs-mount, changes a few things through the mount, shows the merged view and the upper
 # directory (an OCI layer diff), and unmounts. Needs root (FUSE mount) and a built binary.
+# DIR must be new, empty, or made by an earlier run of this script (it holds the marker file
+# .unionfs-demo): only then does the script clear what it made there.
 set -euo pipefail
+root=${1:-}
+# A relative DIR is relative to where the script was called from, not to the repository.
+case $root in "" | /*) ;; *) root=$PWD/$root ;; esac
 cd "$(dirname "$0")/.."
-root=${1:-example/mount-demo}
+root=${root:-$PWD/example/mount-demo}
 bin=${UNIONFS_MOUNT:-target/release/unionfs-mount}
+marker=.unionfs-demo
+if [ -e "$root" ]; then
+  if [ ! -d "$root" ]; then
+    echo "demo.sh: $root exists and is not a directory: give a new or empty directory" >&2
+    exit 2
+  fi
+  if [ -e "$root/$marker" ]; then
+    # A run killed before its own unmount leaves the union mounted: rm must not go through it.
+    umount "$root/mnt" 2>/dev/null || true
+    rm -rf "${root:?}"/{base,app,fix,upper,mnt} "${root:?}/$marker"
+  elif [ -n "$(ls -A "$root")" ]; then
+    echo "demo.sh: $root is not empty and was not made by this script (no $marker in it);" \
+      "nothing was changed: give a new or empty directory, e.g. scripts/demo.sh /tmp/unionfs-demo" >&2
+    exit 2
+  fi
+fi
 [ -x "$bin" ] || cargo build --release --bin unionfs-mount
-rm -rf "$root"
 mkdir -p "$root"/{base,app,fix,upper,mnt}
+touch "$root/$marker"
 # base: a tiny "distribution"
 mkdir -p "$root"/base/etc "$root"/base/usr/bin "$root"/base/var/log
 echo "base 1.0" > "$root"/base/etc/os-release

@@ -29,6 +29,10 @@ pub fn run(mut inv: Invocation) -> i32 {
             return 1;
         }
     };
+    let hidden = prepared.hidden_entries();
+    if hidden > 0 && !inv.nonempty {
+        warn_nonempty(&inv, hidden);
+    }
     // Readiness pipe: the foreground caller waits on it until the mount is live.
     let mut status: Option<OwnedFd> = None;
     if !inv.foreground {
@@ -110,6 +114,25 @@ pub fn run(mut inv: Invocation) -> i32 {
         return 1;
     }
     0
+}
+
+/// Mounting over a non-empty directory is allowed (mount(8), kernel overlayfs and
+/// fuse-overlayfs allow it), but its files vanish from sight until the unmount: say so, the way
+/// a forgotten mount point (`unionfs-mount L U`) gets noticed.
+fn warn_nonempty(inv: &Invocation, hidden: usize) {
+    let mnt = inv.mountpoint.display();
+    let hint = if inv.config.upper.is_none() {
+        format!(
+            "; there is no upper, so the union is read-only: if {mnt} was meant as the upper, \
+             give the mount point after it: unionfs-mount LOWERS {mnt} MNT"
+        )
+    } else {
+        String::new()
+    };
+    eprintln!(
+        "unionfs-mount: warning: mount point {mnt} is not empty: its {hidden} entries are \
+         hidden until the union is unmounted (-o nonempty mounts without this warning){hint}"
+    );
 }
 
 /// Writes a stats report to `file` (replaced atomically), or to stderr.

@@ -5,7 +5,10 @@
 //! the filesystem type is `fuse.unionfs` (what `mount -t` and fstab users expect), and unmount is
 //! always lazy, so a busy mount never makes shutdown fail.
 
+use std::ffi::OsString;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -16,6 +19,7 @@ use fuser::{Session, SessionACL};
 use crate::error::{Error, Result};
 use crate::fs::{FsOptions, UnionFs};
 use crate::layer::stack::is_within;
+use crate::layer::whiteout::WH_PREFIX;
 use crate::layer::{Stack, StackConfig};
 use crate::sys::{self, Errno};
 use crate::transport::handshake::Handshake;
@@ -115,8 +119,23 @@ impl MountConfig {
                 mountpoint.display()
             )));
         }
-        let layers = self.lowers.iter().chain(self.upper.iter());
-        for l in layers.chain(self.workdir.iter()) {
+        let lowers = self.lowers.iter().map(|l| ("a lower layer", l));
+        let others = [
+            ("the upper layer", &self.upper),
+            ("the workdir", &self.workdir),
+        ];
+        let named = others
+            .into_iter()
+            .filter_map(|(what, p)| p.as_ref().map(|p| (what, p)));
+        for (what, l) in lowers.chain(named) {
+            if is_within(mountpoint, l) && is_within(l, mountpoint) {
+                return Err(Error::new(format!(
+                    "mount point {} is {what}: mounting there would hide that layer; \
+                     give the mount point as a separate directory, last: \
+                     unionfs-mount LOWERS [UPPER] MNT",
+                    mountpoint.display()
+                )));
+            }
             if is_within(mountpoint, l) {
                 return Err(Error::new(format!(
                     "mount point {} is inside layer {}: the union would contain itself; \
@@ -125,6 +144,17 @@ impl MountConfig {
                     l.display()
                 )));
             }
+        }
+        let contents = MountpointContents::survey(mountpoint);
+        if let Some(name) = &contents.layer_entry {
+            return Err(Error::new(format!(
+                "mount point {} holds {}, so it is a layer directory (the upper of an \
+                 earlier union?): mounting there would hide that layer; if you left out the \
+                 mount point, give it last: unionfs-mount LOWERS UPPER MNT; otherwise mount \
+                 on another directory",
+                mountpoint.display(),
+                name.to_string_lossy()
+            )));
         }
         let upper = if self.read_only {
             None
@@ -141,6 +171,7 @@ impl MountConfig {
             cfg: self.clone(),
             stack: Arc::new(stack),
             mountpoint: mountpoint.to_path_buf(),
+            hidden: contents.entries,
         })
     }
 
@@ -150,15 +181,56 @@ impl MountConfig {
     }
 }
 
+/// What a mount point holds before the union covers it.
+#[derive(Debug, Default)]
+struct MountpointContents {
+    /// How many entries the mount will hide.
+    entries: usize,
+    /// A name that only a layer directory holds: a whiteout, an opaque marker, our work dir.
+    layer_entry: Option<OsString>,
+}
+
+impl MountpointContents {
+    /// Lists `dir`; one that cannot be listed counts as empty (the mount itself then decides).
+    fn survey(dir: &Path) -> Self {
+        let mut out = MountpointContents::default();
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return out;
+        };
+        for e in entries.flatten() {
+            out.entries += 1;
+            if out.layer_entry.is_some() {
+                continue;
+            }
+            let name = e.file_name();
+            let whiteout = name.as_bytes().starts_with(WH_PREFIX);
+            // A 0/0 character device is the kernel's whiteout.
+            let char_whiteout = e
+                .file_type()
+                .is_ok_and(|t| t.is_char_device() && e.metadata().is_ok_and(|m| m.rdev() == 0));
+            if whiteout || char_whiteout {
+                out.layer_entry = Some(name);
+            }
+        }
+        out
+    }
+}
+
 /// A checked configuration with its layers open, ready to mount.
 #[derive(Debug)]
 pub struct Prepared {
     cfg: MountConfig,
     stack: Arc<Stack>,
     mountpoint: PathBuf,
+    hidden: usize,
 }
 
 impl Prepared {
+    /// How many entries the mount point holds: the mount hides them until it is unmounted.
+    pub fn hidden_entries(&self) -> usize {
+        self.hidden
+    }
+
     /// Mounts and starts serving; returns once the kernel has completed the FUSE handshake.
     pub fn mount(self) -> Result<MountGuard> {
         let fuse = open_fuse_device()?;
@@ -170,7 +242,9 @@ impl Prepared {
         if !cfg.dev {
             flags |= libc::MS_NODEV;
         }
-        if cfg.read_only {
+        // Without an upper every write fails anyway; the flag makes the kernel refuse writes
+        // itself and /proc/mounts say `ro`, as it does for kernel overlayfs without an upper.
+        if cfg.read_only || cfg.upper.is_none() {
             flags |= libc::MS_RDONLY;
         }
         let mut data = format!(

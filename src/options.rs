@@ -29,8 +29,9 @@ Lowers are listed topmost first; write '\\:' for a ':' inside a path.";
 )]
 pub struct Args {
     /// Mount options, comma-separated: lowerdir=, upperdir=, workdir=, ro, rw, dev, nodev,
-    /// suid, nosuid, allow_other, threads=N, fsname=NAME, timeout=SECS, passthrough=auto|off,
-    /// metacopy=on|off, uring=auto|on|off; generic mount options are accepted.
+    /// suid, nosuid, allow_other, nonempty, threads=N, fsname=NAME, timeout=SECS,
+    /// passthrough=auto|off, metacopy=on|off, uring=auto|on|off; generic mount options are
+    /// accepted.
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,
     /// Stay in the foreground instead of returning once the mount is live.
@@ -95,6 +96,8 @@ pub struct Invocation {
     pub stats_file: Option<PathBuf>,
     /// Options we accepted but ignore, to tell the user about.
     pub warnings: Vec<String>,
+    /// Mount over a non-empty directory without a warning (`-o nonempty`, libfuse2's opt-in).
+    pub nonempty: bool,
 }
 
 /// Splits a lower-layer list on `:` (topmost first), honouring `\:` as a literal colon.
@@ -195,6 +198,8 @@ pub fn parse_args(args: Args) -> Result<Invocation> {
     let mut upper = None;
     let mut workdir = None;
     let mut warnings = Vec::new();
+    let mut nonempty = false;
+    let mut fsname_given = false;
     let mut cfg = MountConfig::new(Vec::new(), None);
     if let Some(t) = args.threads {
         cfg.threads = t;
@@ -220,7 +225,11 @@ pub fn parse_args(args: Args) -> Result<Invocation> {
             "suid" => cfg.suid = true,
             "nosuid" => cfg.suid = false,
             "allow_other" => cfg.allow_other = true,
-            "fsname" => cfg.fsname = need(val)?,
+            "nonempty" => nonempty = true,
+            "fsname" => {
+                cfg.fsname = need(val)?;
+                fsname_given = true;
+            }
             "timeout" | "entry_timeout" | "attr_timeout" => {
                 let v = need(val)?;
                 let secs: f64 = v
@@ -262,7 +271,14 @@ pub fn parse_args(args: Args) -> Result<Invocation> {
         Some(l) => {
             let mnt = match pos.len() {
                 1 => pos[0].clone(),
-                2 => pos[1].clone(), // SOURCE MNT, as mount.fuse3 calls us
+                // SOURCE MNT, as mount.fuse3 calls us: SOURCE is what `mount` and fstab users
+                // wrote as the device, and what they expect to see in /proc/mounts.
+                2 => {
+                    if !fsname_given && !pos[0].as_os_str().is_empty() {
+                        cfg.fsname = pos[0].to_string_lossy().into_owned();
+                    }
+                    pos[1].clone()
+                }
                 0 => {
                     return Err(Error::new(
                         "missing mount point: unionfs-mount -o lowerdir=... MNT",
@@ -323,6 +339,7 @@ pub fn parse_args(args: Args) -> Result<Invocation> {
         watchdog: !args.no_watchdog,
         stats_file: args.stats_file,
         warnings,
+        nonempty,
     })
 }
 
@@ -416,6 +433,26 @@ mod tests {
         assert_eq!(i.mountpoint, PathBuf::from("/m"));
         assert!(i.config.dev);
         assert!(i.warnings.is_empty());
+    }
+
+    #[test]
+    fn source_argument_is_the_fsname_unless_fsname_is_given() {
+        let i = inv(&["-o", "lowerdir=/a", "my-root", "/m"]).unwrap();
+        assert_eq!(i.config.fsname, "my-root");
+        let i = inv(&["-o", "lowerdir=/a,fsname=explicit", "my-root", "/m"]).unwrap();
+        assert_eq!(i.config.fsname, "explicit");
+        let i = inv(&[
+            "-o",
+            "fsname=explicit",
+            "-o",
+            "lowerdir=/a",
+            "my-root",
+            "/m",
+        ])
+        .unwrap();
+        assert_eq!(i.config.fsname, "explicit");
+        let i = inv(&["-o", "lowerdir=/a", "/m"]).unwrap();
+        assert_eq!(i.config.fsname, crate::mount::SUBTYPE);
     }
 
     #[test]

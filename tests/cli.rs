@@ -851,3 +851,260 @@ fn io_uring_transport_serves_requests_when_the_kernel_offers_it() {
         wait_until("daemon exit", || !alive(pid));
     }
 }
+
+/// Every tool of the project, by binary name.
+const TOOLS: [(&str, &str); 5] = [
+    ("unionfs-mount", env!("CARGO_BIN_EXE_unionfs-mount")),
+    ("unionfs-run", env!("CARGO_BIN_EXE_unionfs-run")),
+    ("unionfs-layer", env!("CARGO_BIN_EXE_unionfs-layer")),
+    ("unionfs-docs", env!("CARGO_BIN_EXE_unionfs-docs")),
+    ("unionfs-harness", env!("CARGO_BIN_EXE_unionfs-harness")),
+];
+
+#[test]
+fn every_tool_answers_help_and_version_and_writes_nothing() {
+    let fx = Fixture::new("help");
+    // Temp files would land here, not in the shared /tmp where they could go unnoticed.
+    let tmp = fx.dir("tmp");
+    for (name, path) in TOOLS {
+        for flag in ["--help", "-h", "--version"] {
+            let cwd = fx.dir(&format!("cwd-{name}{flag}"));
+            let o = Command::new(path)
+                .arg(flag)
+                .current_dir(&cwd)
+                .env("TMPDIR", &tmp)
+                .output()
+                .unwrap();
+            let out = String::from_utf8_lossy(&o.stdout);
+            assert!(o.status.success(), "{name} {flag}: {}", stderr(&o));
+            if flag == "--version" {
+                let want = format!("{name} {}", env!("CARGO_PKG_VERSION"));
+                assert!(out.starts_with(&want), "{name} {flag}: {out}");
+            } else {
+                assert!(out.contains("Usage:"), "{name} {flag}: {out}");
+            }
+            for d in [&cwd, &tmp] {
+                let left = names_but(d, "");
+                assert!(left.is_empty(), "{name} {flag} wrote {left:?} into {d:?}");
+            }
+        }
+    }
+    // Without OUTDIR, or with an unknown flag, unionfs-docs says how to call it and writes
+    // nothing either.
+    let cwd = fx.dir("cwd-docs-bad");
+    for args in [&[][..], &["--no-such-flag"][..]] {
+        let o = Command::new(env!("CARGO_BIN_EXE_unionfs-docs"))
+            .args(args)
+            .current_dir(&cwd)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains("Usage:"), "{args:?}: {}", stderr(&o));
+        let left = names_but(&cwd, "");
+        assert!(left.is_empty(), "unionfs-docs {args:?} wrote {left:?}");
+    }
+}
+
+/// Unmounts `mnt` (a union this test mounted with daemon `pid`) and waits for the daemon to end.
+fn unmount_and_wait(mnt: &Path, pid: i32) {
+    nix::mount::umount2(mnt, nix::mount::MntFlags::MNT_DETACH).unwrap();
+    wait_until("daemon exit", || !alive(pid));
+}
+
+#[test]
+fn a_mount_point_that_is_a_layer_is_refused_with_the_fix() {
+    if !fuse_available() {
+        return;
+    }
+    let mut fx = Fixture::new("mnt-is-layer");
+    let (l, u, w) = (fx.dir("l"), fx.dir("u"), fx.dir("w"));
+    fs::write(l.join("gone"), "lower").unwrap();
+    let (ls, us, ws) = (
+        l.to_str().unwrap(),
+        u.to_str().unwrap(),
+        w.to_str().unwrap(),
+    );
+    let o_form = format!("lowerdir={ls},upperdir={us},workdir={ws}");
+    let cases: [(&[&str], &str); 4] = [
+        (&[ls, us, us], "is the upper layer"),
+        (&[ls, ls], "is a lower layer"),
+        (&["-o", &o_form, us], "is the upper layer"),
+        (&["-o", &o_form, ws], "is the workdir"),
+    ];
+    for (args, says) in cases {
+        let o = fx.run(args);
+        let e = stderr(&o);
+        assert!(!o.status.success(), "{args:?} mounted");
+        assert!(
+            e.contains(says) && e.contains("unionfs-mount LOWERS"),
+            "{args:?}: {e}"
+        );
+    }
+    // The usual slip: an upper used before, then `unionfs-mount L U` with MNT left out.
+    let mnt = fx.dir("mnt");
+    let o = fx.run(&[ls, us, mnt.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    fs::remove_file(mnt.join("gone")).unwrap();
+    unmount_and_wait(&mnt, *fx.pids.last().unwrap());
+    let o = fx.run(&[ls, us]);
+    let e = stderr(&o);
+    assert!(!o.status.success(), "mounted over the upper: {e}");
+    assert!(
+        e.contains(us) && e.contains("layer directory") && e.contains("unionfs-mount LOWERS"),
+        "{e}"
+    );
+    for p in [&u, &l, &w] {
+        assert!(!is_mounted(p), "{p:?} is mounted");
+    }
+    assert!(u.join(".wh.gone").exists());
+}
+
+#[test]
+fn a_non_empty_mount_point_is_mounted_over_with_a_warning() {
+    if !fuse_available() {
+        return;
+    }
+    let mut fx = Fixture::new("nonempty");
+    let (l, u, mnt) = (fx.dir("l"), fx.dir("u"), fx.dir("mnt"));
+    fs::write(l.join("f"), "lower").unwrap();
+    fs::write(mnt.join("mine"), "mine").unwrap();
+    let (ls, us, ms) = (
+        l.to_str().unwrap(),
+        u.to_str().unwrap(),
+        mnt.to_str().unwrap(),
+    );
+    for (args, hint) in [(&[ls, us, ms][..], false), (&[ls, ms][..], true)] {
+        let o = fx.run(args);
+        let e = stderr(&o);
+        assert!(o.status.success(), "{args:?}: {e}");
+        assert!(
+            e.contains("warning") && e.contains(ms) && e.contains("not empty"),
+            "{args:?}: {e}"
+        );
+        // Without an upper the directory may have been meant as the upper: say how.
+        assert_eq!(e.contains("meant as the upper"), hint, "{args:?}: {e}");
+        assert_eq!(fs::read_to_string(mnt.join("f")).unwrap(), "lower");
+        assert!(!mnt.join("mine").exists());
+        unmount_and_wait(&mnt, *fx.pids.last().unwrap());
+        assert_eq!(fs::read_to_string(mnt.join("mine")).unwrap(), "mine");
+    }
+    // -o nonempty (libfuse2's opt-in) says it is meant: no warning, and no "unknown option".
+    let o = fx.run(&["-o", "nonempty", ls, us, ms]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).is_empty(), "{}", stderr(&o));
+    unmount_and_wait(&mnt, *fx.pids.last().unwrap());
+}
+
+/// The mount options, filesystem type and source of the mount on `mnt`, from mountinfo.
+fn mount_fields(mnt: &Path) -> (String, String, String) {
+    let canon = fs::canonicalize(mnt).unwrap();
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = info
+        .lines()
+        .rfind(|l| l.split(' ').nth(4) == Some(canon.to_str().unwrap()))
+        .unwrap_or_else(|| panic!("{mnt:?} is not mounted"));
+    let fields: Vec<&str> = line.split(' ').collect();
+    // After the optional fields and a lone "-": type, source, super options.
+    let dash = fields.iter().position(|f| *f == "-").unwrap();
+    (
+        fields[5].to_string(),
+        fields[dash + 1].to_string(),
+        fields[dash + 2].to_string(),
+    )
+}
+
+#[test]
+fn a_union_without_an_upper_is_mounted_read_only() {
+    if !fuse_available() {
+        return;
+    }
+    let mut fx = Fixture::new("ro-flag");
+    let (l, u) = (fx.dir("l"), fx.dir("u"));
+    fs::write(l.join("f"), "lower").unwrap();
+    let (ls, us) = (l.to_str().unwrap(), u.to_str().unwrap());
+    for (args, want) in [
+        (vec![ls], "ro"),
+        (vec!["-o", "ro", ls, us], "ro"),
+        (vec![ls, us], "rw"),
+    ] {
+        let mnt = fx.dir(&format!("mnt-{}", fx.mounts.len()));
+        let mut a = args.clone();
+        a.push(mnt.to_str().unwrap());
+        let o = fx.run(&a);
+        assert!(o.status.success(), "{a:?}: {}", stderr(&o));
+        let (opts, fstype, _) = mount_fields(&mnt);
+        assert_eq!(fstype, "fuse.unionfs");
+        assert_eq!(opts.split(',').next(), Some(want), "{a:?}: {opts}");
+        assert_eq!(fs::read_to_string(mnt.join("f")).unwrap(), "lower");
+        if want == "ro" {
+            let r = fs::write(mnt.join("new"), "x");
+            assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EROFS));
+        }
+        unmount_and_wait(&mnt, *fx.pids.last().unwrap());
+    }
+}
+
+#[test]
+fn the_source_argument_is_the_name_in_proc_mounts() {
+    if !fuse_available() {
+        return;
+    }
+    let mut fx = Fixture::new("fsname");
+    let l = fx.dir("l");
+    let lower = format!("lowerdir={}", l.display());
+    let explicit = format!("{lower},fsname=explicit-name");
+    for (opts, source, want) in [
+        (lower.as_str(), "my-root", "my-root"),
+        (explicit.as_str(), "my-root", "explicit-name"),
+    ] {
+        let mnt = fx.dir(&format!("mnt-{}", fx.mounts.len()));
+        let o = fx.run(&["-o", opts, source, mnt.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let (_, fstype, shown) = mount_fields(&mnt);
+        assert_eq!((fstype.as_str(), shown.as_str()), ("fuse.unionfs", want));
+        unmount_and_wait(&mnt, *fx.pids.last().unwrap());
+    }
+}
+
+/// Runs `scripts/demo.sh` with `args` from `cwd`, using the binary under test.
+fn demo(cwd: &Path, args: &[&Path]) -> Output {
+    Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/demo.sh"))
+        .args(args)
+        .current_dir(cwd)
+        .env("UNIONFS_MOUNT", BIN)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_demo_refuses_a_non_empty_directory_it_did_not_make() {
+    let mut fx = Fixture::new("demo");
+    let theirs = fx.dir("theirs");
+    fs::write(theirs.join("precious"), "data").unwrap();
+    let o = demo(&fx.root, &[&theirs]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(
+        e.contains(theirs.to_str().unwrap()) && e.contains("not empty"),
+        "{e}"
+    );
+    assert_eq!(names_but(&theirs, ""), ["precious"]);
+    assert_eq!(fs::read_to_string(theirs.join("precious")).unwrap(), "data");
+    let file = theirs.join("precious");
+    let o = demo(&fx.root, &[&file]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("not a directory"), "{}", stderr(&o));
+    if !fuse_available() {
+        return;
+    }
+    // A directory it made itself (relative: to the caller's cwd) it may clear on the next run.
+    let ours = fx.root.join("ours");
+    fx.mounts.push(ours.join("mnt"));
+    for run in 0..2 {
+        let o = demo(&fx.root, &[Path::new("ours")]);
+        assert!(o.status.success(), "run {run}: {}", stderr(&o));
+        assert!(ours.join(".unionfs-demo").exists(), "run {run}");
+        assert!(!is_mounted(&ours.join("mnt")), "run {run}");
+        assert!(ours.join("upper/etc/new.conf").exists(), "run {run}");
+    }
+}

@@ -134,3 +134,26 @@ fn fstab_entry_mounts_read_only_with_ro() {
         "ro wrote to the upper"
     );
 }
+
+#[test]
+fn the_mount_source_is_the_name_in_proc_mounts() {
+    if !tools_available() {
+        return;
+    }
+    let t = Tmp::new("source");
+    let p = |d: &str| t.0.join(d).display().to_string();
+    let out = in_private_ns(
+        &t,
+        &format!(
+            "mount -t fuse.unionfs app-root {m} -o lowerdir={l}; \
+             grep ' {m} ' /proc/self/mounts | cut -d' ' -f1,3; umount {m}",
+            m = p("m"),
+            l = p("l"),
+        ),
+    );
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["app-root fuse.unionfs"],
+        "{out}"
+    );
+}

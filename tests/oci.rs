@@ -446,3 +446,98 @@ fn deletes_of_names_too_long_for_wh_files_export_as_wh_entries_and_import_back()
     drop(g);
     assert_eq!(fs::read_to_string(l.join(&a)).unwrap(), "a");
 }
+
+#[test]
+fn every_layer_subcommand_refuses_a_missing_layer_and_names_it() {
+    let t = Tmp::new("badlayer");
+    let (l, u) = (t.dir("l"), t.dir("u"));
+    fs::write(u.join("f"), "x").unwrap();
+    let plain = t.0.join("plain-file");
+    fs::write(&plain, "not a directory").unwrap();
+    let missing = t.0.join("no-such-layer");
+    // An existing file at the output path: a refused export must leave it as it was.
+    let out = t.0.join("out.tar");
+    fs::write(&out, "keep").unwrap();
+    let (ls, us, os) = (
+        l.to_str().unwrap(),
+        u.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    for bad in [&missing, &plain] {
+        let name = bad.file_name().unwrap().to_str().unwrap();
+        let bs = bad.to_str().unwrap();
+        let lowers = format!("{ls}:{bs}");
+        let calls: [&[&str]; 6] = [
+            &["diff", us, "--lowers", &lowers],
+            &["export", us, "--lowers", &lowers, "-o", os],
+            &["fill", us, "--lowers", &lowers],
+            &["diff", bs, "--lowers", ls],
+            &["export", bs, "-o", os],
+            &["fill", bs, "--lowers", ls],
+        ];
+        for args in calls {
+            let o = layer_tool(args);
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(!o.status.success(), "{args:?} succeeded: {err}");
+            assert!(
+                err.contains(name) && err.contains("give"),
+                "{args:?}: {err}"
+            );
+            assert!(o.stdout.is_empty(), "{args:?} printed a result");
+        }
+    }
+    for empty in ["", ":"] {
+        for args in [
+            &["diff", us, "--lowers", empty][..],
+            &["export", us, "--lowers", empty, "-o", os],
+            &["fill", us, "--lowers", empty],
+        ] {
+            let o = layer_tool(args);
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(!o.status.success(), "{args:?} succeeded: {err}");
+            assert!(err.contains("names no layer"), "{args:?}: {err}");
+        }
+    }
+    assert_eq!(fs::read_to_string(&out).unwrap(), "keep");
+    assert_eq!(fs::read_dir(&u).unwrap().count(), 1);
+}
+
+#[test]
+fn import_names_a_missing_or_bad_tarball_and_creates_nothing() {
+    let t = Tmp::new("badimport");
+    let text = t.0.join("notes.txt");
+    fs::write(&text, "this is not a tarball\n").unwrap();
+    let target = t.0.join("layer");
+    for (tarball, says) in [
+        (t.0.join("no-such.tar"), "no-such.tar"),
+        (text.clone(), "not a layer tarball"),
+    ] {
+        let o = layer_tool(&[
+            "import",
+            tarball.to_str().unwrap(),
+            target.to_str().unwrap(),
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{tarball:?}: {err}");
+        assert!(err.contains(says), "{tarball:?}: {err}");
+        assert!(!target.exists(), "{tarball:?}: import created {target:?}");
+    }
+    // A good tarball into a path that is a file: refused, naming the path.
+    let good = t.0.join("good.tar");
+    fs::write(&good, tarball(&[])).unwrap();
+    let o = layer_tool(&["import", good.to_str().unwrap(), text.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("notes.txt") && err.contains("not a directory"),
+        "{err}"
+    );
+    assert_eq!(
+        fs::read_to_string(&text).unwrap(),
+        "this is not a tarball\n"
+    );
+    // And an empty tarball is an empty layer.
+    let o = layer_tool(&["import", good.to_str().unwrap(), target.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(fs::read_dir(&target).unwrap().count(), 0);
+}

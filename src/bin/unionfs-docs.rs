@@ -3,8 +3,17 @@
 
 use std::path::{Path, PathBuf};
 
-use clap::CommandFactory;
+use clap::{CommandFactory, Parser};
 use clap_complete::Shell;
+
+/// Write the man pages and bash/zsh completions of the unionfs commands.
+#[derive(Debug, Parser)]
+#[command(name = "unionfs-docs", version)]
+struct Cli {
+    /// Where to write: OUTDIR/man and OUTDIR/completions/{bash,zsh} (created if missing).
+    #[arg(value_name = "OUTDIR")]
+    out: PathBuf,
+}
 
 fn write_man(cmd: clap::Command, section: &str, dir: &Path) -> std::io::Result<PathBuf> {
     let name = cmd.get_name().to_string();
@@ -42,12 +51,13 @@ fn run(out: &Path) -> std::io::Result<()> {
 }
 
 fn main() {
-    let Some(out) = std::env::args_os().nth(1).map(PathBuf::from) else {
-        eprintln!("usage: unionfs-docs OUTDIR   (writes OUTDIR/man and OUTDIR/completions)");
-        std::process::exit(2);
-    };
-    if let Err(e) = run(&out) {
-        eprintln!("unionfs-docs: writing into {}: {e}", out.display());
+    // Parsed by clap, not taken raw: `--help` and friends used to become a directory name.
+    let cli = Cli::parse();
+    if let Err(e) = run(&cli.out) {
+        eprintln!(
+            "unionfs-docs: writing into {}: {e}; give a directory you may write to",
+            cli.out.display()
+        );
         std::process::exit(1);
     }
 }

@@ -7,6 +7,22 @@ use std::process::ExitCode;
 use clap::Parser;
 use unionfs::oci::cli::{Cli, Cmd};
 
+/// The layers of a `--lowers L1:L2` argument (topmost first); one that names none is refused
+/// rather than taken as "no lowers".
+fn lowers_arg(arg: Option<&str>) -> unionfs::Result<Vec<PathBuf>> {
+    let Some(arg) = arg else {
+        return Ok(Vec::new());
+    };
+    let layers = unionfs::options::split_layers(arg);
+    if layers.is_empty() {
+        return Err(unionfs::Error::new(format!(
+            "--lowers '{arg}' names no layer: give the lower directories, topmost first, \
+             e.g. --lowers /l/app:/l/base"
+        )));
+    }
+    Ok(layers)
+}
+
 fn run(cli: Cli) -> unionfs::Result<()> {
     match cli.cmd {
         Cmd::Export {
@@ -16,9 +32,9 @@ fn run(cli: Cli) -> unionfs::Result<()> {
             zstd,
             lowers,
         } => {
-            let lowers = lowers
-                .map(|l| unionfs::options::split_layers(&l))
-                .unwrap_or_default();
+            let lowers = lowers_arg(lowers.as_deref())?;
+            // Before the output is created: a mistyped layer must not cost an existing file.
+            unionfs::oci::check_layers(&upper, &lowers)?;
             let r = export(&upper, &lowers, output.as_deref(), gzip, zstd);
             if r.is_err() {
                 // A partial tarball must not pass for a layer.
@@ -29,7 +45,7 @@ fn run(cli: Cli) -> unionfs::Result<()> {
             r
         }
         Cmd::Fill { upper, lowers } => {
-            let lowers = unionfs::options::split_layers(&lowers);
+            let lowers = lowers_arg(Some(&lowers))?;
             let n = unionfs::oci::fill_stubs(&upper, &lowers)?;
             eprintln!(
                 "unionfs-layer: filled {n} metadata-only copies in {}",
@@ -42,7 +58,11 @@ fn run(cli: Cli) -> unionfs::Result<()> {
                 unionfs::oci::import(std::io::stdin().lock(), &dir)?
             } else {
                 let f = std::fs::File::open(&tarball).map_err(|e| {
-                    unionfs::Error::sys(format!("opening {}", tarball.display()), e, "")
+                    unionfs::Error::sys(
+                        format!("tarball {}", tarball.display()),
+                        e,
+                        "give a layer tarball (tar, tar+gzip or tar+zstd), or - for stdin",
+                    )
                 })?;
                 unionfs::oci::import(f, &dir)?
             };
@@ -54,9 +74,7 @@ fn run(cli: Cli) -> unionfs::Result<()> {
             Ok(())
         }
         Cmd::Diff { upper, lowers } => {
-            let lowers = lowers
-                .map(|l| unionfs::options::split_layers(&l))
-                .unwrap_or_default();
+            let lowers = lowers_arg(lowers.as_deref())?;
             for c in unionfs::oci::diff(&upper, &lowers)? {
                 println!("{c}");
             }
@@ -73,10 +91,13 @@ fn export(
     zstd: bool,
 ) -> unionfs::Result<()> {
     let sink: Box<dyn Write> = match &output {
-        Some(p) => Box::new(
-            std::fs::File::create(p)
-                .map_err(|e| unionfs::Error::sys(format!("creating {}", p.display()), e, ""))?,
-        ),
+        Some(p) => Box::new(std::fs::File::create(p).map_err(|e| {
+            unionfs::Error::sys(
+                format!("creating the output {}", p.display()),
+                e,
+                "give a file in an existing directory you may write to",
+            )
+        })?),
         None => Box::new(std::io::stdout().lock()),
     };
     let sink = std::io::BufWriter::new(sink);

@@ -59,6 +59,7 @@ pub fn export<W: Write>(upper: &Path, lowers: &[PathBuf], out: W) -> Result<W> {
     let mut ar = tar::Builder::new(out);
     ar.mode(tar::HeaderMode::Complete);
     let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
+    open_upper(upper)?;
     let roots = open_lowers(lowers)?;
     let mut ex = Export {
         lowers: roots,
@@ -73,9 +74,8 @@ pub fn export<W: Write>(upper: &Path, lowers: &[PathBuf], out: W) -> Result<W> {
 /// `lowers` (topmost first) into the stub, so the upper directory itself is a plain layer diff.
 /// Returns how many stubs were filled; stops at the first stub whose data is missing.
 pub fn fill_stubs(upper: &Path, lowers: &[PathBuf]) -> Result<u64> {
+    let root = open_upper(upper)?;
     let roots = open_lowers(lowers)?;
-    let root = sys::open_path(upper, libc::O_PATH | libc::O_DIRECTORY)
-        .map_err(|e| Error::sys(format!("upper {}", upper.display()), e.desc(), ""))?;
     let mut filled = 0;
     fill_dir(root.as_fd(), upper, &roots, &mut filled)?;
     Ok(filled)
@@ -111,6 +111,23 @@ fn fill_dir(dir: BorrowedFd<'_>, path: &Path, lowers: &[OwnedFd], filled: &mut u
         }
     }
     Ok(())
+}
+
+/// Checks that `upper` and each of `lowers` is a directory that can be opened, naming the first
+/// that is not, so that a command can refuse a mistyped layer before it writes anything.
+pub fn check_layers(upper: &Path, lowers: &[PathBuf]) -> Result<()> {
+    open_upper(upper)?;
+    open_lowers(lowers).map(drop)
+}
+
+fn open_upper(upper: &Path) -> Result<OwnedFd> {
+    sys::open_path(upper, libc::O_PATH | libc::O_DIRECTORY).map_err(|e| {
+        Error::sys(
+            format!("upper layer {}", upper.display()),
+            e.desc(),
+            "give the upper directory of the union",
+        )
+    })
 }
 
 fn open_lowers(lowers: &[PathBuf]) -> Result<Vec<OwnedFd>> {
@@ -330,14 +347,41 @@ pub fn import<R: Read>(input: R, dir: &Path) -> Result<ImportStats> {
 }
 
 fn import_tar<R: Read>(mut ar: tar::Archive<R>, dir: &Path) -> Result<ImportStats> {
-    std::fs::create_dir_all(dir).map_err(|e| ioerr(format!("creating {}", dir.display()), e))?;
+    let not_tar = |e| {
+        Error::sys(
+            "reading the tarball",
+            e,
+            "the input is not a layer tarball (tar, tar+gzip or tar+zstd)",
+        )
+    };
+    let mut entries = ar.entries().map_err(not_tar)?;
+    // Read before DIR is created: input that is no tarball at all must leave nothing behind.
+    let first = entries.next().transpose().map_err(not_tar)?;
+    if std::fs::symlink_metadata(dir).is_ok_and(|m| !m.is_dir()) {
+        return Err(Error::new(format!(
+            "{} exists and is not a directory: give a new or empty directory to import into",
+            dir.display()
+        )));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| {
+        Error::sys(
+            format!("creating {}", dir.display()),
+            e,
+            "give a directory you may write to",
+        )
+    })?;
     let root = sys::open_path(dir, libc::O_PATH | libc::O_DIRECTORY)
         .map_err(|e| ioerr(format!("opening {}", dir.display()), e.desc()))?;
     let mut stats = ImportStats::default();
     let mut dir_times: Vec<(Vec<Vec<u8>>, u64)> = Vec::new();
-    let entries = ar.entries().map_err(|e| ioerr("reading the tarball", e))?;
-    for entry in entries {
-        let mut entry = entry.map_err(|e| ioerr("reading a tarball entry", e))?;
+    for entry in first.map(Ok).into_iter().chain(entries) {
+        let mut entry = entry.map_err(|e| {
+            Error::sys(
+                "reading a tarball entry",
+                e,
+                "the tarball is truncated or corrupt",
+            )
+        })?;
         let raw = entry.path_bytes().into_owned();
         let shown = String::from_utf8_lossy(&raw).into_owned();
         let refuse = |why: &str| {
@@ -527,6 +571,8 @@ impl std::fmt::Display for Change {
 /// Lists the changes an upper directory makes over `lowers` (topmost first). Without lowers,
 /// every entry counts as added.
 pub fn diff(upper: &Path, lowers: &[PathBuf]) -> Result<Vec<Change>> {
+    // A lower that is missing would only make its entries count as added: refuse it instead.
+    check_layers(upper, lowers)?;
     let mut out = Vec::new();
     diff_dir(upper, Path::new(""), lowers, &mut out)?;
     Ok(out)
