@@ -3,17 +3,21 @@
 //! The processes and the order of operations follow DESIGN.md §5: the launcher P, a holder H
 //! that owns the (optional) user namespace and a private mount namespace and serves the root
 //! filesystem, and the container init I in new mount/pid/uts/ipc(/net) namespaces. The phases
-//! are types in [`process`]; the host-facing pieces (cgroups, id maps, mounts) live in their own
+//! are types in [`process`], the holder's and the init's own steps live in `holder` and `init`,
+//! and what they say to each other is the typed `protocol`; the host-facing pieces (cgroups, id maps, mounts) live in their own
 //! modules so that their logic can be tested without root where that is cheap.
 
 pub mod capabilities;
 pub mod cgroup;
 pub mod cli;
 pub mod config;
+mod holder;
 pub mod idmap;
+mod init;
 pub mod instance;
 pub mod namespaces;
 pub mod process;
+mod protocol;
 pub mod root;
 pub mod rootfs;
 pub mod signals;

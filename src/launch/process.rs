@@ -14,28 +14,23 @@
 //! staging mount is a peer and the root mounted later by H propagates into it. I waits on a
 //! socket until P says "go" (after the root is live and I sits in its cgroup).
 
-use std::ffi::{CString, OsString};
-use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::mount::{mount, MsFlags};
-use nix::sched::CloneFlags;
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{ForkResult, Gid, Pid, Uid};
+use nix::unistd::{ForkResult, Pid};
 
 use super::cgroup::{self, CgroupGuard};
-use super::config::{LaunchConfig, NetMode};
+use super::config::LaunchConfig;
+use super::holder::holder_main;
 use super::idmap::{IdKind, MapPlan};
 use super::namespaces::UsernsOwner;
+use super::protocol::{recv, send, Msg};
 use super::root::{provider_for, RootProvider};
-use super::rootfs::Plan;
-use super::{capabilities, instance, namespaces, signals, Context, Error};
+use super::{instance, namespaces, signals, Context, Error};
 use crate::sys::launch as sys;
 
 /// Exit code for a failure of the launcher itself (as docker/podman use it).
@@ -82,7 +77,7 @@ impl From<Error> for Failure {
 
 /// A child process that is killed (by pid) and reaped if dropped before it was waited for.
 #[derive(Debug)]
-struct ChildGuard {
+pub(super) struct ChildGuard {
     pid: Pid,
     reaped: bool,
 }
@@ -133,7 +128,7 @@ impl Drop for ChildGuard {
 /// in its private mount namespace. Removed on drop; leftovers of killed launchers are removed
 /// by the next run.
 #[derive(Debug)]
-struct Staging(PathBuf);
+pub(super) struct Staging(pub(super) PathBuf);
 
 impl Staging {
     fn base() -> PathBuf {
@@ -163,7 +158,8 @@ impl Staging {
         }
     }
 
-    fn root(&self) -> PathBuf {
+    /// Where the container root is mounted.
+    pub(super) fn root(&self) -> PathBuf {
         self.0.join("root")
     }
 }
@@ -174,48 +170,19 @@ impl Drop for Staging {
     }
 }
 
-/// Send one line on a sync socket.
-fn send(sock: &mut UnixStream, msg: &str) -> Result<(), Error> {
-    let mut line = msg.replace('\n', " ");
-    line.push('\n');
-    sock.write_all(line.as_bytes())
-        .ctx(|| "talking to a launcher process".to_string())
-}
-
-/// Read one line from a sync socket; `None` on EOF (the peer exited or exec'd).
-fn recv(sock: &mut UnixStream) -> Option<String> {
-    let mut out = Vec::new();
-    let mut b = [0u8; 1];
-    loop {
-        match sock.read(&mut b) {
-            Ok(0) => {
-                return if out.is_empty() {
-                    None
-                } else {
-                    Some(String::from_utf8_lossy(&out).into())
-                }
-            }
-            Ok(_) if b[0] == b'\n' => return Some(String::from_utf8_lossy(&out).into()),
-            Ok(_) => out.push(b[0]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return None,
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Phase 1: the launcher validated everything and created the host-side objects.
 
 /// Validated configuration, staging directory, cgroup, id-map plan; signals blocked.
 #[derive(Debug)]
 pub struct Prepared {
-    cfg: LaunchConfig,
-    provider: Box<dyn RootProvider>,
-    maps: Option<MapPlan>,
-    userns: Option<UsernsOwner>,
+    pub(super) cfg: LaunchConfig,
+    pub(super) provider: Box<dyn RootProvider>,
+    pub(super) maps: Option<MapPlan>,
+    pub(super) userns: Option<UsernsOwner>,
     cgroup: Option<CgroupGuard>,
-    staging: Staging,
-    old_mask: SigSet,
+    pub(super) staging: Staging,
+    pub(super) old_mask: SigSet,
 }
 
 impl Prepared {
@@ -356,20 +323,18 @@ impl Prepared {
                     Error::msg(format!("the holder process exited during setup ({st:?})")).into()
                 };
                 if let (Some(plan), Some(UsernsOwner::Holder)) = (&self.maps, self.userns) {
-                    match recv(&mut p_h).as_deref() {
-                        Some("unshared") => {}
-                        Some(m) => return Err(holder_error(m)),
+                    match recv(&mut p_h) {
+                        Some(Msg::Unshared) => {}
+                        Some(m) => return Err(m.unexpected("the holder's user namespace").into()),
                         None => return Err(holder_gone(&mut holder)),
                     }
                     plan.apply(child)
                         .map_err(|e| e.context("writing the user namespace id maps"))?;
-                    send(&mut p_h, "mapped")?;
+                    send(&mut p_h, &Msg::Mapped)?;
                 }
                 let init = match recv(&mut p_h) {
-                    Some(m) => match m.strip_prefix("ready ").and_then(|p| p.parse().ok()) {
-                        Some(pid) => ChildGuard::new(Pid::from_raw(pid)),
-                        None => return Err(holder_error(&m)),
-                    },
+                    Some(Msg::Ready(pid)) => ChildGuard::new(Pid::from_raw(pid)),
+                    Some(m) => return Err(m.unexpected("the container root").into()),
                     None => return Err(holder_gone(&mut holder)),
                 };
                 Ok(HolderReady {
@@ -382,10 +347,6 @@ impl Prepared {
             }
         }
     }
-}
-
-fn holder_error(m: &str) -> Failure {
-    Error::msg(m.strip_prefix("error ").unwrap_or(m).to_string()).into()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -412,19 +373,15 @@ impl HolderReady {
             cg.add(self.init.pid)
                 .map_err(|e| e.context("placing the container in its cgroup"))?;
         }
-        send(&mut self.to_init, "go")?;
+        send(&mut self.to_init, &Msg::Go)?;
         // The init's socket end is close-on-exec: EOF means the exec happened.
         if let Some(m) = recv(&mut self.to_init) {
-            let (code, msg) = m
-                .strip_prefix("error ")
-                .and_then(|r| r.split_once(' '))
-                .and_then(|(c, msg)| Some((c.parse().ok()?, msg.to_string())))
-                .unwrap_or((EXIT_LAUNCHER, m.clone()));
+            let (code, error) = match m {
+                Msg::Failed { code, msg } => (code, Error::msg(msg)),
+                other => (EXIT_LAUNCHER, other.unexpected("the command's exec")),
+            };
             self.init.finish(Duration::from_secs(5));
-            return Err(Failure {
-                code,
-                error: Error::msg(msg),
-            });
+            return Err(Failure { code, error });
         }
         Ok(Running { ready: self })
     }
@@ -496,330 +453,5 @@ impl Running {
         holder.finish(Duration::from_secs(10));
         let _ = signals::set_mask(&prepared.old_mask);
         cg.unwrap_or(Ok(()))
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The holder (child of the launcher).
-
-fn holder_main(p: &Prepared, launcher: Pid, mut to_p: UnixStream, init_sock: OwnedFd) -> ! {
-    let code = match holder_run(p, launcher, &mut to_p, init_sock) {
-        Ok(()) => 0,
-        Err(e) => {
-            let _ = send(&mut to_p, &format!("error {e}"));
-            1
-        }
-    };
-    sys::exit_now(code)
-}
-
-fn holder_run(
-    p: &Prepared,
-    launcher: Pid,
-    to_p: &mut UnixStream,
-    init_sock: OwnedFd,
-) -> Result<(), Error> {
-    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).ctx(|| "prctl(PR_SET_PDEATHSIG)".into())?;
-    if nix::unistd::getppid() != launcher {
-        return Err(Error::msg("the launcher exited during setup"));
-    }
-    // Terminal signals go to the launcher, which forwards them; the holder must outlive the
-    // container's root users, so it leaves the foreground process group and ignores them.
-    let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
-    for s in [
-        Signal::SIGINT,
-        Signal::SIGQUIT,
-        Signal::SIGHUP,
-        Signal::SIGTSTP,
-        Signal::SIGTTIN,
-        Signal::SIGTTOU,
-        Signal::SIGPIPE,
-    ] {
-        let _ = sys::ignore_signal(s);
-    }
-    signals::set_mask(&p.old_mask).ctx(|| "restoring the signal mask".into())?;
-
-    if p.userns == Some(UsernsOwner::Holder) {
-        nix::sched::unshare(CloneFlags::CLONE_NEWUSER).ctx(|| {
-            "creating a user namespace (unshare CLONE_NEWUSER; check sysctl user.max_user_namespaces \
-             and kernel.unprivileged_userns_clone)"
-                .into()
-        })?;
-        send(to_p, "unshared")?;
-        match recv(to_p).as_deref() {
-            Some("mapped") => {}
-            _ => return Err(Error::msg("the launcher did not write the id maps")),
-        }
-        // With the maps written we are uid 0 in the namespace and hold its full capabilities.
-        nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
-            .ctx(|| "setresgid(0) in the user namespace".into())?;
-        nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
-            .ctx(|| "setresuid(0) in the user namespace".into())?;
-        // setresuid clears the parent-death signal.
-        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).ctx(|| "prctl(PR_SET_PDEATHSIG)".into())?;
-    }
-    let flags = namespaces::holder_flags(false);
-    nix::sched::unshare(flags).ctx(|| "creating a mount namespace".into())?;
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .ctx(|| "making / private in the holder".into())?;
-
-    let st = &p.staging.0;
-    mount(
-        Some("tmpfs"),
-        st,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("mode=0755"),
-    )
-    .ctx(|| format!("mounting a tmpfs on {}", st.display()))?;
-    let root = p.staging.root();
-    std::fs::create_dir(&root).ctx(|| format!("mkdir {}", root.display()))?;
-    let (upper, work) = if p.cfg.tmp_upper {
-        let (u, w) = (st.join("upper"), st.join("work"));
-        std::fs::create_dir(&u).ctx(|| "creating the tmpfs upper".into())?;
-        std::fs::create_dir(&w).ctx(|| "creating the tmpfs work dir".into())?;
-        (Some(u), Some(w))
-    } else {
-        (None, None)
-    };
-    mount(
-        None::<&str>,
-        st,
-        None::<&str>,
-        MsFlags::MS_SHARED,
-        None::<&str>,
-    )
-    .ctx(|| "making the staging mount shared".into())?;
-
-    // Clone the init now, while this process is single-threaded (see the module comment).
-    let mut stack = vec![0u8; 1 << 20];
-    let to_p_fd = to_p.as_raw_fd();
-    let mut init_sock = Some(init_sock);
-    let cfg = &p.cfg;
-    let old_mask = p.old_mask;
-    let init_pid = sys::clone_single_threaded(
-        namespaces::container_flags(cfg.net, p.userns == Some(UsernsOwner::Init)),
-        &mut stack,
-        Box::new(|| {
-            // The holder's socket must not stay open here: if the holder dies during setup the
-            // launcher waits for EOF on it.
-            let _ = nix::unistd::close(to_p_fd);
-            let Some(fd) = init_sock.take() else {
-                // The kernel runs this closure once per clone; nothing to talk to otherwise.
-                sys::exit_now(EXIT_LAUNCHER)
-            };
-            let sock = UnixStream::from(fd);
-            let own_userns = p.userns == Some(UsernsOwner::Init);
-            init_main(cfg, &root, sock, p.maps.as_ref(), own_userns, old_mask)
-        }),
-    )
-    .ctx(|| "creating the container's namespaces (clone)".into())?;
-    drop(init_sock);
-    drop(stack);
-
-    let guard = match p
-        .provider
-        .mount(&p.staging.root(), upper.as_deref(), work.as_deref())
-    {
-        Ok(g) => g,
-        Err(e) => {
-            let _ = kill(init_pid, Signal::SIGKILL);
-            return Err(e.context("mounting the container root"));
-        }
-    };
-    send(to_p, &format!("ready {init_pid}"))?;
-    // Serve until the launcher closes the socket (or dies: then pdeathsig ends us).
-    while recv(to_p).is_some() {}
-    drop(guard);
-    Ok(())
-}
-
-// ---------------------------------------------------------------------------------------------
-// The container init (cloned by the holder, child of the launcher).
-
-fn init_main(
-    cfg: &LaunchConfig,
-    root: &Path,
-    mut sock: UnixStream,
-    maps: Option<&MapPlan>,
-    own_userns: bool,
-    old_mask: SigSet,
-) -> isize {
-    let (code, e) = match init_run(cfg, root, &mut sock, maps, own_userns, old_mask) {
-        Ok(never) => match never {},
-        Err(f) => (f.code, f.error),
-    };
-    let _ = send(&mut sock, &format!("error {code} {e}"));
-    sys::exit_now(code)
-}
-
-fn init_run(
-    cfg: &LaunchConfig,
-    root: &Path,
-    sock: &mut UnixStream,
-    maps: Option<&MapPlan>,
-    own_userns: bool,
-    old_mask: SigSet,
-) -> Result<std::convert::Infallible, Failure> {
-    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).ctx(|| "prctl(PR_SET_PDEATHSIG)".into())?;
-    match recv(sock).as_deref() {
-        Some("go") => {}
-        // The launcher is gone (or changed its mind): nothing to do.
-        _ => sys::exit_now(EXIT_LAUNCHER),
-    }
-    if own_userns {
-        // Our host uid is not mapped in our own namespace, and the kernel refuses to create
-        // files (mount points, /dev entries) for an unmapped fsuid: become its root first.
-        nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
-            .ctx(|| "setresgid(0) in the container's user namespace".into())?;
-        nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
-            .ctx(|| "setresuid(0) in the container's user namespace".into())?;
-        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).ctx(|| "prctl(PR_SET_PDEATHSIG)".into())?;
-    }
-    // The launcher has put us in our cgroup: make it the root of our cgroup view.
-    nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
-        .ctx(|| "creating a cgroup namespace".into())?;
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .ctx(|| "making / private in the container".into())?;
-    Plan::new(root, cfg.net, &cfg.binds).apply()?;
-    nix::unistd::sethostname(&cfg.hostname).ctx(|| "sethostname".into())?;
-    if cfg.net == NetMode::None {
-        sys::interface_up(c"lo").ctx(|| "bringing up lo".into())?;
-    }
-    nix::unistd::setsid().ctx(|| "setsid".into())?;
-
-    let env = environment(cfg);
-    capabilities::drop_bounding()?;
-    let (uid, gid) = (Uid::from_raw(cfg.user.uid), Gid::from_raw(cfg.user.gid));
-    if maps.is_none_or(|m| m.setgroups_allowed()) {
-        nix::unistd::setgroups(&[gid]).ctx(|| "setgroups".into())?;
-    }
-    nix::unistd::setresgid(gid, gid, gid).ctx(|| format!("setresgid({gid})"))?;
-    nix::unistd::setresuid(uid, uid, uid).ctx(|| format!("setresuid({uid})"))?;
-    if uid.is_root() {
-        capabilities::restrict_to_default()?;
-    }
-    nix::unistd::chdir(&cfg.cwd)
-        .ctx(|| format!("--cwd {}: cannot change into it", cfg.cwd.display()))?;
-    nix::sys::prctl::set_no_new_privs().ctx(|| "prctl(PR_SET_NO_NEW_PRIVS)".into())?;
-    // setresuid cleared it; the launcher may have died meanwhile, in which case we must go.
-    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).ctx(|| "prctl(PR_SET_PDEATHSIG)".into())?;
-    if nix::unistd::getppid().as_raw() != 0 {
-        // Our parent is outside our pid namespace, so getppid() is 0 while it lives; anything
-        // else means we were reparented.
-        sys::exit_now(EXIT_LAUNCHER);
-    }
-
-    // Dispositions set to "ignore" survive exec; a launcher started in the background (or under
-    // nohup) would otherwise hand the command signals it cannot even trap.
-    for s in signals::FORWARDED.into_iter().chain([
-        Signal::SIGPIPE,
-        Signal::SIGTSTP,
-        Signal::SIGTTIN,
-        Signal::SIGTTOU,
-    ]) {
-        let _ = sys::default_signal(s);
-    }
-    let argv: Vec<CString> = cfg.command.iter().map(cstring).collect::<Result<_, _>>()?;
-    if cfg.init {
-        sys::install_noop_handlers(&signals::FORWARDED)
-            .ctx(|| "installing signal handlers".into())?;
-        signals::block(&signals::wait_set()).ctx(|| "blocking signals".into())?;
-        match sys::fork_single_threaded().ctx(|| "fork".into())? {
-            ForkResult::Child => {
-                for s in signals::FORWARDED {
-                    let _ = sys::default_signal(s);
-                }
-                Err(exec(&argv, &env, &old_mask))
-            }
-            ForkResult::Parent { child } => {
-                // The child's copy reports exec errors; ours must not hold the launcher's read.
-                let _ = nix::unistd::close(sock.as_raw_fd());
-                sys::exit_now(signals::reap_and_forward(child))
-            }
-        }
-    } else {
-        Err(exec(&argv, &env, &old_mask))
-    }
-}
-
-fn cstring(s: &OsString) -> Result<CString, Failure> {
-    CString::new(s.as_bytes()).map_err(|_| Error::msg(format!("{s:?} contains a NUL byte")).into())
-}
-
-fn environment(cfg: &LaunchConfig) -> Vec<CString> {
-    let home = if cfg.user.uid == 0 { "/root" } else { "/" };
-    let mut vars: Vec<(String, String)> = vec![
-        (
-            "PATH".into(),
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-        ),
-        ("HOME".into(), home.into()),
-        ("HOSTNAME".into(), cfg.hostname.clone()),
-        ("container".into(), "unionfs-run".into()),
-    ];
-    if let Ok(t) = std::env::var("TERM") {
-        vars.push(("TERM".into(), t));
-    }
-    for (k, v) in &cfg.env {
-        vars.retain(|(kk, _)| kk != k);
-        vars.push((k.clone(), v.clone()));
-    }
-    vars.into_iter()
-        .filter_map(|(k, v)| CString::new(format!("{k}={v}")).ok())
-        .collect()
-}
-
-/// Exec the command with `env`, searching the container's PATH; returns only on failure.
-fn exec(argv: &[CString], env: &[CString], mask: &SigSet) -> Failure {
-    if let Err(e) = signals::set_mask(mask) {
-        return Error::msg(format!("restoring the signal mask: {}", e.desc())).into();
-    }
-    let path = env
-        .iter()
-        .find_map(|e| e.to_bytes().strip_prefix(b"PATH=").map(|p| p.to_vec()))
-        .unwrap_or_default();
-    let name = argv[0].to_bytes();
-    let candidates: Vec<CString> = if name.contains(&b'/') {
-        vec![argv[0].clone()]
-    } else {
-        path.split(|b| *b == b':')
-            .filter(|d| !d.is_empty())
-            .filter_map(|d| CString::new([d, b"/", name].concat()).ok())
-            .collect()
-    };
-    let mut last = Errno::ENOENT;
-    for c in &candidates {
-        match nix::unistd::execve(c, argv, env) {
-            Err(Errno::ENOENT) | Err(Errno::ENOTDIR) => {}
-            Err(e) => last = e,
-            Ok(never) => match never {},
-        }
-    }
-    let cmd = argv[0].to_string_lossy();
-    if last == Errno::ENOENT {
-        Failure {
-            code: EXIT_NOT_FOUND,
-            error: Error::msg(format!(
-                "{cmd}: command not found in the container (searched PATH of the container root)"
-            )),
-        }
-    } else {
-        Failure {
-            code: EXIT_CANNOT_EXEC,
-            error: Error::msg(format!("{cmd}: cannot execute: {}", last.desc())),
-        }
     }
 }

@@ -1,0 +1,210 @@
+//! The container init I, cloned by the holder into the container's namespaces (with
+//! CLONE_PARENT, so the launcher is its parent): it waits for the launcher's go, builds the
+//! container's root (mounts, pivot_root), drops to the command's identity and capabilities, and
+//! execs the command (or, with `--init`, forks it and reaps as pid 1).
+
+use std::ffi::{CString, OsString};
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::mount::{mount, MsFlags};
+use nix::sched::CloneFlags;
+use nix::sys::signal::{SigSet, Signal};
+use nix::unistd::{ForkResult, Gid, Uid};
+
+use super::config::{LaunchConfig, NetMode};
+use super::idmap::MapPlan;
+use super::process::{Failure, EXIT_CANNOT_EXEC, EXIT_LAUNCHER, EXIT_NOT_FOUND};
+use super::protocol::{recv, send, Msg};
+use super::rootfs::Plan;
+use super::{capabilities, signals, Context, Error};
+use crate::sys::launch as sys;
+
+/// The init's life: it execs the command or exits with the launcher's code for the failure.
+pub(super) fn init_main(
+    cfg: &LaunchConfig,
+    root: &Path,
+    mut sock: UnixStream,
+    maps: Option<&MapPlan>,
+    own_userns: bool,
+    old_mask: SigSet,
+) -> isize {
+    let (code, e) = match init_run(cfg, root, &mut sock, maps, own_userns, old_mask) {
+        Ok(never) => match never {},
+        Err(f) => (f.code, f.error),
+    };
+    let failed = Msg::Failed {
+        code,
+        msg: e.to_string(),
+    };
+    let _ = send(&mut sock, &failed);
+    sys::exit_now(code)
+}
+
+fn init_run(
+    cfg: &LaunchConfig,
+    root: &Path,
+    sock: &mut UnixStream,
+    maps: Option<&MapPlan>,
+    own_userns: bool,
+    old_mask: SigSet,
+) -> Result<std::convert::Infallible, Failure> {
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).ctx(|| "prctl(PR_SET_PDEATHSIG)".into())?;
+    match recv(sock) {
+        Some(Msg::Go) => {}
+        // The launcher is gone (or changed its mind): nothing to do.
+        _ => sys::exit_now(EXIT_LAUNCHER),
+    }
+    if own_userns {
+        // Our host uid is not mapped in our own namespace, and the kernel refuses to create
+        // files (mount points, /dev entries) for an unmapped fsuid: become its root first.
+        nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
+            .ctx(|| "setresgid(0) in the container's user namespace".into())?;
+        nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
+            .ctx(|| "setresuid(0) in the container's user namespace".into())?;
+        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).ctx(|| "prctl(PR_SET_PDEATHSIG)".into())?;
+    }
+    // The launcher has put us in our cgroup: make it the root of our cgroup view.
+    nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
+        .ctx(|| "creating a cgroup namespace".into())?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .ctx(|| "making / private in the container".into())?;
+    Plan::new(root, cfg.net, &cfg.binds).apply()?;
+    nix::unistd::sethostname(&cfg.hostname).ctx(|| "sethostname".into())?;
+    if cfg.net == NetMode::None {
+        sys::interface_up(c"lo").ctx(|| "bringing up lo".into())?;
+    }
+    nix::unistd::setsid().ctx(|| "setsid".into())?;
+
+    let env = environment(cfg);
+    capabilities::drop_bounding()?;
+    let (uid, gid) = (Uid::from_raw(cfg.user.uid), Gid::from_raw(cfg.user.gid));
+    if maps.is_none_or(|m| m.setgroups_allowed()) {
+        nix::unistd::setgroups(&[gid]).ctx(|| "setgroups".into())?;
+    }
+    nix::unistd::setresgid(gid, gid, gid).ctx(|| format!("setresgid({gid})"))?;
+    nix::unistd::setresuid(uid, uid, uid).ctx(|| format!("setresuid({uid})"))?;
+    if uid.is_root() {
+        capabilities::restrict_to_default()?;
+    }
+    nix::unistd::chdir(&cfg.cwd)
+        .ctx(|| format!("--cwd {}: cannot change into it", cfg.cwd.display()))?;
+    nix::sys::prctl::set_no_new_privs().ctx(|| "prctl(PR_SET_NO_NEW_PRIVS)".into())?;
+    // setresuid cleared it; the launcher may have died meanwhile, in which case we must go.
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).ctx(|| "prctl(PR_SET_PDEATHSIG)".into())?;
+    if nix::unistd::getppid().as_raw() != 0 {
+        // Our parent is outside our pid namespace, so getppid() is 0 while it lives; anything
+        // else means we were reparented.
+        sys::exit_now(EXIT_LAUNCHER);
+    }
+
+    // Dispositions set to "ignore" survive exec; a launcher started in the background (or under
+    // nohup) would otherwise hand the command signals it cannot even trap.
+    for s in signals::FORWARDED.into_iter().chain([
+        Signal::SIGPIPE,
+        Signal::SIGTSTP,
+        Signal::SIGTTIN,
+        Signal::SIGTTOU,
+    ]) {
+        let _ = sys::default_signal(s);
+    }
+    let argv: Vec<CString> = cfg.command.iter().map(cstring).collect::<Result<_, _>>()?;
+    if cfg.init {
+        sys::install_noop_handlers(&signals::FORWARDED)
+            .ctx(|| "installing signal handlers".into())?;
+        signals::block(&signals::wait_set()).ctx(|| "blocking signals".into())?;
+        match sys::fork_single_threaded().ctx(|| "fork".into())? {
+            ForkResult::Child => {
+                for s in signals::FORWARDED {
+                    let _ = sys::default_signal(s);
+                }
+                Err(exec(&argv, &env, &old_mask))
+            }
+            ForkResult::Parent { child } => {
+                // The child's copy reports exec errors; ours must not hold the launcher's read.
+                let _ = nix::unistd::close(sock.as_raw_fd());
+                sys::exit_now(signals::reap_and_forward(child))
+            }
+        }
+    } else {
+        Err(exec(&argv, &env, &old_mask))
+    }
+}
+
+fn cstring(s: &OsString) -> Result<CString, Failure> {
+    CString::new(s.as_bytes()).map_err(|_| Error::msg(format!("{s:?} contains a NUL byte")).into())
+}
+
+fn environment(cfg: &LaunchConfig) -> Vec<CString> {
+    let home = if cfg.user.uid == 0 { "/root" } else { "/" };
+    let mut vars: Vec<(String, String)> = vec![
+        (
+            "PATH".into(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        ),
+        ("HOME".into(), home.into()),
+        ("HOSTNAME".into(), cfg.hostname.clone()),
+        ("container".into(), "unionfs-run".into()),
+    ];
+    if let Ok(t) = std::env::var("TERM") {
+        vars.push(("TERM".into(), t));
+    }
+    for (k, v) in &cfg.env {
+        vars.retain(|(kk, _)| kk != k);
+        vars.push((k.clone(), v.clone()));
+    }
+    vars.into_iter()
+        .filter_map(|(k, v)| CString::new(format!("{k}={v}")).ok())
+        .collect()
+}
+
+/// Exec the command with `env`, searching the container's PATH; returns only on failure.
+fn exec(argv: &[CString], env: &[CString], mask: &SigSet) -> Failure {
+    if let Err(e) = signals::set_mask(mask) {
+        return Error::msg(format!("restoring the signal mask: {}", e.desc())).into();
+    }
+    let path = env
+        .iter()
+        .find_map(|e| e.to_bytes().strip_prefix(b"PATH=").map(|p| p.to_vec()))
+        .unwrap_or_default();
+    let name = argv[0].to_bytes();
+    let candidates: Vec<CString> = if name.contains(&b'/') {
+        vec![argv[0].clone()]
+    } else {
+        path.split(|b| *b == b':')
+            .filter(|d| !d.is_empty())
+            .filter_map(|d| CString::new([d, b"/", name].concat()).ok())
+            .collect()
+    };
+    let mut last = Errno::ENOENT;
+    for c in &candidates {
+        match nix::unistd::execve(c, argv, env) {
+            Err(Errno::ENOENT) | Err(Errno::ENOTDIR) => {}
+            Err(e) => last = e,
+            Ok(never) => match never {},
+        }
+    }
+    let cmd = argv[0].to_string_lossy();
+    if last == Errno::ENOENT {
+        Failure {
+            code: EXIT_NOT_FOUND,
+            error: Error::msg(format!(
+                "{cmd}: command not found in the container (searched PATH of the container root)"
+            )),
+        }
+    } else {
+        Failure {
+            code: EXIT_CANNOT_EXEC,
+            error: Error::msg(format!("{cmd}: cannot execute: {}", last.desc())),
+        }
+    }
+}
