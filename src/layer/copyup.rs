@@ -81,8 +81,13 @@ fn copy_meta(
     let kind = st.st_mode & libc::S_IFMT;
     let dst_at = sys::At::new(stack.work()?, stage);
     copy_xattrs(src, dst_at)?;
-    // user.* cannot go on symlinks or devices: those keep a stable ino only with trusted.*.
-    let _ = sys::setxattr(dst_at, &stack.origin_xattr, &origin.to_le_bytes(), 0);
+    // user.* cannot go on symlinks or devices (EPERM): those keep a stable ino only with
+    // trusted.*. Any other failure (a full upper) must fail the copy-up: a copy without its
+    // origin would show another inode number than the node the kernel holds for it.
+    match sys::setxattr(dst_at, &stack.origin_xattr, &origin.to_le_bytes(), 0) {
+        Ok(()) | Err(Errno::EPERM) | Err(Errno::EOPNOTSUPP) => {}
+        Err(e) => return Err(e),
+    }
     match sys::fchown_fd(dst, Some(st.st_uid), Some(st.st_gid)) {
         Ok(()) => {}
         // In a user namespace a lower file may belong to an id that is not mapped there
