@@ -187,6 +187,9 @@ fn enospc_out_of_inodes_every_namespace_change() {
     tries += until_it_fits(&u, i, 1, "rename of a lower file", |u| {
         fs::rename(u.m("r"), u.m("x/r2"))
     });
+    tries += until_it_fits(&u, i, 1, "rename of a lower dir", |u| {
+        fs::rename(u.m("rd"), u.m("rd2"))
+    });
     tries += until_it_fits(&u, i, 1, "setxattr on a lower file", |u| {
         lsetxattr(&u.m("attr"), "user.k", &[7u8; 300])
     });
@@ -200,10 +203,10 @@ fn enospc_out_of_inodes_every_namespace_change() {
 
     // Every operation, once it fit, did all it should: in the view...
     let names = u.names("");
-    for n in ["new", "gone", "sl", "ff", "link2", "rd", "up"] {
+    for n in ["new", "gone", "sl", "ff", "link2", "rd2", "up"] {
         assert!(names.contains(n), "{n} missing from {names:?}");
     }
-    for n in ["a", "empty", "r"] {
+    for n in ["a", "empty", "r", "rd"] {
         assert!(!names.contains(n), "{n} still in {names:?}");
     }
     assert_eq!(u.read_str("new"), "n");
@@ -211,12 +214,14 @@ fn enospc_out_of_inodes_every_namespace_change() {
     assert_eq!(u.names("x/y"), set(&["nd", "other", "z"]));
     assert_eq!(u.names("x/y/z"), set(&[]));
     assert_eq!(u.read_str("x/r2"), "renamed");
+    assert_eq!(u.names("rd2"), set(&["one", "sub"]));
+    assert_eq!(u.read_str("rd2/sub/two"), "2");
     assert_eq!(lgetxattr(&u.m("attr"), "user.k").unwrap(), [7u8; 300]);
     assert_eq!(lgetxattr(&u.m("up"), "user.k").unwrap(), [8u8; 300]);
     assert_eq!(u.stat("mode").mode() & 0o777, 0o600);
     assert_eq!(u.stat("link").ino(), u.stat("link2").ino());
     // ... and in the upper on disk.
-    for n in ["a", "x/y/z/deep", "empty", "r"] {
+    for n in ["a", "x/y/z/deep", "empty", "r", "rd"] {
         u.assert_upper_whiteout(n);
     }
     u.assert_no_upper_whiteout("gone");

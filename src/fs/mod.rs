@@ -722,7 +722,7 @@ impl UnionFs {
         let (sp, sset) = self.dir_ctx(parent)?;
         let (dp, dset) = self.dir_ctx(newparent)?;
         let _seq = SeqGuard::enter(&self.rename_seq);
-        let (src, dst) = ops::rename(
+        let renamed = ops::rename(
             &self.stack,
             &sp.rel,
             &sset,
@@ -731,7 +731,23 @@ impl UnionFs {
             &dset,
             newname,
             mode,
-        )?;
+        );
+        let (src, dst) = match renamed {
+            Ok(r) => r,
+            Err(e) => {
+                // A directory rename that failed late (a full upper) may already have copied
+                // its tree into the upper and made it opaque: nodes below it that still say
+                // "lower" would no longer be found once the rename is retried and succeeds.
+                let is_dir = |set: &DirSet, n: &[u8]| {
+                    resolve::lookup(&self.stack, set, n)
+                        .is_ok_and(|f| f.is_some_and(|f| f.is_dir()))
+                };
+                if is_dir(&sset, name) || (mode.exchange && is_dir(&dset, newname)) {
+                    self.inodes.bump_epoch();
+                }
+                return Err(e);
+            }
+        };
         let moved_tree = |f: &Found| f.is_dir() && f.dir_layers.iter().any(|l| *l != 0);
         let exchanged = dst.as_ref().filter(|_| mode.exchange);
         if moved_tree(&src)
