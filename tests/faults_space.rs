@@ -339,3 +339,112 @@ fn enospc_write_through_the_daemon() {
     assert_eq!(u.read("l")[..2], *b"Y3");
     remount_keeps_view(&mut u);
 }
+
+#[test]
+fn edquot_from_a_quota_on_the_upper() {
+    // This kernel has no tmpfs quotas and no quota format for ext4 (CONFIG_TMPFS_QUOTA and
+    // CONFIG_QFMT_V2 are off), so the quota is a btrfs quota group on the upper's subvolume:
+    // it binds root too, so the daemon runs as it always does.
+    if is_kernel() {
+        eprintln!("SKIP on kernel: checks the daemon's staging");
+        return;
+    }
+    let big: Vec<u8> = (0..2 << 20).map(|i| (i % 249) as u8).collect();
+    let stack = Stack::new().upper_btrfs_quota("1M").lower([
+        file("big", &big),
+        file("d/small", "s"),
+        file("gone", "g"),
+    ]);
+    let Some(mut u) = Union::mount(stack) else {
+        return;
+    };
+    let before = view_snapshot(&u.mnt);
+    // Copy-up of a 2 MiB file into a 1 MiB quota.
+    let r = fs::OpenOptions::new()
+        .append(true)
+        .open(u.m("big"))
+        .map(drop);
+    assert_errno(r, libc::EDQUOT, "copy-up past the quota");
+    assert!(
+        fs::symlink_metadata(u.u("big")).is_err(),
+        "a partial copy is in the upper"
+    );
+    assert!(u.stage_leftovers().is_empty(), "{:?}", u.stage_leftovers());
+    // A new file written past the quota: the write fails, with EDQUOT.
+    let r = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(u.m("new"))
+        .and_then(|mut f| f.write_all(&big).and_then(|()| f.sync_all()));
+    assert_errno(r, libc::EDQUOT, "write past the quota");
+    fs::remove_file(u.m("new")).unwrap();
+    // btrfs gives a removed file's space back to its quota group when the transaction commits.
+    run("sync", &["-f".as_ref(), u.upper_fs().as_os_str()]);
+    // Nothing else changed; the lowers did not either (checked when `u` drops).
+    let diff = diff_snapshots(&before, &view_snapshot(&u.mnt));
+    assert!(diff.is_empty(), "{}", diff.join("\n"));
+    // Within the quota small changes work: copy-up, whiteout, create.
+    u.append("d/small", b"+");
+    fs::remove_file(u.m("gone")).unwrap();
+    u.write("ok", "fits");
+    // Raise the quota: the same copy-up succeeds.
+    let sv = u.upper_fs();
+    run(
+        "btrfs",
+        &[
+            "qgroup".as_ref(),
+            "limit".as_ref(),
+            "none".as_ref(),
+            sv.as_os_str(),
+        ],
+    );
+    u.append("big", b"+");
+    assert_eq!(u.stat("big").len(), big.len() as u64 + 1);
+    remount_keeps_view(&mut u);
+    assert_eq!(u.read_str("d/small"), "s+");
+    u.assert_upper_whiteout("gone");
+    u.check_upper_is_layer_diff();
+}
+
+#[test]
+fn deleting_through_the_union_makes_room() {
+    // On a full upper a user makes room by deleting through the union: the space must come
+    // back at once, also when the daemon kept the deleted file's passthrough registration
+    // (which holds the file open) after its last close.
+    if is_kernel() {
+        eprintln!("SKIP on kernel: checks the daemon's open files");
+        return;
+    }
+    let big: Vec<u8> = vec![0x44; 700 << 10];
+    let stack = Stack::new()
+        .upper_tmpfs("size=2m,nr_inodes=100")
+        .lower([file("l", &big), file("l2", &big)]);
+    let Some(mut u) = Union::mount(stack) else {
+        return;
+    };
+    // 2048 KiB: 800 + 900 KiB of files leave too little for a 700 KiB copy-up.
+    u.write("hog", vec![0x55u8; 800 << 10]);
+    u.write("hog2", vec![0x66u8; 900 << 10]);
+    assert_eq!(u.read("hog2").len(), 900 << 10);
+    let copy_up = |u: &Union, name: &str| {
+        fs::OpenOptions::new()
+            .append(true)
+            .open(u.m(name))
+            .map(drop)
+    };
+    assert_errno(copy_up(&u, "l"), libc::ENOSPC, "copy-up on a full upper");
+    fs::remove_file(u.m("hog")).unwrap();
+    copy_up(&u, "l").expect("copy-up after deleting 800 KiB through the union");
+    assert_errno(
+        copy_up(&u, "l2"),
+        libc::ENOSPC,
+        "second copy-up on a full upper",
+    );
+    // Renaming over a file frees the replaced one the same way.
+    u.write("small", "s");
+    fs::rename(u.m("small"), u.m("hog2")).unwrap();
+    copy_up(&u, "l2").expect("copy-up after renaming over a 900 KiB file");
+    assert!(u.stage_leftovers().is_empty());
+    remount_keeps_view(&mut u);
+    assert_eq!(u.names(""), set(&["hog2", "l", "l2"]));
+}

@@ -409,6 +409,13 @@ impl UnionFs {
         }
     }
 
+    /// Drops the kept passthrough registration of file `ino`, which lost a name, unless a
+    /// handle still uses it: the registration holds the file open, and the space of a deleted
+    /// file comes back only when nothing does (on a full upper, deleting must make room).
+    fn release_closed_backing(&self, ino: u64) {
+        self.pts.remove_if(&ino, |_, pt| pt.opens == 0);
+    }
+
     /// Whether bringing `f` into the upper also linked its other names there (the rule of
     /// `copyup::joins_links`), so that nodes resolved before may be stale.
     fn links_joined(&self, f: &Found) -> bool {
@@ -773,6 +780,9 @@ impl UnionFs {
             if self.map_ino(d.ino) != self.map_ino(src.ino) {
                 self.inodes
                     .drop_alias(self.map_ino(d.ino), newparent, newname);
+                if !d.is_dir() {
+                    self.release_closed_backing(self.map_ino(d.ino));
+                }
             }
         }
         if dst
@@ -1760,6 +1770,8 @@ impl UnionFs {
             if dir {
                 self.inodes.invalidate_nlink(parent);
                 self.dir_removed(self.map_ino(f.ino), &f.st);
+            } else {
+                self.release_closed_backing(self.map_ino(f.ino));
             }
             Ok(())
         });
