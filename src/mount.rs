@@ -100,6 +100,18 @@ impl MountConfig {
         (cores * 2).clamp(4, 16)
     }
 
+    /// True when the upper is given and sits on a read-only filesystem or mount (a read-only
+    /// bind mount, a filesystem remounted read-only after errors): such a union can only be
+    /// mounted read-only.
+    pub fn upper_on_read_only_fs(&self) -> bool {
+        let Some(u) = &self.upper else {
+            return false;
+        };
+        sys::open_path(u, libc::O_PATH | libc::O_DIRECTORY)
+            .and_then(|fd| sys::fstatvfs(fd.as_fd()))
+            .is_ok_and(|st| st.f_flag & libc::ST_RDONLY != 0)
+    }
+
     /// Opens and checks the layers and the mount point, without mounting anything yet.
     pub fn prepare(&self, mountpoint: &Path) -> Result<Prepared> {
         let meta = std::fs::metadata(mountpoint).map_err(|e| {
@@ -126,15 +138,21 @@ impl MountConfig {
                 )));
             }
         }
-        let upper = if self.read_only {
-            None
+        // A read-only union still shows its upper: as the topmost layer, never written.
+        let (lowers, upper, workdir) = if self.read_only {
+            let lowers = self.upper.iter().chain(&self.lowers).cloned().collect();
+            (lowers, None, None)
         } else {
-            self.upper.clone()
+            (
+                self.lowers.clone(),
+                self.upper.clone(),
+                self.workdir.clone(),
+            )
         };
         let mut stack = Stack::open(&StackConfig {
-            lowers: self.lowers.clone(),
+            lowers,
             upper,
-            workdir: self.workdir.clone(),
+            workdir,
         })?;
         stack.metacopy = self.metacopy;
         Ok(Prepared {

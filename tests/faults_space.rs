@@ -1,5 +1,5 @@
 //! Issue 17, "Faults and bad input": a full upper filesystem (ENOSPC), a quota (EDQUOT) and a
-//! read-only upper (EROFS).
+//! read-only upper (EROFS: mounted read-only with a warning, or turned read-only under us).
 //!
 //! The upper and work dir sit on a small private tmpfs. Filler beside the upper uses up its
 //! inodes (`nr_inodes=`: creates, mkdir, whiteouts, hard links and xattrs need them) or its
@@ -447,4 +447,196 @@ fn deleting_through_the_union_makes_room() {
     assert!(u.stage_leftovers().is_empty());
     remount_keeps_view(&mut u);
     assert_eq!(u.names(""), set(&["hog2", "l", "l2"]));
+}
+
+#[test]
+fn read_only_upper_mounts_read_only_with_a_warning() {
+    if is_kernel() {
+        eprintln!("SKIP on kernel: unionfs's own fallback");
+        return;
+    }
+    let stack = Stack::new()
+        .upper_tmpfs("size=1m")
+        .lower([file("a", "lower a"), file("b", "lower b")])
+        .upper([file("a", "upper a"), file("c", "upper c"), wh("b")]);
+    let Some(mut u) = Union::build(stack) else {
+        return;
+    };
+    // The upper's filesystem is read-only before the daemon starts.
+    run(
+        "mount",
+        &[
+            "-o".as_ref(),
+            "remount,ro".as_ref(),
+            u.upper_fs_mount().as_os_str(),
+        ],
+    );
+    u.do_mount();
+    let log = u.daemon_log();
+    assert!(
+        log.contains("read-only") && log.contains("warning"),
+        "no warning about the read-only upper: {log}"
+    );
+    // The upper still shows, read-only, over the lowers.
+    assert_eq!(u.names(""), set(&["a", "c"]));
+    assert_eq!(u.read_str("a"), "upper a");
+    assert_errno(fs::write(u.m("c"), "x"), libc::EROFS, "write");
+    assert_errno(fs::write(u.m("new"), "x"), libc::EROFS, "create");
+    assert_errno(fs::remove_file(u.m("a")), libc::EROFS, "unlink");
+    assert!(fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .any(|l| l.contains(u.mnt.to_str().unwrap()) && l.contains(" ro,")));
+    u.unmount();
+    run(
+        "mount",
+        &[
+            "-o".as_ref(),
+            "remount,rw".as_ref(),
+            u.upper_fs_mount().as_os_str(),
+        ],
+    );
+    u.do_mount();
+    u.write("c", "writable again");
+    assert_eq!(u.read_str("c"), "writable again");
+}
+
+#[test]
+fn upper_turning_read_only_while_mounted_gives_erofs() {
+    if is_kernel() {
+        eprintln!("SKIP on kernel: checks the daemon's errno");
+        return;
+    }
+    // Without passthrough the daemon keeps no writable file open after a close (with it, the
+    // cache of recently closed passthrough files holds some, and a read-only remount of the
+    // upper's filesystem fails with EBUSY while the union is mounted).
+    let stack = Stack::new()
+        .upper_tmpfs("size=1m")
+        .unionfs_opt("passthrough=off")
+        .lower([file("a", "lower a"), file("d/x", "x")]);
+    let Some(mut u) = Union::mount(stack) else {
+        return;
+    };
+    u.write("before", "b");
+    run(
+        "mount",
+        &[
+            "-o".as_ref(),
+            "remount,ro".as_ref(),
+            u.upper_fs_mount().as_os_str(),
+        ],
+    );
+    let m = |r: &str| u.m(r);
+    let tries: Vec<(&str, io::Result<()>)> = vec![
+        (
+            "copy-up",
+            fs::OpenOptions::new().append(true).open(m("a")).map(drop),
+        ),
+        ("create", fs::write(m("new"), "x")),
+        ("unlink", fs::remove_file(m("d/x"))),
+        ("mkdir", fs::create_dir(m("nd"))),
+        ("rename", fs::rename(m("before"), m("after"))),
+        ("setxattr", lsetxattr(&m("before"), "user.k", b"v")),
+        (
+            "chmod",
+            fs::set_permissions(m("a"), fs::Permissions::from_mode(0o600)),
+        ),
+    ];
+    for (what, r) in tries {
+        assert_errno(r, libc::EROFS, what);
+    }
+    assert_eq!(u.names(""), set(&["a", "before", "d"]));
+    assert_eq!(u.read_str("a"), "lower a");
+    run(
+        "mount",
+        &[
+            "-o".as_ref(),
+            "remount,rw".as_ref(),
+            u.upper_fs_mount().as_os_str(),
+        ],
+    );
+    fs::remove_file(u.m("d/x")).unwrap();
+    fs::rename(u.m("before"), u.m("after")).unwrap();
+    remount_keeps_view(&mut u);
+    assert_eq!(u.names(""), set(&["a", "after", "d"]));
+    u.assert_upper_whiteout("d/x");
+}
+
+/// Unmounts a bind mount the test made, also when it fails.
+struct Bind(std::path::PathBuf);
+
+impl Drop for Bind {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// The mount options /proc/self/mounts shows for `mnt`.
+fn mount_opts(mnt: &Path) -> String {
+    fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .find(|l| l.split(' ').nth(1) == mnt.to_str())
+        .and_then(|l| l.split(' ').nth(3).map(str::to_string))
+        .unwrap_or_else(|| panic!("{mnt:?} is not mounted"))
+}
+
+#[test]
+fn read_only_bind_mounted_upper_and_o_ro_show_the_upper() {
+    if is_kernel() {
+        eprintln!("SKIP on kernel: unionfs's own fallback");
+        return;
+    }
+    let stack = Stack::new()
+        .lower([file("a", "lower a"), file("b", "lower b"), file("d/x", "x")])
+        .upper([
+            file("a", "upper a"),
+            file("c", "upper c"),
+            wh("b"),
+            opq("d"),
+        ]);
+    let Some(mut u) = Union::build(stack) else {
+        return;
+    };
+    let up = u.u("");
+    let o = |s: &'static str| -> &std::ffi::OsStr { s.as_ref() };
+    run("mount", &[o("--bind"), up.as_os_str(), up.as_os_str()]);
+    let bind = Bind(up.clone());
+    run("mount", &[o("-o"), o("remount,bind,ro"), up.as_os_str()]);
+    u.do_mount();
+    assert!(
+        u.daemon_log().contains("warning: upper layer"),
+        "no warning: {}",
+        u.daemon_log()
+    );
+    assert!(
+        mount_opts(&u.mnt).starts_with("ro"),
+        "{}",
+        mount_opts(&u.mnt)
+    );
+    assert_eq!(u.names(""), set(&["a", "c", "d"]));
+    assert_eq!(u.names("d"), set(&[]));
+    assert_errno(fs::write(u.m("a"), "x"), libc::EROFS, "write");
+    assert_errno(fs::create_dir(u.m("nd")), libc::EROFS, "mkdir");
+    u.unmount();
+    drop(bind);
+    u.assert_upper_unchanged();
+
+    // `-o ro` on a writable upper: the same view, read-only, and the upper untouched (not
+    // even the work dir is made).
+    u.stack.unionfs_opts.push("ro".into());
+    u.do_mount();
+    assert!(
+        mount_opts(&u.mnt).starts_with("ro"),
+        "{}",
+        mount_opts(&u.mnt)
+    );
+    assert_eq!(u.names(""), set(&["a", "c", "d"]));
+    assert_eq!(u.read_str("c"), "upper c");
+    assert_errno(fs::remove_file(u.m("c")), libc::EROFS, "unlink");
+    assert!(
+        !u.u(".wh..wh.unionfs").exists(),
+        "a read-only mount made the work dir"
+    );
+    u.assert_upper_unchanged();
 }
