@@ -114,6 +114,16 @@ impl MountConfig {
 
     /// Opens and checks the layers and the mount point, without mounting anything yet.
     pub fn prepare(&self, mountpoint: &Path) -> Result<Prepared> {
+        // Checked first: the kernel may still answer a stat of the dead mount's root from
+        // its cache, and mounting over it would hide the dead mount instead of clearing it.
+        if is_dead_fuse_mount(mountpoint) {
+            return Err(Error::new(format!(
+                "mount point {0}: Transport endpoint is not connected (a union whose daemon \
+                 was killed is still mounted there); clear it with `unionfs-mount --cleanup \
+                 {0}` (or `umount -l {0}`), then mount again",
+                mountpoint.display()
+            )));
+        }
         let meta = std::fs::metadata(mountpoint).map_err(|e| {
             Error::sys(
                 format!("mount point {}", mountpoint.display()),

@@ -251,6 +251,8 @@ pub struct Stack {
     /// Command words put before `unionfs-mount` (e.g. `prlimit --nofile=64 --`), to start the
     /// daemon with other limits or capabilities.
     pub daemon_prefix: Vec<String>,
+    /// Extra flags for `unionfs-mount` (e.g. `--no-watchdog`).
+    pub daemon_flags: Vec<String>,
 }
 
 impl Default for Stack {
@@ -273,6 +275,7 @@ impl Stack {
             unionfs_opts: vec![],
             upper_fs: None,
             daemon_prefix: vec![],
+            daemon_flags: vec![],
         }
     }
     pub fn lower(mut self, entries: impl IntoIterator<Item = E>) -> Self {
@@ -325,6 +328,11 @@ impl Stack {
     /// `1M`): writes past it fail with EDQUOT, for root too.
     pub fn upper_btrfs_quota(mut self, limit: &str) -> Self {
         self.upper_fs = Some(UpperFs::BtrfsQuota(limit.to_string()));
+        self
+    }
+    /// Passes `flag` to `unionfs-mount` (unionfs only).
+    pub fn daemon_flag(mut self, flag: &str) -> Self {
+        self.daemon_flags.push(flag.to_string());
         self
     }
     /// Starts the daemon as `PREFIX... unionfs-mount ...`.
@@ -929,6 +937,7 @@ impl Union {
                     None => Command::new(bin()),
                 };
                 cmd.arg("--pid-file").arg(self.pid_file());
+                cmd.args(&self.stack.daemon_flags);
                 for o in &self.stack.unionfs_opts {
                     cmd.arg("-o").arg(o);
                 }
@@ -1369,7 +1378,8 @@ impl Drop for Union {
     }
 }
 
-fn wait_pid_gone(pid: i32, timeout: Duration) -> bool {
+/// Waits until process `pid` has exited (a zombie counts as gone); false on timeout.
+pub fn wait_pid_gone(pid: i32, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         // A zombie counts as gone: the daemon is not our child, init reaps it.
