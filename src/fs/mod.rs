@@ -215,16 +215,9 @@ impl UnionFs {
     }
 
     fn ctx(&self, ino: u64) -> SysResult<Ctx> {
-        self.ctx_depth(ino, 0)
-    }
-
-    fn ctx_depth(&self, ino: u64, depth: u32) -> SysResult<Ctx> {
-        if depth > 4096 {
-            return Err(Errno::ELOOP);
-        }
         let node = self.inodes.get(ino)?;
         if ino != ROOT && node.state.read().epoch != self.inodes.epoch() {
-            self.refresh(&node, depth)?;
+            self.refresh_chain(&node)?;
         }
         let rel = self.inodes.rel_path(ino)?;
         let st = node.state.read();
@@ -238,10 +231,39 @@ impl UnionFs {
         })
     }
 
-    /// Re-resolves a node whose layer state predates a bulk change (see `Inodes::bump_epoch`).
-    fn refresh(&self, node: &Arc<Node>, depth: u32) -> SysResult<()> {
+    /// Re-resolves a stale node and its stale ancestors, topmost first. A loop, not a
+    /// recursion: the chain is as deep as the directory tree, and one stack frame per level
+    /// overflowed a worker thread at 3,000 levels (a daemon crash).
+    fn refresh_chain(&self, node: &Arc<Node>) -> SysResult<()> {
+        let epoch = self.inodes.epoch();
+        let mut chain = vec![Arc::clone(node)];
+        let mut cur = node.ino;
+        loop {
+            let (parent, _) = self.inodes.primary(cur)?;
+            if parent == ROOT {
+                break;
+            }
+            let p = self.inodes.get(parent)?;
+            if p.state.read().epoch == epoch {
+                break;
+            }
+            if chain.len() > inode::MAX_DEPTH {
+                return Err(Errno::ELOOP);
+            }
+            cur = parent;
+            chain.push(p);
+        }
+        for n in chain.iter().rev() {
+            self.refresh(n)?;
+        }
+        Ok(())
+    }
+
+    /// Re-resolves a node whose layer state predates a bulk change (see `Inodes::bump_epoch`);
+    /// its parent is fresh (see `refresh_chain`).
+    fn refresh(&self, node: &Arc<Node>) -> SysResult<()> {
         let (parent, name) = self.inodes.primary(node.ino)?;
-        let p = self.ctx_depth(parent, depth + 1)?;
+        let p = self.ctx(parent)?;
         let set = DirSet::open(&self.stack, &p.rel, &p.dir_layers)?;
         let mut found = resolve::lookup(&self.stack, &set, &name)?.ok_or(Errno::ENOENT)?;
         if let Some(f) = ops::adopt_indexed(&self.stack, &p.rel, &name, &found)? {
