@@ -10,6 +10,7 @@ mod common;
 use std::fs;
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -236,4 +237,199 @@ fn deep_directories_copy_up_re_resolve_and_rename() {
         read_leaf(&deep_lower, "deep", DEPTH).unwrap(),
         "at the bottom"
     );
+}
+
+/// Bytes of one tar header block plus its data blocks.
+fn tar_entry(name: &[u8], kind: u8, data: &[u8], link: &[u8]) -> Vec<u8> {
+    let mut h = tar::Header::new_ustar();
+    h.as_old_mut().name[..name.len()].copy_from_slice(name);
+    h.set_entry_type(tar::EntryType::new(kind));
+    h.set_mode(0o644);
+    h.set_size(data.len() as u64);
+    h.as_old_mut().linkname[..link.len()].copy_from_slice(link);
+    h.set_cksum();
+    let mut out = h.as_bytes().to_vec();
+    out.extend_from_slice(data);
+    out.resize(out.len().div_ceil(512) * 512, 0);
+    out
+}
+
+/// One PAX extended-header record: `LEN key=value\n`, LEN counting itself.
+fn pax(key: &str, value: &str) -> Vec<u8> {
+    let body = format!(" {key}={value}\n");
+    let mut n = body.len() + 1;
+    while body.len() + n.to_string().len() != n {
+        n = body.len() + n.to_string().len();
+    }
+    format!("{n}{body}").into_bytes()
+}
+
+#[test]
+fn hostile_tarball_entries_through_the_cli() {
+    let root = PathBuf::from(format!("/tmp/unionfs-faults-tar-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&root);
+    fs::create_dir_all(root.join("victim")).unwrap();
+    fs::write(root.join("victim/file"), "precious").unwrap();
+    let ok = tar_entry(b"fine", b'0', b"fine", b"");
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "PAX path with ..",
+            [
+                tar_entry(b"PaxHeaders/x", b'x', &pax("path", "../evil"), b""),
+                tar_entry(b"innocent", b'0', b"evil", b""),
+            ]
+            .concat(),
+        ),
+        (
+            "PAX path absolute",
+            [
+                tar_entry(
+                    b"PaxHeaders/x",
+                    b'x',
+                    &pax("path", "/tmp/unionfs-faults-evil"),
+                    b"",
+                ),
+                tar_entry(b"innocent", b'0', b"evil", b""),
+            ]
+            .concat(),
+        ),
+        (
+            "GNU long name with ..",
+            [
+                tar_entry(b"././@LongLink", b'L', b"a/../../evil\0", b""),
+                tar_entry(b"innocent", b'0', b"evil", b""),
+            ]
+            .concat(),
+        ),
+        (
+            "GNU long link name out",
+            [
+                tar_entry(b"././@LongLink", b'K', b"../victim/file\0", b""),
+                tar_entry(b"h", b'1', b"", b"fine"),
+            ]
+            .concat(),
+        ),
+        (
+            "PAX linkpath out",
+            [
+                tar_entry(
+                    b"PaxHeaders/x",
+                    b'x',
+                    &pax("linkpath", "../victim/file"),
+                    b"",
+                ),
+                tar_entry(b"h", b'1', b"", b"fine"),
+            ]
+            .concat(),
+        ),
+        (
+            "file then directory through it",
+            [
+                tar_entry(b"f", b'0', b"x", b""),
+                tar_entry(b"f/evil", b'0', b"evil", b""),
+            ]
+            .concat(),
+        ),
+    ];
+    let layer_tool = env!("CARGO_BIN_EXE_unionfs-layer");
+    let mut refused = 0;
+    for (what, body) in cases {
+        let tarball = root.join("in.tar");
+        let mut all = ok.clone();
+        all.extend_from_slice(&body);
+        all.extend_from_slice(&[0u8; 1024]);
+        fs::write(&tarball, &all).unwrap();
+        let dir = root.join(format!("out-{refused}"));
+        let out = within(Duration::from_secs(20), what, {
+            let (t, d) = (tarball.clone(), dir.clone());
+            move || {
+                Command::new(layer_tool)
+                    .arg("import")
+                    .arg(&t)
+                    .arg(&d)
+                    .output()
+                    .unwrap()
+            }
+        });
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what}: imported");
+        assert!(
+            err.contains("refused") && err.contains("entry"),
+            "{what}: {err}"
+        );
+        assert_eq!(
+            fs::read_to_string(root.join("victim/file")).unwrap(),
+            "precious",
+            "{what}"
+        );
+        assert_eq!(
+            fs::metadata(root.join("victim/file")).unwrap().nlink(),
+            1,
+            "{what}"
+        );
+        assert!(
+            !root.join("evil").exists() && !Path::new("/tmp/unionfs-faults-evil").exists(),
+            "{what}"
+        );
+        refused += 1;
+    }
+    eprintln!("{refused} hostile tarballs refused");
+    // The same long-name records in an honest layer: link targets longer than the header's
+    // 100 bytes come through whole (they are what real layers use for deep paths).
+    let long_dir = "l".repeat(60) + "/" + &"o".repeat(60);
+    let long_file = format!("{long_dir}/target");
+    let target = format!("../{long_file}");
+    let honest = [
+        tar_entry(
+            b"././@LongLink",
+            b'L',
+            format!("{long_file}\0").as_bytes(),
+            b"",
+        ),
+        tar_entry(b"truncated-name", b'0', b"data", b""),
+        tar_entry(
+            b"././@LongLink",
+            b'K',
+            format!("{target}\0").as_bytes(),
+            b"",
+        ),
+        tar_entry(b"d/gnu-symlink", b'2', b"", b"truncated"),
+        tar_entry(b"PaxHeaders/s", b'x', &pax("linkpath", &target), b""),
+        tar_entry(b"d/pax-symlink", b'2', b"", b"truncated"),
+        tar_entry(
+            b"././@LongLink",
+            b'K',
+            format!("{long_file}\0").as_bytes(),
+            b"",
+        ),
+        tar_entry(b"hardlink", b'1', b"", b"truncated"),
+        vec![0u8; 1024],
+    ]
+    .concat();
+    let tarball = root.join("honest.tar");
+    fs::write(&tarball, honest).unwrap();
+    let dir = root.join("honest");
+    let out = Command::new(layer_tool)
+        .arg("import")
+        .arg(&tarball)
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fs::read_to_string(dir.join(&long_file)).unwrap(), "data");
+    for l in ["d/gnu-symlink", "d/pax-symlink"] {
+        assert_eq!(
+            fs::read_link(dir.join(l)).unwrap(),
+            Path::new(&target),
+            "{l}"
+        );
+        assert_eq!(fs::read_to_string(dir.join(l)).unwrap(), "data", "{l}");
+    }
+    let md = fs::metadata(dir.join("hardlink")).unwrap();
+    assert_eq!(md.ino(), fs::metadata(dir.join(&long_file)).unwrap().ino());
+    let _ = fs::remove_dir_all(&root);
 }
