@@ -20,6 +20,33 @@ use nix::sys::stat::{fstatat, mkdirat, Mode};
 
 use common::*;
 
+#[test]
+fn corrupt_upper_with_a_directory_whiteout() {
+    // A directory named `.wh.x` in the upper (a corrupt or hand-made upper) hides `x` like a
+    // whiteout file. Creating `x` or a directory `w` over it through the union replaces it,
+    // with what it held; nothing is left half made.
+    if is_kernel() {
+        eprintln!("SKIP on kernel: OCI whiteout names");
+        return;
+    }
+    let stack = Stack::new()
+        .lower([file("x", "lower x"), file("w", "lower w")])
+        .upper([dir(".wh.x"), file(".wh.x/junk", "junk"), dir(".wh.w")]);
+    let Some(mut u) = Union::mount(stack) else {
+        return;
+    };
+    assert_eq!(u.names(""), set(&[]));
+    fs::write(u.m("x"), "new x").expect("create over a directory whiteout");
+    fs::create_dir(u.m("w")).expect("mkdir over a directory whiteout");
+    u.remount();
+    assert_eq!(u.names(""), set(&["w", "x"]));
+    assert_eq!(u.read_str("x"), "new x");
+    assert_eq!(u.names("w"), set(&[]));
+    u.assert_upper_opaque("w");
+    assert!(!u.u(".wh.x").exists() && !u.u(".wh.w").exists());
+    u.check_upper_is_layer_diff();
+}
+
 /// Opens `name` in `dir` as a directory (`O_PATH` when `path_only`).
 fn sub(dir: impl AsFd, name: &str, path_only: bool) -> nix::Result<OwnedFd> {
     let extra = if path_only {

@@ -124,6 +124,9 @@ pub fn drop_whiteout(upper_dir: BorrowedFd<'_>, name: &[u8]) -> SysResult<()> {
     let wh = whiteout_name(name)?;
     match sys::unlinkat(upper_dir, &wh, false) {
         Ok(()) | Err(Errno::ENOENT) => Ok(()),
+        // A whiteout that is a directory (a hand-made or corrupt upper) is read as one too;
+        // `.wh.` names are ours, so it goes with what it holds.
+        Err(Errno::EISDIR) => remove_tree(upper_dir, &wh),
         Err(e) => Err(e),
     }
 }
@@ -250,7 +253,7 @@ pub fn create(
             // The old directory below must not shine through the new one.
             copyup::make_opaque(stack, fd).map_err(undo)?;
         }
-        drop_whiteout(up.as_fd(), name)?;
+        drop_whiteout(up.as_fd(), name).map_err(undo)?;
         st = sys::fstat(fd)?;
     }
     // New in the upper: no copy-up origin to look for.
