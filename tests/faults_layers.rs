@@ -21,6 +21,118 @@ use nix::sys::stat::{fstatat, mkdirat, Mode};
 use common::*;
 
 #[test]
+fn symlink_loops_and_long_chains_in_a_lower() {
+    let mut l = vec![
+        symlink("loop1", "loop2"),
+        symlink("loop2", "loop1"),
+        symlink("self", "self"),
+        symlink("d/up", "../d/up"),
+        symlink("d/dirloop", "."),
+        file("target", "end of the chain"),
+    ];
+    // 45 links in a row: more than the kernel's 40 for one path walk.
+    for i in 0..45 {
+        l.push(symlink(&format!("c{i}"), &format!("c{}", i + 1)));
+    }
+    l.push(symlink("c45", "target"));
+    let Some(mut u) = Union::mount(Stack::new().lower(l)) else {
+        return;
+    };
+    let m = |r: &str| u.m(r);
+    for name in ["loop1", "loop2", "self", "d/up"] {
+        assert!(u.stat(name).file_type().is_symlink(), "{name}");
+        assert_errno(fs::metadata(m(name)), libc::ELOOP, name);
+        assert_errno(fs::File::open(m(name)).map(drop), libc::ELOOP, name);
+        assert_errno(fs::write(m(name), "x"), libc::ELOOP, name);
+    }
+    assert_eq!(fs::read_link(m("loop1")).unwrap(), Path::new("loop2"));
+    // A link to `.` is a directory you can walk into forever; the union just answers.
+    assert_eq!(
+        u.read_str("d/dirloop/dirloop/dirloop/../target"),
+        "end of the chain"
+    );
+    assert_errno(fs::read(m("c0")), libc::ELOOP, "a chain of 46 links");
+    assert_eq!(u.read_str("c10"), "end of the chain");
+    // Changes to the links themselves work: they are copied up as links.
+    fs::rename(m("loop1"), m("loop3")).unwrap();
+    std::os::unix::fs::lchown(m("self"), Some(7), Some(7)).unwrap();
+    fs::remove_file(m("loop2")).unwrap();
+    std::os::unix::fs::symlink("loop3", m("loop4")).unwrap();
+    let r = within(Duration::from_secs(30), "find over the loops", {
+        let mnt = u.mnt.clone();
+        move || Command::new("find").arg(&mnt).arg("-follow").output()
+    });
+    let out = r.unwrap();
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+    u.remount();
+    assert_eq!(fs::read_link(u.m("loop3")).unwrap(), Path::new("loop2"));
+    assert!(!u.exists("loop1") && !u.exists("loop2"));
+    assert_eq!(u.stat("self").uid(), 7);
+    assert!(fs::symlink_metadata(u.u("self"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    u.check_upper_is_layer_diff();
+}
+
+#[test]
+fn whiteouts_and_opaque_markers_of_the_wrong_type() {
+    // `.wh.NAME` and `.wh..wh..opq` are read by name, whatever their file type (as OCI tools
+    // apply them): a directory whiteout hides NAME and shows nothing of its own contents; an
+    // opaque marker that is a directory makes its directory opaque; the opaque xattr on a
+    // regular file changes nothing (a file hides what is below it anyway).
+    if is_kernel() {
+        eprintln!("SKIP on kernel: OCI whiteout names");
+        return;
+    }
+    let stack = Stack::new()
+        .lower([
+            dir(".wh.x"),
+            file(".wh.x/inside", "never shown"),
+            symlink(".wh.y", "/etc/passwd"),
+            dir("d/.wh..wh..opq"),
+            file("d/.wh..wh..opq/inside", "never shown"),
+            file("d/a", "top a"),
+            file("e", "a file marked opaque").xattr("user.overlay.opaque", "y"),
+            dir("f"),
+            file("f/.wh..wh..opq", "opaque marker with data"),
+            file("f/mine", "mine"),
+        ])
+        .lower([
+            file("x", "hidden"),
+            file("y", "hidden"),
+            file("d/b", "below"),
+            file("e/under", "below a file"),
+            file("f/below", "below"),
+            file("z", "z"),
+        ]);
+    let Some(mut u) = Union::mount(stack) else {
+        return;
+    };
+    assert_eq!(u.names(""), set(&["d", "e", "f", "z"]));
+    u.assert_enoent("x");
+    u.assert_enoent("y");
+    u.assert_enoent(".wh.x");
+    u.assert_enoent(".wh.x/inside");
+    assert_eq!(u.names("d"), set(&["a"]));
+    u.assert_enoent("d/.wh..wh..opq");
+    assert!(u.stat("e").is_file());
+    assert_eq!(u.read_str("e"), "a file marked opaque");
+    assert_eq!(u.names("f"), set(&["mine"]));
+    // Over the corrupt entries the union still works, and the upper stays a layer diff.
+    u.write("x", "new x");
+    fs::create_dir(u.m("y")).unwrap();
+    u.write("d/b", "new b");
+    fs::remove_file(u.m("d/a")).unwrap();
+    u.remount();
+    assert_eq!(u.names(""), set(&["d", "e", "f", "x", "y", "z"]));
+    assert_eq!(u.read_str("x"), "new x");
+    assert_eq!(u.names("y"), set(&[]));
+    assert_eq!(u.names("d"), set(&["b"]));
+    u.check_upper_is_layer_diff();
+}
+
+#[test]
 fn corrupt_upper_with_a_directory_whiteout() {
     // A directory named `.wh.x` in the upper (a corrupt or hand-made upper) hides `x` like a
     // whiteout file. Creating `x` or a directory `w` over it through the union replaces it,
@@ -45,6 +157,171 @@ fn corrupt_upper_with_a_directory_whiteout() {
     u.assert_upper_opaque("w");
     assert!(!u.u(".wh.x").exists() && !u.u(".wh.w").exists());
     u.check_upper_is_layer_diff();
+}
+
+#[test]
+fn a_layer_that_is_not_a_directory_is_refused_clearly() {
+    if is_kernel() {
+        eprintln!("SKIP on kernel: unionfs-mount's messages");
+        return;
+    }
+    let Some(u) = Union::build(Stack::new().lower([file("f", "f")])) else {
+        return;
+    };
+    let file_layer = u.root.join("layer-file");
+    fs::write(&file_layer, "not a dir").unwrap();
+    let loop_layer = u.root.join("layer-loop");
+    std::os::unix::fs::symlink(&loop_layer, &loop_layer).unwrap();
+    let up = u.u("");
+    let l = u.l(0, "");
+    let p = |p: &Path| p.to_str().unwrap().to_string();
+    let cases: Vec<(&str, Vec<String>, &str)> = vec![
+        (
+            "lower is a file",
+            vec![format!("{}:{}", p(&l), p(&file_layer)), p(&up)],
+            "a layer must be a directory",
+        ),
+        (
+            "upper is a file",
+            vec![p(&l), p(&file_layer)],
+            "a layer must be a directory",
+        ),
+        (
+            "lower is a symlink loop",
+            vec![p(&loop_layer), p(&up)],
+            "symbolic links",
+        ),
+        (
+            "workdir is a file",
+            vec![
+                "-o".into(),
+                format!(
+                    "lowerdir={},upperdir={},workdir={}",
+                    p(&l),
+                    p(&up),
+                    p(&file_layer)
+                ),
+            ],
+            "workdir",
+        ),
+        (
+            "mount point is a file",
+            vec![p(&l), p(&up)],
+            "not a directory",
+        ),
+    ];
+    for (what, mut args, says) in cases {
+        let mnt = if what == "mount point is a file" {
+            file_layer.clone()
+        } else {
+            u.mnt.clone()
+        };
+        args.push(p(&mnt));
+        let out = within(Duration::from_secs(20), what, move || {
+            Command::new(bin()).args(&args).output().unwrap()
+        });
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what}: mounted");
+        assert!(
+            err.contains(says),
+            "{what}: the message does not say {says:?}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{what}: {err}");
+        assert!(!is_mountpoint(&u.mnt), "{what}: left a mount");
+    }
+    assert_eq!(fs::read_to_string(&file_layer).unwrap(), "not a dir");
+}
+
+#[test]
+fn owners_beyond_any_id_map() {
+    // uid/gid 4000000000 and 4294967294 (the largest valid id) in a lower: shown, kept across
+    // copy-up and remount, also written into the upper as they are.
+    const BIG: u32 = 4_000_000_000;
+    const MAX: u32 = u32::MAX - 1;
+    let stack = Stack::new().lower([
+        file("big", "b").owner(BIG, BIG + 1),
+        file("max", "m").owner(MAX, MAX),
+        dir("d").owner(BIG, BIG),
+        file("d/inner", "i").owner(BIG, BIG),
+    ]);
+    let Some(mut u) = Union::mount(stack) else {
+        return;
+    };
+    assert_eq!((u.stat("big").uid(), u.stat("big").gid()), (BIG, BIG + 1));
+    assert_eq!(u.stat("max").uid(), MAX);
+    u.append("big", b"+");
+    u.append("max", b"+");
+    u.append("d/inner", b"+");
+    std::os::unix::fs::lchown(u.m("d"), Some(BIG + 5), None).unwrap();
+    u.remount();
+    assert_eq!((u.stat("big").uid(), u.stat("big").gid()), (BIG, BIG + 1));
+    assert_eq!(u.stat("max").gid(), MAX);
+    assert_eq!(u.stat("d").uid(), BIG + 5);
+    assert_eq!(u.stat("d/inner").uid(), BIG);
+    let md = fs::metadata(u.u("big")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (BIG, BIG + 1));
+    assert_eq!(u.read_str("big"), "b+");
+    u.check_upper_is_layer_diff();
+}
+
+#[test]
+fn owners_not_mapped_in_a_user_namespace() {
+    // The daemon and its callers in a user namespace that maps only uid/gid 0: the lower's
+    // 4000000000 is not mapped there. The file shows the overflow id (65534) and reads. The
+    // kernel itself refuses to write (EACCES), rename or remove (EOVERFLOW) a file whose
+    // owner it cannot name there, before the daemon is asked. Renaming its directory makes
+    // the daemon copy it up: the copy belongs to the namespace's root, the only owner the
+    // daemon can give it there (it does not fail on the chown).
+    if is_kernel() {
+        eprintln!("SKIP on kernel: unionfs in a user namespace");
+        return;
+    }
+    const BIG: u32 = 4_000_000_000;
+    let stack = Stack::new().lower([
+        dir("d"),
+        file("d/f", "data").owner(BIG, BIG).mode(0o666),
+        file("g", "g"),
+    ]);
+    let Some(u) = Union::build(stack) else {
+        return;
+    };
+    let script = r#"
+        "$1" "$2" "$3" "$4" || exit 1
+        m="$4"
+        stat -c '%u %g' "$m/d/f"
+        cat "$m/d/f"; echo
+        (echo more >> "$m/d/f") 2>/dev/null && echo wrote || echo write refused
+        mv "$m/d/f" "$m/d/f2" 2>/dev/null && echo moved || echo rename refused
+        rm -f "$m/d/f" 2>/dev/null && echo removed || echo unlink refused
+        mv "$m/d" "$m/d2" && cat "$m/d2/f"; echo
+        umount "$m"
+    "#;
+    let out = within(Duration::from_secs(30), "union in a user namespace", {
+        let args: Vec<PathBuf> = vec![bin().into(), u.l(0, ""), u.u(""), u.mnt.clone()];
+        move || {
+            Command::new("unshare")
+                .args(["-Urm", "--propagation", "private", "sh", "-c", script, "sh"])
+                .args(&args)
+                .output()
+                .unwrap()
+        }
+    });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout, "65534 65534\ndata\nwrite refused\nrename refused\nunlink refused\ndata\n",
+        "inside the namespace"
+    );
+    // Outside, the upper copy belongs to the namespace's root (real root here); the lower
+    // keeps its owner (checked when `u` drops).
+    let md = fs::metadata(u.u("d2/f")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (0, 0));
+    assert_eq!(fs::read_to_string(u.u("d2/f")).unwrap(), "data");
+    assert!(u.u(".wh.d").exists());
 }
 
 /// Opens `name` in `dir` as a directory (`O_PATH` when `path_only`).

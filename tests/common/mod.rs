@@ -1004,7 +1004,12 @@ impl Union {
                 Err(nix::errno::Errno::EBUSY) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(50))
                 }
-                Err(e) => panic!("umount {:?}: {e}", self.mnt),
+                Err(e) => panic!(
+                    "umount {:?}: {e}; holders: {:?} (daemon {:?})",
+                    self.mnt,
+                    holders(&self.mnt),
+                    self.pid
+                ),
             }
         }
         self.mounted = false;
@@ -1397,6 +1402,30 @@ pub fn wait_pid_gone(pid: i32, timeout: Duration) -> bool {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The processes with an fd or working directory below `mnt`, as `pid comm -> path`: who
+/// keeps a mount busy.
+pub fn holders(mnt: &Path) -> Vec<String> {
+    let mut out = vec![];
+    for p in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let pid = p.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let comm = fs::read_to_string(p.path().join("comm")).unwrap_or_default();
+        let mut links: Vec<PathBuf> = fs::read_dir(p.path().join("fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|fd| fs::read_link(fd.path()).ok())
+            .collect();
+        links.extend(fs::read_link(p.path().join("cwd")));
+        for l in links.into_iter().filter(|l| l.starts_with(mnt)) {
+            out.push(format!("{pid} {} -> {}", comm.trim(), l.display()));
+        }
+    }
+    out
 }
 
 /// Removes our internal `.wh..wh.*` entries (the work dir; `.wh..wh..opq` stays) from the top
