@@ -87,6 +87,8 @@ pub struct UnionFs {
     /// until the directory's layers change or it is removed. Bounded (see `dirset_cap`).
     dirsets: dashmap::DashMap<u64, (Vec<LayerIdx>, Arc<DirSet>)>,
     dirset_cap: usize,
+    /// How many closed files keep their passthrough registration (see `keep_backing`).
+    kept_backing: usize,
     /// Nodes dropped since the mount (to return memory to the system now and then).
     freed: AtomicU64,
     /// Which callers get the first batch of a listing without attributes.
@@ -132,7 +134,7 @@ struct Ctx {
 pub const MAX_WRITE: u32 = 1 << 20;
 
 /// How many recently closed files keep their passthrough registration (and one fd each), so
-/// that opening them again costs no backing file setup.
+/// that opening them again costs no backing file setup; fewer under a small fd limit.
 pub const KEPT_BACKING_FILES: usize = 128;
 
 fn fe(e: Errno) -> fuser::Errno {
@@ -150,9 +152,12 @@ const RELEASE_GRACE: Duration = Duration::from_millis(100);
 impl UnionFs {
     /// A filesystem over `stack`.
     pub fn new(stack: Arc<Stack>, opts: FsOptions) -> Self {
-        // Directory fds are cached within a quarter of what we may open.
-        let fds = (sys::raise_nofile_limit() / 4).clamp(256, 16384) as usize;
-        let dirset_cap = (fds / stack.layers.len().max(1)).max(16);
+        // Directory fds are cached within a quarter of what we may open, and so are closed
+        // files' registrations: under a small limit (`ulimit -n 64`) caches that kept more
+        // left no descriptor to open a file with, even once every file was closed.
+        let fds = (sys::raise_nofile_limit() / 4).clamp(8, 16384) as usize;
+        let dirset_cap = (fds / stack.layers.len().max(1)).max(4);
+        let kept_backing = KEPT_BACKING_FILES.min(fds);
         let root = resolve::root_layers(&stack);
         UnionFs {
             stack,
@@ -167,6 +172,7 @@ impl UnionFs {
             notifier: Arc::new(std::sync::OnceLock::new()),
             dirsets: dashmap::DashMap::new(),
             dirset_cap,
+            kept_backing,
             freed: AtomicU64::new(0),
             listing: listing::ListHints::default(),
             orphans: dashmap::DashMap::new(),
