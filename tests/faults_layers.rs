@@ -354,8 +354,8 @@ fn rm_rf(p: &Path) {
     let _ = Command::new("rm").arg("-rf").arg(p).status();
 }
 
-/// Removes the deep trees when the test ends, passing or not (before the union's own cleanup,
-/// whose recursive remove is not made for 10,000 levels).
+/// Removes these trees when the test ends, passing or not (deep ones before the union's own
+/// cleanup, whose recursive remove is not made for 10,000 levels).
 struct Deep(Vec<PathBuf>);
 
 impl Drop for Deep {
@@ -572,6 +572,7 @@ fn pax(key: &str, value: &str) -> Vec<u8> {
 fn hostile_tarball_entries_through_the_cli() {
     let root = PathBuf::from(format!("/tmp/unionfs-faults-tar-{}", std::process::id()));
     let _ = fs::remove_dir_all(&root);
+    let _cleanup = Deep(vec![root.clone()]);
     fs::create_dir_all(root.join("victim")).unwrap();
     fs::write(root.join("victim/file"), "precious").unwrap();
     let ok = tar_entry(b"fine", b'0', b"fine", b"");
@@ -735,5 +736,4 @@ fn hostile_tarball_entries_through_the_cli() {
     }
     let md = fs::metadata(dir.join("hardlink")).unwrap();
     assert_eq!(md.ino(), fs::metadata(dir.join(&long_file)).unwrap().ino());
-    let _ = fs::remove_dir_all(&root);
 }
