@@ -20,6 +20,17 @@ pub fn run(mut inv: Invocation) -> i32 {
     for w in &inv.warnings {
         eprintln!("unionfs-mount: warning: {w}");
     }
+    if !inv.config.read_only && inv.config.upper_on_read_only_fs() {
+        if let Some(u) = &inv.config.upper {
+            eprintln!(
+                "unionfs-mount: warning: upper layer {} is on a read-only filesystem: mounting \
+                 the union read-only, with the upper as its top layer (remount that filesystem \
+                 read-write and mount the union again to make changes)",
+                u.display()
+            );
+        }
+        inv.config.read_only = true;
+    }
     // The kernel already applied the caller's umask to every mode it sends us.
     sys::set_umask(0);
     let prepared = match inv.config.prepare(&inv.mountpoint) {

@@ -104,8 +104,30 @@ impl MountConfig {
         (cores * 2).clamp(4, 16)
     }
 
+    /// True when the upper is given and sits on a read-only filesystem or mount (a read-only
+    /// bind mount, a filesystem remounted read-only after errors): such a union can only be
+    /// mounted read-only.
+    pub fn upper_on_read_only_fs(&self) -> bool {
+        let Some(u) = &self.upper else {
+            return false;
+        };
+        sys::open_path(u, libc::O_PATH | libc::O_DIRECTORY)
+            .and_then(|fd| sys::fstatvfs(fd.as_fd()))
+            .is_ok_and(|st| st.f_flag & libc::ST_RDONLY != 0)
+    }
+
     /// Opens and checks the layers and the mount point, without mounting anything yet.
     pub fn prepare(&self, mountpoint: &Path) -> Result<Prepared> {
+        // Checked first: the kernel may still answer a stat of the dead mount's root from
+        // its cache, and mounting over it would hide the dead mount instead of clearing it.
+        if is_dead_fuse_mount(mountpoint) {
+            return Err(Error::new(format!(
+                "mount point {0}: Transport endpoint is not connected (a union whose daemon \
+                 was killed is still mounted there); clear it with `unionfs-mount --cleanup \
+                 {0}` (or `umount -l {0}`), then mount again",
+                mountpoint.display()
+            )));
+        }
         let meta = std::fs::metadata(mountpoint).map_err(|e| {
             Error::sys(
                 format!("mount point {}", mountpoint.display()),
@@ -156,15 +178,21 @@ impl MountConfig {
                 name.to_string_lossy()
             )));
         }
-        let upper = if self.read_only {
-            None
+        // A read-only union still shows its upper: as the topmost layer, never written.
+        let (lowers, upper, workdir) = if self.read_only {
+            let lowers = self.upper.iter().chain(&self.lowers).cloned().collect();
+            (lowers, None, None)
         } else {
-            self.upper.clone()
+            (
+                self.lowers.clone(),
+                self.upper.clone(),
+                self.workdir.clone(),
+            )
         };
         let mut stack = Stack::open(&StackConfig {
-            lowers: self.lowers.clone(),
+            lowers,
             upper,
-            workdir: self.workdir.clone(),
+            workdir,
         })?;
         stack.metacopy = self.metacopy;
         Ok(Prepared {

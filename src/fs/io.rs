@@ -219,14 +219,14 @@ impl UnionFs {
     /// Called when the last handle on `ino` closes: its backing file stays registered among
     /// the most recently closed ones, and the oldest beyond those is dropped.
     pub(super) fn keep_backing(&self, ino: u64) {
-        const KEEP: usize = super::KEPT_BACKING_FILES;
+        let keep = self.kept_backing;
         let evict = {
             let mut lru = self.backing_lru.lock();
             if let Some(i) = lru.iter().position(|x| *x == ino) {
                 lru.remove(i);
             }
             lru.push_back(ino);
-            if lru.len() > KEEP {
+            if lru.len() > keep {
                 lru.pop_front()
             } else {
                 None

@@ -92,6 +92,8 @@ pub struct UnionFs {
     /// until the directory's layers change or it is removed. Bounded (see `dirset_cap`).
     dirsets: dashmap::DashMap<u64, (Vec<LayerIdx>, Arc<DirSet>)>,
     dirset_cap: usize,
+    /// How many closed files keep their passthrough registration (see `keep_backing`).
+    kept_backing: usize,
     /// Nodes dropped since the mount (to return memory to the system now and then).
     freed: AtomicU64,
     /// Which callers get the first batch of a listing without attributes.
@@ -137,7 +139,7 @@ struct Ctx {
 pub const MAX_WRITE: u32 = 1 << 20;
 
 /// How many recently closed files keep their passthrough registration (and one fd each), so
-/// that opening them again costs no backing file setup.
+/// that opening them again costs no backing file setup; fewer under a small fd limit.
 pub const KEPT_BACKING_FILES: usize = 128;
 
 fn fe(e: Errno) -> fuser::Errno {
@@ -155,9 +157,12 @@ const RELEASE_GRACE: Duration = Duration::from_millis(100);
 impl UnionFs {
     /// A filesystem over `stack`.
     pub fn new(stack: Arc<Stack>, opts: FsOptions) -> Self {
-        // Directory fds are cached within a quarter of what we may open.
-        let fds = (sys::raise_nofile_limit() / 4).clamp(256, 16384) as usize;
-        let dirset_cap = (fds / stack.layers.len().max(1)).max(16);
+        // Directory fds are cached within a quarter of what we may open, and so are closed
+        // files' registrations: under a small limit (`ulimit -n 64`) caches that kept more
+        // left no descriptor to open a file with, even once every file was closed.
+        let fds = (sys::raise_nofile_limit() / 4).clamp(8, 16384) as usize;
+        let dirset_cap = (fds / stack.layers.len().max(1)).max(4);
+        let kept_backing = KEPT_BACKING_FILES.min(fds);
         let root = resolve::root_layers(&stack);
         UnionFs {
             stack,
@@ -173,6 +178,7 @@ impl UnionFs {
             notifier: Arc::new(std::sync::OnceLock::new()),
             dirsets: dashmap::DashMap::new(),
             dirset_cap,
+            kept_backing,
             freed: AtomicU64::new(0),
             listing: listing::ListHints::default(),
             orphans: dashmap::DashMap::new(),
@@ -221,16 +227,9 @@ impl UnionFs {
     }
 
     fn ctx(&self, ino: u64) -> SysResult<Ctx> {
-        self.ctx_depth(ino, 0)
-    }
-
-    fn ctx_depth(&self, ino: u64, depth: u32) -> SysResult<Ctx> {
-        if depth > 4096 {
-            return Err(Errno::ELOOP);
-        }
         let node = self.inodes.get(ino)?;
         if ino != ROOT && node.state.read().epoch != self.inodes.epoch() {
-            self.refresh(&node, depth)?;
+            self.refresh_chain(&node)?;
         }
         let rel = self.inodes.rel_path(ino)?;
         let st = node.state.read();
@@ -244,10 +243,39 @@ impl UnionFs {
         })
     }
 
-    /// Re-resolves a node whose layer state predates a bulk change (see `Inodes::bump_epoch`).
-    fn refresh(&self, node: &Arc<Node>, depth: u32) -> SysResult<()> {
+    /// Re-resolves a stale node and its stale ancestors, topmost first. A loop, not a
+    /// recursion: the chain is as deep as the directory tree, and one stack frame per level
+    /// overflowed a worker thread at 3,000 levels (a daemon crash).
+    fn refresh_chain(&self, node: &Arc<Node>) -> SysResult<()> {
+        let epoch = self.inodes.epoch();
+        let mut chain = vec![Arc::clone(node)];
+        let mut cur = node.ino;
+        loop {
+            let (parent, _) = self.inodes.primary(cur)?;
+            if parent == ROOT {
+                break;
+            }
+            let p = self.inodes.get(parent)?;
+            if p.state.read().epoch == epoch {
+                break;
+            }
+            if chain.len() > inode::MAX_DEPTH {
+                return Err(Errno::ELOOP);
+            }
+            cur = parent;
+            chain.push(p);
+        }
+        for n in chain.iter().rev() {
+            self.refresh(n)?;
+        }
+        Ok(())
+    }
+
+    /// Re-resolves a node whose layer state predates a bulk change (see `Inodes::bump_epoch`);
+    /// its parent is fresh (see `refresh_chain`).
+    fn refresh(&self, node: &Arc<Node>) -> SysResult<()> {
         let (parent, name) = self.inodes.primary(node.ino)?;
-        let p = self.ctx_depth(parent, depth + 1)?;
+        let p = self.ctx(parent)?;
         let set = DirSet::open(&self.stack, &p.rel, &p.dir_layers)?;
         let mut found = resolve::lookup(&self.stack, &set, &name)?.ok_or(Errno::ENOENT)?;
         if let Some(f) = ops::adopt_indexed(&self.stack, &p.rel, &name, &found)? {
@@ -413,6 +441,13 @@ impl UnionFs {
         if self.inodes.get(ino).is_ok() {
             self.orphans.insert(ino, *st);
         }
+    }
+
+    /// Drops the kept passthrough registration of file `ino`, which lost a name, unless a
+    /// handle still uses it: the registration holds the file open, and the space of a deleted
+    /// file comes back only when nothing does (on a full upper, deleting must make room).
+    fn release_closed_backing(&self, ino: u64) {
+        self.pts.remove_if(&ino, |_, pt| pt.opens == 0);
     }
 
     /// Whether bringing `f` into the upper also linked its other names there (the rule of
@@ -728,7 +763,7 @@ impl UnionFs {
         let (sp, sset) = self.dir_ctx(parent)?;
         let (dp, dset) = self.dir_ctx(newparent)?;
         let _seq = SeqGuard::enter(&self.rename_seq);
-        let (src, dst) = ops::rename(
+        let renamed = ops::rename(
             &self.stack,
             &sp.rel,
             &sset,
@@ -737,7 +772,23 @@ impl UnionFs {
             &dset,
             newname,
             mode,
-        )?;
+        );
+        let (src, dst) = match renamed {
+            Ok(r) => r,
+            Err(e) => {
+                // A directory rename that failed late (a full upper) may already have copied
+                // its tree into the upper and made it opaque: nodes below it that still say
+                // "lower" would no longer be found once the rename is retried and succeeds.
+                let is_dir = |set: &DirSet, n: &[u8]| {
+                    resolve::lookup(&self.stack, set, n)
+                        .is_ok_and(|f| f.is_some_and(|f| f.is_dir()))
+                };
+                if is_dir(&sset, name) || (mode.exchange && is_dir(&dset, newname)) {
+                    self.inodes.bump_epoch();
+                }
+                return Err(e);
+            }
+        };
         let moved_tree = |f: &Found| f.is_dir() && f.dir_layers.iter().any(|l| *l != 0);
         let exchanged = dst.as_ref().filter(|_| mode.exchange);
         if moved_tree(&src)
@@ -763,6 +814,9 @@ impl UnionFs {
             if self.map_ino(d.ino) != self.map_ino(src.ino) {
                 self.inodes
                     .drop_alias(self.map_ino(d.ino), newparent, newname);
+                if !d.is_dir() {
+                    self.release_closed_backing(self.map_ino(d.ino));
+                }
             }
         }
         if dst
@@ -1761,6 +1815,8 @@ impl UnionFs {
             if dir {
                 self.inodes.invalidate_nlink(parent);
                 self.dir_removed(self.map_ino(f.ino), &f.st);
+            } else {
+                self.release_closed_backing(self.map_ino(f.ino));
             }
             Ok(())
         });

@@ -61,8 +61,13 @@ fn copy_meta(
     let kind = st.st_mode & libc::S_IFMT;
     let dst_at = sys::At::new(stack.work()?, stage);
     copy_xattrs(src, dst_at)?;
-    // user.* cannot go on symlinks or devices: those keep a stable ino only with trusted.*.
-    let _ = sys::setxattr(dst_at, &stack.origin_xattr, &origin.to_le_bytes(), 0);
+    // user.* cannot go on symlinks or devices (EPERM): those keep a stable ino only with
+    // trusted.*. Any other failure (a full upper) must fail the copy-up: a copy without its
+    // origin would show another inode number than the node the kernel holds for it.
+    match sys::setxattr(dst_at, &stack.origin_xattr, &origin.to_le_bytes(), 0) {
+        Ok(()) | Err(Errno::EPERM) | Err(Errno::EOPNOTSUPP) => {}
+        Err(e) => return Err(e),
+    }
     match sys::fchown_fd(dst, Some(st.st_uid), Some(st.st_gid)) {
         Ok(()) => {}
         // In a user namespace a lower file may belong to an id that is not mapped there
@@ -473,23 +478,57 @@ pub fn link_from_index(
 
 /// Copies a whole merged directory tree into the upper and marks it opaque, so it no longer
 /// depends on the lower layers (what a directory rename needs to keep the upper an OCI diff).
+/// Each directory is marked after everything below it is in the upper, so the view never
+/// changes on the way. A walk with its own stack, not a recursion, and no fd held per level:
+/// trees can be deeper than a worker thread has stack frames (2,000 levels overflowed it) or
+/// than a process has descriptors.
 pub fn materialize_dir(stack: &Stack, rel: &[u8], layers: &[LayerIdx]) -> SysResult<()> {
-    let upper_dir = ensure_upper_dir(stack, rel)?;
+    let mut todo: Vec<Pending> = Vec::new();
+    todo.extend(materialize_files(stack, rel, layers)?);
+    while let Some(top) = todo.last_mut() {
+        if let Some((sub, sub_layers)) = top.subdirs.pop() {
+            let next = materialize_files(stack, &sub, &sub_layers)?;
+            todo.extend(next);
+            continue;
+        }
+        if let Some(done) = todo.pop() {
+            let dir = stack.open_rel(0, &done.rel, libc::O_PATH | libc::O_DIRECTORY)?;
+            make_opaque(stack, dir.as_fd())?;
+        }
+    }
+    Ok(())
+}
+
+/// A directory of [`materialize_dir`] whose files are in the upper and whose subdirectories
+/// are still to do.
+struct Pending {
+    rel: Vec<u8>,
+    subdirs: Vec<(Vec<u8>, Vec<LayerIdx>)>,
+}
+
+/// Brings directory `rel` and its non-directories into the upper; `None` when nothing below
+/// the upper contributes to it (it is complete already).
+fn materialize_files(stack: &Stack, rel: &[u8], layers: &[LayerIdx]) -> SysResult<Option<Pending>> {
+    ensure_upper_dir(stack, rel)?;
     let set = DirSet::open(stack, rel, layers)?;
     if set.dirs.len() == 1 && stack.is_upper(set.dirs[0].0) {
-        return Ok(()); // nothing below contributes
+        return Ok(None);
     }
+    let mut subdirs = Vec::new();
     for e in crate::layer::readdir::list(stack, &set, rel.is_empty())? {
         let Some(f) = resolve::lookup(stack, &set, &e.name)? else {
             continue;
         };
         if f.is_dir() {
-            materialize_dir(stack, &join(rel, &e.name), &f.dir_layers)?;
+            subdirs.push((join(rel, &e.name), f.dir_layers));
         } else if !stack.is_upper(f.layer) {
             copy_up_entry(stack, rel, &e.name, f.layer, CopyData::MetaOnly)?;
         }
     }
-    make_opaque(stack, upper_dir.as_fd())
+    Ok(Some(Pending {
+        rel: rel.to_vec(),
+        subdirs,
+    }))
 }
 
 /// Marks an upper directory opaque and drops the whiteouts inside it, which an opaque directory

@@ -166,6 +166,9 @@ pub fn drop_whiteout(upper_dir: BorrowedFd<'_>, name: &[u8]) -> SysResult<()> {
     let wh = whiteout_name(name)?;
     match sys::unlinkat(upper_dir, &wh, false) {
         Ok(()) | Err(Errno::ENOENT) => Ok(()),
+        // A whiteout that is a directory (a hand-made or corrupt upper) is read as one too;
+        // `.wh.` names are ours, so it goes with what it holds.
+        Err(Errno::EISDIR) => remove_tree(upper_dir, &wh),
         Err(e) => Err(e),
     }
 }
@@ -328,7 +331,7 @@ pub fn create(
             Some(t) => take_whiteout(up.as_fd(), t, &c, is_dir).inspect_err(|_| {
                 let _ = remove_tree(up.as_fd(), t);
             })?,
-            None => drop_whiteout(up.as_fd(), name)?,
+            None => drop_whiteout(up.as_fd(), name).map_err(undo)?,
         }
         st = sys::fstat(fd)?;
     }

@@ -275,15 +275,17 @@ impl Stack {
     }
 
     /// Removes staging leftovers of an earlier run (a crash mid copy-up); only our own names.
+    /// The index holds staged link-count records too (`set_nlink_record`).
     fn clean_work(&self) {
-        let Some(work) = &self.work else { return };
-        let Ok(entries) = sys::read_dir(work.as_fd()) else {
-            return;
-        };
-        for e in entries {
-            if e.name.starts_with(STAGE_PREFIX.as_bytes()) {
-                if let Ok(name) = CString::new(e.name) {
-                    let _ = remove_tree(work.as_fd(), &name);
+        for dir in [&self.work, &self.index].into_iter().flatten() {
+            let Ok(entries) = sys::read_dir(dir.as_fd()) else {
+                continue;
+            };
+            for e in entries {
+                if e.name.starts_with(STAGE_PREFIX.as_bytes()) {
+                    if let Ok(name) = CString::new(e.name) {
+                        let _ = remove_tree(dir.as_fd(), &name);
+                    }
                 }
             }
         }

@@ -404,6 +404,9 @@ fn import_tar<R: Read>(mut ar: tar::Archive<R>, dir: &Path) -> Result<ImportStat
         })?;
         let cname = CString::new(name.as_slice()).map_err(|_| refuse("NUL in name"))?;
         let h = entry.header().clone();
+        // The entry's, not the header's: a GNU long link name or a PAX linkpath replaces the
+        // header's 100-byte field (which then holds a truncated or made-up target).
+        let link = entry.link_name_bytes().map(|l| l.into_owned());
         let mode = h.mode().unwrap_or(0o644) & 0o7777;
         let kind = h.entry_type();
         // `.wh.NAME` longer than NAME_MAX: no file can have that name, so the delete is
@@ -455,18 +458,18 @@ fn import_tar<R: Read>(mut ar: tar::Archive<R>, dir: &Path) -> Result<ImportStat
                 Ok(())
             }
             tar::EntryType::Symlink => {
-                let target = h
-                    .link_name_bytes()
+                let target = link
+                    .as_deref()
                     .ok_or_else(|| refuse("symlink without target"))?;
-                let t = CString::new(target.as_ref()).map_err(|_| refuse("NUL in target"))?;
+                let t = CString::new(target).map_err(|_| refuse("NUL in target"))?;
                 sys::symlinkat(&t, parent.as_fd(), &cname)
             }
             tar::EntryType::Link => {
-                let target = h
-                    .link_name_bytes()
+                let target = link
+                    .as_deref()
                     .ok_or_else(|| refuse("hard link without target"))?;
                 let tcomps =
-                    clean_path(&target).map_err(|w| refuse(&format!("link target: {w}")))?;
+                    clean_path(target).map_err(|w| refuse(&format!("link target: {w}")))?;
                 let (tname, tparents) =
                     tcomps.split_last().ok_or_else(|| refuse("empty target"))?;
                 let rel: Vec<u8> = tparents.join(&b'/');

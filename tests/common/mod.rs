@@ -216,6 +216,16 @@ impl E {
     }
 }
 
+/// The filesystem of [`Stack::upper_fs`].
+#[derive(Debug, Clone)]
+pub enum UpperFs {
+    /// A tmpfs with these mount options (`size=`, `nr_inodes=`).
+    Tmpfs(String),
+    /// A subvolume of a 128 MiB loop-mounted btrfs (`mkfs.btrfs`, Debian `btrfs-progs`), its
+    /// quota group limited to this size.
+    BtrfsQuota(String),
+}
+
 /// One layer directory: its entries and an optional directory name (for paths with `:`).
 #[derive(Debug, Clone, Default)]
 pub struct LayerSpec {
@@ -236,6 +246,14 @@ pub struct Stack {
     pub o_form: bool,
     /// Extra `-o` options for unionfs only (e.g. `metacopy=on`).
     pub unionfs_opts: Vec<String>,
+    /// Put the upper and the work dir on a small filesystem of their own, so a test can fill
+    /// it; the lowers stay where they are.
+    pub upper_fs: Option<UpperFs>,
+    /// Command words put before `unionfs-mount` (e.g. `prlimit --nofile=64 --`), to start the
+    /// daemon with other limits or capabilities.
+    pub daemon_prefix: Vec<String>,
+    /// Extra flags for `unionfs-mount` (e.g. `--no-watchdog`).
+    pub daemon_flags: Vec<String>,
 }
 
 impl Default for Stack {
@@ -256,6 +274,9 @@ impl Stack {
             // form (state in a separate work dir) instead of the positional one.
             o_form: std::env::var("UNIONFS_TEST_FORM").as_deref() == Ok("o"),
             unionfs_opts: vec![],
+            upper_fs: None,
+            daemon_prefix: vec![],
+            daemon_flags: vec![],
         }
     }
     pub fn lower(mut self, entries: impl IntoIterator<Item = E>) -> Self {
@@ -297,6 +318,27 @@ impl Stack {
     }
     pub fn kernel_opt(mut self, opt: &str) -> Self {
         self.kernel_opts.push(opt.to_string());
+        self
+    }
+    /// Upper and work dir on a private tmpfs mounted with `opts` (see [`Union::upper_fs`]).
+    pub fn upper_tmpfs(mut self, opts: &str) -> Self {
+        self.upper_fs = Some(UpperFs::Tmpfs(opts.to_string()));
+        self
+    }
+    /// Upper and work dir in a btrfs subvolume whose quota group is limited to `limit` (e.g.
+    /// `1M`): writes past it fail with EDQUOT, for root too.
+    pub fn upper_btrfs_quota(mut self, limit: &str) -> Self {
+        self.upper_fs = Some(UpperFs::BtrfsQuota(limit.to_string()));
+        self
+    }
+    /// Passes `flag` to `unionfs-mount` (unionfs only).
+    pub fn daemon_flag(mut self, flag: &str) -> Self {
+        self.daemon_flags.push(flag.to_string());
+        self
+    }
+    /// Starts the daemon as `PREFIX... unionfs-mount ...`.
+    pub fn daemon_prefix(mut self, words: &[&str]) -> Self {
+        self.daemon_prefix = words.iter().map(|w| w.to_string()).collect();
         self
     }
 }
@@ -430,7 +472,7 @@ fn hash_file(p: &Path) -> u64 {
         .read(true)
         .custom_flags(libc::O_NOATIME)
         .open(p)
-        .unwrap();
+        .unwrap_or_else(|e| panic!("open {p:?}: {e}"));
     let md = f.metadata().unwrap();
     let len = md.len() as i64;
     if len > 16 << 20 && md.blocks() * 512 >= md.len() / 2 {
@@ -517,7 +559,7 @@ pub fn snapshot(root: &Path) -> Snapshot {
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
         let (_held, p) = reachable(root, &rel);
-        let md = fs::symlink_metadata(&p).unwrap();
+        let md = fs::symlink_metadata(&p).unwrap_or_else(|e| panic!("lstat {p:?}: {e}"));
         let ft = md.file_type();
         let mut xattrs = BTreeMap::new();
         for n in llistxattr(&p).unwrap() {
@@ -714,12 +756,55 @@ impl Union {
             build_layer(&p, l, imp);
             lowers.push(p);
         }
+        let fs_root = root.join("upperfs");
+        // Unmounts the upper's filesystem if building the layers panics before the union
+        // (whose drop unmounts it) exists.
+        let mut fs_guard = MountGuard(None);
+        let upper_base = match &stack.upper_fs {
+            Some(UpperFs::Tmpfs(opts)) => {
+                fs::create_dir_all(&fs_root).unwrap();
+                nix::mount::mount(
+                    Some("tmpfs"),
+                    &fs_root,
+                    Some("tmpfs"),
+                    MsFlags::empty(),
+                    Some(format!("mode=0755,{opts}").as_str()),
+                )
+                .unwrap_or_else(|e| panic!("mount tmpfs -o {opts}: {e}"));
+                fs_guard.0 = Some(fs_root.clone());
+                fs_root
+            }
+            Some(UpperFs::BtrfsQuota(limit)) => {
+                fs::create_dir_all(&fs_root).unwrap();
+                let img = root.join("upperfs.img");
+                fs::File::create(&img).unwrap().set_len(128 << 20).unwrap();
+                fn o(s: &str) -> &OsStr {
+                    OsStr::new(s)
+                }
+                run("mkfs.btrfs", &[o("-q"), o("-f"), img.as_os_str()]);
+                // A loop mount from mount(8) is auto-cleared: the loop device goes with it.
+                run(
+                    "mount",
+                    &[o("-o"), o("loop"), img.as_os_str(), fs_root.as_os_str()],
+                );
+                fs_guard.0 = Some(fs_root.clone());
+                let sv = fs_root.join("sv");
+                run("btrfs", &[o("quota"), o("enable"), fs_root.as_os_str()]);
+                run("btrfs", &[o("subvolume"), o("create"), sv.as_os_str()]);
+                run(
+                    "btrfs",
+                    &[o("qgroup"), o("limit"), o(limit), sv.as_os_str()],
+                );
+                sv
+            }
+            None => root.clone(),
+        };
         let upper = stack.upper.as_ref().map(|s| {
-            let p = root.join("upper");
+            let p = upper_base.join("upper");
             build_layer(&p, s, imp);
             p
         });
-        let work = root.join("work");
+        let work = upper_base.join("work");
         let mnt = root.join("mnt");
         fs::create_dir_all(&mnt).unwrap();
         if imp == Impl::Kernel {
@@ -727,6 +812,7 @@ impl Union {
         }
         let snaps = lowers.iter().map(|l| snapshot(l)).collect();
         let upper_snap = upper.as_ref().map(|p| visible_upper(snapshot(p)));
+        fs_guard.0 = None; // the union unmounts it from here on
         Some(Union {
             imp,
             root,
@@ -789,6 +875,16 @@ impl Union {
         self.upper = Some(upper);
         self.stack.o_form = o_form;
         self.do_mount();
+        let (mut before, mut after) = (before, after);
+        if self.stack.upper_fs.is_some() {
+            // The copy is on another filesystem type than the upper: directory sizes are each
+            // filesystem's own business.
+            for n in before.values_mut().chain(after.values_mut()) {
+                if n.kind == libc::S_IFDIR {
+                    n.size = 0;
+                }
+            }
+        }
         let diff = diff_snapshots(&before, &after);
         assert!(
             diff.is_empty(),
@@ -858,8 +954,16 @@ impl Union {
                     .map(|p| escape_colons(p))
                     .collect::<Vec<_>>()
                     .join(":");
-                let mut cmd = Command::new(bin());
+                let mut cmd = match self.stack.daemon_prefix.split_first() {
+                    Some((first, rest)) => {
+                        let mut c = Command::new(first);
+                        c.args(rest).arg(bin());
+                        c
+                    }
+                    None => Command::new(bin()),
+                };
                 cmd.arg("--pid-file").arg(self.pid_file());
+                cmd.args(&self.stack.daemon_flags);
                 for o in &self.stack.unionfs_opts {
                     cmd.arg("-o").arg(o);
                 }
@@ -926,7 +1030,12 @@ impl Union {
                 Err(nix::errno::Errno::EBUSY) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(50))
                 }
-                Err(e) => panic!("umount {:?}: {e}", self.mnt),
+                Err(e) => panic!(
+                    "umount {:?}: {e}; holders: {:?} (daemon {:?})",
+                    self.mnt,
+                    holders(&self.mnt),
+                    self.pid
+                ),
             }
         }
         self.mounted = false;
@@ -1171,6 +1280,112 @@ impl Union {
         out
     }
 
+    // --- a small upper filesystem (Stack::upper_tmpfs) ---------------------------------------
+
+    /// The directory on the upper's own filesystem that holds the upper and the work dir.
+    pub fn upper_fs(&self) -> PathBuf {
+        match self.stack.upper_fs {
+            Some(UpperFs::Tmpfs(_)) => self.root.join("upperfs"),
+            Some(UpperFs::BtrfsQuota(_)) => self.root.join("upperfs/sv"),
+            None => panic!("stack has no upper_fs"),
+        }
+    }
+
+    /// Where the upper's own filesystem is mounted (for `mount -o remount,...`).
+    pub fn upper_fs_mount(&self) -> PathBuf {
+        assert!(self.stack.upper_fs.is_some(), "stack has no upper_fs");
+        self.root.join("upperfs")
+    }
+
+    /// Fills the upper's filesystem with filler beside the upper (never part of the view) until
+    /// it refuses more, then frees `keep` units again: inodes (`Fill::Inodes`) or 4 KiB pages
+    /// (`Fill::Blocks`). Returns how many units the filler holds.
+    pub fn fill_upper_fs(&self, what: Fill, keep: usize) -> usize {
+        let dir = self.upper_fs().join("filler");
+        let _ = fs::create_dir(&dir);
+        match what {
+            Fill::Inodes => {
+                // tmpfs takes xattrs from the inode budget too: what is left after the last
+                // inode that fits goes to xattrs on this file, so even a small one fails.
+                let xattrs = dir.join("xattrs");
+                let _ = fs::File::create(&xattrs);
+                let mut n = list(&dir).len() - 1;
+                loop {
+                    match fs::File::create(dir.join(format!("i{n}"))) {
+                        Ok(_) => n += 1,
+                        Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                        Err(e) => panic!("filling inodes: {e}"),
+                    }
+                }
+                let mut k = 0;
+                for size in [512, 256, 128, 64, 32, 16, 8, 4, 2, 1] {
+                    while lsetxattr(&xattrs, &format!("user.fill{k}"), &vec![0; size]).is_ok() {
+                        k += 1;
+                    }
+                }
+                for i in 0..keep.min(n) {
+                    fs::remove_file(dir.join(format!("i{}", n - 1 - i))).unwrap();
+                }
+                n - keep.min(n)
+            }
+            Fill::Blocks => {
+                let p = dir.join("blocks");
+                let mut f = fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&p)
+                    .unwrap();
+                let page = [0x5au8; 4096];
+                loop {
+                    match io::Write::write(&mut f, &page) {
+                        Ok(n) if n == page.len() => {}
+                        Ok(_) => break,
+                        Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                        Err(e) => panic!("filling blocks: {e}"),
+                    }
+                }
+                let len = f.metadata().unwrap().len() / 4096;
+                let left = len.saturating_sub(keep as u64);
+                f.set_len(left * 4096).unwrap();
+                left as usize
+            }
+        }
+    }
+
+    /// Removes all filler: the upper's filesystem has its space back.
+    pub fn free_upper_fs(&self) {
+        let _ = fs::remove_dir_all(self.upper_fs().join("filler"));
+    }
+
+    /// The daemon's work dir on disk (`-o workdir=` or the default inside the upper).
+    pub fn work_dir(&self) -> PathBuf {
+        if self.stack.o_form {
+            self.work.clone()
+        } else {
+            self.u(".wh..wh.unionfs")
+        }
+    }
+
+    /// Staging entries (`#unionfs-stage-*`) left in the work dir or its index: a failed or
+    /// interrupted change must leave none once it has returned (or after the next mount).
+    pub fn stage_leftovers(&self) -> Vec<PathBuf> {
+        let w = self.work_dir();
+        let mut out = vec![];
+        for d in [w.clone(), w.join("index")] {
+            if let Ok(rd) = fs::read_dir(&d) {
+                for e in rd.flatten() {
+                    if e.file_name()
+                        .to_string_lossy()
+                        .starts_with("#unionfs-stage-")
+                    {
+                        out.push(e.path());
+                    }
+                }
+            }
+        }
+        out
+    }
+
     fn cleanup(&mut self) {
         if self.mounted {
             let _ = umount2(&self.mnt, MntFlags::MNT_DETACH);
@@ -1210,6 +1425,9 @@ impl Drop for Union {
                 problems.push(format!("outside the upper ({dir:?}): {d}"));
             }
         }
+        if self.stack.upper_fs.is_some() {
+            let _ = umount2(&self.root.join("upperfs"), MntFlags::MNT_DETACH);
+        }
         if self.stack.tmpfs {
             let _ = umount2(&self.root, MntFlags::MNT_DETACH);
         }
@@ -1220,7 +1438,8 @@ impl Drop for Union {
     }
 }
 
-fn wait_pid_gone(pid: i32, timeout: Duration) -> bool {
+/// Waits until process `pid` has exited (a zombie counts as gone); false on timeout.
+pub fn wait_pid_gone(pid: i32, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         // A zombie counts as gone: the daemon is not our child, init reaps it.
@@ -1238,6 +1457,30 @@ fn wait_pid_gone(pid: i32, timeout: Duration) -> bool {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The processes with an fd or working directory below `mnt`, as `pid comm -> path`: who
+/// keeps a mount busy.
+pub fn holders(mnt: &Path) -> Vec<String> {
+    let mut out = vec![];
+    for p in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let pid = p.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let comm = fs::read_to_string(p.path().join("comm")).unwrap_or_default();
+        let mut links: Vec<PathBuf> = fs::read_dir(p.path().join("fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|fd| fs::read_link(fd.path()).ok())
+            .collect();
+        links.extend(fs::read_link(p.path().join("cwd")));
+        for l in links.into_iter().filter(|l| l.starts_with(mnt)) {
+            out.push(format!("{pid} {} -> {}", comm.trim(), l.display()));
+        }
+    }
+    out
 }
 
 /// Removes our internal `.wh..wh.*` entries (the work dir; `.wh..wh..opq` stays) from the top
@@ -1286,6 +1529,45 @@ fn unescape_mountinfo(s: &str) -> Vec<u8> {
 // ---------------------------------------------------------------------------------------------
 // Small helpers
 // ---------------------------------------------------------------------------------------------
+
+/// Lazily unmounts the path it holds when dropped.
+struct MountGuard(Option<PathBuf>);
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = umount2(&p, MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// What [`Union::fill_upper_fs`] uses up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fill {
+    /// Inodes (tmpfs `nr_inodes=`): creates, mkdir, whiteouts, links and xattrs fail.
+    Inodes,
+    /// Data pages (tmpfs `size=`): writes and copy-ups of file data fail.
+    Blocks,
+}
+
+/// Runs `f` on its own thread and fails the test if it has not returned after `limit`: a request
+/// the daemon never answers must show up as a failure, not as a stuck test. (The stuck thread is
+/// released when the test's union is torn down.)
+#[track_caller]
+pub fn within<T: Send + 'static>(
+    limit: Duration,
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(v) => v,
+        Err(_) => panic!("{what}: no answer within {limit:?} (a hung request)"),
+    }
+}
 
 /// A set of names, for comparing directory listings.
 pub fn set(names: &[&str]) -> BTreeSet<String> {
