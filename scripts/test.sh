@@ -16,5 +16,5 @@ if [ -w "$switch" ] && [ "$(cat "$switch")" = Y ]; then
   trap 'echo 1 > "$switch"' EXIT
   echo "== again over /dev/fuse (fuse.enable_uring=0)"
   cargo test --test 'scenarios_*' --test harness_corpus --test metacopy --test hostile_layers \
-    --test cli -- --test-threads="${UNIONFS_TEST_THREADS:-4}"
+    --test cli --test faults_space --test faults_io -- --test-threads="${UNIONFS_TEST_THREADS:-4}"
 fi
