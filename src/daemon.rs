@@ -104,12 +104,12 @@ pub fn run(mut inv: Invocation) -> i32 {
         }
     }
     let mnt = inv.mountpoint.clone();
-    let stack = guard.stack();
+    let fs = guard.fs();
     let stats_file = inv.stats_file.clone();
     std::thread::spawn(move || loop {
         let sig = sys::wait_signal(&SIGNALS);
         if sig == libc::SIGUSR1 {
-            write_stats(&stack.stats.report(), stats_file.as_deref());
+            write_stats(&fs.report(), stats_file.as_deref());
             continue;
         }
         log::info!("signal {sig}: unmounting {}", mnt.display());

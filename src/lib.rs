@@ -14,7 +14,7 @@ pub mod layer;
 pub mod mount;
 pub mod oci;
 pub mod options;
-pub mod stats;
+
 pub mod sys;
 pub mod transport;
 

@@ -23,6 +23,8 @@ use crate::layer::whiteout::WH_PREFIX;
 use crate::layer::{Stack, StackConfig};
 use crate::sys::{self, Errno};
 use crate::transport::handshake::Handshake;
+use crate::transport::ring::RingStart;
+pub use crate::transport::Uring;
 
 /// The filesystem type we mount as (`fuse.` + this subtype).
 pub const SUBTYPE: &str = "unionfs";
@@ -58,18 +60,6 @@ pub struct MountConfig {
     pub metacopy: bool,
     /// When to serve requests over io_uring (see [`crate::transport::ring`]).
     pub uring: Uring,
-}
-
-/// When requests are served over io_uring instead of `/dev/fuse`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Uring {
-    /// Never.
-    Off,
-    /// When the kernel offers it and the workers can keep callers on their CPU (CAP_SYS_NICE):
-    /// without that a ring round trip measured slower than `/dev/fuse` (32 against 17 us).
-    Auto,
-    /// Whenever the kernel offers it.
-    On,
 }
 
 impl MountConfig {
@@ -321,7 +311,13 @@ impl Prepared {
             .try_clone()
             .map(Arc::new)
             .map_err(|e| Error::sys("duplicating the FUSE device fd", e, ""))?;
-        let handshake = Handshake::new(Arc::clone(&fs), Arc::clone(&dev), cfg.uring);
+        let ring = Arc::new(RingStart::default());
+        let handshake = Handshake::new(
+            Arc::clone(&fs),
+            Arc::clone(&dev),
+            cfg.uring,
+            Arc::clone(&ring),
+        );
         let session = match Session::from_fd(handshake, fuse, acl, config) {
             Ok(s) => s,
             Err(e) => {
@@ -332,7 +328,6 @@ impl Prepared {
         let _ = notifier_slot.set(session.notifier());
         // The handshake started the ring workers (if any): report the mount live once the
         // kernel has their entries, so its first requests already take the ring.
-        let ring = &self.stack.stats.ring;
         ring.go();
         if let Err(q) = ring.wait_settled(std::time::Duration::from_secs(5)) {
             let _ = sys::umount_lazy(&self.mountpoint);
@@ -360,7 +355,7 @@ impl Prepared {
         Ok(MountGuard {
             mountpoint: self.mountpoint,
             thread: Some(thread),
-            stack: self.stack,
+            fs,
         })
     }
 }
@@ -387,7 +382,7 @@ fn open_fuse_device() -> Result<OwnedFd> {
 pub struct MountGuard {
     mountpoint: PathBuf,
     thread: Option<JoinHandle<std::io::Result<()>>>,
-    stack: Arc<Stack>,
+    fs: Arc<UnionFs>,
 }
 
 impl MountGuard {
@@ -396,14 +391,14 @@ impl MountGuard {
         &self.mountpoint
     }
 
-    /// The union's counters (see [`crate::stats::Stats::report`]).
-    pub fn stats(&self) -> &crate::stats::Stats {
-        &self.stack.stats
+    /// The union's counters (see [`crate::fs::stats::Stats::report`]).
+    pub fn stats(&self) -> &crate::fs::stats::Stats {
+        self.fs.stats()
     }
 
-    /// A shared handle on the layer stack (for reporting after the guard is consumed).
-    pub fn stack(&self) -> Arc<Stack> {
-        Arc::clone(&self.stack)
+    /// A shared handle on the filesystem (for its SIGUSR1 report after the guard is consumed).
+    pub fn fs(&self) -> Arc<UnionFs> {
+        Arc::clone(&self.fs)
     }
 
     /// Serves until the filesystem is unmounted by someone (umount, a signal handler).

@@ -118,7 +118,9 @@ impl UnionFs {
         // Writes that pass through never reach us, and under FUSE_HANDLE_KILLPRIV_V2 clearing
         // set-id bits on write is ours to do (see `write`): such files are written through
         // the daemon.
-        if writable && sys::fstat(fd.as_fd()).is_ok_and(|st| super::setid_bits(st.st_mode) != 0) {
+        if writable
+            && sys::fstat(fd.as_fd()).is_ok_and(|st| super::attr::setid_bits(st.st_mode) != 0)
+        {
             if self.pts.get(&node.ino).is_none_or(|pt| pt.opens == 0) {
                 self.pts.remove_if(&node.ino, |_, pt| pt.opens == 0);
                 return IoMode::Direct;
@@ -128,7 +130,7 @@ impl UnionFs {
             // not reach us, and the bits an unprivileged writer clears go now. (The kernel
             // says per write whether the writer lacks CAP_FSETID; at open, uid != 0 stands
             // in. A privileged writer's writes keep the bits anyway.)
-            if unprivileged && super::drop_setid(fd.as_fd()).unwrap_or(false) {
+            if unprivileged && super::attr::drop_setid(fd.as_fd()).unwrap_or(false) {
                 self.tell_attrs_changed(node.ino);
             }
         }
@@ -283,7 +285,7 @@ impl UnionFs {
         in_upper: bool,
         unprivileged: bool,
         register: super::reply::Register<'_>,
-    ) -> (u64, FopenFlags, Option<Arc<super::reply::Backing>>) {
+    ) -> super::reply::Opened {
         let mode = self.io_mode(node, &fd, in_upper, writable, unprivileged, register);
         let daemon_io = matches!(mode, IoMode::Direct);
         let (flags, backing) = match mode {
@@ -300,10 +302,7 @@ impl UnionFs {
             *self.daemon_io.entry(node.ino).or_insert(0) += 1;
         }
         let fh = self.handles.next_id();
-        self.stack
-            .stats
-            .open_handles
-            .fetch_add(1, Ordering::Relaxed);
+        self.stats.open_handles.fetch_add(1, Ordering::Relaxed);
         self.handles.files.insert(
             fh,
             Arc::new(OpenFile {
@@ -316,6 +315,6 @@ impl UnionFs {
                 daemon_io,
             }),
         );
-        (fh, flags, backing)
+        super::reply::Opened { fh, flags, backing }
     }
 }

@@ -233,7 +233,7 @@ fn copy_up_dir(
         return Err(e);
     }
     if publish(stack, &stage, upper_parent, name)? {
-        stack.stats.copy_ups.fetch_add(1, Relaxed);
+        stack.counters.copy_ups.fetch_add(1, Relaxed);
     }
     Ok(())
 }
@@ -394,10 +394,10 @@ pub fn copy_up_entry(
         }
     }
     if publish(stack, &stage, upper_parent.as_fd(), &cname)? {
-        stack.stats.copy_ups.fetch_add(1, Relaxed);
+        stack.counters.copy_ups.fetch_add(1, Relaxed);
         if with_data && kind == libc::S_IFREG {
             stack
-                .stats
+                .counters
                 .bytes_copied
                 .fetch_add(st.st_size as u64, Relaxed);
         }

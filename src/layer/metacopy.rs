@@ -202,7 +202,7 @@ pub fn read_at(at: sys::At<'_>) -> Option<(Stub, &'static CStr)> {
 pub fn fill(stack: &Stack, fd: BorrowedFd<'_>, stub: &Stub) -> SysResult<()> {
     let src = open_source(stack, stub, 0)?;
     fill_from(src.as_fd(), fd, stub, &stack.metacopy_xattr)?;
-    stack.stats.bytes_copied.fetch_add(stub.size, Relaxed);
+    stack.counters.bytes_copied.fetch_add(stub.size, Relaxed);
     Ok(())
 }
 

@@ -86,7 +86,7 @@ pub fn write_whiteout(stack: &Stack, upper_dir: BorrowedFd<'_>, name: &[u8]) -> 
         let c = cname(name)?;
         return match sys::mknodat(upper_dir, &c, whiteout::CHARDEV_WHITEOUT_MODE, 0) {
             Ok(()) => {
-                stack.stats.whiteouts.fetch_add(1, Relaxed);
+                stack.counters.whiteouts.fetch_add(1, Relaxed);
                 Ok(())
             }
             Err(Errno::EEXIST) if chardev_whiteout_at(upper_dir, &c) => Ok(()),
@@ -98,7 +98,7 @@ pub fn write_whiteout(stack: &Stack, upper_dir: BorrowedFd<'_>, name: &[u8]) -> 
         for _ in 0..3 {
             match sys::linkat(work, SHARED_WHITEOUT, upper_dir, &wh) {
                 Ok(()) => {
-                    stack.stats.whiteouts.fetch_add(1, Relaxed);
+                    stack.counters.whiteouts.fetch_add(1, Relaxed);
                     return Ok(());
                 }
                 Err(Errno::EEXIST) => return Ok(()),
@@ -125,7 +125,7 @@ pub fn write_whiteout(stack: &Stack, upper_dir: BorrowedFd<'_>, name: &[u8]) -> 
         0o600,
     ) {
         Ok(_) => {
-            stack.stats.whiteouts.fetch_add(1, Relaxed);
+            stack.counters.whiteouts.fetch_add(1, Relaxed);
             Ok(())
         }
         Err(Errno::EEXIST) => Ok(()),
@@ -152,7 +152,7 @@ fn whiteout_over(stack: &Stack, dir: BorrowedFd<'_>, name: &CStr) -> SysResult<(
         }
         Err(e) => return Err(e),
     }
-    stack.stats.whiteouts.fetch_add(1, Relaxed);
+    stack.counters.whiteouts.fetch_add(1, Relaxed);
     let _ = remove_tree(work, &stage);
     Ok(())
 }
@@ -642,7 +642,7 @@ fn rename_leaving_whiteout(
         }
         r => r?,
     }
-    stack.stats.whiteouts.fetch_add(1, Relaxed);
+    stack.counters.whiteouts.fetch_add(1, Relaxed);
     Ok(())
 }
 

@@ -53,11 +53,22 @@ pub struct Stack {
     /// The work dir's name inside the upper root, when it lives there (hidden from listings).
     pub work_in_upper: bool,
     next_stage: std::sync::atomic::AtomicU64,
-    /// Counters of this union's activity.
-    pub stats: crate::stats::Stats,
+    /// What the layer code did (copy-ups, whiteouts), for the SIGUSR1 report.
+    pub counters: Counters,
     /// Per lower layer, built on first need: the paths of every file with several names,
     /// by inode number (to give all names of a copied-up file their upper link).
     hardlinks: parking_lot::Mutex<HashMap<LayerIdx, Arc<HardLinks>>>,
+}
+
+/// What the layer code did to the upper, counted for the SIGUSR1 report.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Entries copied up into the upper.
+    pub copy_ups: std::sync::atomic::AtomicU64,
+    /// Bytes of file data copied by copy-ups.
+    pub bytes_copied: std::sync::atomic::AtomicU64,
+    /// Whiteouts written.
+    pub whiteouts: std::sync::atomic::AtomicU64,
 }
 
 /// Paths (relative to the layer root) of multi-link files, by inode number.
@@ -155,7 +166,7 @@ impl Stack {
             devs,
             work_in_upper: false,
             next_stage: std::sync::atomic::AtomicU64::new(1),
-            stats: crate::stats::Stats::default(),
+            counters: Counters::default(),
             hardlinks: parking_lot::Mutex::new(HashMap::new()),
         };
         if has_upper {

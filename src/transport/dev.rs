@@ -11,17 +11,14 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use fuser::INodeNo;
 use log::{error, warn};
 
-use super::op_code as o;
+use super::args::{fixed_arg_len, BatchForgetIn, ForgetIn, InHeader};
 use super::wire::{Args, Out};
 use super::PAYLOAD_LEN;
+use crate::fs::op::Op;
 use crate::fs::UnionFs;
 use crate::sys::{self, Errno};
-
-/// `fuse_in_header`: len, opcode, unique, nodeid, uid, gid, pid, total_extlen, padding.
-const IN_HEADER: usize = 40;
 
 /// How long a thread rests after taking FORGETs while the ring serves requests: the kernel
 /// holds forgotten nodes that long at most, and never waits for the answer.
@@ -49,25 +46,9 @@ pub fn start(fs: &Arc<UnionFs>, dev: &Arc<OwnedFd>, threads: usize) -> Vec<JoinH
         .collect()
 }
 
-/// Size of the fixed argument that precedes a request's names or data (`fuse_*_in`); the
-/// ring hands it over separately, `/dev/fuse` in line.
-fn fixed_arg_len(opcode: u32) -> usize {
-    match opcode {
-        o::GETATTR | o::MKNOD | o::FSYNC | o::FSYNCDIR | o::CREATE | o::RENAME2 => 16,
-        o::SETATTR => 88,
-        o::MKDIR | o::RENAME | o::LINK | o::OPEN | o::OPENDIR => 8,
-        o::SETXATTR | o::GETXATTR | o::LISTXATTR => 8,
-        o::READ | o::WRITE | o::READDIR | o::READDIRPLUS => 40,
-        o::RELEASE | o::RELEASEDIR | o::FLUSH | o::LSEEK => 24,
-        o::FALLOCATE => 32,
-        o::COPY_FILE_RANGE => 56,
-        _ => 0,
-    }
-}
-
 fn reader(fs: &UnionFs, fd: &OwnedFd, dev: &Arc<OwnedFd>) {
     // The kernel refuses reads into buffers smaller than the largest request it may send.
-    let mut buf = vec![0u8; IN_HEADER + PAYLOAD_LEN + 4096];
+    let mut buf = vec![0u8; InHeader::SIZE + PAYLOAD_LEN + 4096];
     let mut out = Out::default();
     loop {
         let n = match sys::read(fd.as_fd(), &mut buf) {
@@ -82,47 +63,47 @@ fn reader(fs: &UnionFs, fd: &OwnedFd, dev: &Arc<OwnedFd>) {
             }
         };
         let req = &buf[..n];
-        let Some(header) = req.get(..IN_HEADER) else {
+        let Some(header) = req.get(..InHeader::SIZE) else {
             warn!("/dev/fuse: a {n}-byte read is shorter than a request header; skipped");
             continue;
         };
-        let h = Args::new(header);
-        let (opcode, unique, nodeid) = (h.u32(4), h.u64(8), h.u64(16));
-        let body = req.get(IN_HEADER..).unwrap_or_default();
-        match opcode {
+        let h = InHeader::read(header);
+        let body = req.get(InHeader::SIZE..).unwrap_or_default();
+        let op = Op::from_code(h.opcode);
+        match op {
             // No answers to these.
-            o::FORGET => {
-                fs.forget(INodeNo(nodeid), Args::new(body).u64(0));
+            Some(Op::Forget) => {
+                fs.forget(h.nodeid, ForgetIn::read(&Args::new(body)).nlookup);
                 pace(fs);
                 continue;
             }
-            o::BATCH_FORGET => {
-                // fuse_batch_forget_in { count, dummy }, then { nodeid, nlookup } each.
-                let count = Args::new(body).u32(0) as usize;
+            Some(Op::BatchForget) => {
+                // Then `count` of fuse_forget_one { nodeid, nlookup }.
+                let count = BatchForgetIn::read(&Args::new(body)).count as usize;
                 for one in body
-                    .get(8..)
+                    .get(BatchForgetIn::SIZE..)
                     .unwrap_or_default()
                     .chunks_exact(16)
                     .take(count)
                 {
                     let one = Args::new(one);
-                    fs.forget(INodeNo(one.u64(0)), one.u64(8));
+                    fs.forget(one.u64(0), one.u64(8));
                 }
                 pace(fs);
                 continue;
             }
             // Operations are not interruptible here; the kernel's request simply completes.
-            o::INTERRUPT => continue,
+            Some(Op::Interrupt) => continue,
             _ => {}
         }
-        let payload = body.get(fixed_arg_len(opcode)..).unwrap_or_default();
+        let payload = body.get(op.map_or(0, fixed_arg_len)..).unwrap_or_default();
         super::serve(fs, dev, header, body, payload, &mut out);
         let body = if out.error == 0 { &out.body[..] } else { &[] };
-        match sys::write2(fd.as_fd(), &out.header(unique), body) {
+        match sys::write2(fd.as_fd(), &out.header(h.unique), body) {
             // ENOENT: the caller was interrupted and the kernel no longer waits for this.
             Ok(_) | Err(Errno::ENOENT) => {}
             Err(Errno::ENODEV) => break,
-            Err(e) => warn!("/dev/fuse: answering opcode {opcode} failed: {e}"),
+            Err(e) => warn!("/dev/fuse: answering opcode {} failed: {e}", h.opcode),
         }
     }
 }
@@ -134,22 +115,5 @@ fn reader(fs: &UnionFs, fd: &OwnedFd, dev: &Arc<OwnedFd>) {
 fn pace(fs: &UnionFs) {
     if fs.ring_serving() {
         std::thread::sleep(FORGET_PACE);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fixed_arguments_have_the_kernels_sizes() {
-        // Names follow these structs directly; a wrong size would cut or shift every name.
-        assert_eq!(fixed_arg_len(o::LOOKUP), 0);
-        assert_eq!(fixed_arg_len(o::UNLINK), 0);
-        assert_eq!(fixed_arg_len(o::MKDIR), 8); // fuse_mkdir_in { mode, umask }
-        assert_eq!(fixed_arg_len(o::CREATE), 16); // fuse_create_in { flags, mode, umask, open_flags }
-        assert_eq!(fixed_arg_len(o::RENAME2), 16); // fuse_rename2_in { newdir, flags, padding }
-        assert_eq!(fixed_arg_len(o::WRITE), 40); // fuse_write_in
-        assert_eq!(fixed_arg_len(o::SETXATTR), 8); // fuse_setxattr_in without SETXATTR_EXT
     }
 }

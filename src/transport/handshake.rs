@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use fuser::{Filesystem, InitFlags, KernelConfig, Request};
 
+use super::ring::RingStart;
+use super::Uring;
 use crate::fs::UnionFs;
-use crate::mount::Uring;
 
 /// What fuser's session calls for FUSE_INIT (and nothing else: it never runs the session).
 pub struct Handshake {
@@ -16,12 +17,20 @@ pub struct Handshake {
     /// The connection's device, for the ring's registrations.
     dev: Arc<OwnedFd>,
     uring: Uring,
+    /// Where the ring workers report their registration to the mount.
+    ring: Arc<RingStart>,
 }
 
 impl Handshake {
-    /// The handshake of `fs` on the connection `dev`, taking the ring as `uring` says.
-    pub fn new(fs: Arc<UnionFs>, dev: Arc<OwnedFd>, uring: Uring) -> Self {
-        Handshake { fs, dev, uring }
+    /// The handshake of `fs` on the connection `dev`, taking the ring as `uring` says; ring
+    /// workers report their start to `ring`.
+    pub fn new(fs: Arc<UnionFs>, dev: Arc<OwnedFd>, uring: Uring, ring: Arc<RingStart>) -> Self {
+        Handshake {
+            fs,
+            dev,
+            uring,
+            ring,
+        }
     }
 }
 
@@ -64,7 +73,12 @@ impl Filesystem for Handshake {
         if take {
             // The workers register once the mount says the kernel has our INIT reply (see
             // `RingStart`); until every queue has an entry the kernel holds requests back.
-            super::ring::start(Arc::clone(&self.fs), Arc::clone(&self.dev), hand_over);
+            super::ring::start(
+                Arc::clone(&self.fs),
+                Arc::clone(&self.dev),
+                hand_over,
+                Arc::clone(&self.ring),
+            );
         }
         Ok(())
     }

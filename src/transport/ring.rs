@@ -30,7 +30,7 @@ pub const WORKERS_PER_CPU: usize = 2;
 /// Starts the workers for every possible CPU (the kernel needs a queue for each before it
 /// switches to the ring).
 /// `hand_over`: workers may reply as SCHED_IDLE (see `can_hand_over`).
-pub fn start(fs: Arc<UnionFs>, dev: Arc<OwnedFd>, hand_over: bool) {
+pub fn start(fs: Arc<UnionFs>, dev: Arc<OwnedFd>, hand_over: bool, ring: Arc<RingStart>) {
     let cpus = possible_cpus();
     info!(
         "transport: io_uring, {cpus} queues x {WORKERS_PER_CPU} workers, callers kept on \
@@ -41,16 +41,19 @@ pub fn start(fs: Arc<UnionFs>, dev: Arc<OwnedFd>, hand_over: bool) {
             "no (no CAP_SYS_NICE)"
         }
     );
-    fs.stack().stats.ring.expect(cpus, WORKERS_PER_CPU);
+    ring.expect(cpus, WORKERS_PER_CPU);
+    fs.stats()
+        .ring_workers
+        .store((cpus * WORKERS_PER_CPU) as u64, Ordering::Relaxed);
     for qid in 0..cpus {
         for w in 0..WORKERS_PER_CPU {
-            let (wfs, wdev) = (Arc::clone(&fs), Arc::clone(&dev));
+            let (wfs, wdev, wring) = (Arc::clone(&fs), Arc::clone(&dev), Arc::clone(&ring));
             let spawned = std::thread::Builder::new()
                 .name(format!("unionfs-ring{qid}.{w}"))
-                .spawn(move || worker(&wfs, &wdev, qid, hand_over));
+                .spawn(move || worker(&wfs, &wdev, &wring, qid, hand_over));
             if let Err(e) = spawned {
                 warn!("io_uring worker {qid}.{w}: {e}");
-                fs.stack().stats.ring.settled(qid, false);
+                ring.settled(qid, false);
             }
         }
     }
@@ -71,17 +74,17 @@ fn possible_cpus() -> usize {
     }
 }
 
-fn worker(fs: &UnionFs, dev: &Arc<OwnedFd>, qid: usize, hand_over: bool) {
+fn worker(fs: &UnionFs, dev: &Arc<OwnedFd>, ring: &RingStart, qid: usize, hand_over: bool) {
     if let Err(e) = crate::sys::uring::pin_to_cpu(qid) {
         // Still correct, only without the same-CPU benefit (e.g. a cpuset without this CPU).
         debug!("io_uring queue {qid}: not pinned: {e}");
     }
-    let stats = &fs.stack().stats;
+    let stats = fs.stats();
     let mut q = match Queue::new(dev.as_fd(), qid as u16, PAYLOAD_LEN) {
         Ok(q) => q,
         Err(e) => {
             warn!("io_uring queue {qid}: cannot set up a ring: {e}; requests stay on /dev/fuse");
-            stats.ring.settled(qid, false);
+            ring.settled(qid, false);
             return;
         }
     };
@@ -89,7 +92,7 @@ fn worker(fs: &UnionFs, dev: &Arc<OwnedFd>, qid: usize, hand_over: bool) {
     // after `init` returns. Registering before would be refused, and a refusal may come back
     // late (io_uring retries a command that answered EAGAIN from a worker thread), after the
     // entry was counted as taken.
-    stats.ring.wait_go(Duration::from_secs(10));
+    ring.wait_go(Duration::from_secs(10));
     let deadline = Instant::now() + Duration::from_secs(10);
     let first = loop {
         match q.register() {
@@ -99,9 +102,11 @@ fn worker(fs: &UnionFs, dev: &Arc<OwnedFd>, qid: usize, hand_over: bool) {
             r => break r,
         }
     };
-    stats
-        .ring
-        .settled(qid, matches!(first, Ok(None | Some(Event::Request))));
+    let taken = matches!(first, Ok(None | Some(Event::Request)));
+    ring.settled(qid, taken);
+    if taken {
+        stats.ring_entries.fetch_add(1, Ordering::Relaxed);
+    }
     let mut ev = registered(&mut q, first);
     let mut out = Out::default();
     // Requests answered; a refused commit after that is retried by registering the entry
@@ -263,12 +268,5 @@ impl RingStart {
             return Ok(());
         }
         queues.iter().position(|q| q.1 == 0).map_or(Ok(()), Err)
-    }
-
-    /// (entries taken, workers started).
-    pub fn entries(&self) -> (usize, usize) {
-        let queues = self.queues.lock();
-        let per = self.workers_per_queue.load(Ordering::Relaxed) as usize;
-        (queues.iter().map(|q| q.1).sum(), queues.len() * per)
     }
 }

@@ -1,5 +1,5 @@
-//! The FUSE wire format both transports use: reading a request's fixed arguments and
-//! names, and writing replies (`fuse_attr`, `fuse_entry_out`, dirents, ...) in the kernel's
+//! The FUSE wire format both transports use: reading a request's bytes and names, and
+//! writing replies (`fuse_attr`, `fuse_entry_out`, dirents, ...) in the kernel's
 //! layout. Plain byte handling, no unsafe.
 
 use std::ffi::OsStr;
@@ -8,12 +8,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use fuser::{Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo};
+use fuser::{FileAttr, FileType, FopenFlags};
 
-use crate::fs::reply::{
-    AttrOut, Backing, CreateOut, DataOut, DirOut, DirPlusOut, EmptyOut, EntryOut, LseekOut,
-    OpenOut, StatfsOut, WriteOut, XattrOut,
-};
+use crate::fs::reply::{Backing, Created, DirOut, DirPlusOut, Opened, Statfs};
+use crate::sys::{Errno, SysResult};
 
 /// Little reader over a request's bytes; reads past the end yield zeros (the kernel sends
 /// full structs, and a short one must not panic the worker).
@@ -115,13 +113,115 @@ impl<'a> Reply<'a> {
         true
     }
 
-    fn fail(self, err: Errno) {
-        if self.out.answered {
-            return;
+    /// Answers `err` (a request answered twice keeps its first answer).
+    pub fn error(&mut self, err: Errno) {
+        if self.begin() {
+            self.out.error = -(err as i32).abs();
         }
-        self.out.answered = true;
-        self.out.body.clear();
-        self.out.error = -(i32::from(err)).abs();
+    }
+
+    /// Answers `r`'s error, or what `put` writes for its value.
+    fn answer<T>(&mut self, r: SysResult<T>, put: impl FnOnce(&mut Self, T)) {
+        match r {
+            Ok(v) => {
+                if self.begin() {
+                    put(self, v);
+                }
+            }
+            Err(e) => self.error(e),
+        }
+    }
+
+    /// Success without content.
+    pub fn empty(&mut self, r: SysResult<()>) {
+        self.answer(r, |_, ()| {});
+    }
+
+    /// `fuse_entry_out` of a node made or looked up.
+    pub fn entry(&mut self, r: SysResult<FileAttr>, ttl: &Duration) {
+        self.answer(r, |me, a| me.put_entry(ttl, &a));
+    }
+
+    /// LOOKUP's answer: an entry, or for a missing name a negative entry (node id 0) that the
+    /// kernel caches for `ttl`.
+    pub fn lookup(&mut self, r: SysResult<Option<FileAttr>>, ttl: &Duration) {
+        let r = r.map(|a| a.unwrap_or_else(crate::fs::attr::negative));
+        self.entry(r, ttl);
+    }
+
+    /// `fuse_attr_out`.
+    pub fn attr(&mut self, r: SysResult<FileAttr>, ttl: &Duration) {
+        self.answer(r, |me, a| {
+            me.put64(ttl.as_secs());
+            me.put32(ttl.subsec_nanos());
+            me.put32(0);
+            me.put_attr(&a);
+        });
+    }
+
+    /// Bytes (read, readlink).
+    pub fn data(&mut self, r: SysResult<Vec<u8>>) {
+        self.answer(r, |me, d| me.out.body.extend_from_slice(&d));
+    }
+
+    /// `fuse_open_out` of an open file or directory.
+    pub fn opened(&mut self, r: SysResult<Opened>) {
+        self.answer(r, |me, o| me.put_open(&o));
+    }
+
+    /// CREATE's `fuse_entry_out` and `fuse_open_out`.
+    pub fn created(&mut self, r: SysResult<Created>, ttl: &Duration) {
+        self.answer(r, |me, c| {
+            me.put_entry(ttl, &c.attr);
+            me.put_open(&c.opened);
+        });
+    }
+
+    /// `fuse_write_out`: bytes written (write, copy_file_range).
+    pub fn written(&mut self, r: SysResult<u32>) {
+        self.answer(r, |me, n| me.put_size(n));
+    }
+
+    /// `fuse_statfs_out`.
+    pub fn statfs(&mut self, r: SysResult<Statfs>) {
+        self.answer(r, |me, s| {
+            for v in [s.blocks, s.bfree, s.bavail, s.files, s.ffree] {
+                me.put64(v);
+            }
+            for v in [s.bsize, s.namelen, s.frsize] {
+                me.put32(v);
+            }
+            // padding and spare[6]
+            me.out.body.resize(me.out.body.len() + 28, 0);
+        });
+    }
+
+    /// GETXATTR and LISTXATTR: with `size` 0 the caller asks how big the value is; a value
+    /// larger than `size` is ERANGE.
+    pub fn xattr(&mut self, r: SysResult<Vec<u8>>, size: u32) {
+        match r {
+            Ok(v) if size == 0 => self.answer(Ok(v.len() as u32), |me, n| me.put_size(n)),
+            Ok(v) if v.len() > size as usize => self.error(Errno::ERANGE),
+            r => self.data(r),
+        }
+    }
+
+    /// `fuse_lseek_out`.
+    pub fn offset(&mut self, r: SysResult<i64>) {
+        self.answer(r, |me, o| me.put64(o as u64));
+    }
+
+    /// The end of a READDIR or READDIRPLUS: the entries added, or the error.
+    pub fn listing(&mut self, r: SysResult<()>) {
+        match r {
+            Ok(()) => self.out.answered = true,
+            Err(e) => self.error(e),
+        }
+    }
+
+    /// Registers `fd` as a passthrough backing file on this request's connection.
+    pub fn register(&self, fd: &OwnedFd) -> std::io::Result<Backing> {
+        Backing::register(self.dev, fd)
     }
 
     fn put32(&mut self, v: u32) {
@@ -160,9 +260,10 @@ impl<'a> Reply<'a> {
         self.put32(0);
     }
 
-    fn put_entry(&mut self, ttl: &Duration, a: &FileAttr, generation: Generation) {
+    /// `fuse_entry_out`; generation 0: node ids are inode numbers, never reused while known.
+    fn put_entry(&mut self, ttl: &Duration, a: &FileAttr) {
         self.put64(a.ino.0);
-        self.put64(generation.0);
+        self.put64(0);
         self.put64(ttl.as_secs());
         self.put64(ttl.as_secs());
         self.put32(ttl.subsec_nanos());
@@ -170,12 +271,13 @@ impl<'a> Reply<'a> {
         self.put_attr(a);
     }
 
-    fn put_open(&mut self, fh: FileHandle, flags: FopenFlags, backing: Option<u32>) {
+    fn put_open(&mut self, o: &Opened) {
+        let backing = o.backing.as_ref().map(|b| b.id);
         let flags = match backing {
-            Some(_) => flags | FopenFlags::FOPEN_PASSTHROUGH,
-            None => flags,
+            Some(_) => o.flags | FopenFlags::FOPEN_PASSTHROUGH,
+            None => o.flags,
         };
-        self.put64(fh.0);
+        self.put64(o.fh);
         self.put32(flags.bits());
         self.put32(backing.unwrap_or(0));
     }
@@ -225,172 +327,31 @@ fn mode_of(kind: FileType) -> u32 {
     }
 }
 
-/// `impl $trait::error` for the ring reply.
-macro_rules! reply_error {
-    () => {
-        fn error(self, err: Errno) {
-            self.fail(err)
-        }
-    };
-}
-
-impl EntryOut for Reply<'_> {
-    fn entry(mut self, ttl: &Duration, attr: &FileAttr, generation: Generation) {
-        if self.begin() {
-            self.put_entry(ttl, attr, generation);
-        }
-    }
-    reply_error!();
-}
-
-impl AttrOut for Reply<'_> {
-    fn attr(mut self, ttl: &Duration, attr: &FileAttr) {
-        if self.begin() {
-            self.put64(ttl.as_secs());
-            self.put32(ttl.subsec_nanos());
-            self.put32(0);
-            self.put_attr(attr);
-        }
-    }
-    reply_error!();
-}
-
-impl DataOut for Reply<'_> {
-    fn data(mut self, data: &[u8]) {
-        if self.begin() {
-            self.out.body.extend_from_slice(data);
-        }
-    }
-    reply_error!();
-}
-
-impl EmptyOut for Reply<'_> {
-    fn ok(mut self) {
-        self.begin();
-    }
-    reply_error!();
-}
-
-impl OpenOut for Reply<'_> {
-    fn open_backing(&self, fd: &OwnedFd) -> std::io::Result<Backing> {
-        Backing::register(self.dev, fd)
-    }
-    fn opened(mut self, fh: FileHandle, flags: FopenFlags, backing: Option<&Backing>) {
-        if self.begin() {
-            self.put_open(fh, flags, backing.map(|b| b.id));
-        }
-    }
-    reply_error!();
-}
-
-impl CreateOut for Reply<'_> {
-    fn open_backing(&self, fd: &OwnedFd) -> std::io::Result<Backing> {
-        Backing::register(self.dev, fd)
-    }
-    fn created(
-        mut self,
-        ttl: &Duration,
-        attr: &FileAttr,
-        generation: Generation,
-        fh: FileHandle,
-        flags: FopenFlags,
-        backing: Option<&Backing>,
-    ) {
-        if self.begin() {
-            self.put_entry(ttl, attr, generation);
-            self.put_open(fh, flags, backing.map(|b| b.id));
-        }
-    }
-    reply_error!();
-}
-
-impl WriteOut for Reply<'_> {
-    fn written(mut self, size: u32) {
-        if self.begin() {
-            self.put_size(size);
-        }
-    }
-    reply_error!();
-}
-
-impl StatfsOut for Reply<'_> {
-    fn statfs(
-        mut self,
-        blocks: u64,
-        bfree: u64,
-        bavail: u64,
-        files: u64,
-        ffree: u64,
-        bsize: u32,
-        namelen: u32,
-        frsize: u32,
-    ) {
-        if self.begin() {
-            for v in [blocks, bfree, bavail, files, ffree] {
-                self.put64(v);
-            }
-            for v in [bsize, namelen, frsize] {
-                self.put32(v);
-            }
-            // padding and spare[6]
-            self.out.body.resize(self.out.body.len() + 28, 0);
-        }
-    }
-    reply_error!();
-}
-
-impl XattrOut for Reply<'_> {
-    fn size(mut self, size: u32) {
-        if self.begin() {
-            self.put_size(size);
-        }
-    }
-    fn data(mut self, data: &[u8]) {
-        if self.begin() {
-            self.out.body.extend_from_slice(data);
-        }
-    }
-    reply_error!();
-}
-
-impl LseekOut for Reply<'_> {
-    fn offset(mut self, offset: i64) {
-        if self.begin() {
-            self.put64(offset as u64);
-        }
-    }
-    reply_error!();
-}
-
 impl DirOut for Reply<'_> {
-    fn add(&mut self, ino: INodeNo, offset: u64, kind: FileType, name: &OsStr) -> bool {
-        self.put_dirent(ino.0, offset, kind, name)
+    fn add(&mut self, ino: u64, offset: u64, kind: FileType, name: &OsStr) -> bool {
+        self.put_dirent(ino, offset, kind, name)
     }
-    fn ok(self) {
-        self.out.answered = true;
-    }
-    reply_error!();
 }
 
 impl DirPlusOut for Reply<'_> {
     fn add(
         &mut self,
-        ino: INodeNo,
+        ino: u64,
         offset: u64,
         name: &OsStr,
         ttl: &Duration,
         attr: &FileAttr,
-        generation: Generation,
     ) -> bool {
         let len = 24 + name.len();
         let padded = 128 + ((len + 7) & !7);
         if self.out.body.len() + padded > self.out.limit {
             return true;
         }
-        self.put_entry(ttl, attr, generation);
-        self.put_dirent(ino.0, offset, attr.kind, name)
+        self.put_entry(ttl, attr);
+        self.put_dirent(ino, offset, attr.kind, name)
     }
-    fn add_bare(&mut self, d_ino: INodeNo, offset: u64, kind: FileType, name: &OsStr) -> bool {
+
+    fn add_bare(&mut self, d_ino: u64, offset: u64, kind: FileType, name: &OsStr) -> bool {
         let len = 24 + name.len();
         let padded = 128 + ((len + 7) & !7);
         if self.out.body.len() + padded > self.out.limit {
@@ -398,17 +359,14 @@ impl DirPlusOut for Reply<'_> {
         }
         // A fuse_entry_out of zeros: node id 0 tells the kernel "no attributes for this name".
         self.out.body.resize(self.out.body.len() + 128, 0);
-        self.put_dirent(d_ino.0, offset, kind, name)
+        self.put_dirent(d_ino, offset, kind, name)
     }
-    fn ok(self) {
-        self.out.answered = true;
-    }
-    reply_error!();
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fuser::INodeNo;
 
     fn attr() -> FileAttr {
         FileAttr {
@@ -435,10 +393,10 @@ mod tests {
         let dev = Arc::new(OwnedFd::from(std::fs::File::open("/dev/null").unwrap()));
         let mut out = Out::default();
         out.reset(4096);
-        Reply::new(&mut out, &dev).entry(&Duration::new(3, 4), &attr(), Generation(9));
+        Reply::new(&mut out, &dev).entry(Ok(attr()), &Duration::new(3, 4));
         let a = Args::new(&out.body);
         assert_eq!(out.body.len(), 128, "fuse_entry_out is 128 bytes");
-        assert_eq!((a.u64(0), a.u64(8), a.u64(16), a.u32(32)), (7, 9, 3, 4));
+        assert_eq!((a.u64(0), a.u64(8), a.u64(16), a.u32(32)), (7, 0, 3, 4));
         // fuse_attr starts at 40: ino, size, blocks, atime, mtime, ctime, nsecs, mode...
         assert_eq!((a.u64(40), a.u64(48), a.u64(64)), (7, 5, 10));
         assert_eq!(a.u64(72) as i64, -2, "times before the epoch round down");
@@ -453,34 +411,23 @@ mod tests {
         let mut out = Out::default();
         out.reset(64);
         let mut r = Reply::new(&mut out, &dev);
+        let dir = FileType::Directory;
+        assert!(!DirOut::add(&mut r, 1, 1, dir, OsStr::new("abc")));
         assert!(!DirOut::add(
             &mut r,
-            INodeNo(1),
-            1,
-            FileType::Directory,
-            OsStr::new("abc")
-        ));
-        assert!(!DirOut::add(
-            &mut r,
-            INodeNo(2),
+            2,
             2,
             FileType::Symlink,
             OsStr::new("x")
         ));
-        assert!(DirOut::add(
-            &mut r,
-            INodeNo(3),
-            3,
-            FileType::Socket,
-            OsStr::new("y")
-        ));
-        DirOut::ok(r);
+        assert!(DirOut::add(&mut r, 3, 3, FileType::Socket, OsStr::new("y")));
+        r.listing(Ok(()));
         assert_eq!(out.body.len(), 64);
         assert_eq!(Args::new(&out.body).u32(20), libc::S_IFDIR >> 12);
         let mut out2 = Out::default();
         out2.reset(0);
-        EmptyOut::error(Reply::new(&mut out2, &dev), Errno::ENOENT);
-        EmptyOut::ok(Reply::new(&mut out2, &dev));
+        Reply::new(&mut out2, &dev).empty(Err(Errno::ENOENT));
+        Reply::new(&mut out2, &dev).empty(Ok(()));
         assert_eq!(out2.error, -libc::ENOENT);
         assert_eq!(&out2.header(5)[0..4], &16u32.to_ne_bytes());
     }
@@ -493,9 +440,9 @@ mod tests {
         out.reset(160 + 100);
         let mut r = Reply::new(&mut out, &dev);
         let name = OsStr::new("file");
-        assert!(!r.add_bare(INodeNo(77), 9, FileType::RegularFile, name));
-        assert!(r.add_bare(INodeNo(78), 10, FileType::RegularFile, name));
-        DirPlusOut::ok(r);
+        assert!(!r.add_bare(77, 9, FileType::RegularFile, name));
+        assert!(r.add_bare(78, 10, FileType::RegularFile, name));
+        r.listing(Ok(()));
         assert_eq!(out.body.len(), 160);
         let a = Args::new(&out.body);
         assert_eq!(a.u64(0), 0, "node id");
@@ -505,6 +452,21 @@ mod tests {
         assert_eq!(a.u32(144), 4, "name length");
         assert_eq!(a.u32(148), libc::S_IFREG >> 12, "d_type");
         assert_eq!(&out.body[152..156], b"file");
+    }
+
+    #[test]
+    fn xattr_answers_size_probes_and_erange() {
+        let dev = Arc::new(OwnedFd::from(std::fs::File::open("/dev/null").unwrap()));
+        let answer = |size: u32| {
+            let mut out = Out::default();
+            out.reset(4096);
+            Reply::new(&mut out, &dev).xattr(Ok(b"value".to_vec()), size);
+            (out.error, out.body)
+        };
+        let (e, body) = answer(0);
+        assert_eq!((e, Args::new(&body).u32(0), body.len()), (0, 5, 8));
+        assert_eq!(answer(4).0, -libc::ERANGE);
+        assert_eq!(answer(5), (0, b"value".to_vec()));
     }
 
     #[test]
