@@ -6,6 +6,7 @@
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
+use crate::layer::data;
 use crate::layer::metacopy;
 use crate::layer::resolve::{self, DirSet};
 use crate::layer::stack::{join, open_subdir, remove_tree, LayerIdx, Stack};
@@ -82,93 +83,6 @@ fn copy_meta(
         sys::utimens_fd(dst, &sys::times_of(st))?;
     } else {
         sys::utimensat(stack.work()?, stage, &sys::times_of(st))?;
-    }
-    Ok(())
-}
-
-/// Copies file data keeping holes: reflink if the filesystem can, else copy_file_range over the
-/// data extents, else read/write.
-pub fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: u64) -> SysResult<()> {
-    if size == 0 {
-        return Ok(());
-    }
-    if sys::ficlone(dst, src).is_ok() {
-        return Ok(());
-    }
-    let mut off: i64 = 0;
-    let end = size as i64;
-    while off < end {
-        let data = match sys::lseek(src, off, libc::SEEK_DATA) {
-            Ok(d) => d,
-            Err(Errno::ENXIO) => break,
-            Err(Errno::EINVAL) | Err(Errno::EOPNOTSUPP) => off,
-            Err(e) => return Err(e),
-        };
-        let hole = match sys::lseek(src, data, libc::SEEK_HOLE) {
-            Ok(h) => h.min(end),
-            Err(_) => end,
-        };
-        copy_range(src, dst, data, hole)?;
-        off = hole;
-    }
-    sys::ftruncate(dst, size)
-}
-
-fn copy_range(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, from: i64, to: i64) -> SysResult<()> {
-    let mut off_in = from;
-    let mut off_out = from;
-    while off_in < to {
-        let want = ((to - off_in) as usize).min(1 << 30);
-        match sys::copy_file_range(src, &mut off_in, dst, &mut off_out, want) {
-            Ok(0) => return Ok(()),
-            Ok(_) => {}
-            // Between filesystems: the kernel still copies with sendfile.
-            Err(Errno::EXDEV)
-            | Err(Errno::EINVAL)
-            | Err(Errno::ENOSYS)
-            | Err(Errno::EOPNOTSUPP) => {
-                return copy_range_sendfile(src, dst, off_in, to);
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-fn copy_range_sendfile(
-    src: BorrowedFd<'_>,
-    dst: BorrowedFd<'_>,
-    from: i64,
-    to: i64,
-) -> SysResult<()> {
-    sys::lseek(dst, from, libc::SEEK_SET)?;
-    let mut off = from;
-    while off < to {
-        let want = ((to - off) as usize).min(1 << 30);
-        match sys::sendfile(dst, src, &mut off, want) {
-            Ok(0) => return Ok(()),
-            Ok(_) => {}
-            Err(Errno::EINVAL) | Err(Errno::ENOSYS) => return copy_range_rw(src, dst, off, to),
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-fn copy_range_rw(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, from: i64, to: i64) -> SysResult<()> {
-    let mut buf = vec![0u8; 1 << 20];
-    let mut off = from as u64;
-    while off < to as u64 {
-        let want = ((to as u64 - off) as usize).min(buf.len());
-        let n = sys::pread(src, &mut buf[..want], off)?;
-        if n == 0 {
-            break;
-        }
-        let mut w = 0;
-        while w < n {
-            w += sys::pwrite(dst, &buf[w..n], off + w as u64)?;
-        }
-        off += n as u64;
     }
     Ok(())
 }
@@ -339,7 +253,7 @@ pub fn copy_up_entry(
                     None => sys::openat(src_dir.as_fd(), &cname, flags | libc::O_NOATIME, 0)
                         .or_else(|_| sys::openat(src_dir.as_fd(), &cname, flags, 0))?,
                 };
-                copy_data(src.as_fd(), dst.as_fd(), st.st_size as u64)?;
+                data::copy_data(src.as_fd(), dst.as_fd(), st.st_size as u64)?;
                 // On disk before the rename publishes it, as overlayfs does: a crash must
                 // not leave a published copy with missing data.
                 sys::fsync(dst.as_fd(), true)?;

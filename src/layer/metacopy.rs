@@ -13,10 +13,11 @@
 //! the topmost lower layer holding that path with that size and mtime, so a stub keeps working
 //! when layers are moved or reordered, and a replaced lower file is reported, never read.
 
-use std::ffi::{CStr, CString};
+use std::ffi::CStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use crate::layer::stack::{open_below, LayerIdx, Stack};
+use crate::layer::whiteout;
 use crate::sys::{self, Errno, SysResult};
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -183,9 +184,8 @@ fn is_stub_fd(fd: BorrowedFd<'_>) -> bool {
         .any(|x| sys::fgetxattr(fd, x, &mut []).is_ok())
 }
 
-/// The stub record's name in each xattr namespace we may write it in: `trusted.` when the
-/// daemon may set it, else `user.`.
-const XATTR_NAMES: [&CStr; 2] = [c"trusted.unionfs.metacopy", c"user.unionfs.metacopy"];
+/// The stub record's name in each xattr namespace we may write it in.
+const XATTR_NAMES: [&CStr; 2] = whiteout::METACOPY_XATTRS;
 
 /// The stub record of `at` under either namespace, with the xattr name that holds it (for
 /// tools that read an upper offline).
@@ -226,7 +226,7 @@ pub fn fill_from(
         }
         Err(e) => return Err(e),
     };
-    crate::layer::copyup::copy_data(src, dst.as_fd(), stub.size)?;
+    crate::layer::data::copy_data(src, dst.as_fd(), stub.size)?;
     sys::fsync(dst.as_fd(), true)?;
     sys::utimens_fd(dst.as_fd(), &sys::times_of(&before))?;
     remove_record(fd, xattr)
@@ -242,13 +242,6 @@ fn remove_record(fd: BorrowedFd<'_>, xattr: &CStr) -> SysResult<()> {
         Ok(()) | Err(Errno::ENODATA) => Ok(()),
         Err(e) => Err(e),
     }
-}
-
-/// The xattr name of stub records for a stack using `origin` as its origin xattr name: both
-/// live in the same namespace.
-pub fn xattr_name(origin: &CStr) -> CString {
-    let user = origin.to_bytes().starts_with(b"user.");
-    XATTR_NAMES[usize::from(user)].to_owned()
 }
 
 #[cfg(test)]

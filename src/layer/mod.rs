@@ -2,6 +2,7 @@
 //! directories, so the layer rules are unit-testable without a mount.
 
 pub mod copyup;
+pub mod data;
 pub mod metacopy;
 pub mod ops;
 pub mod readdir;

@@ -160,8 +160,8 @@ impl Stack {
             has_upper,
             work: None,
             index: None,
-            origin_xattr: c"trusted.unionfs.origin".to_owned(),
-            metacopy_xattr: crate::layer::metacopy::xattr_name(c"trusted.unionfs.origin"),
+            origin_xattr: whiteout::ORIGIN_XATTRS[0].to_owned(),
+            metacopy_xattr: whiteout::METACOPY_XATTRS[0].to_owned(),
             metacopy: false,
             devs,
             work_in_upper: false,
@@ -280,8 +280,8 @@ impl Stack {
         if sys::setxattr(at, probe, b"1", 0).is_ok() {
             let _ = sys::removexattr(at, probe);
         } else {
-            self.origin_xattr = c"user.unionfs.origin".to_owned();
-            self.metacopy_xattr = crate::layer::metacopy::xattr_name(&self.origin_xattr);
+            self.origin_xattr = whiteout::ORIGIN_XATTRS[1].to_owned();
+            self.metacopy_xattr = whiteout::METACOPY_XATTRS[1].to_owned();
         }
     }
 

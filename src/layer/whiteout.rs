@@ -55,6 +55,14 @@ pub fn is_chardev_whiteout(st: &libc::stat) -> bool {
     st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == 0
 }
 
+/// Our per-entry origin record (the union inode number, kept across copy-up), in the
+/// `trusted.` namespace when the daemon may set it (needs CAP_SYS_ADMIN; it works on every
+/// file type), else `user.`.
+pub const ORIGIN_XATTRS: [&CStr; 2] = [c"trusted.unionfs.origin", c"user.unionfs.origin"];
+
+/// The record of a metadata-only copy-up (see `metacopy`), in the origin record's namespace.
+pub const METACOPY_XATTRS: [&CStr; 2] = [c"trusted.unionfs.metacopy", c"user.unionfs.metacopy"];
+
 /// True for xattrs that belong to the layer format or to us, which the union never exposes,
 /// copies up, or lets anyone set through the mount.
 pub fn is_internal_xattr(name: &[u8]) -> bool {
