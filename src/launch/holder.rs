@@ -11,16 +11,38 @@ use nix::sched::CloneFlags;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::{Gid, Pid, Uid};
 
+use nix::sys::signal::SigSet;
+
+use super::config::LaunchConfig;
+use super::exit::EXIT_LAUNCHER;
+use super::idmap::MapPlan;
 use super::init::init_main;
 use super::namespaces::{self, UsernsOwner};
-use super::process::{Prepared, EXIT_LAUNCHER};
 use super::protocol::{recv, send, Msg};
+use super::root::RootProvider;
+use super::staging::Staging;
 use super::{signals, Context, Error};
 use crate::sys::launch as sys;
 
+/// What the holder takes from the launcher's preparation (its copy of the launcher's memory).
+pub(super) struct HolderJob<'a> {
+    /// The run's configuration.
+    pub cfg: &'a LaunchConfig,
+    /// Mounts the container root.
+    pub provider: &'a dyn RootProvider,
+    /// The id maps of the user namespace, when there is one.
+    pub maps: Option<&'a MapPlan>,
+    /// Who creates the user namespace.
+    pub userns: Option<UsernsOwner>,
+    /// Where the root is mounted.
+    pub staging: &'a Staging,
+    /// The signal mask to restore before exec.
+    pub old_mask: SigSet,
+}
+
 /// The holder's life: set up, serve, exit (never returns to the launcher's code).
 pub(super) fn holder_main(
-    p: &Prepared,
+    p: &HolderJob<'_>,
     launcher: Pid,
     mut to_p: UnixStream,
     init_sock: OwnedFd,
@@ -40,7 +62,7 @@ pub(super) fn holder_main(
 }
 
 fn holder_run(
-    p: &Prepared,
+    p: &HolderJob<'_>,
     launcher: Pid,
     to_p: &mut UnixStream,
     init_sock: OwnedFd,
@@ -142,7 +164,7 @@ fn holder_run(
             };
             let sock = UnixStream::from(fd);
             let own_userns = p.userns == Some(UsernsOwner::Init);
-            init_main(cfg, &root, sock, p.maps.as_ref(), own_userns, old_mask)
+            init_main(cfg, &root, sock, p.maps, own_userns, old_mask)
         }),
     )
     .ctx(|| "creating the container's namespaces (clone)".into())?;

@@ -16,8 +16,8 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::unistd::{ForkResult, Gid, Uid};
 
 use super::config::{LaunchConfig, NetMode};
+use super::exit::{Failure, EXIT_CANNOT_EXEC, EXIT_LAUNCHER, EXIT_NOT_FOUND};
 use super::idmap::MapPlan;
-use super::process::{Failure, EXIT_CANNOT_EXEC, EXIT_LAUNCHER, EXIT_NOT_FOUND};
 use super::protocol::{recv, send, Msg};
 use super::rootfs::Plan;
 use super::{capabilities, signals, Context, Error};

@@ -11,6 +11,7 @@ pub mod capabilities;
 pub mod cgroup;
 pub mod cli;
 pub mod config;
+pub mod exit;
 mod holder;
 pub mod idmap;
 mod init;
@@ -21,6 +22,7 @@ mod protocol;
 pub mod root;
 pub mod rootfs;
 pub mod signals;
+mod staging;
 
 pub use config::LaunchConfig;
 pub use process::run;

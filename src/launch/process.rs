@@ -15,7 +15,6 @@
 //! socket until P says "go" (after the root is live and I sits in its cgroup).
 
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -25,20 +24,17 @@ use nix::unistd::{ForkResult, Pid};
 
 use super::cgroup::{self, CgroupGuard};
 use super::config::LaunchConfig;
-use super::holder::holder_main;
+use super::exit::{Failure, EXIT_LAUNCHER};
+use super::holder::{holder_main, HolderJob};
 use super::idmap::{IdKind, MapPlan};
 use super::namespaces::UsernsOwner;
 use super::protocol::{recv, send, Msg};
 use super::root::{provider_for, RootProvider};
+use super::staging::Staging;
 use super::{instance, namespaces, signals, Context, Error};
-use crate::sys::launch as sys;
 
-/// Exit code for a failure of the launcher itself (as docker/podman use it).
-pub const EXIT_LAUNCHER: i32 = 125;
-/// Exit code when the command exists but cannot be executed.
-pub const EXIT_CANNOT_EXEC: i32 = 126;
-/// Exit code when the command is not found.
-pub const EXIT_NOT_FOUND: i32 = 127;
+pub use super::exit::{EXIT_CANNOT_EXEC, EXIT_NOT_FOUND};
+use crate::sys::launch as sys;
 
 /// Run `cfg` to completion and return the exit code for the launcher (errors are printed).
 pub fn run(cfg: LaunchConfig) -> i32 {
@@ -50,24 +46,6 @@ pub fn run(cfg: LaunchConfig) -> i32 {
         Err(Failure { code, error }) => {
             eprintln!("unionfs-run: {error}");
             code
-        }
-    }
-}
-
-/// An error together with the exit code the launcher should give for it.
-#[derive(Debug)]
-pub struct Failure {
-    /// Exit code.
-    pub code: i32,
-    /// What went wrong.
-    pub error: Error,
-}
-
-impl From<Error> for Failure {
-    fn from(error: Error) -> Self {
-        Failure {
-            code: EXIT_LAUNCHER,
-            error,
         }
     }
 }
@@ -124,65 +102,19 @@ impl Drop for ChildGuard {
     }
 }
 
-/// The per-run staging directory on the host: an empty directory the holder mounts a tmpfs on
-/// in its private mount namespace. Removed on drop; leftovers of killed launchers are removed
-/// by the next run.
-#[derive(Debug)]
-pub(super) struct Staging(pub(super) PathBuf);
-
-impl Staging {
-    fn base() -> PathBuf {
-        std::env::temp_dir()
-    }
-
-    fn create(name: &str) -> Result<Self, Error> {
-        use std::os::unix::fs::DirBuilderExt;
-        let p = Self::base().join(name);
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&p)
-            .ctx(|| format!("creating staging directory {}", p.display()))?;
-        Ok(Staging(p))
-    }
-
-    fn remove_stale() {
-        let Ok(rd) = std::fs::read_dir(Self::base()) else {
-            return;
-        };
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with(instance::PREFIX) && instance::is_stale(&name) {
-                // Only empty directories go: anything mounted there lived in a dead namespace.
-                let _ = std::fs::remove_dir(e.path());
-            }
-        }
-    }
-
-    /// Where the container root is mounted.
-    pub(super) fn root(&self) -> PathBuf {
-        self.0.join("root")
-    }
-}
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Phase 1: the launcher validated everything and created the host-side objects.
 
 /// Validated configuration, staging directory, cgroup, id-map plan; signals blocked.
 #[derive(Debug)]
 pub struct Prepared {
-    pub(super) cfg: LaunchConfig,
-    pub(super) provider: Box<dyn RootProvider>,
-    pub(super) maps: Option<MapPlan>,
-    pub(super) userns: Option<UsernsOwner>,
+    cfg: LaunchConfig,
+    provider: Box<dyn RootProvider>,
+    maps: Option<MapPlan>,
+    userns: Option<UsernsOwner>,
     cgroup: Option<CgroupGuard>,
-    pub(super) staging: Staging,
-    pub(super) old_mask: SigSet,
+    staging: Staging,
+    old_mask: SigSet,
 }
 
 impl Prepared {
@@ -312,7 +244,15 @@ impl Prepared {
             ForkResult::Child => {
                 drop(p_h);
                 drop(p_i);
-                holder_main(&self, launcher, h_h, i_i.into())
+                let job = HolderJob {
+                    cfg: &self.cfg,
+                    provider: self.provider.as_ref(),
+                    maps: self.maps.as_ref(),
+                    userns: self.userns,
+                    staging: &self.staging,
+                    old_mask: self.old_mask,
+                };
+                holder_main(&job, launcher, h_h, i_i.into())
             }
             ForkResult::Parent { child } => {
                 drop(h_h);

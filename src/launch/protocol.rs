@@ -13,7 +13,7 @@
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 
-use super::process::EXIT_LAUNCHER;
+use super::exit::EXIT_LAUNCHER;
 use super::{Context, Error};
 
 /// One message between the launcher, the holder and the init.
