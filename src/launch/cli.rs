@@ -11,7 +11,7 @@ use crate::launch::config::{
     NetMode, RootSource, UserSpec,
 };
 use crate::launch::idmap::IdRange;
-use crate::launch::LaunchConfig;
+use crate::launch::{Error, LaunchConfig};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -127,9 +127,9 @@ pub struct Cli {
 
 impl Cli {
     /// The launch configuration this command line asks for.
-    pub fn into_config(self) -> Result<LaunchConfig, String> {
+    pub fn into_config(self) -> Result<LaunchConfig, Error> {
         let cli = self;
-        let lowers = parse_lowers(&cli.lowers).map_err(|e| e.to_string())?;
+        let lowers = parse_lowers(&cli.lowers)?;
         Ok(LaunchConfig {
             lowers,
             upper: cli.upper,

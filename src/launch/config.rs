@@ -203,7 +203,7 @@ pub fn parse_lowers(s: &str) -> Result<Vec<PathBuf>, Error> {
 }
 
 /// Parse a byte size: a plain number or one with a K, M, G or T suffix (powers of 1024).
-pub fn parse_size(s: &str) -> Result<u64, String> {
+pub fn parse_size(s: &str) -> Result<u64, Error> {
     let t = s.trim();
     let (num, mult) = match t.char_indices().last() {
         Some((i, c)) if c.is_ascii_alphabetic() => {
@@ -213,7 +213,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
                 'G' => 1 << 30,
                 'T' => 1 << 40,
                 'B' => 1,
-                _ => return Err(format!("{s:?}: unknown size suffix, use K, M, G or T")),
+                _ => {
+                    return Err(Error::msg(format!(
+                        "{s:?}: unknown size suffix, use K, M, G or T"
+                    )))
+                }
             };
             (&t[..i], m)
         }
@@ -221,23 +225,29 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     };
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("{s:?} is not a size: write e.g. 64M or 1073741824"))?;
+        .map_err(|_| Error::msg(format!("{s:?} is not a size: write e.g. 64M or 1073741824")))?;
     n.checked_mul(mult)
         .filter(|v| *v > 0)
-        .ok_or_else(|| format!("{s:?}: size must be positive and fit in 64 bits"))
+        .ok_or_else(|| Error::msg(format!("{s:?}: size must be positive and fit in 64 bits")))
 }
 
 /// Parse `SRC:DST[:ro|:rw]`.
-pub fn parse_bind(s: &str) -> Result<BindSpec, String> {
+pub fn parse_bind(s: &str) -> Result<BindSpec, Error> {
     let parts: Vec<&str> = s.split(':').collect();
     let (src, dst, ro) = match parts.as_slice() {
         [src, dst] => (src, dst, false),
         [src, dst, "ro"] => (src, dst, true),
         [src, dst, "rw"] => (src, dst, false),
-        _ => return Err(format!("--bind {s:?}: expected SRC:DST or SRC:DST:ro")),
+        _ => {
+            return Err(Error::msg(format!(
+                "--bind {s:?}: expected SRC:DST or SRC:DST:ro"
+            )))
+        }
     };
     if src.is_empty() || dst.is_empty() {
-        return Err(format!("--bind {s:?}: SRC and DST must not be empty"));
+        return Err(Error::msg(format!(
+            "--bind {s:?}: SRC and DST must not be empty"
+        )));
     }
     Ok(BindSpec {
         src: PathBuf::from(src),
@@ -247,8 +257,12 @@ pub fn parse_bind(s: &str) -> Result<BindSpec, String> {
 }
 
 /// Parse `UID[:GID]` (numeric ids; the container has no user database we trust).
-pub fn parse_user(s: &str) -> Result<UserSpec, String> {
-    let bad = || format!("--user {s:?}: expected numeric UID or UID:GID, e.g. 1000:1000");
+pub fn parse_user(s: &str) -> Result<UserSpec, Error> {
+    let bad = || {
+        Error::msg(format!(
+            "--user {s:?}: expected numeric UID or UID:GID, e.g. 1000:1000"
+        ))
+    };
     let (u, g) = match s.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (s, None),
@@ -262,10 +276,10 @@ pub fn parse_user(s: &str) -> Result<UserSpec, String> {
 }
 
 /// Parse `KEY=VALUE`.
-pub fn parse_env(s: &str) -> Result<(String, String), String> {
+pub fn parse_env(s: &str) -> Result<(String, String), Error> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-        _ => Err(format!("--env {s:?}: expected KEY=VALUE")),
+        _ => Err(Error::msg(format!("--env {s:?}: expected KEY=VALUE"))),
     }
 }
 

@@ -18,9 +18,13 @@ pub struct IdRange {
 }
 
 impl std::str::FromStr for IdRange {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("id map {s:?}: expected INSIDE:OUTSIDE:COUNT, e.g. 0:100000:65536");
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let bad = || {
+            Error::msg(format!(
+                "id map {s:?}: expected INSIDE:OUTSIDE:COUNT, e.g. 0:100000:65536"
+            ))
+        };
         let v: Vec<u32> = s
             .split(':')
             .map(|p| p.parse::<u32>())
