@@ -8,7 +8,7 @@
 //! - `fd.rs`: openat2/openat, re-opening `O_PATH` fds, pipes, the stat family
 //! - `dir.rs`: directory entries (mkdirat ... renameat2, readlinkat, listing)
 //! - `attr.rs`: owner, mode and times, by name or through an `O_PATH` fd
-//! - `xattr.rs`: extended attributes
+//! - `xattr.rs`: extended attributes, with the *xattrat-or-/proc fallback in one place
 //! - `io.rs`: file data (read/write, in-kernel copies, holes, sync, mmap)
 //! - `mount.rs`: mount(2) and the lazy unmount
 //! - `process.rs`: fork, exit_now, daemonising; `signal.rs`: masks

@@ -3,7 +3,8 @@
 //! The union reads and copies xattrs of every kind of entry, symlinks and device nodes included,
 //! which it must neither follow nor open. The *xattrat family (Linux 6.13) names such an object
 //! as (directory fd, name) with `AT_SYMLINK_NOFOLLOW`; older kernels get the same call on the
-//! entry's /proc path with the l*xattr form. Callers see the same results and errnos either way.
+//! entry's /proc path with the l*xattr form, and [`at_or_by_path`] is the one place that chooses.
+//! Callers see the same results and errnos either way.
 
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -52,43 +53,53 @@ impl<'a> At<'a> {
     }
 }
 
-/// getxattr without following symlinks; returns the value length (empty `buf` asks the size).
-pub fn getxattr(at: At<'_>, xname: &CStr, buf: &mut [u8]) -> SysResult<usize> {
-    let mut args = XattrArgs {
-        value: buf.as_mut_ptr() as u64,
-        size: buf.len() as u32,
-        flags: 0,
-    };
-    // SAFETY: `args.value` points at `buf`, writable for `args.size` bytes; strings are valid.
-    let r = unsafe {
-        libc::syscall(
-            SYS_GETXATTRAT,
-            at.dir.as_raw_fd(),
-            at.name.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-            xname.as_ptr(),
-            &mut args as *mut XattrArgs,
-            std::mem::size_of::<XattrArgs>(),
-        )
-    };
+/// Runs `xattrat` (one *xattrat system call on `at`) and, only where the kernel lacks it, its
+/// l*xattr twin `by_path` on `at`'s /proc path; either returns a count or -1 with errno set.
+fn at_or_by_path(
+    at: At<'_>,
+    xattrat: impl FnOnce() -> libc::c_long,
+    by_path: impl FnOnce(&CStr) -> libc::ssize_t,
+) -> SysResult<usize> {
+    let r = xattrat();
     if r >= 0 {
         return Ok(r as usize);
     }
     match Errno::last() {
-        Errno::ENOSYS => {
-            let p = at.proc_path();
-            // SAFETY: `buf` is writable for its length; strings are valid.
-            check_size(unsafe {
-                libc::lgetxattr(
-                    p.as_ptr(),
-                    xname.as_ptr(),
-                    buf.as_mut_ptr() as *mut libc::c_void,
-                    buf.len(),
-                )
-            })
-        }
+        Errno::ENOSYS => check_size(by_path(&at.proc_path())),
         e => Err(e),
     }
+}
+
+/// getxattr without following symlinks; returns the value length (empty `buf` asks the size).
+pub fn getxattr(at: At<'_>, xname: &CStr, buf: &mut [u8]) -> SysResult<usize> {
+    let (ptr, len) = (buf.as_mut_ptr(), buf.len());
+    let mut args = XattrArgs {
+        value: ptr as u64,
+        size: len as u32,
+        flags: 0,
+    };
+    at_or_by_path(
+        at,
+        || {
+            // SAFETY: `args.value` points at `buf`, writable for `args.size` bytes; strings are
+            // valid.
+            unsafe {
+                libc::syscall(
+                    SYS_GETXATTRAT,
+                    at.dir.as_raw_fd(),
+                    at.name.as_ptr(),
+                    libc::AT_SYMLINK_NOFOLLOW,
+                    xname.as_ptr(),
+                    &mut args as *mut XattrArgs,
+                    std::mem::size_of::<XattrArgs>(),
+                )
+            }
+        },
+        |p| {
+            // SAFETY: `buf` is writable for its length; strings are valid.
+            unsafe { libc::lgetxattr(p.as_ptr(), xname.as_ptr(), ptr.cast(), len) }
+        },
+    )
 }
 
 /// setxattr without following symlinks.
@@ -98,91 +109,88 @@ pub fn setxattr(at: At<'_>, xname: &CStr, value: &[u8], flags: i32) -> SysResult
         size: value.len() as u32,
         flags: flags as u32,
     };
-    // SAFETY: `args.value` points at `value`, readable for `args.size` bytes; strings are valid.
-    let r = unsafe {
-        libc::syscall(
-            SYS_SETXATTRAT,
-            at.dir.as_raw_fd(),
-            at.name.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-            xname.as_ptr(),
-            &args as *const XattrArgs,
-            std::mem::size_of::<XattrArgs>(),
-        )
-    };
-    if r >= 0 {
-        return Ok(());
-    }
-    match Errno::last() {
-        Errno::ENOSYS => {
-            let p = at.proc_path();
+    at_or_by_path(
+        at,
+        || {
+            // SAFETY: `args.value` points at `value`, readable for `args.size` bytes; strings
+            // are valid.
+            unsafe {
+                libc::syscall(
+                    SYS_SETXATTRAT,
+                    at.dir.as_raw_fd(),
+                    at.name.as_ptr(),
+                    libc::AT_SYMLINK_NOFOLLOW,
+                    xname.as_ptr(),
+                    &args as *const XattrArgs,
+                    std::mem::size_of::<XattrArgs>(),
+                )
+            }
+        },
+        |p| {
             // SAFETY: `value` is readable for its length; strings are valid.
-            check(unsafe {
+            let r = unsafe {
                 libc::lsetxattr(
                     p.as_ptr(),
                     xname.as_ptr(),
-                    value.as_ptr() as *const libc::c_void,
+                    value.as_ptr().cast(),
                     value.len(),
                     flags,
                 )
-            })
-            .map(drop)
-        }
-        e => Err(e),
-    }
+            };
+            r as libc::ssize_t
+        },
+    )
+    .map(drop)
 }
 
 /// listxattr without following symlinks (NUL-separated names).
 pub fn listxattr(at: At<'_>, buf: &mut [u8]) -> SysResult<usize> {
-    // SAFETY: `buf` is writable for its length; strings are valid.
-    let r = unsafe {
-        libc::syscall(
-            SYS_LISTXATTRAT,
-            at.dir.as_raw_fd(),
-            at.name.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-            buf.as_mut_ptr() as *mut libc::c_char,
-            buf.len(),
-        )
-    };
-    if r >= 0 {
-        return Ok(r as usize);
-    }
-    match Errno::last() {
-        Errno::ENOSYS => {
-            let p = at.proc_path();
-            // SAFETY: `buf` is writable for its length.
-            check_size(unsafe {
-                libc::llistxattr(p.as_ptr(), buf.as_mut_ptr() as *mut libc::c_char, buf.len())
-            })
-        }
-        e => Err(e),
-    }
+    let (ptr, len) = (buf.as_mut_ptr().cast::<libc::c_char>(), buf.len());
+    at_or_by_path(
+        at,
+        || {
+            // SAFETY: `buf` is writable for its length; strings are valid.
+            unsafe {
+                libc::syscall(
+                    SYS_LISTXATTRAT,
+                    at.dir.as_raw_fd(),
+                    at.name.as_ptr(),
+                    libc::AT_SYMLINK_NOFOLLOW,
+                    ptr,
+                    len,
+                )
+            }
+        },
+        |p| {
+            // SAFETY: `buf` is writable for its length; `p` is a valid C string.
+            unsafe { libc::llistxattr(p.as_ptr(), ptr, len) }
+        },
+    )
 }
 
 /// removexattr without following symlinks.
 pub fn removexattr(at: At<'_>, xname: &CStr) -> SysResult<()> {
-    // SAFETY: strings are valid C strings.
-    let r = unsafe {
-        libc::syscall(
-            SYS_REMOVEXATTRAT,
-            at.dir.as_raw_fd(),
-            at.name.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-            xname.as_ptr(),
-        )
-    };
-    if r >= 0 {
-        return Ok(());
-    }
-    match Errno::last() {
-        Errno::ENOSYS => {
-            let p = at.proc_path();
+    at_or_by_path(
+        at,
+        || {
             // SAFETY: strings are valid C strings.
-            check(unsafe { libc::lremovexattr(p.as_ptr(), xname.as_ptr()) }).map(drop)
-        }
-        e => Err(e),
-    }
+            unsafe {
+                libc::syscall(
+                    SYS_REMOVEXATTRAT,
+                    at.dir.as_raw_fd(),
+                    at.name.as_ptr(),
+                    libc::AT_SYMLINK_NOFOLLOW,
+                    xname.as_ptr(),
+                )
+            }
+        },
+        |p| {
+            // SAFETY: strings are valid C strings.
+            let r = unsafe { libc::lremovexattr(p.as_ptr(), xname.as_ptr()) };
+            r as libc::ssize_t
+        },
+    )
+    .map(drop)
 }
 
 /// getxattr of the file an fd (`O_PATH` included) refers to; never used on symlinks.
