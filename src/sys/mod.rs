@@ -11,9 +11,8 @@
 //! - `xattr.rs`: extended attributes, with the *xattrat-or-/proc fallback in one place
 //! - `io.rs`: file data (read/write, in-kernel copies, holes, sync, mmap)
 //! - `mount.rs`: mount(2) and the lazy unmount
-//! - `process.rs`: fork, exit_now, daemonising; `signal.rs`: masks
-//! - `ids.rs`: effective ids and umask
-//! - [`launch`]: the launcher's own calls (fork, clone, dispositions, `lo` up)
+//! - `process.rs`: fork, clone, exit_now, daemonising; `signal.rs`: masks and dispositions
+//! - `ids.rs`: effective ids and umask; `net.rs`: bringing `lo` up in a new network namespace
 //! - [`uring`]: FUSE over io_uring (ring, registered buffers, passthrough backing ioctls)
 
 mod attr;
@@ -21,8 +20,8 @@ mod dir;
 mod fd;
 mod ids;
 mod io;
-pub mod launch;
 mod mount;
+mod net;
 mod process;
 mod signal;
 pub mod uring;
@@ -40,6 +39,7 @@ pub use fd::*;
 pub use ids::*;
 pub use io::*;
 pub use mount::*;
+pub use net::*;
 pub use process::*;
 pub use signal::*;
 pub use xattr::*;

@@ -1,24 +1,63 @@
-//! Making and ending processes: fork, the immediate exit of a forked child, and what a daemon
-//! does to itself (new session, stdio on /dev/null, no inherited fds, limits, heap).
+//! Making and ending processes: fork and clone, the immediate exit of a forked child, and what a
+//! daemon does to itself (new session, stdio on /dev/null, no inherited fds, limits, heap).
+//!
+//! The daemon (backgrounding, the watchdog) and the launcher (holder, container init, pid-1
+//! reaper) fork through the same [`fork`], and every forked child leaves through [`exit_now`].
+//! Callers rely on fork and clone refusing (`EDEADLK`) in a multi-threaded process: the child of
+//! such a fork could inherit a lock held by a thread that does not exist in it.
 
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
+use nix::sched::CloneFlags;
+use nix::unistd::Pid;
+
+pub use nix::unistd::ForkResult;
+
 use super::{fstat, open_path, Errno, SysResult};
 
-/// fork(2). Only called before any thread is started (daemonising, the watchdog).
-pub fn fork() -> SysResult<libc::pid_t> {
-    // SAFETY: the callers are single-threaded at this point, so the child inherits no lock
-    // held by another thread.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        Err(Errno::last())
-    } else {
-        Ok(pid)
-    }
+/// How many threads this process has (from /proc/self/task); `usize::MAX` if it cannot tell.
+fn thread_count() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| d.count())
+        .unwrap_or(usize::MAX)
 }
 
-/// Ends the process at once, without running destructors (a forked child must not unwind
-/// into its parent's state).
+/// fork(2), refused unless the process is single-threaded (so the child may allocate freely).
+pub fn fork() -> SysResult<ForkResult> {
+    if thread_count() != 1 {
+        return Err(Errno::EDEADLK);
+    }
+    // SAFETY: the process has exactly one thread, so no lock can be held by another thread at
+    // the moment of the fork and the child may run arbitrary Rust code (allocate, lock).
+    unsafe { nix::unistd::fork() }
+}
+
+/// clone(2) a child running `child` on `stack` with `flags`, exit signal SIGCHLD.
+///
+/// Refused unless the process is single-threaded: the child gets a copy of this address space
+/// and runs ordinary Rust code (allocation, locks), which is only sound with no other thread.
+pub fn clone_single_threaded(
+    flags: CloneFlags,
+    stack: &mut [u8],
+    child: Box<dyn FnMut() -> isize + '_>,
+) -> SysResult<Pid> {
+    if thread_count() != 1 {
+        return Err(Errno::EDEADLK);
+    }
+    // With CLONE_PARENT the kernel takes the exit signal from our own (SIGCHLD) and rejects
+    // any other value, so only pass one without it.
+    let sig = if flags.contains(CloneFlags::CLONE_PARENT) {
+        None
+    } else {
+        Some(libc::SIGCHLD)
+    };
+    // SAFETY: single-threaded (checked above); no CLONE_VM, so the child runs on `stack` in its
+    // own copy of the address space and cannot corrupt ours; `stack` outlives the call.
+    unsafe { nix::sched::clone(child, stack, flags, sig) }
+}
+
+/// Ends the process at once, without running destructors or atexit handlers (a forked child
+/// must not flush or drop state that belongs to its parent).
 pub fn exit_now(code: i32) -> ! {
     // SAFETY: _exit never returns and touches no Rust state.
     unsafe { libc::_exit(code) }
