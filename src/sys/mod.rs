@@ -1,9 +1,13 @@
 //! Every `unsafe` system call wrapper of the crate lives here, each with a safe signature.
 //!
+//! The crate root and every binary deny `unsafe_code`, and only this module is allowed it, so
+//! the compiler keeps unsafe code here (the test below keeps the allowance from spreading).
+//! Here, clippy refuses an unsafe block without a `// SAFETY:` comment saying why it is sound.
+//!
 //! The rest of the crate works with `OwnedFd`/`BorrowedFd`, `CStr` names and `Errno` results,
 //! and names every wrapper `crate::sys::NAME`: the files are split by syscall family for their
-//! readers and re-exported here, so callers never depend on the split. Each unsafe block says
-//! why it is sound. Wrappers retry `EINTR` where the call is restartable.
+//! readers and re-exported here, so callers never depend on the split. Wrappers retry `EINTR`
+//! where the call is restartable.
 //!
 //! - `fd.rs`: openat2/openat, re-opening `O_PATH` fds, pipes, the stat family
 //! - `dir.rs`: directory entries (mkdirat ... renameat2, readlinkat, listing)
@@ -14,6 +18,8 @@
 //! - `process.rs`: fork, clone, exit_now, daemonising; `signal.rs`: masks and dispositions
 //! - `ids.rs`: effective ids and umask; `net.rs`: bringing `lo` up in a new network namespace
 //! - [`uring`]: FUSE over io_uring (ring, registered buffers, passthrough backing ioctls)
+
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod attr;
 mod dir;
@@ -93,4 +99,49 @@ fn owned(fd: libc::c_int) -> OwnedFd {
 /// The /proc/self/fd path of `fd`, for calls that have no fd form for `O_PATH` descriptors.
 fn proc_fd_path(fd: BorrowedFd<'_>) -> CString {
     CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                sources(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+
+    /// `#![deny(unsafe_code)]` only works while nothing else re-allows it: the one allowance is
+    /// the `sys` module's, and every binary (a crate of its own) denies it too.
+    #[test]
+    fn unsafe_is_allowed_in_sys_only() {
+        let lint = concat!("unsafe", "_code");
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        sources(&src, &mut files);
+        assert!(files.len() > 20, "no sources found under {}", src.display());
+        let mut allowances = Vec::new();
+        for f in &files {
+            let text = std::fs::read_to_string(f).unwrap();
+            let lines: Vec<&str> = text.lines().map(str::trim).collect();
+            let name = f.strip_prefix(&src).unwrap().display().to_string();
+            for (i, l) in lines.iter().enumerate() {
+                if l.contains(lint) && !l.starts_with("//") && !l.contains("deny(") {
+                    let next = lines.get(i + 1).copied().unwrap_or("");
+                    allowances.push(format!("{name}: {l} {next}"));
+                }
+            }
+            if name.starts_with("bin/") {
+                let deny = format!("#![deny({lint})]");
+                assert!(lines.contains(&deny.as_str()), "{name} lacks {deny}");
+            }
+        }
+        let sys_only = format!("lib.rs: #[allow({lint})] pub mod sys;");
+        assert_eq!(allowances, [sys_only]);
+    }
 }
