@@ -55,12 +55,12 @@ pub fn run(mut inv: Invocation) -> i32 {
             }
         };
         match sys::fork() {
-            Ok(0) => {
+            Ok(sys::ForkResult::Child) => {
                 drop(r);
                 sys::setsid();
                 status = Some(w);
             }
-            Ok(_) => {
+            Ok(sys::ForkResult::Parent { .. }) => {
                 drop(w);
                 return wait_ready(r);
             }
@@ -195,7 +195,7 @@ fn start_watchdog(mountpoint: &Path) -> Option<OwnedFd> {
     let (r, w) = sys::pipe().ok()?;
     let mnt: PathBuf = mountpoint.to_path_buf();
     match sys::fork() {
-        Ok(0) => {
+        Ok(sys::ForkResult::Child) => {
             let keep = r.as_raw_fd();
             sys::close_all_except(keep);
             let _ = std::env::set_current_dir("/");
@@ -214,7 +214,7 @@ fn start_watchdog(mountpoint: &Path) -> Option<OwnedFd> {
             }
             sys::exit_now(0);
         }
-        Ok(_) => {
+        Ok(sys::ForkResult::Parent { .. }) => {
             drop(r);
             Some(w)
         }

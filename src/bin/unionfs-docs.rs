@@ -1,6 +1,8 @@
 //! `unionfs-docs OUTDIR`: writes the man pages and bash/zsh completions of the unionfs
 //! commands, generated from their clap definitions so they cannot drift from the code.
 
+#![deny(unsafe_code)]
+
 use std::path::{Path, PathBuf};
 
 use clap::{CommandFactory, Parser};

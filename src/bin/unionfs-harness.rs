@@ -1,6 +1,8 @@
 //! `unionfs-harness`: run layer scenarios on a union implementation, compare two of them, or
 //! fuzz them against each other. Thin: everything lives in `unionfs::harness`.
 
+#![deny(unsafe_code)]
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;

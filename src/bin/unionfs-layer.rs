@@ -1,5 +1,7 @@
 //! `unionfs-layer`: OCI layer tarballs in and out of unionfs layer directories.
 
+#![deny(unsafe_code)]
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

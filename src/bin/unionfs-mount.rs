@@ -1,5 +1,7 @@
 //! `unionfs-mount`: mount a union of layers (see `unionfs-mount --help`).
 
+#![deny(unsafe_code)]
+
 use std::process::ExitCode;
 
 fn main() -> ExitCode {

@@ -1,5 +1,7 @@
 //! `unionfs-run`: run a command in a container whose root is a union of layers.
 
+#![deny(unsafe_code)]
+
 use clap::Parser;
 
 fn main() {

@@ -22,7 +22,7 @@ use super::protocol::{recv, send, Msg};
 use super::root::RootProvider;
 use super::staging::Staging;
 use super::{signals, Context, Error};
-use crate::sys::launch as sys;
+use crate::sys;
 
 /// What the holder takes from the launcher's preparation (its copy of the launcher's memory).
 pub(super) struct HolderJob<'a> {

@@ -21,7 +21,7 @@ use super::idmap::MapPlan;
 use super::protocol::{recv, send, Msg};
 use super::rootfs::Plan;
 use super::{capabilities, signals, Context, Error};
-use crate::sys::launch as sys;
+use crate::sys;
 
 /// The init's life: it execs the command or exits with the launcher's code for the failure.
 pub(super) fn init_main(
@@ -122,7 +122,7 @@ fn init_run(
         sys::install_noop_handlers(&signals::FORWARDED)
             .ctx(|| "installing signal handlers".into())?;
         signals::block(&signals::wait_set()).ctx(|| "blocking signals".into())?;
-        match sys::fork_single_threaded().ctx(|| "fork".into())? {
+        match sys::fork().ctx(|| "fork".into())? {
             ForkResult::Child => {
                 for s in signals::FORWARDED {
                     let _ = sys::default_signal(s);

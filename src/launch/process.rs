@@ -34,7 +34,7 @@ use super::staging::Staging;
 use super::{instance, namespaces, signals, Context, Error};
 
 pub use super::exit::{EXIT_CANNOT_EXEC, EXIT_NOT_FOUND};
-use crate::sys::launch as sys;
+use crate::sys;
 
 /// Run `cfg` to completion and return the exit code for the launcher (errors are printed).
 pub fn run(cfg: LaunchConfig) -> i32 {
@@ -240,7 +240,7 @@ impl Prepared {
         let (mut p_h, h_h) = UnixStream::pair().ctx(|| "socketpair".into())?;
         let (p_i, i_i) = UnixStream::pair().ctx(|| "socketpair".into())?;
         let launcher = nix::unistd::getpid();
-        match sys::fork_single_threaded().ctx(|| "fork".into())? {
+        match sys::fork().ctx(|| "fork".into())? {
             ForkResult::Child => {
                 drop(p_h);
                 drop(p_i);
