@@ -8,7 +8,6 @@
 pub mod daemon;
 pub mod error;
 pub mod fs;
-pub mod harness;
 pub mod launch;
 pub mod layer;
 pub mod mount;

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use unionfs::harness::impls::unavailable;
+use unionfs_harness::impls::unavailable;
 
 /// True when `imp` can run here; with UNIONFS_REQUIRE_FUSE=1 a machine that cannot is a
 /// failure, not a skip.

@@ -5,12 +5,12 @@
 
 use std::time::Instant;
 
-use crate::harness::build::build_layer;
-use crate::harness::impls::{by_name, unavailable, Union, Workspace};
-use crate::harness::ops::{Outcome, State};
-use crate::harness::report::{ScenarioResult, Status};
-use crate::harness::scenario::{Scenario, Step};
-use crate::harness::view::{self, capture, merge, Fields, ReadAs, Tree};
+use crate::build::build_layer;
+use crate::impls::{by_name, unavailable, Union, Workspace};
+use crate::ops::{Outcome, State};
+use crate::report::{ScenarioResult, Status};
+use crate::scenario::{Scenario, Step};
+use crate::view::{self, capture, merge, Fields, ReadAs, Tree};
 
 static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -86,9 +86,10 @@ impl Instance {
             return false;
         }
         let stub = (|| {
-            let dir = crate::sys::open_path(p.parent()?, libc::O_PATH | libc::O_DIRECTORY).ok()?;
+            let dir =
+                unionfs::sys::open_path(p.parent()?, libc::O_PATH | libc::O_DIRECTORY).ok()?;
             let name = std::ffi::CString::new(p.file_name()?.as_encoded_bytes()).ok()?;
-            crate::layer::metacopy::read_at(crate::sys::At::new(
+            unionfs::layer::metacopy::read_at(unionfs::sys::At::new(
                 std::os::fd::AsFd::as_fd(&dir),
                 &name,
             ))
@@ -241,7 +242,7 @@ impl Instance {
             Ok(d) => d,
             Err(e) => return fail(format!("reading {}: {e}", p.display())),
         };
-        let new = crate::harness::ops::payload(st);
+        let new = crate::ops::payload(st);
         let writer = {
             let (p, new) = (p.clone(), new.clone());
             std::thread::spawn(move || {
@@ -435,7 +436,7 @@ pub fn run(s: &Scenario, imp: &str) -> ScenarioResult {
             res.messages.push(e);
         }
     }
-    crate::harness::report::apply_known_bug(&mut res, &s.known_bug, imp);
+    crate::report::apply_known_bug(&mut res, &s.known_bug, imp);
     res.millis = t0.elapsed().as_millis() as u64;
     res
 }

@@ -10,9 +10,9 @@ use std::os::unix::fs::MetadataExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use crate::harness::scenario::{Entry, Kind, Layer};
-use crate::harness::view::{at, split};
-use crate::sys;
+use crate::scenario::{Entry, Kind, Layer};
+use crate::view::{at, split};
+use unionfs::sys;
 
 /// How deletions and opaque directories are written on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,7 +155,7 @@ fn build_entry(root: &Path, e: &Entry, format: Format) -> Result<(), String> {
             match format {
                 Format::Oci => {
                     let (parent, name) = split(&e.path);
-                    if crate::layer::whiteout::has_file_form(name.as_bytes()) {
+                    if unionfs::layer::whiteout::has_file_form(name.as_bytes()) {
                         let w = root.join(parent).join(format!(".wh.{name}"));
                         io(std::fs::write(&w, ""), "write whiteout", &w)?;
                     } else {
@@ -257,7 +257,7 @@ fn import(
             }
             mknod(&d, kind, [libc::major(rdev), libc::minor(rdev)])?;
         }
-        for (k, v) in crate::harness::view::xattrs(&s)? {
+        for (k, v) in crate::view::xattrs(&s)? {
             // Bookkeeping of whoever wrote the layer is not part of it (the opaque marker is).
             let internal = (k.starts_with("trusted.overlay.") && k != "trusted.overlay.opaque")
                 || k.contains(".unionfs.")

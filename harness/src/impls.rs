@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::build::Format;
-use crate::sys;
+use crate::build::Format;
+use unionfs::sys;
 
 /// The implementations the harness knows.
 pub const IMPLS: &[&str] = &[
@@ -276,7 +276,7 @@ impl Drop for Workspace {
 /// unionfs through the library, served by threads of this process; `unionfs-metacopy` with
 /// `-o metacopy=on`, whose upper becomes a plain diff once `fill_stubs` has run.
 struct UnionFs {
-    guard: Option<crate::MountGuard>,
+    guard: Option<unionfs::MountGuard>,
     metacopy: bool,
 }
 
@@ -295,7 +295,7 @@ impl Union for UnionFs {
         // The upper, and earlier uppers rotated into the lowers, each over the layers below.
         let layers: Vec<PathBuf> = ws.upper.iter().chain(&ws.lowers).cloned().collect();
         for (i, l) in layers.iter().enumerate() {
-            crate::oci::fill_stubs(l, &layers[i + 1..])
+            unionfs::oci::fill_stubs(l, &layers[i + 1..])
                 .map_err(|e| format!("filling metadata-only copies in {}: {e}", l.display()))?;
         }
         Ok(())
@@ -304,7 +304,7 @@ impl Union for UnionFs {
         Format::Oci
     }
     fn mount(&mut self, ws: &Workspace) -> Result<(), String> {
-        let mut cfg = crate::MountConfig::new(ws.lowers.clone(), ws.upper.clone());
+        let mut cfg = unionfs::MountConfig::new(ws.lowers.clone(), ws.upper.clone());
         cfg.metacopy = self.metacopy;
         let g = cfg
             .mount(&ws.mnt)

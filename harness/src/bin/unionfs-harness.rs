@@ -1,15 +1,15 @@
 //! `unionfs-harness`: run layer scenarios on a union implementation, compare two of them, or
-//! fuzz them against each other. Thin: everything lives in `unionfs::harness`.
+//! fuzz them against each other. Thin: everything lives in the `unionfs_harness` library.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use unionfs::harness::cli::{Cli, Cmd};
-use unionfs::harness::diff::{self, DiffOutcome};
-use unionfs::harness::report::{self, ScenarioResult, Status};
-use unionfs::harness::{fuzz, runner, scenario};
+use unionfs_harness::cli::{Cli, Cmd};
+use unionfs_harness::diff::{self, DiffOutcome};
+use unionfs_harness::report::{self, ScenarioResult, Status};
+use unionfs_harness::{fuzz, runner, scenario};
 
 fn expand(files: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
     let mut out = Vec::new();

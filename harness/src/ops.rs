@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 
-use crate::harness::scenario::Step;
-use crate::harness::view;
-use crate::sys;
+use crate::scenario::Step;
+use crate::view;
+use unionfs::sys;
 
 /// Every op a step may name.
 pub const OPS: &[&str] = &[

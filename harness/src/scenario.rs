@@ -1,7 +1,7 @@
 //! The scenario format: a TOML file describing layers, steps through the mount and expectations.
 //!
 //! Paths are relative to the layer root or the mount point. Layers use one neutral notation for
-//! deletions (`type = "whiteout"`, `opaque = "marker"`); [`crate::harness::build`] writes them
+//! deletions (`type = "whiteout"`, `opaque = "marker"`); [`crate::build`] writes them
 //! in the on-disk format of the implementation under test, so one file runs on all of them.
 
 use std::collections::BTreeMap;
@@ -182,7 +182,7 @@ pub struct Entry {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Step {
-    /// The operation (see [`crate::harness::ops::OPS`]).
+    /// The operation (see [`crate::ops::OPS`]).
     pub op: String,
     /// The path it acts on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -401,12 +401,12 @@ fn validate(s: &Scenario) -> Result<(), String> {
         }
     }
     for (i, st) in s.step.iter().enumerate() {
-        if !crate::harness::ops::OPS.contains(&st.op.as_str()) {
+        if !crate::ops::OPS.contains(&st.op.as_str()) {
             return Err(format!(
                 "step {}: unknown op {:?}; known: {}",
                 i + 1,
                 st.op,
-                crate::harness::ops::OPS.join(" ")
+                crate::ops::OPS.join(" ")
             ));
         }
         if let Some(p) = &st.path {

@@ -13,8 +13,8 @@ use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use crate::harness::scenario::{Kind, NodeExpect, TreeExpect};
-use crate::sys;
+use crate::scenario::{Kind, NodeExpect, TreeExpect};
+use unionfs::sys;
 
 /// File content kept literally up to this size; larger files are compared by digest.
 const KEEP_BYTES: u64 = 64 * 1024;

@@ -5,6 +5,12 @@
 //! the implementation under test, [`impls`] mounts them, [`ops`] runs the steps, [`view`] captures
 //! and compares trees, [`runner`] checks expectations, [`diff`] compares two implementations,
 //! [`fuzz`] generates and shrinks cases, and [`report`] prints results.
+//!
+//! This is a crate of its own, beside the `unionfs` library it tests, so that the filesystem
+//! and launcher binaries do not link it (nor serde and toml). Besides `unionfs-harness` it
+//! holds `unionfs-docs`, which needs the command definitions of every tool (this crate's
+//! too), and [`support`], helpers the integration tests of both packages share; the root
+//! package's tests build their layers and compare trees with [`build`] and [`view`].
 
 pub mod build;
 pub mod cli;
@@ -15,4 +21,5 @@ pub mod ops;
 pub mod report;
 pub mod runner;
 pub mod scenario;
+pub mod support;
 pub mod view;

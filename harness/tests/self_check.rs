@@ -1,15 +1,15 @@
 //! The harness tests itself: wrong expectations must fail with readable messages, and the
 //! tree model and comparisons must see what they are meant to see.
 
-mod harness_common;
+mod common;
 
 use std::process::Command;
 
-use harness_common::can_run;
-use unionfs::harness::report::{self, Status};
-use unionfs::harness::scenario::{self, Kind};
-use unionfs::harness::view::{self, Fields, Node, Tree};
-use unionfs::harness::{diff, runner};
+use common::can_run;
+use unionfs_harness::report::{self, Status};
+use unionfs_harness::scenario::{self, Kind};
+use unionfs_harness::view::{self, Fields, Node, Tree};
+use unionfs_harness::{diff, runner};
 
 const BIN: &str = env!("CARGO_BIN_EXE_unionfs-harness");
 
