@@ -557,7 +557,7 @@ fn copy_tree(
         ));
     }
     for (k, v) in view::xattrs(src)? {
-        set_xattr(dst, &k, v.as_bytes())?;
+        set_xattr(dst, &k, &v)?;
     }
     std::os::unix::fs::lchown(dst, Some(md.uid()), Some(md.gid())).map_err(e)?;
     if !ft.is_symlink() {

@@ -102,7 +102,7 @@ fn add_entry(rng: &mut Rng, layer: &mut Layer, kinds: &mut BTreeMap<String, Kind
         }
     };
     match e.kind {
-        Kind::File => e.content = Some(rng.pick(DATA).to_string()),
+        Kind::File => e.content = Some((*rng.pick(DATA)).into()),
         Kind::Symlink => e.target = Some(rng.pick(NAMES).to_string()),
         Kind::Hardlink if !links => return,
         Kind::Hardlink => {

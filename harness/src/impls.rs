@@ -3,6 +3,7 @@
 //! unionfs is mounted in-process through the library (fast: no daemon start), kernel overlayfs
 //! with mount(2), and fuse-overlayfs as a foreground child process that we stop ourselves.
 
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -212,17 +213,33 @@ impl Workspace {
         self.rotations += 1;
         let newl = self.root.join(format!("rotated{}", self.rotations));
         std::fs::rename(&u, &newl).map_err(|e| format!("rotate: {e}"))?;
-        // Our internal work dir is not part of the layer.
-        let internal = newl.join(".wh..wh.unionfs");
-        if internal.exists() {
-            remove_tree(&internal)?;
-        }
+        drop_internal_entries(&newl)?;
         std::fs::create_dir(&u).map_err(|e| format!("rotate: {e}"))?;
         remove_tree(&self.work)?;
         std::fs::create_dir(&self.work).map_err(|e| format!("rotate: {e}"))?;
         self.lowers.insert(0, newl);
         Ok(())
     }
+}
+
+/// Removes our internal `.wh..wh.*` entries (the default work dir and any other state; the
+/// opaque marker `.wh..wh..opq` stays) from the top of an upper that becomes a layer.
+pub fn drop_internal_entries(layer: &Path) -> Result<(), String> {
+    let rd = std::fs::read_dir(layer).map_err(|e| format!("readdir {}: {e}", layer.display()))?;
+    for e in rd {
+        let e = e.map_err(|e| format!("readdir {}: {e}", layer.display()))?;
+        let name = e.file_name();
+        let b = name.as_encoded_bytes();
+        if b.starts_with(b".wh..wh.") && b != b".wh..wh..opq" {
+            let p = e.path();
+            if p.is_dir() {
+                remove_tree(&p)?;
+            } else {
+                std::fs::remove_file(&p).map_err(|e| format!("rm {}: {e}", p.display()))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Removes a tree, refusing to descend into anything still mounted.
@@ -236,22 +253,65 @@ fn remove_tree(p: &Path) -> Result<(), String> {
     std::fs::remove_dir_all(p).map_err(|e| format!("cannot remove {}: {e}", p.display()))
 }
 
-fn mounted_under(p: &Path) -> bool {
+/// The mount points of this process's mount namespace, as paths.
+fn mount_points() -> Vec<PathBuf> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let prefix = p.to_string_lossy().into_owned();
-    info.lines().any(|l| {
-        l.split(' ')
-            .nth(4)
-            .map(|m| m == prefix || m.starts_with(&format!("{prefix}/")))
-            .unwrap_or(false)
-    })
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| PathBuf::from(std::ffi::OsString::from_vec(unescape_mountinfo(m))))
+        .collect()
+}
+
+/// A mountinfo field with its octal escapes (`\040` for a space, ...) undone.
+fn unescape_mountinfo(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (b[i], octal) {
+            (b'\\', Some(d)) => {
+                out.push(d.iter().fold(0u8, |v, c| v.wrapping_mul(8) + (c - b'0')));
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// `p` without symlinks, or as given when it cannot be resolved (a dead FUSE mount).
+fn resolved(p: &Path) -> PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+fn mounted_under(p: &Path) -> bool {
+    let p = resolved(p);
+    mount_points().iter().any(|m| m.starts_with(&p))
 }
 
 /// True when `p` is a mount point right now.
 pub fn is_mounted(p: &Path) -> bool {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let s = p.to_string_lossy();
-    info.lines().any(|l| l.split(' ').nth(4) == Some(&*s))
+    let p = resolved(p);
+    mount_points().contains(&p)
+}
+
+/// Waits until process `pid` has exited (a zombie counts: only its parent, maybe init, still
+/// has to reap it); false when it still runs after `timeout`.
+pub fn wait_gone(pid: i32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while alive(pid) {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
 }
 
 impl Drop for Workspace {
@@ -322,7 +382,7 @@ impl Union for UnionFs {
 
 /// True while `pid` runs (a zombie has exited: only its parent, maybe init, still has to
 /// reap it).
-fn alive(pid: i32) -> bool {
+pub fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(s) => !s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')),
         Err(_) => false,
@@ -344,7 +404,7 @@ impl Union for UnionFsCli {
     }
     fn mount(&mut self, ws: &Workspace) -> Result<(), String> {
         let bin = mount_binary().ok_or("the unionfs-mount binary was not found")?;
-        let lowers: Vec<String> = ws.lowers.iter().map(|p| escape_colon(p)).collect();
+        let lowers: Vec<String> = ws.lowers.iter().map(|p| escape_layer_path(p)).collect();
         let pidfile = ws.root.join("daemon.pid");
         let mut cmd = Command::new(&bin);
         cmd.arg(lowers.join(":"));
@@ -390,14 +450,10 @@ impl Union for UnionFsCli {
             }
         }
         if let Some(pid) = self.pid.take() {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while alive(pid) {
-                if Instant::now() > deadline {
-                    return Err(format!(
-                        "the unionfs daemon (pid {pid}) did not exit after umount"
-                    ));
-                }
-                std::thread::sleep(Duration::from_millis(5));
+            if !wait_gone(pid, Duration::from_secs(10)) {
+                return Err(format!(
+                    "the unionfs daemon (pid {pid}) did not exit after umount"
+                ));
             }
         }
         Ok(())
@@ -417,8 +473,12 @@ struct Kernel {
     mounted: bool,
 }
 
-fn escape_colon(p: &Path) -> String {
-    p.to_string_lossy().replace(':', "\\:")
+/// A layer path as an item of an `L1:L2` list (unionfs-mount's and the kernel's
+/// `lowerdir=`): a backslash or colon that is part of the path is escaped with a backslash.
+pub fn escape_layer_path(p: &Path) -> String {
+    p.to_string_lossy()
+        .replace('\\', "\\\\")
+        .replace(':', "\\:")
 }
 
 impl Union for Kernel {
@@ -429,12 +489,12 @@ impl Union for Kernel {
         Format::Kernel
     }
     fn mount(&mut self, ws: &Workspace) -> Result<(), String> {
-        let mut lowers: Vec<String> = ws.lowers.iter().map(|p| escape_colon(p)).collect();
+        let mut lowers: Vec<String> = ws.lowers.iter().map(|p| escape_layer_path(p)).collect();
         // The kernel wants two lowers when there is no upper; an empty one changes nothing.
         if ws.upper.is_none() && lowers.len() == 1 {
             let extra = ws.root.join("empty-lower");
             std::fs::create_dir_all(&extra).map_err(|e| format!("mkdir: {e}"))?;
-            lowers.push(escape_colon(&extra));
+            lowers.push(escape_layer_path(&extra));
         }
         // Fixed feature set: the defaults differ between kernel builds. No redirect_dir, so a
         // lower directory cannot be renamed (EXDEV): the behaviour scenarios document. The
@@ -454,8 +514,8 @@ impl Union for Kernel {
             Some(u) => {
                 data.push_str(&format!(
                     ",upperdir={},workdir={}",
-                    escape_colon(u),
-                    escape_colon(&ws.work)
+                    escape_layer_path(u),
+                    escape_layer_path(&ws.work)
                 ));
             }
             None => flags |= libc::MS_RDONLY,
@@ -519,13 +579,13 @@ impl Union for FuseOverlayfs {
         Format::Kernel
     }
     fn mount(&mut self, ws: &Workspace) -> Result<(), String> {
-        let lowers: Vec<String> = ws.lowers.iter().map(|p| escape_colon(p)).collect();
+        let lowers: Vec<String> = ws.lowers.iter().map(|p| escape_layer_path(p)).collect();
         let mut opts = format!("lowerdir={}", lowers.join(":"));
         if let Some(u) = &ws.upper {
             opts.push_str(&format!(
                 ",upperdir={},workdir={}",
-                escape_colon(u),
-                escape_colon(&ws.work)
+                escape_layer_path(u),
+                escape_layer_path(&ws.work)
             ));
         }
         let child = Command::new("fuse-overlayfs")

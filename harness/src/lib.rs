@@ -15,6 +15,7 @@
 pub mod build;
 pub mod cli;
 pub mod diff;
+pub mod entries;
 pub mod fuzz;
 pub mod impls;
 pub mod ops;

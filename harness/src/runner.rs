@@ -211,13 +211,8 @@ impl Instance {
 
     fn wait_unmounted(&self, when: &str) -> Result<(), String> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let mnt = std::fs::canonicalize(&self.ws.mnt).unwrap_or_else(|_| self.ws.mnt.clone());
         loop {
-            let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-            let mounted = info
-                .lines()
-                .any(|l| l.split(' ').nth(4) == Some(&*mnt.to_string_lossy()));
-            if !mounted {
+            if !crate::impls::is_mounted(&self.ws.mnt) {
                 return Ok(());
             }
             if std::time::Instant::now() > deadline {
@@ -316,7 +311,7 @@ impl Instance {
         let orig = &self.ws.lowers[self.ws.lowers.len() - self.lowers_before.len()..];
         for (i, (dir, before)) in orig.iter().zip(&self.lowers_before).enumerate() {
             let after = capture(dir, ReadAs::Raw)?;
-            lower_changes.extend(raw_changes(&format!("lower {i}"), before, &after));
+            lower_changes.extend(view::changes(&format!("lower {i}"), before, &after));
         }
         Ok(Finished {
             upper,
@@ -330,38 +325,6 @@ impl Drop for Instance {
     fn drop(&mut self) {
         let _ = self.unmount();
     }
-}
-
-/// Every change between two raw captures of one directory, ctime and inode numbers included.
-fn raw_changes(label: &str, a: &Tree, b: &Tree) -> Vec<String> {
-    let mut out = Vec::new();
-    let paths: std::collections::BTreeSet<&String> = a.nodes.keys().chain(b.nodes.keys()).collect();
-    for p in paths {
-        match (a.nodes.get(p), b.nodes.get(p)) {
-            (Some(x), Some(y)) if x == y => {}
-            (Some(x), Some(y)) => {
-                let (vx, vy) = (
-                    serde_json::to_value(x).unwrap_or_default(),
-                    serde_json::to_value(y).unwrap_or_default(),
-                );
-                let fields: Vec<String> = match (vx.as_object(), vy.as_object()) {
-                    (Some(ox), Some(oy)) => ox
-                        .iter()
-                        .filter(|(k, v)| oy.get(*k) != Some(v))
-                        .map(|(k, v)| {
-                            format!("{k} {v} -> {}", oy.get(k).cloned().unwrap_or_default())
-                        })
-                        .collect(),
-                    _ => vec!["changed".into()],
-                };
-                out.push(format!("{label} {p} was modified: {}", fields.join(", ")));
-            }
-            (Some(_), None) => out.push(format!("{label} {p} was removed")),
-            (None, Some(_)) => out.push(format!("{label} {p} was created")),
-            (None, None) => {}
-        }
-    }
-    out
 }
 
 /// One-line description of a step for reports.

@@ -7,17 +7,21 @@
 //! [`merge`] computes the view a stack of such layers must produce (the OCI layer rules).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::OsStr;
+use std::ffi::{CStr, OsStr};
 use std::fmt::Write as _;
-use std::io::Read;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::OnceLock;
 
 use crate::scenario::{Kind, NodeExpect, TreeExpect};
 use unionfs::sys;
 
 /// File content kept literally up to this size; larger files are compared by digest.
 const KEEP_BYTES: u64 = 64 * 1024;
+
+/// The unit of the content digest: a block wholly inside a hole is not read.
+const BLOCK: usize = 64 * 1024;
 
 /// One captured node.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
@@ -42,20 +46,67 @@ pub struct Node {
     pub mtime_nsec: i64,
     /// ctime seconds (lowers must not change, not even their ctime).
     pub ctime: i64,
+    /// ctime nanoseconds.
+    pub ctime_nsec: i64,
     /// Allocated bytes (st_blocks * 512).
     pub alloc: u64,
     /// Symlink target.
     pub target: Option<String>,
     /// File content when small.
+    #[serde(serialize_with = "ser_data")]
     pub data: Option<Vec<u8>>,
-    /// FNV-1a digest of the whole content of a file.
+    /// Digest of the whole content of a file ([`digest_bytes`]).
     pub digest: u64,
     /// Device numbers.
     pub rdev: [u32; 2],
-    /// Extended attributes (values as lossy text).
-    pub xattrs: BTreeMap<String, String>,
+    /// Extended attributes, values exactly as read (shown as [`xattr_text`]).
+    #[serde(serialize_with = "ser_xattrs")]
+    pub xattrs: BTreeMap<String, Vec<u8>>,
     /// Layer trees only: the directory is opaque.
     pub opaque: bool,
+}
+
+fn ser_data<S: serde::Serializer>(d: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_some(&xattr_text(d)),
+        None => s.serialize_none(),
+    }
+}
+
+fn ser_xattrs<S: serde::Serializer>(
+    x: &BTreeMap<String, Vec<u8>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_map(x.iter().map(|(k, v)| (k, xattr_text(v))))
+}
+
+/// A value for people to read: the text when it is UTF-8, else `0x` and its bytes in hex.
+pub fn xattr_text(v: &[u8]) -> String {
+    match std::str::from_utf8(v) {
+        Ok(t) => t.to_string(),
+        Err(_) => v.iter().fold("0x".to_string(), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        }),
+    }
+}
+
+fn show_xattrs(x: &BTreeMap<String, Vec<u8>>) -> String {
+    let m: BTreeMap<&String, String> = x.iter().map(|(k, v)| (k, xattr_text(v))).collect();
+    format!("{m:?}")
+}
+
+/// A name as a tree path component: itself when it is UTF-8, each byte that is not as `\xNN`
+/// (names are bytes; a path key must still find the entry it came from in messages).
+pub fn name_text(name: &[u8]) -> String {
+    let mut out = String::new();
+    for chunk in name.utf8_chunks() {
+        out.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            let _ = write!(out, "\\x{b:02x}");
+        }
+    }
+    out
 }
 
 /// A captured tree: paths (`.` is the root) to nodes, plus whiteouts for layer trees.
@@ -76,19 +127,112 @@ pub enum ReadAs {
     View,
     /// A layer: whiteouts and opaque markers in any known format, internal entries dropped.
     Layer,
-    /// Everything as it is on disk, without reading file data (metadata, ctime included, is
-    /// enough to see a change).
+    /// Everything as it is on disk, ctime included (atimes are not captured: reading through a
+    /// union may legitimately move them).
     Raw,
 }
 
-fn fnv(h: &mut u64, bytes: &[u8]) {
-    for b in bytes {
-        *h ^= *b as u64;
-        *h = h.wrapping_mul(0x100_0000_01b3);
-    }
+fn mix(h: u64, w: u64) -> u64 {
+    (h ^ w).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29)
 }
 
-const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
+/// Digest of one block: word by word, which keeps debug builds fast on big files.
+fn block_digest(b: &[u8]) -> u64 {
+    let mut h = mix(0xcbf2_9ce4_8422_2325, b.len() as u64);
+    let mut words = b.chunks_exact(8);
+    for w in &mut words {
+        h = mix(
+            h,
+            u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]),
+        );
+    }
+    for x in words.remainder() {
+        h = mix(h, *x as u64);
+    }
+    h
+}
+
+/// The digest of a block of zeros, which is what a block inside a hole holds.
+fn zero_block_digest() -> u64 {
+    static ZERO: OnceLock<u64> = OnceLock::new();
+    *ZERO.get_or_init(|| block_digest(&[0u8; BLOCK]))
+}
+
+/// The digest of a content: a function of the bytes and their length only, so a sparse file
+/// and a dense one with the same bytes agree (a file's holes are skipped, not read).
+pub fn digest_bytes(data: &[u8]) -> u64 {
+    let mut h = mix(0x100_0000_01b3, data.len() as u64);
+    for (i, b) in data.chunks(BLOCK).enumerate() {
+        h = mix(mix(h, i as u64), block_digest(b));
+    }
+    h
+}
+
+/// Digest (as [`digest_bytes`]) and, up to [`KEEP_BYTES`], the content of the open file `fd`
+/// of `len` bytes. Blocks wholly inside a hole are not read.
+fn file_digest(
+    fd: BorrowedFd<'_>,
+    len: u64,
+    path: &Path,
+) -> Result<(u64, Option<Vec<u8>>), String> {
+    let err = |e: sys::Errno| format!("read {}: {}", path.display(), e.desc());
+    // The data extents; a filesystem that cannot say has one extent, the whole file.
+    let mut extents = Vec::new();
+    let mut pos = 0i64;
+    while (pos as u64) < len {
+        let data = match sys::lseek(fd, pos, libc::SEEK_DATA) {
+            Ok(d) => d,
+            Err(sys::Errno::ENXIO) => break,
+            Err(_) => {
+                extents = vec![(pos, len as i64)];
+                break;
+            }
+        };
+        let hole = sys::lseek(fd, data, libc::SEEK_HOLE).unwrap_or(len as i64);
+        extents.push((data, hole));
+        pos = hole.max(data + 1);
+    }
+    let mut h = mix(0x100_0000_01b3, len);
+    let mut buf = vec![0u8; BLOCK];
+    let mut keep = (len <= KEEP_BYTES).then(Vec::new);
+    let mut off = 0u64;
+    let mut i = 0u64;
+    while off < len {
+        let n = (len - off).min(BLOCK as u64) as usize;
+        let (a, b) = (off as i64, (off + n as u64) as i64);
+        let in_hole = !extents.iter().any(|&(x, y)| x < b && a < y);
+        let d = if in_hole && n == BLOCK && keep.is_none() {
+            zero_block_digest()
+        } else {
+            let mut got = 0;
+            while got < n {
+                match sys::pread(fd, &mut buf[got..n], off + got as u64).map_err(err)? {
+                    0 => break,
+                    r => got += r,
+                }
+            }
+            if let Some(k) = keep.as_mut() {
+                k.extend_from_slice(&buf[..got]);
+            }
+            block_digest(&buf[..got])
+        };
+        h = mix(mix(h, i), d);
+        off += n as u64;
+        i += 1;
+    }
+    Ok((h, keep))
+}
+
+/// Opens `name` in `dir` read-only without moving its atime: tests tell by a lower's atime
+/// whether the union read its data (O_NOATIME needs ownership or CAP_FOWNER; without either
+/// the file is read as anyone would).
+fn open_noatime(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> sys::SysResult<OwnedFd> {
+    let flags = flags | libc::O_CLOEXEC;
+    match sys::openat(dir, name, flags | libc::O_NOATIME, 0) {
+        Err(sys::Errno::EPERM) => sys::openat(dir, name, flags, 0),
+        r => r,
+    }
+}
 
 /// Joins a tree path and a name.
 pub fn join(dir: &str, name: &str) -> String {
@@ -108,7 +252,7 @@ pub fn split(path: &str) -> (&str, &str) {
 }
 
 /// Reads the xattrs of `path` (not following symlinks).
-pub fn xattrs(path: &Path) -> Result<BTreeMap<String, String>, String> {
+pub fn xattrs(path: &Path) -> Result<BTreeMap<String, Vec<u8>>, String> {
     let (dir, name) = at(path)?;
     let at = match &name {
         Some(n) => sys::At::new(sys::fd(&dir), n),
@@ -117,7 +261,7 @@ pub fn xattrs(path: &Path) -> Result<BTreeMap<String, String>, String> {
     xattrs_at(at, path)
 }
 
-fn xattrs_at(at: sys::At<'_>, path: &Path) -> Result<BTreeMap<String, String>, String> {
+fn xattrs_at(at: sys::At<'_>, path: &Path) -> Result<BTreeMap<String, Vec<u8>>, String> {
     // Ask the sizes first: most nodes have no xattrs, and big zeroed buffers per node make
     // capturing a 10,000-entry tree slow.
     let size = match sys::listxattr(at, &mut []) {
@@ -141,10 +285,8 @@ fn xattrs_at(at: sys::At<'_>, path: &Path) -> Result<BTreeMap<String, String>, S
         let mut val = vec![0u8; want + 1024];
         match sys::getxattr(at, &cname, &mut val) {
             Ok(len) => {
-                out.insert(
-                    String::from_utf8_lossy(xname).into_owned(),
-                    String::from_utf8_lossy(&val[..len]).into_owned(),
-                );
+                val.truncate(len);
+                out.insert(String::from_utf8_lossy(xname).into_owned(), val);
             }
             // Listed but not readable (e.g. removed meanwhile): not part of the state.
             Err(sys::Errno::ENODATA) => {}
@@ -172,6 +314,12 @@ pub fn at_errno(
 ) -> Result<(std::os::fd::OwnedFd, Option<std::ffi::CString>), sys::Errno> {
     match (path.parent(), path.file_name()) {
         (Some(p), Some(n)) => {
+            // A bare name is relative to the working directory.
+            let p = if p.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                p
+            };
             let fd = sys::open_path(p, libc::O_PATH | libc::O_DIRECTORY)?;
             Ok((fd, Some(sys::cstr(n)?)))
         }
@@ -191,21 +339,21 @@ fn internal_xattr(name: &str) -> bool {
         || name.starts_with("trusted.fuseoverlayfs.")
 }
 
-fn is_opaque_xattrs(x: &BTreeMap<String, String>) -> bool {
+fn is_opaque_xattrs(x: &BTreeMap<String, Vec<u8>>) -> bool {
     [
         "trusted.overlay.opaque",
         "user.overlay.opaque",
         "user.fuseoverlayfs.opaque",
     ]
     .iter()
-    .any(|k| x.get(*k).map(|v| v == "y").unwrap_or(false))
+    .any(|k| x.get(*k).is_some_and(|v| v == b"y"))
 }
 
 /// Captures one node at `path` (lstat, content, target, xattrs).
 pub fn node(path: &Path) -> Result<Node, String> {
     let (dir, name) = at(path)?;
     match name {
-        Some(n) => node_at(sys::fd(&dir), &n, path, true),
+        Some(n) => node_at(sys::fd(&dir), &n, path),
         None => {
             // A root: name it through its parent so the same code applies.
             let parent = path.join("..");
@@ -213,18 +361,13 @@ pub fn node(path: &Path) -> Result<Node, String> {
                 .map_err(|e| format!("open {}: {}", parent.display(), e.desc()))?;
             let me = sys::cstr(path.file_name().unwrap_or(OsStr::new(".")))
                 .map_err(|e| e.desc().to_string())?;
-            node_at(sys::fd(&pfd), &me, path, true)
+            node_at(sys::fd(&pfd), &me, path)
         }
     }
 }
 
-/// Captures `name` in the directory `dir` (`path` is for messages); `content`: read file data.
-fn node_at(
-    dir: std::os::fd::BorrowedFd<'_>,
-    name: &std::ffi::CStr,
-    path: &Path,
-    content: bool,
-) -> Result<Node, String> {
+/// Captures `name` in the directory `dir`, file data included (`path` is for messages).
+fn node_at(dir: BorrowedFd<'_>, name: &CStr, path: &Path) -> Result<Node, String> {
     let st =
         sys::fstatat(dir, name).map_err(|e| format!("lstat {}: {}", path.display(), e.desc()))?;
     let kind = match st.st_mode & libc::S_IFMT {
@@ -247,9 +390,10 @@ fn node_at(
         mtime: st.st_mtime as i64,
         mtime_nsec: st.st_mtime_nsec as i64,
         ctime: st.st_ctime as i64,
+        ctime_nsec: st.st_ctime_nsec as i64,
         alloc: st.st_blocks as u64 * 512,
         rdev: [libc::major(st.st_rdev), libc::minor(st.st_rdev)],
-        digest: FNV_START,
+        digest: digest_bytes(b""),
         ..Node::default()
     };
     match kind {
@@ -258,29 +402,10 @@ fn node_at(
                 .map_err(|e| format!("readlink {}: {}", path.display(), e.desc()))?;
             n.target = Some(String::from_utf8_lossy(&t).into_owned());
         }
-        Kind::File if content => {
-            let fd = sys::openat(dir, name, libc::O_RDONLY | libc::O_NOFOLLOW, 0)
+        Kind::File => {
+            let fd = open_noatime(dir, name, libc::O_RDONLY | libc::O_NOFOLLOW)
                 .map_err(|e| format!("open {}: {}", path.display(), e.desc()))?;
-            let mut f = std::fs::File::from(fd);
-            let mut buf = vec![0u8; (n.size as usize + 1).clamp(4096, 1 << 20)];
-            let mut keep = Vec::new();
-            let mut total = 0u64;
-            loop {
-                let r = f
-                    .read(&mut buf)
-                    .map_err(|e| format!("read {}: {e}", path.display()))?;
-                if r == 0 {
-                    break;
-                }
-                fnv(&mut n.digest, &buf[..r]);
-                if total < KEEP_BYTES {
-                    keep.extend_from_slice(&buf[..r]);
-                }
-                total += r as u64;
-            }
-            if total <= KEEP_BYTES {
-                n.data = Some(keep);
-            }
+            (n.digest, n.data) = file_digest(sys::fd(&fd), n.size, path)?;
         }
         _ => {}
     }
@@ -288,18 +413,19 @@ fn node_at(
     Ok(n)
 }
 
-/// Captures the tree under `root` (which must be a directory).
+/// Captures the tree under `root` (which must be a directory; a symlink to one is followed,
+/// as layer paths may be). Any depth: paths longer than PATH_MAX are walked one directory
+/// fd at a time, and no file's atime moves.
 pub fn capture(root: &Path, how: ReadAs) -> Result<Tree, String> {
+    let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    let root = root.as_path();
     let mut t = Tree::default();
     let mut rootnode = node(root)?;
     if how == ReadAs::Layer {
         normalize(&mut rootnode);
-        if root.join(".wh..wh..opq").exists() {
-            rootnode.opaque = true;
-        }
     }
     t.nodes.insert(".".into(), rootnode);
-    walk(root, ".", how, &mut t)?;
+    walk(root, how, &mut t)?;
     Ok(t)
 }
 
@@ -310,45 +436,95 @@ fn normalize(n: &mut Node) {
     n.xattrs.retain(|k, _| !internal_xattr(k));
 }
 
-fn walk(root: &Path, dir: &str, how: ReadAs, t: &mut Tree) -> Result<(), String> {
-    let real = if dir == "." {
-        root.to_path_buf()
-    } else {
-        root.join(dir)
+/// One directory of the walk: its tree path, the names still to visit and its identity.
+struct Level {
+    rel: String,
+    names: Vec<Vec<u8>>,
+    id: (u64, u64),
+}
+
+fn dir_level(fd: BorrowedFd<'_>, rel: String, real: &Path) -> Result<Level, String> {
+    let err = |what: &str, e: sys::Errno| format!("{what} {}: {}", real.display(), e.desc());
+    let st = sys::fstat(fd).map_err(|e| err("stat", e))?;
+    let mut names: Vec<Vec<u8>> = sys::read_dir(fd)
+        .map_err(|e| err("readdir", e))?
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    // Visited by popping: sorted backwards, visited in order.
+    names.sort_unstable_by(|a, b| b.cmp(a));
+    Ok(Level {
+        rel,
+        names,
+        id: (st.st_dev, st.st_ino),
+    })
+}
+
+fn walk(root: &Path, how: ReadAs, t: &mut Tree) -> Result<(), String> {
+    let real = |rel: &str| {
+        if rel == "." {
+            root.to_path_buf()
+        } else {
+            root.join(rel)
+        }
     };
-    let rd = std::fs::read_dir(&real).map_err(|e| format!("readdir {}: {e}", real.display()))?;
-    let mut names = Vec::new();
-    for e in rd {
-        let e = e.map_err(|e| format!("readdir {}: {e}", real.display()))?;
-        names.push(e.file_name().to_string_lossy().into_owned());
-    }
-    names.sort();
-    let dfd = sys::open_path(&real, libc::O_PATH | libc::O_DIRECTORY)
-        .map_err(|e| format!("open {}: {}", real.display(), e.desc()))?;
-    for name in names {
-        let p = join(dir, &name);
-        let full = real.join(&name);
-        let cname = sys::cstr(OsStr::new(&name)).map_err(|e| e.desc().to_string())?;
+    let open_dir = |dir: BorrowedFd<'_>, name: &CStr, rel: &str| {
+        sys::openat(
+            dir,
+            name,
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            0,
+        )
+        .map_err(|e| format!("open {}: {}", real(rel).display(), e.desc()))
+    };
+    let mut cur = sys::open_path(root, libc::O_PATH | libc::O_DIRECTORY)
+        .map_err(|e| format!("open {}: {}", root.display(), e.desc()))?;
+    let mut stack = vec![dir_level(sys::fd(&cur), ".".into(), root)?];
+    // Only the directory being read is held open: a tree thousands of levels deep would need
+    // as many fds otherwise. Going back up is `..`, checked to be the directory we came from.
+    while let Some(top) = stack.last_mut() {
+        let Some(name) = top.names.pop() else {
+            let done = stack.pop().map(|l| l.rel).unwrap_or_default();
+            if let Some(parent) = stack.last() {
+                let up = open_dir(sys::fd(&cur), c"..", &parent.rel)?;
+                let st = sys::fstat(sys::fd(&up))
+                    .map_err(|e| format!("stat {}: {}", real(&parent.rel).display(), e.desc()))?;
+                if (st.st_dev, st.st_ino) != parent.id {
+                    return Err(format!(
+                        "{} moved while its tree was captured (from below {})",
+                        real(&done).display(),
+                        real(&parent.rel).display()
+                    ));
+                }
+                cur = up;
+            }
+            continue;
+        };
+        let dir = top.rel.clone();
+        let text = name_text(&name);
+        let p = join(&dir, &text);
+        let full = real(&p);
+        let cname = sys::cstr(OsStr::from_bytes(&name)).map_err(|e| e.desc().to_string())?;
         if how == ReadAs::Layer {
-            if name == ".wh..wh..opq" {
-                if let Some(n) = t.nodes.get_mut(dir) {
+            if name == b".wh..wh..opq" {
+                if let Some(n) = t.nodes.get_mut(&dir) {
                     n.opaque = true;
                 }
                 continue;
             }
-            if name.starts_with(".wh..wh.") {
+            if name.starts_with(b".wh..wh.") {
                 continue;
             }
-            if let Some(hidden) = name.strip_prefix(".wh.") {
-                t.whiteouts.insert(join(dir, hidden));
+            if let Some(hidden) = name.strip_prefix(b".wh.") {
+                t.whiteouts.insert(join(&dir, &name_text(hidden)));
                 continue;
             }
         }
-        if sys::fstatat(sys::fd(&dfd), &cname).err() == Some(sys::Errno::ENOENT) {
+        if sys::fstatat(sys::fd(&cur), &cname).err() == Some(sys::Errno::ENOENT) {
             t.ghosts.insert(p);
             continue;
         }
-        let mut n = node_at(sys::fd(&dfd), &cname, &full, how != ReadAs::Raw)?;
+        let mut n = node_at(sys::fd(&cur), &cname, &full)?;
         if how == ReadAs::Layer {
             if n.kind == Kind::Chardev && n.rdev == [0, 0] {
                 t.whiteouts.insert(p);
@@ -359,7 +535,9 @@ fn walk(root: &Path, dir: &str, how: ReadAs, t: &mut Tree) -> Result<(), String>
         let is_dir = n.kind == Kind::Dir;
         t.nodes.insert(p.clone(), n);
         if is_dir {
-            walk(root, &p, how, t)?;
+            let child = open_dir(sys::fd(&cur), &cname, &p)?;
+            stack.push(dir_level(sys::fd(&child), p, &full)?);
+            cur = child;
         }
     }
     Ok(())
@@ -615,12 +793,7 @@ pub fn diff(a: &Tree, b: &Tree, f: Fields) -> Vec<Difference> {
             d(p, "rdev", format!("{:?}", x.rdev), format!("{:?}", y.rdev));
         }
         if x.xattrs != y.xattrs {
-            d(
-                p,
-                "xattrs",
-                format!("{:?}", x.xattrs),
-                format!("{:?}", y.xattrs),
-            );
+            d(p, "xattrs", show_xattrs(&x.xattrs), show_xattrs(&y.xattrs));
         }
         let nl = if dir { f.dir_nlink } else { f.nlink };
         if nl && x.nlink != y.nlink {
@@ -658,6 +831,55 @@ pub fn diff(a: &Tree, b: &Tree, f: Fields) -> Vec<Difference> {
     out
 }
 
+/// Every change between two captures of one directory, all fields compared (ctime and inode
+/// numbers included): one message per changed path, `label` first.
+pub fn changes(label: &str, a: &Tree, b: &Tree) -> Vec<String> {
+    let mut out = Vec::new();
+    let paths: BTreeSet<&String> = a.nodes.keys().chain(b.nodes.keys()).collect();
+    for p in paths {
+        match (a.nodes.get(p), b.nodes.get(p)) {
+            (Some(x), Some(y)) if x == y => {}
+            (Some(x), Some(y)) => {
+                let (vx, vy) = (
+                    serde_json::to_value(x).unwrap_or_default(),
+                    serde_json::to_value(y).unwrap_or_default(),
+                );
+                let fields: Vec<String> = match (vx.as_object(), vy.as_object()) {
+                    (Some(ox), Some(oy)) => ox
+                        .iter()
+                        .filter(|(k, v)| oy.get(*k) != Some(v))
+                        .map(|(k, v)| {
+                            format!("{k} {v} -> {}", oy.get(k).cloned().unwrap_or_default())
+                        })
+                        .collect(),
+                    _ => vec!["changed".into()],
+                };
+                out.push(format!("{label} {p} was modified: {}", fields.join(", ")));
+            }
+            (Some(_), None) => out.push(format!("{label} {p} was removed")),
+            (None, Some(_)) => out.push(format!("{label} {p} was created")),
+            (None, None) => {}
+        }
+    }
+    for w in a.whiteouts.difference(&b.whiteouts) {
+        out.push(format!("{label} whiteout {w} was removed"));
+    }
+    for w in b.whiteouts.difference(&a.whiteouts) {
+        out.push(format!("{label} whiteout {w} was created"));
+    }
+    for g in a.ghosts.symmetric_difference(&b.ghosts) {
+        out.push(format!(
+            "{label} {g}: listed but not found by lookup {}",
+            if b.ghosts.contains(g) {
+                "after"
+            } else {
+                "before"
+            }
+        ));
+    }
+    out
+}
+
 /// Checks one node against an expectation; returns one message per mismatch.
 pub fn check_node(
     label: &str,
@@ -678,9 +900,7 @@ pub fn check_node(
         }
     }
     if let Some(c) = &e.content {
-        let mut h = FNV_START;
-        fnv(&mut h, c.as_bytes());
-        if n.kind != Kind::File || h != n.digest {
+        if n.kind != Kind::File || digest_bytes(c.as_bytes()) != n.digest {
             bad("content", format!("{c:?}"), show_data(n));
         }
     }
@@ -730,8 +950,12 @@ pub fn check_node(
         }
     }
     if let Some(x) = &e.xattrs {
-        if *x != n.xattrs {
-            bad("xattrs", format!("{x:?}"), format!("{:?}", n.xattrs));
+        let want: BTreeMap<String, Vec<u8>> = x
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_bytes().to_vec()))
+            .collect();
+        if want != n.xattrs {
+            bad("xattrs", format!("{x:?}"), show_xattrs(&n.xattrs));
         }
     }
     if let Some(o) = e.opaque {
@@ -853,7 +1077,7 @@ pub fn render(t: &Tree) -> String {
             _ => {}
         }
         if !n.xattrs.is_empty() {
-            let _ = write!(s, " xattrs={:?}", n.xattrs);
+            let _ = write!(s, " xattrs={}", show_xattrs(&n.xattrs));
         }
         s.push('\n');
     }

@@ -127,14 +127,7 @@ fn file(data: &str) -> Node {
         ..Node::default()
     };
     n.data = Some(data.as_bytes().to_vec());
-    n.digest = {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in data.bytes() {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x100_0000_01b3);
-        }
-        h
-    };
+    n.digest = view::digest_bytes(data.as_bytes());
     n
 }
 

@@ -21,6 +21,19 @@ pub fn can_run(imp: &str) -> bool {
     }
 }
 
+/// True when this process is root (building layers with owners, devices and trusted xattrs
+/// needs it); with UNIONFS_REQUIRE_FUSE=1 not being root is a failure, not a skip.
+pub fn is_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var("UNIONFS_REQUIRE_FUSE").as_deref() == Ok("1") {
+        panic!("UNIONFS_REQUIRE_FUSE=1 but the test does not run as root");
+    }
+    eprintln!("skipping: needs root");
+    false
+}
+
 /// The scenario corpus, sorted.
 pub fn corpus() -> Vec<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios");
