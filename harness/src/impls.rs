@@ -404,32 +404,14 @@ impl Union for UnionFsCli {
     }
     fn mount(&mut self, ws: &Workspace) -> Result<(), String> {
         let bin = mount_binary().ok_or("the unionfs-mount binary was not found")?;
-        let lowers: Vec<String> = ws.lowers.iter().map(|p| escape_layer_path(p)).collect();
         let pidfile = ws.root.join("daemon.pid");
         let mut cmd = Command::new(&bin);
-        cmd.arg(lowers.join(":"));
+        cmd.arg(lower_list(&ws.lowers));
         if let Some(u) = &ws.upper {
             cmd.arg(u);
         }
-        let out = cmd
-            .arg(&ws.mnt)
-            .arg("--pid-file")
-            .arg(&pidfile)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("running {}: {e}", bin.display()))?;
-        if !out.status.success() {
-            return Err(format!(
-                "{} failed ({}): {}",
-                bin.display(),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        let pid = std::fs::read_to_string(&pidfile)
-            .ok()
-            .and_then(|s| s.trim().parse().ok());
-        self.pid = pid;
+        cmd.arg(&ws.mnt).arg("--pid-file").arg(&pidfile);
+        self.pid = Some(start_daemon(&mut cmd, &pidfile)?);
         self.mnt = ws.mnt.clone();
         Ok(())
     }
@@ -481,6 +463,50 @@ pub fn escape_layer_path(p: &Path) -> String {
         .replace(':', "\\:")
 }
 
+/// The lower layers, topmost first, as one `L1:L2` list (unionfs-mount's first argument, the
+/// value of `lowerdir=`).
+pub fn lower_list(lowers: &[PathBuf]) -> String {
+    let items: Vec<String> = lowers.iter().map(|p| escape_layer_path(p)).collect();
+    items.join(":")
+}
+
+/// The mount options that name the layers: `lowerdir=L1:L2` and, with an upper,
+/// `,upperdir=U,workdir=W` (kernel overlayfs, fuse-overlayfs and unionfs-mount's `-o` form).
+pub fn layer_options(lowers: &[PathBuf], upper: Option<&Path>, work: &Path) -> String {
+    let mut o = format!("lowerdir={}", lower_list(lowers));
+    if let Some(u) = upper {
+        o.push_str(&format!(
+            ",upperdir={},workdir={}",
+            escape_layer_path(u),
+            escape_layer_path(work)
+        ));
+    }
+    o
+}
+
+/// Runs `cmd`, a `unionfs-mount ... --pid-file PIDFILE` command line, which returns once the
+/// mount is live and leaves the daemon serving it; returns the daemon's pid. The caller may
+/// send stdout and stderr elsewhere; what is left piped goes into the error.
+pub fn start_daemon(cmd: &mut Command, pidfile: &Path) -> Result<i32, String> {
+    let _ = std::fs::remove_file(pidfile);
+    let prog = cmd.get_program().to_string_lossy().into_owned();
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("running {prog}: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(match err.trim() {
+            "" => format!("{prog} failed ({})", out.status),
+            e => format!("{prog} failed ({}): {e}", out.status),
+        });
+    }
+    std::fs::read_to_string(pidfile)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| format!("{prog} exited 0 but wrote no pid to {}", pidfile.display()))
+}
+
 impl Union for Kernel {
     fn name(&self) -> &'static str {
         "kernel"
@@ -489,37 +515,29 @@ impl Union for Kernel {
         Format::Kernel
     }
     fn mount(&mut self, ws: &Workspace) -> Result<(), String> {
-        let mut lowers: Vec<String> = ws.lowers.iter().map(|p| escape_layer_path(p)).collect();
+        let mut lowers = ws.lowers.clone();
         // The kernel wants two lowers when there is no upper; an empty one changes nothing.
         if ws.upper.is_none() && lowers.len() == 1 {
             let extra = ws.root.join("empty-lower");
             std::fs::create_dir_all(&extra).map_err(|e| format!("mkdir: {e}"))?;
-            lowers.push(escape_layer_path(&extra));
+            lowers.push(extra);
         }
         // Fixed feature set: the defaults differ between kernel builds. No redirect_dir, so a
         // lower directory cannot be renamed (EXDEV): the behaviour scenarios document. The
         // index keeps lower hard links linked across copy-up (POSIX, and our contract); it
         // needs an upper.
-        let mut data = format!(
-            "lowerdir={},redirect_dir=off,metacopy=off,xino=off",
-            lowers.join(":")
-        );
+        let mut data = layer_options(&lowers, ws.upper.as_deref(), &ws.work);
+        data.push_str(",redirect_dir=off,metacopy=off,xino=off");
         data.push_str(if ws.upper.is_some() {
             ",index=on"
         } else {
             ",index=off"
         });
-        let mut flags = 0;
-        match &ws.upper {
-            Some(u) => {
-                data.push_str(&format!(
-                    ",upperdir={},workdir={}",
-                    escape_layer_path(u),
-                    escape_layer_path(&ws.work)
-                ));
-            }
-            None => flags |= libc::MS_RDONLY,
-        }
+        let flags = if ws.upper.is_some() {
+            0
+        } else {
+            libc::MS_RDONLY
+        };
         let c = |s: &str| std::ffi::CString::new(s).map_err(|_| "NUL in a path".to_string());
         let mut tries = 0;
         let r = loop {
@@ -579,15 +597,7 @@ impl Union for FuseOverlayfs {
         Format::Kernel
     }
     fn mount(&mut self, ws: &Workspace) -> Result<(), String> {
-        let lowers: Vec<String> = ws.lowers.iter().map(|p| escape_layer_path(p)).collect();
-        let mut opts = format!("lowerdir={}", lowers.join(":"));
-        if let Some(u) = &ws.upper {
-            opts.push_str(&format!(
-                ",upperdir={},workdir={}",
-                escape_layer_path(u),
-                escape_layer_path(&ws.work)
-            ));
-        }
+        let opts = layer_options(&ws.lowers, ws.upper.as_deref(), &ws.work);
         let child = Command::new("fuse-overlayfs")
             .arg("-f")
             .arg("-o")
