@@ -98,12 +98,9 @@ fn is_mounted(p: &Path) -> bool {
         .any(|l| l.split(' ').nth(4) == Some(canon.to_str().unwrap()))
 }
 
+/// Whether `pid` runs (a zombie counts as gone: it has exited).
 fn alive(pid: i32) -> bool {
-    // A zombie counts as gone: it has exited.
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s.split(") ").nth(1).is_some_and(|r| r.starts_with('Z')),
-        Err(_) => false,
-    }
+    unionfs_harness::impls::alive(pid)
 }
 
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
