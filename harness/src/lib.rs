@@ -10,7 +10,11 @@
 //! and launcher binaries do not link it (nor serde and toml). Besides `unionfs-harness` it
 //! holds `unionfs-docs`, which needs the command definitions of every tool (this crate's
 //! too), and [`support`], helpers the integration tests of both packages share; the root
-//! package's tests build their layers and compare trees with [`build`] and [`view`].
+//! package's tests build their layers with [`entries`] and [`build`] and compare trees with
+//! [`view`].
+
+// Every system call goes through unionfs::sys, where the crate's `unsafe` is reviewed.
+#![forbid(unsafe_code)]
 
 pub mod build;
 pub mod cli;
