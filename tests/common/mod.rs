@@ -318,10 +318,9 @@ pub(crate) fn visible_upper(mut s: Snapshot) -> Snapshot {
     let kernel_user = is_kernel();
     for n in s.nodes.values_mut() {
         // Implementations may tag upper dirs with internal xattrs while reading them (the kernel's
-        // "impure" marker on readdir); that moves only the directory's ctime (and the blocks an
-        // xattr may take).
+        // "impure" marker on readdir); that moves only the directory's ctime.
         if n.kind == Kind::Dir {
-            (n.ctime, n.ctime_nsec, n.alloc) = (0, 0, 0);
+            (n.ctime, n.ctime_nsec) = (0, 0);
         }
         // The kernel in `userxattr` mode keeps its state (e.g. a uuid) in user.overlay.*.
         n.xattrs.retain(|k, _| {
