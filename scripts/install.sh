@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs unionfs-mount and unionfs-run into PREFIX/bin (default /usr/local) with their man
-# pages and bash/zsh completions, plus the names
+# Installs unionfs-mount, unionfs-run, unionfs-layer and (from the harness crate in harness/)
+# unionfs-harness into PREFIX/bin (default /usr/local) with their man pages and bash/zsh
+# completions, plus the names
 # mount(8) looks for, so that `mount -t fuse.unionfs` and /etc/fstab entries work:
 #   PREFIX/bin/unionfs          -> unionfs-mount  (what mount.fuse3 runs for type fuse.unionfs)
 #   /sbin/mount.fuse.unionfs    -> unionfs-mount  (what mount(8) runs directly, with --mount-helper)
@@ -18,7 +19,8 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-cargo build --release --bins
+# Every package: unionfs-harness and unionfs-docs are the harness crate's.
+cargo build --release --workspace --bins
 install -d "$prefix/bin"
 install -m 0755 target/release/unionfs-mount target/release/unionfs-run target/release/unionfs-layer \
   target/release/unionfs-harness "$prefix/bin/"

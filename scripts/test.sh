@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# The project's test command (what CI runs): formatting, lints, then every test with real
-# FUSE mounts. Set UNIONFS_REQUIRE_FUSE=1 to make tests that cannot mount fail instead of skip.
+# The project's test command (what CI runs): formatting, lints, then every test of the workspace
+# (the unionfs package and the harness crate in harness/) with real FUSE mounts. Set
+# UNIONFS_REQUIRE_FUSE=1 to make tests that cannot mount fail instead of skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
-cargo clippy --all-targets -- -D warnings
-cargo build --bins
-cargo test --all-targets -- --test-threads="${UNIONFS_TEST_THREADS:-4}"
+cargo clippy --workspace --all-targets -- -D warnings
+# The harness's `unionfs-cli` runs find unionfs-mount next to the test binaries.
+cargo build --workspace --bins
+cargo test --workspace --all-targets -- --test-threads="${UNIONFS_TEST_THREADS:-4}"
 # When the kernel serves FUSE over io_uring, unionfs takes every request but FORGET from the
 # ring, so the run above tested that transport: run the filesystem tests again with requests
 # read from /dev/fuse (the switch only affects new mounts; it is restored afterwards).
@@ -15,6 +17,7 @@ if [ -w "$switch" ] && [ "$(cat "$switch")" = Y ]; then
   echo 0 > "$switch"
   trap 'echo 1 > "$switch"' EXIT
   echo "== again over /dev/fuse (fuse.enable_uring=0)"
-  cargo test --test 'scenarios_*' --test harness_corpus --test metacopy --test hostile_layers \
+  cargo test -p unionfs --test 'scenarios_*' --test metacopy --test hostile_layers \
     --test cli --test faults_space --test faults_io -- --test-threads="${UNIONFS_TEST_THREADS:-4}"
+  cargo test -p unionfs-harness --test corpus -- --test-threads="${UNIONFS_TEST_THREADS:-4}"
 fi

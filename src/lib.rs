@@ -13,7 +13,6 @@
 pub mod daemon;
 pub mod error;
 pub mod fs;
-pub mod harness;
 pub mod launch;
 pub mod layer;
 pub mod mount;

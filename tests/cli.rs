@@ -98,12 +98,9 @@ fn is_mounted(p: &Path) -> bool {
         .any(|l| l.split(' ').nth(4) == Some(canon.to_str().unwrap()))
 }
 
+/// Whether `pid` runs (a zombie counts as gone: it has exited).
 fn alive(pid: i32) -> bool {
-    // A zombie counts as gone: it has exited.
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s.split(") ").nth(1).is_some_and(|r| r.starts_with('Z')),
-        Err(_) => false,
-    }
+    unionfs_harness::impls::alive(pid)
 }
 
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
@@ -852,56 +849,24 @@ fn io_uring_transport_serves_requests_when_the_kernel_offers_it() {
     }
 }
 
-/// Every tool of the project, by binary name.
-const TOOLS: [(&str, &str); 5] = [
+/// The product's tools, by binary name (unionfs-docs and unionfs-harness are the harness
+/// crate's, checked by its own tests).
+const TOOLS: [(&str, &str); 3] = [
     ("unionfs-mount", env!("CARGO_BIN_EXE_unionfs-mount")),
     ("unionfs-run", env!("CARGO_BIN_EXE_unionfs-run")),
     ("unionfs-layer", env!("CARGO_BIN_EXE_unionfs-layer")),
-    ("unionfs-docs", env!("CARGO_BIN_EXE_unionfs-docs")),
-    ("unionfs-harness", env!("CARGO_BIN_EXE_unionfs-harness")),
 ];
 
 #[test]
 fn every_tool_answers_help_and_version_and_writes_nothing() {
     let fx = Fixture::new("help");
-    // Temp files would land here, not in the shared /tmp where they could go unnoticed.
-    let tmp = fx.dir("tmp");
     for (name, path) in TOOLS {
-        for flag in ["--help", "-h", "--version"] {
-            let cwd = fx.dir(&format!("cwd-{name}{flag}"));
-            let o = Command::new(path)
-                .arg(flag)
-                .current_dir(&cwd)
-                .env("TMPDIR", &tmp)
-                .output()
-                .unwrap();
-            let out = String::from_utf8_lossy(&o.stdout);
-            assert!(o.status.success(), "{name} {flag}: {}", stderr(&o));
-            if flag == "--version" {
-                let want = format!("{name} {}", env!("CARGO_PKG_VERSION"));
-                assert!(out.starts_with(&want), "{name} {flag}: {out}");
-            } else {
-                assert!(out.contains("Usage:"), "{name} {flag}: {out}");
-            }
-            for d in [&cwd, &tmp] {
-                let left = names_but(d, "");
-                assert!(left.is_empty(), "{name} {flag} wrote {left:?} into {d:?}");
-            }
-        }
-    }
-    // Without OUTDIR, or with an unknown flag, unionfs-docs says how to call it and writes
-    // nothing either.
-    let cwd = fx.dir("cwd-docs-bad");
-    for args in [&[][..], &["--no-such-flag"][..]] {
-        let o = Command::new(env!("CARGO_BIN_EXE_unionfs-docs"))
-            .args(args)
-            .current_dir(&cwd)
-            .output()
-            .unwrap();
-        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
-        assert!(stderr(&o).contains("Usage:"), "{args:?}: {}", stderr(&o));
-        let left = names_but(&cwd, "");
-        assert!(left.is_empty(), "unionfs-docs {args:?} wrote {left:?}");
+        unionfs_harness::support::assert_help_and_version(
+            name,
+            Path::new(path),
+            env!("CARGO_PKG_VERSION"),
+            &fx.dir(name),
+        );
     }
 }
 

@@ -553,7 +553,7 @@ fn lower_files_deleted_behind_the_daemons_back() {
     };
     // The kernel and the daemon know every entry, and a file is open.
     let names = view_snapshot(&u.mnt);
-    assert!(names.len() > 6);
+    assert!(names.nodes.len() > 6);
     let mut open = fs::File::open(u.m("f")).unwrap();
     // Gone from the lower, behind the daemon's back.
     let l = u.l(0, "");

@@ -99,7 +99,7 @@ fn remount_keeps_view(u: &mut Union) {
     // tmpfs upper reports another size once the kernel asks again.
     let view = |u: &Union| {
         let mut s = view_snapshot(&u.mnt);
-        for n in s.values_mut().filter(|n| n.kind == libc::S_IFDIR) {
+        for n in s.nodes.values_mut().filter(|n| n.kind == Kind::Dir) {
             n.size = 0;
         }
         s

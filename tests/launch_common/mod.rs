@@ -303,15 +303,7 @@ pub fn ns_of(pid: Pid, ns: &str) -> Option<PathBuf> {
 
 /// Whether `pid` is alive (and not a zombie).
 pub fn alive(pid: Pid) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z'),
-        Err(_) => false,
-    }
+    unionfs_harness::impls::alive(pid.as_raw())
 }
 
 /// Mount points on the host that a launcher run could have left (staging dirs, unions).

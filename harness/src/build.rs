@@ -10,9 +10,9 @@ use std::os::unix::fs::MetadataExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use crate::harness::scenario::{Entry, Kind, Layer};
-use crate::harness::view::{at, split};
-use crate::sys;
+use crate::scenario::{Entry, Kind, Layer};
+use crate::view::{at, split};
+use unionfs::sys;
 
 /// How deletions and opaque directories are written on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,14 +47,31 @@ pub fn set_xattr(path: &Path, name: &str, value: &[u8]) -> Result<(), String> {
 
 /// Sets the mtime (atime too, to the same value) of `path` without following symlinks.
 pub fn set_mtime(path: &Path, sec: i64, nsec: i64) -> Result<(), String> {
-    let (dir, n) = at(path)?;
-    let ts = libc::timespec {
-        tv_sec: sec as libc::time_t,
-        tv_nsec: nsec as _,
+    set_times(path, Some((sec, nsec)), Some((sec, nsec)))
+}
+
+/// Sets the atime and mtime, each `(seconds, nanoseconds)`, of `path` without following
+/// symlinks; `None` leaves that time as it is.
+pub fn set_times(
+    path: &Path,
+    atime: Option<(i64, i64)>,
+    mtime: Option<(i64, i64)>,
+) -> Result<(), String> {
+    let ts = |t: Option<(i64, i64)>| match t {
+        Some((sec, nsec)) => libc::timespec {
+            tv_sec: sec as libc::time_t,
+            tv_nsec: nsec as _,
+        },
+        None => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
     };
+    let times = [ts(atime), ts(mtime)];
+    let (dir, n) = at(path)?;
     match n {
-        Some(n) => ctx(sys::utimensat(sys::fd(&dir), &n, &[ts, ts]), "utimes", path),
-        None => ctx(sys::utimens_fd(sys::fd(&dir), &[ts, ts]), "utimes", path),
+        Some(n) => ctx(sys::utimensat(sys::fd(&dir), &n, &times), "utimes", path),
+        None => ctx(sys::utimens_fd(sys::fd(&dir), &times), "utimes", path),
     }
 }
 
@@ -85,7 +102,11 @@ pub fn build_layer(root: &Path, layer: &Layer, format: Format) -> Result<(), Str
         build_entry(root, e, format)?;
     }
     // Times last, deepest first: creating children changes a directory's mtime.
-    let mut timed: Vec<&Entry> = layer.entries.iter().filter(|e| e.mtime.is_some()).collect();
+    let mut timed: Vec<&Entry> = layer
+        .entries
+        .iter()
+        .filter(|e| e.mtime.is_some() || e.atime.is_some())
+        .collect();
     timed.sort_by_key(|e| std::cmp::Reverse(e.path.matches('/').count()));
     for e in timed {
         let p = if e.path == "." {
@@ -93,7 +114,9 @@ pub fn build_layer(root: &Path, layer: &Layer, format: Format) -> Result<(), Str
         } else {
             root.join(&e.path)
         };
-        set_mtime(&p, e.mtime.unwrap_or(0), e.mtime_nsec.unwrap_or(0))?;
+        let atime = e.atime.map(|s| (s, e.atime_nsec.unwrap_or(0)));
+        let mtime = e.mtime.map(|s| (s, e.mtime_nsec.unwrap_or(0)));
+        set_times(&p, atime, mtime)?;
     }
     Ok(())
 }
@@ -112,7 +135,7 @@ fn build_entry(root: &Path, e: &Entry, format: Format) -> Result<(), String> {
     match e.kind {
         Kind::File => {
             io(
-                std::fs::write(&p, e.content.as_deref().unwrap_or("")),
+                std::fs::write(&p, e.content.as_ref().map_or(&b""[..], |c| c.as_slice())),
                 "write",
                 &p,
             )?;
@@ -133,7 +156,7 @@ fn build_entry(root: &Path, e: &Entry, format: Format) -> Result<(), String> {
             for i in 0..e.count.unwrap_or(0) {
                 let f = p.join(format!("f{i}"));
                 io(
-                    std::fs::write(&f, e.content.as_deref().unwrap_or("")),
+                    std::fs::write(&f, e.content.as_ref().map_or(&b""[..], |c| c.as_slice())),
                     "write",
                     &f,
                 )?;
@@ -155,7 +178,7 @@ fn build_entry(root: &Path, e: &Entry, format: Format) -> Result<(), String> {
             match format {
                 Format::Oci => {
                     let (parent, name) = split(&e.path);
-                    if crate::layer::whiteout::has_file_form(name.as_bytes()) {
+                    if unionfs::layer::whiteout::has_file_form(name.as_bytes()) {
                         let w = root.join(parent).join(format!(".wh.{name}"));
                         io(std::fs::write(&w, ""), "write whiteout", &w)?;
                     } else {
@@ -186,9 +209,8 @@ fn build_entry(root: &Path, e: &Entry, format: Format) -> Result<(), String> {
             }
         }
     }
-    for (k, v) in &e.xattrs {
-        set_xattr(&p, k, v.as_bytes())?;
-    }
+    // Owner, then mode, then xattrs: a chown clears set-id bits and file capabilities
+    // (`security.capability`), so what the entry asks for must come after it.
     if e.uid.is_some() || e.gid.is_some() {
         io(std::os::unix::fs::lchown(&p, e.uid, e.gid), "chown", &p)?;
     }
@@ -199,6 +221,9 @@ fn build_entry(root: &Path, e: &Entry, format: Format) -> Result<(), String> {
             "chmod",
             &p,
         )?;
+    }
+    for (k, v) in &e.xattrs {
+        set_xattr(&p, k, v.as_slice())?;
     }
     Ok(())
 }
@@ -257,13 +282,13 @@ fn import(
             }
             mknod(&d, kind, [libc::major(rdev), libc::minor(rdev)])?;
         }
-        for (k, v) in crate::harness::view::xattrs(&s)? {
+        for (k, v) in crate::view::xattrs(&s)? {
             // Bookkeeping of whoever wrote the layer is not part of it (the opaque marker is).
             let internal = (k.starts_with("trusted.overlay.") && k != "trusted.overlay.opaque")
                 || k.contains(".unionfs.")
                 || k.contains(".fuseoverlayfs.");
             if !internal {
-                set_xattr(&d, &k, v.as_bytes())?;
+                set_xattr(&d, &k, &v)?;
             }
         }
         io(

@@ -3,12 +3,13 @@
 //! unionfs is mounted in-process through the library (fast: no daemon start), kernel overlayfs
 //! with mount(2), and fuse-overlayfs as a foreground child process that we stop ourselves.
 
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::build::Format;
-use crate::sys;
+use crate::build::Format;
+use unionfs::sys;
 
 /// The implementations the harness knows.
 pub const IMPLS: &[&str] = &[
@@ -212,17 +213,33 @@ impl Workspace {
         self.rotations += 1;
         let newl = self.root.join(format!("rotated{}", self.rotations));
         std::fs::rename(&u, &newl).map_err(|e| format!("rotate: {e}"))?;
-        // Our internal work dir is not part of the layer.
-        let internal = newl.join(".wh..wh.unionfs");
-        if internal.exists() {
-            remove_tree(&internal)?;
-        }
+        drop_internal_entries(&newl)?;
         std::fs::create_dir(&u).map_err(|e| format!("rotate: {e}"))?;
         remove_tree(&self.work)?;
         std::fs::create_dir(&self.work).map_err(|e| format!("rotate: {e}"))?;
         self.lowers.insert(0, newl);
         Ok(())
     }
+}
+
+/// Removes our internal `.wh..wh.*` entries (the default work dir and any other state; the
+/// opaque marker `.wh..wh..opq` stays) from the top of an upper that becomes a layer.
+pub fn drop_internal_entries(layer: &Path) -> Result<(), String> {
+    let rd = std::fs::read_dir(layer).map_err(|e| format!("readdir {}: {e}", layer.display()))?;
+    for e in rd {
+        let e = e.map_err(|e| format!("readdir {}: {e}", layer.display()))?;
+        let name = e.file_name();
+        let b = name.as_encoded_bytes();
+        if b.starts_with(b".wh..wh.") && b != b".wh..wh..opq" {
+            let p = e.path();
+            if p.is_dir() {
+                remove_tree(&p)?;
+            } else {
+                std::fs::remove_file(&p).map_err(|e| format!("rm {}: {e}", p.display()))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Removes a tree, refusing to descend into anything still mounted.
@@ -236,22 +253,65 @@ fn remove_tree(p: &Path) -> Result<(), String> {
     std::fs::remove_dir_all(p).map_err(|e| format!("cannot remove {}: {e}", p.display()))
 }
 
-fn mounted_under(p: &Path) -> bool {
+/// The mount points of this process's mount namespace, as paths.
+fn mount_points() -> Vec<PathBuf> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let prefix = p.to_string_lossy().into_owned();
-    info.lines().any(|l| {
-        l.split(' ')
-            .nth(4)
-            .map(|m| m == prefix || m.starts_with(&format!("{prefix}/")))
-            .unwrap_or(false)
-    })
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| PathBuf::from(std::ffi::OsString::from_vec(unescape_mountinfo(m))))
+        .collect()
+}
+
+/// A mountinfo field with its octal escapes (`\040` for a space, ...) undone.
+fn unescape_mountinfo(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (b[i], octal) {
+            (b'\\', Some(d)) => {
+                out.push(d.iter().fold(0u8, |v, c| v.wrapping_mul(8) + (c - b'0')));
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// `p` without symlinks, or as given when it cannot be resolved (a dead FUSE mount).
+fn resolved(p: &Path) -> PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+fn mounted_under(p: &Path) -> bool {
+    let p = resolved(p);
+    mount_points().iter().any(|m| m.starts_with(&p))
 }
 
 /// True when `p` is a mount point right now.
 pub fn is_mounted(p: &Path) -> bool {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let s = p.to_string_lossy();
-    info.lines().any(|l| l.split(' ').nth(4) == Some(&*s))
+    let p = resolved(p);
+    mount_points().contains(&p)
+}
+
+/// Waits until process `pid` has exited (a zombie counts: only its parent, maybe init, still
+/// has to reap it); false when it still runs after `timeout`.
+pub fn wait_gone(pid: i32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while alive(pid) {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
 }
 
 impl Drop for Workspace {
@@ -276,7 +336,7 @@ impl Drop for Workspace {
 /// unionfs through the library, served by threads of this process; `unionfs-metacopy` with
 /// `-o metacopy=on`, whose upper becomes a plain diff once `fill_stubs` has run.
 struct UnionFs {
-    guard: Option<crate::MountGuard>,
+    guard: Option<unionfs::MountGuard>,
     metacopy: bool,
 }
 
@@ -295,7 +355,7 @@ impl Union for UnionFs {
         // The upper, and earlier uppers rotated into the lowers, each over the layers below.
         let layers: Vec<PathBuf> = ws.upper.iter().chain(&ws.lowers).cloned().collect();
         for (i, l) in layers.iter().enumerate() {
-            crate::oci::fill_stubs(l, &layers[i + 1..])
+            unionfs::oci::fill_stubs(l, &layers[i + 1..])
                 .map_err(|e| format!("filling metadata-only copies in {}: {e}", l.display()))?;
         }
         Ok(())
@@ -304,7 +364,7 @@ impl Union for UnionFs {
         Format::Oci
     }
     fn mount(&mut self, ws: &Workspace) -> Result<(), String> {
-        let mut cfg = crate::MountConfig::new(ws.lowers.clone(), ws.upper.clone());
+        let mut cfg = unionfs::MountConfig::new(ws.lowers.clone(), ws.upper.clone());
         cfg.metacopy = self.metacopy;
         let g = cfg
             .mount(&ws.mnt)
@@ -322,7 +382,7 @@ impl Union for UnionFs {
 
 /// True while `pid` runs (a zombie has exited: only its parent, maybe init, still has to
 /// reap it).
-fn alive(pid: i32) -> bool {
+pub fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(s) => !s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')),
         Err(_) => false,
@@ -344,32 +404,14 @@ impl Union for UnionFsCli {
     }
     fn mount(&mut self, ws: &Workspace) -> Result<(), String> {
         let bin = mount_binary().ok_or("the unionfs-mount binary was not found")?;
-        let lowers: Vec<String> = ws.lowers.iter().map(|p| escape_colon(p)).collect();
         let pidfile = ws.root.join("daemon.pid");
         let mut cmd = Command::new(&bin);
-        cmd.arg(lowers.join(":"));
+        cmd.arg(lower_list(&ws.lowers));
         if let Some(u) = &ws.upper {
             cmd.arg(u);
         }
-        let out = cmd
-            .arg(&ws.mnt)
-            .arg("--pid-file")
-            .arg(&pidfile)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("running {}: {e}", bin.display()))?;
-        if !out.status.success() {
-            return Err(format!(
-                "{} failed ({}): {}",
-                bin.display(),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        let pid = std::fs::read_to_string(&pidfile)
-            .ok()
-            .and_then(|s| s.trim().parse().ok());
-        self.pid = pid;
+        cmd.arg(&ws.mnt).arg("--pid-file").arg(&pidfile);
+        self.pid = Some(start_daemon(&mut cmd, &pidfile)?);
         self.mnt = ws.mnt.clone();
         Ok(())
     }
@@ -390,14 +432,10 @@ impl Union for UnionFsCli {
             }
         }
         if let Some(pid) = self.pid.take() {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while alive(pid) {
-                if Instant::now() > deadline {
-                    return Err(format!(
-                        "the unionfs daemon (pid {pid}) did not exit after umount"
-                    ));
-                }
-                std::thread::sleep(Duration::from_millis(5));
+            if !wait_gone(pid, Duration::from_secs(10)) {
+                return Err(format!(
+                    "the unionfs daemon (pid {pid}) did not exit after umount"
+                ));
             }
         }
         Ok(())
@@ -417,8 +455,56 @@ struct Kernel {
     mounted: bool,
 }
 
-fn escape_colon(p: &Path) -> String {
-    p.to_string_lossy().replace(':', "\\:")
+/// A layer path as an item of an `L1:L2` list (unionfs-mount's and the kernel's
+/// `lowerdir=`): a backslash or colon that is part of the path is escaped with a backslash.
+pub fn escape_layer_path(p: &Path) -> String {
+    p.to_string_lossy()
+        .replace('\\', "\\\\")
+        .replace(':', "\\:")
+}
+
+/// The lower layers, topmost first, as one `L1:L2` list (unionfs-mount's first argument, the
+/// value of `lowerdir=`).
+pub fn lower_list(lowers: &[PathBuf]) -> String {
+    let items: Vec<String> = lowers.iter().map(|p| escape_layer_path(p)).collect();
+    items.join(":")
+}
+
+/// The mount options that name the layers: `lowerdir=L1:L2` and, with an upper,
+/// `,upperdir=U,workdir=W` (kernel overlayfs, fuse-overlayfs and unionfs-mount's `-o` form).
+pub fn layer_options(lowers: &[PathBuf], upper: Option<&Path>, work: &Path) -> String {
+    let mut o = format!("lowerdir={}", lower_list(lowers));
+    if let Some(u) = upper {
+        o.push_str(&format!(
+            ",upperdir={},workdir={}",
+            escape_layer_path(u),
+            escape_layer_path(work)
+        ));
+    }
+    o
+}
+
+/// Runs `cmd`, a `unionfs-mount ... --pid-file PIDFILE` command line, which returns once the
+/// mount is live and leaves the daemon serving it; returns the daemon's pid. The caller may
+/// send stdout and stderr elsewhere; what is left piped goes into the error.
+pub fn start_daemon(cmd: &mut Command, pidfile: &Path) -> Result<i32, String> {
+    let _ = std::fs::remove_file(pidfile);
+    let prog = cmd.get_program().to_string_lossy().into_owned();
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("running {prog}: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(match err.trim() {
+            "" => format!("{prog} failed ({})", out.status),
+            e => format!("{prog} failed ({}): {e}", out.status),
+        });
+    }
+    std::fs::read_to_string(pidfile)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| format!("{prog} exited 0 but wrote no pid to {}", pidfile.display()))
 }
 
 impl Union for Kernel {
@@ -429,37 +515,29 @@ impl Union for Kernel {
         Format::Kernel
     }
     fn mount(&mut self, ws: &Workspace) -> Result<(), String> {
-        let mut lowers: Vec<String> = ws.lowers.iter().map(|p| escape_colon(p)).collect();
+        let mut lowers = ws.lowers.clone();
         // The kernel wants two lowers when there is no upper; an empty one changes nothing.
         if ws.upper.is_none() && lowers.len() == 1 {
             let extra = ws.root.join("empty-lower");
             std::fs::create_dir_all(&extra).map_err(|e| format!("mkdir: {e}"))?;
-            lowers.push(escape_colon(&extra));
+            lowers.push(extra);
         }
         // Fixed feature set: the defaults differ between kernel builds. No redirect_dir, so a
         // lower directory cannot be renamed (EXDEV): the behaviour scenarios document. The
         // index keeps lower hard links linked across copy-up (POSIX, and our contract); it
         // needs an upper.
-        let mut data = format!(
-            "lowerdir={},redirect_dir=off,metacopy=off,xino=off",
-            lowers.join(":")
-        );
+        let mut data = layer_options(&lowers, ws.upper.as_deref(), &ws.work);
+        data.push_str(",redirect_dir=off,metacopy=off,xino=off");
         data.push_str(if ws.upper.is_some() {
             ",index=on"
         } else {
             ",index=off"
         });
-        let mut flags = 0;
-        match &ws.upper {
-            Some(u) => {
-                data.push_str(&format!(
-                    ",upperdir={},workdir={}",
-                    escape_colon(u),
-                    escape_colon(&ws.work)
-                ));
-            }
-            None => flags |= libc::MS_RDONLY,
-        }
+        let flags = if ws.upper.is_some() {
+            0
+        } else {
+            libc::MS_RDONLY
+        };
         let c = |s: &str| std::ffi::CString::new(s).map_err(|_| "NUL in a path".to_string());
         let mut tries = 0;
         let r = loop {
@@ -519,15 +597,7 @@ impl Union for FuseOverlayfs {
         Format::Kernel
     }
     fn mount(&mut self, ws: &Workspace) -> Result<(), String> {
-        let lowers: Vec<String> = ws.lowers.iter().map(|p| escape_colon(p)).collect();
-        let mut opts = format!("lowerdir={}", lowers.join(":"));
-        if let Some(u) = &ws.upper {
-            opts.push_str(&format!(
-                ",upperdir={},workdir={}",
-                escape_colon(u),
-                escape_colon(&ws.work)
-            ));
-        }
+        let opts = layer_options(&ws.lowers, ws.upper.as_deref(), &ws.work);
         let child = Command::new("fuse-overlayfs")
             .arg("-f")
             .arg("-o")

@@ -1,5 +1,5 @@
 //! `unionfs-harness`: run layer scenarios on a union implementation, compare two of them, or
-//! fuzz them against each other. Thin: everything lives in `unionfs::harness`.
+//! fuzz them against each other. Thin: everything lives in the `unionfs_harness` library.
 
 #![deny(unsafe_code)]
 
@@ -8,10 +8,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use unionfs::harness::cli::{Cli, Cmd};
-use unionfs::harness::diff::{self, DiffOutcome};
-use unionfs::harness::report::{self, ScenarioResult, Status};
-use unionfs::harness::{fuzz, runner, scenario};
+use unionfs_harness::cli::{Cli, Cmd};
+use unionfs_harness::diff::{self, DiffOutcome};
+use unionfs_harness::report::{self, ScenarioResult, Status};
+use unionfs_harness::{fuzz, runner, scenario};
 
 fn expand(files: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
     let mut out = Vec::new();

@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 
-use crate::harness::scenario::Step;
-use crate::harness::view;
-use crate::sys;
+use crate::scenario::Step;
+use crate::view;
+use unionfs::sys;
 
 /// Every op a step may name.
 pub const OPS: &[&str] = &[
@@ -188,8 +188,8 @@ fn rename_flags(flags: &[String]) -> std::io::Result<u32> {
     Ok(f)
 }
 
-fn xname(st: &Step) -> std::io::Result<std::ffi::CString> {
-    std::ffi::CString::new(st.name.clone().unwrap_or_default()).map_err(|_| invalid("NUL in name"))
+fn xname(st: &Step) -> &str {
+    st.name.as_deref().unwrap_or_default()
 }
 
 /// Up to `max` paths (relative to `root`) found below `dir`, depth first.
@@ -222,6 +222,53 @@ fn with_at<T>(p: &Path, f: impl FnOnce(sys::At<'_>) -> sys::SysResult<T>) -> std
         None => sys::At::dir(sys::fd(&dir)),
     };
     f(at).map_err(sys_err)
+}
+
+fn cname(name: &str) -> std::io::Result<std::ffi::CString> {
+    std::ffi::CString::new(name).map_err(|_| invalid("NUL in an xattr name"))
+}
+
+/// lsetxattr(2): sets xattr `name` of `p` (not following a symlink `p`) to `value`.
+pub fn lsetxattr(p: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
+    let n = cname(name)?;
+    with_at(p, |a| sys::setxattr(a, &n, value, 0))
+}
+
+/// lgetxattr(2): the value of xattr `name` of `p`, not following a symlink `p`.
+pub fn lgetxattr(p: &Path, name: &str) -> std::io::Result<Vec<u8>> {
+    let n = cname(name)?;
+    // One call with room for the largest value the VFS allows (64 KiB): asking the size first
+    // would be a second request to a union's daemon.
+    let mut buf = vec![0u8; 64 * 1024];
+    let len = with_at(p, |a| sys::getxattr(a, &n, &mut buf))?;
+    buf.truncate(len);
+    Ok(buf)
+}
+
+/// llistxattr(2): the xattr names of `p` (not following a symlink `p`), as listed.
+pub fn llistxattr(p: &Path) -> std::io::Result<Vec<String>> {
+    // The VFS lists at most 64 KiB of names.
+    let mut buf = vec![0u8; 64 * 1024];
+    let len = with_at(p, |a| sys::listxattr(a, &mut buf))?;
+    Ok(buf[..len]
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect())
+}
+
+/// lremovexattr(2): removes xattr `name` of `p`, not following a symlink `p`.
+pub fn lremovexattr(p: &Path, name: &str) -> std::io::Result<()> {
+    let n = cname(name)?;
+    with_at(p, |a| sys::removexattr(a, &n))
+}
+
+/// renameat2(2) of `from` to `to` with `flags` (`RENAME_NOREPLACE`, `RENAME_EXCHANGE`).
+pub fn rename2(from: &Path, to: &Path, flags: u32) -> std::io::Result<()> {
+    let (od, on) = at(from)?;
+    let (nd, nn) = at(to)?;
+    let (on, nn) = (on.unwrap_or_default(), nn.unwrap_or_default());
+    sys::renameat2(sys::fd(&od), &on, sys::fd(&nd), &nn, flags).map_err(sys_err)
 }
 
 impl State {
@@ -359,11 +406,7 @@ impl State {
             "unlink" => std::fs::remove_file(&p)?,
             "rename" => {
                 let to = self.path(&st.to);
-                let fl = rename_flags(&st.flags)?;
-                let (od, on) = at(&p)?;
-                let (nd, nn) = at(&to)?;
-                let (on, nn) = (on.unwrap_or_default(), nn.unwrap_or_default());
-                sys::renameat2(sys::fd(&od), &on, sys::fd(&nd), &nn, fl).map_err(sys_err)?;
+                rename2(&p, &to, rename_flags(&st.flags)?)?;
             }
             "link" => std::fs::hard_link(&p, self.path(&st.to))?,
             "symlink" => {
@@ -411,38 +454,24 @@ impl State {
                 }
                 .map_err(sys_err)?;
             }
-            "setxattr" => {
-                let n = xname(st)?;
-                let v = payload(st);
-                with_at(&p, |a| sys::setxattr(a, &n, &v, 0))?;
-            }
-            "removexattr" => {
-                let n = xname(st)?;
-                with_at(&p, |a| sys::removexattr(a, &n))?;
-            }
+            "setxattr" => lsetxattr(&p, xname(st), &payload(st))?,
+            "removexattr" => lremovexattr(&p, xname(st))?,
             "getxattr" => {
-                let n = xname(st)?;
-                let mut buf = vec![0u8; 128 * 1024];
-                let len = with_at(&p, |a| sys::getxattr(a, &n, &mut buf))?;
+                let v = lgetxattr(&p, xname(st))?;
                 // With `data`, the value must be that payload (lets big values be checked
                 // without writing them out in the scenario).
-                if st.data.is_some() && buf[..len] != payload(st)[..] {
+                if st.data.is_some() && v != payload(st) {
                     problems.push(format!(
-                        "getxattr {}: value of {len} bytes differs from the {} expected",
+                        "getxattr {}: value of {} bytes differs from the {} expected",
                         st.name.as_deref().unwrap_or(""),
+                        v.len(),
                         payload(st).len()
                     ));
                 }
-                return Ok(Some(String::from_utf8_lossy(&buf[..len]).into_owned()));
+                return Ok(Some(String::from_utf8_lossy(&v).into_owned()));
             }
             "listxattr" => {
-                let mut buf = vec![0u8; 64 * 1024];
-                let len = with_at(&p, |a| sys::listxattr(a, &mut buf))?;
-                let mut names: Vec<String> = buf[..len]
-                    .split(|b| *b == 0)
-                    .filter(|s| !s.is_empty())
-                    .map(|s| String::from_utf8_lossy(s).into_owned())
-                    .collect();
+                let mut names = llistxattr(&p)?;
                 names.sort();
                 return Ok(Some(names.join("\n")));
             }

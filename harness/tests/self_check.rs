@@ -1,15 +1,15 @@
 //! The harness tests itself: wrong expectations must fail with readable messages, and the
 //! tree model and comparisons must see what they are meant to see.
 
-mod harness_common;
+mod common;
 
 use std::process::Command;
 
-use harness_common::can_run;
-use unionfs::harness::report::{self, Status};
-use unionfs::harness::scenario::{self, Kind};
-use unionfs::harness::view::{self, Fields, Node, Tree};
-use unionfs::harness::{diff, runner};
+use common::can_run;
+use unionfs_harness::report::{self, Status};
+use unionfs_harness::scenario::{self, Kind};
+use unionfs_harness::view::{self, Fields, Node, Tree};
+use unionfs_harness::{diff, runner};
 
 const BIN: &str = env!("CARGO_BIN_EXE_unionfs-harness");
 
@@ -127,14 +127,7 @@ fn file(data: &str) -> Node {
         ..Node::default()
     };
     n.data = Some(data.as_bytes().to_vec());
-    n.digest = {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in data.bytes() {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x100_0000_01b3);
-        }
-        h
-    };
+    n.digest = view::digest_bytes(data.as_bytes());
     n
 }
 

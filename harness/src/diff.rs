@@ -13,12 +13,12 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::Instant;
 
-use crate::harness::build::{set_mtime, set_xattr};
-use crate::harness::impls::unavailable;
-use crate::harness::report::{Divergence, ScenarioResult, Status};
-use crate::harness::runner::{describe, Instance};
-use crate::harness::scenario::{Scenario, Step};
-use crate::harness::view::{self, Fields};
+use crate::build::{set_mtime, set_xattr};
+use crate::impls::unavailable;
+use crate::report::{Divergence, ScenarioResult, Status};
+use crate::runner::{describe, Instance};
+use crate::scenario::{Scenario, Step};
+use crate::view::{self, Fields};
 
 /// What a differential run found.
 #[derive(Debug, Clone, PartialEq)]
@@ -166,7 +166,7 @@ fn pair(
     // the file has had one since).
     let mut opened_below: std::collections::HashMap<String, (String, bool)> = Default::default();
     for (i, st) in s.step.iter().enumerate() {
-        if crate::harness::runner::interrupted() {
+        if crate::runner::interrupted() {
             return Err(format!("interrupted before step {}", i + 1));
         }
         // A rotation must not change what a union shows. Kernel overlayfs with index=on keeps
@@ -480,7 +480,7 @@ fn mv_err(p: &Path, e: std::io::Error) -> MvError {
     MvError {
         errno: e
             .raw_os_error()
-            .map(|c| format!("{:?}", crate::sys::Errno::from_raw(c)))
+            .map(|c| format!("{:?}", unionfs::sys::Errno::from_raw(c)))
             .unwrap_or_else(|| "EIO".into()),
         msg: format!("{}: {e}", p.display()),
     }
@@ -557,7 +557,7 @@ fn copy_tree(
         ));
     }
     for (k, v) in view::xattrs(src)? {
-        set_xattr(dst, &k, v.as_bytes())?;
+        set_xattr(dst, &k, &v)?;
     }
     std::os::unix::fs::lchown(dst, Some(md.uid()), Some(md.gid())).map_err(e)?;
     if !ft.is_symlink() {
@@ -607,7 +607,7 @@ pub fn run_ignoring(
             r.messages.push(e);
         }
     }
-    crate::harness::report::apply_known_bug(&mut r, &s.known_bug, a);
+    crate::report::apply_known_bug(&mut r, &s.known_bug, a);
     r.millis = t0.elapsed().as_millis() as u64;
     r
 }

@@ -1,5 +1,9 @@
 //! `unionfs-docs OUTDIR`: writes the man pages and bash/zsh completions of the unionfs
 //! commands, generated from their clap definitions so they cannot drift from the code.
+//!
+//! It lives in the harness crate because it is the one crate that sees every tool's
+//! definition: the product's (`unionfs`) and the harness's own. The `unionfs` package cannot
+//! depend on the harness, and the filesystem and launcher binaries must not link it.
 
 #![deny(unsafe_code)]
 
@@ -35,7 +39,7 @@ fn run(out: &Path) -> std::io::Result<()> {
         (unionfs::options::Args::command(), "8"),
         (unionfs::launch::cli::Cli::command(), "1"),
         (unionfs::oci::cli::Cli::command(), "1"),
-        (unionfs::harness::cli::Cli::command(), "1"),
+        (unionfs_harness::cli::Cli::command(), "1"),
     ];
     for (cmd, section) in cmds {
         let page = write_man(cmd.clone(), section, &man)?;

@@ -1,13 +1,13 @@
 //! The scenario corpus (tests/scenarios) on unionfs and on kernel overlayfs: both must pass.
 //! Scenarios marked `slow` run only with UNIONFS_HARNESS_SLOW=1 (the CLI always runs them).
 
-mod harness_common;
+mod common;
 
 use std::collections::BTreeSet;
 
-use harness_common::{can_run, corpus};
-use unionfs::harness::report::{self, Status};
-use unionfs::harness::{diff, runner, scenario};
+use common::{can_run, corpus};
+use unionfs_harness::report::{self, Status};
+use unionfs_harness::{diff, runner, scenario};
 
 fn run_corpus(imp: &str) {
     if !can_run(imp) {

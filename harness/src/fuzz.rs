@@ -7,12 +7,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::harness::diff::{run_pair_ignoring, DiffOutcome};
-use crate::harness::report::Divergence;
-use crate::harness::runner::Instance;
-use crate::harness::scenario::{
-    Entry, Expect, Kind, Layer, NodeExpect, Scenario, Step, TreeExpect,
-};
+use crate::diff::{run_pair_ignoring, DiffOutcome};
+use crate::report::Divergence;
+use crate::runner::Instance;
+use crate::scenario::{Entry, Expect, Kind, Layer, NodeExpect, Scenario, Step, TreeExpect};
 
 /// A small deterministic PRNG (xorshift64*), seeded through splitmix64.
 #[derive(Debug, Clone)]
@@ -104,7 +102,7 @@ fn add_entry(rng: &mut Rng, layer: &mut Layer, kinds: &mut BTreeMap<String, Kind
         }
     };
     match e.kind {
-        Kind::File => e.content = Some(rng.pick(DATA).to_string()),
+        Kind::File => e.content = Some((*rng.pick(DATA)).into()),
         Kind::Symlink => e.target = Some(rng.pick(NAMES).to_string()),
         Kind::Hardlink if !links => return,
         Kind::Hardlink => {
@@ -323,9 +321,8 @@ pub fn shrink(
             _ => None,
         }
     };
-    let out_of_time = |runs: usize| {
-        runs >= budget || t0.elapsed() > time || crate::harness::runner::interrupted()
-    };
+    let out_of_time =
+        |runs: usize| runs >= budget || t0.elapsed() > time || crate::runner::interrupted();
     // Steps after the divergence never matter.
     if first.step > 0 && first.step <= best.step.len() {
         let mut c = best.clone();

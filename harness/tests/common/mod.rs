@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use unionfs::harness::impls::unavailable;
+use unionfs_harness::impls::unavailable;
 
 /// True when `imp` can run here; with UNIONFS_REQUIRE_FUSE=1 a machine that cannot is a
 /// failure, not a skip.
@@ -19,6 +19,19 @@ pub fn can_run(imp: &str) -> bool {
             false
         }
     }
+}
+
+/// True when this process is root (building layers with owners, devices and trusted xattrs
+/// needs it); with UNIONFS_REQUIRE_FUSE=1 not being root is a failure, not a skip.
+pub fn is_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var("UNIONFS_REQUIRE_FUSE").as_deref() == Ok("1") {
+        panic!("UNIONFS_REQUIRE_FUSE=1 but the test does not run as root");
+    }
+    eprintln!("skipping: needs root");
+    false
 }
 
 /// The scenario corpus, sorted.

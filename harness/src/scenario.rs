@@ -1,7 +1,7 @@
 //! The scenario format: a TOML file describing layers, steps through the mount and expectations.
 //!
 //! Paths are relative to the layer root or the mount point. Layers use one neutral notation for
-//! deletions (`type = "whiteout"`, `opaque = "marker"`); [`crate::harness::build`] writes them
+//! deletions (`type = "whiteout"`, `opaque = "marker"`); [`crate::build`] writes them
 //! in the on-disk format of the implementation under test, so one file runs on all of them.
 
 use std::collections::BTreeMap;
@@ -139,9 +139,9 @@ pub struct Entry {
     /// What it is (default: a file).
     #[serde(default, rename = "type")]
     pub kind: Kind,
-    /// File content (UTF-8 text).
+    /// File content (text in a scenario file; any bytes from Rust).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub content: Option<String>,
+    pub content: Option<Bytes>,
     /// File size: the file is extended to it with a hole after `content` (sparse files).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
@@ -163,12 +163,18 @@ pub struct Entry {
     /// Nanoseconds part of `mtime`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtime_nsec: Option<i64>,
+    /// Access time, seconds since the epoch (default: left as creating the entry set it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub atime: Option<i64>,
+    /// Nanoseconds part of `atime`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub atime_nsec: Option<i64>,
     /// Device numbers `[major, minor]` of a device node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rdev: Option<[u32; 2]>,
-    /// Extended attributes (name → text value).
+    /// Extended attributes (name → value; text in a scenario file, any bytes from Rust).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub xattrs: BTreeMap<String, String>,
+    pub xattrs: BTreeMap<String, Bytes>,
     /// Makes a directory opaque: "marker" (`.wh..wh..opq`, or the kernel's xattr), "trusted" or
     /// "user" (the `*.overlay.opaque=y` xattr written literally).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -178,11 +184,70 @@ pub struct Entry {
     pub count: Option<u32>,
 }
 
+/// A file content or xattr value: text in a scenario file, any bytes when built from Rust
+/// (binary data, file capabilities). Only text can be written back to a scenario file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Bytes(pub Vec<u8>);
+
+impl Bytes {
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl AsRef<[u8]> for Bytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl From<&str> for Bytes {
+    fn from(s: &str) -> Self {
+        Bytes(s.as_bytes().to_vec())
+    }
+}
+
+impl From<String> for Bytes {
+    fn from(s: String) -> Self {
+        Bytes(s.into_bytes())
+    }
+}
+
+impl From<&[u8]> for Bytes {
+    fn from(b: &[u8]) -> Self {
+        Bytes(b.to_vec())
+    }
+}
+
+impl From<Vec<u8>> for Bytes {
+    fn from(b: Vec<u8>) -> Self {
+        Bytes(b)
+    }
+}
+
+impl Serialize for Bytes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match std::str::from_utf8(&self.0) {
+            Ok(t) => s.serialize_str(t),
+            Err(_) => Err(serde::ser::Error::custom(
+                "binary content or xattr value: a scenario file holds text only",
+            )),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Bytes::from)
+    }
+}
+
 /// One operation through the mount and its expected result.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Step {
-    /// The operation (see [`crate::harness::ops::OPS`]).
+    /// The operation (see [`crate::ops::OPS`]).
     pub op: String,
     /// The path it acts on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -401,12 +466,12 @@ fn validate(s: &Scenario) -> Result<(), String> {
         }
     }
     for (i, st) in s.step.iter().enumerate() {
-        if !crate::harness::ops::OPS.contains(&st.op.as_str()) {
+        if !crate::ops::OPS.contains(&st.op.as_str()) {
             return Err(format!(
                 "step {}: unknown op {:?}; known: {}",
                 i + 1,
                 st.op,
-                crate::harness::ops::OPS.join(" ")
+                crate::ops::OPS.join(" ")
             ));
         }
         if let Some(p) = &st.path {

@@ -5,12 +5,12 @@
 
 use std::time::Instant;
 
-use crate::harness::build::build_layer;
-use crate::harness::impls::{by_name, unavailable, Union, Workspace};
-use crate::harness::ops::{Outcome, State};
-use crate::harness::report::{ScenarioResult, Status};
-use crate::harness::scenario::{Scenario, Step};
-use crate::harness::view::{self, capture, merge, Fields, ReadAs, Tree};
+use crate::build::build_layer;
+use crate::impls::{by_name, unavailable, Union, Workspace};
+use crate::ops::{Outcome, State};
+use crate::report::{ScenarioResult, Status};
+use crate::scenario::{Scenario, Step};
+use crate::view::{self, capture, merge, Fields, ReadAs, Tree};
 
 static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -86,9 +86,10 @@ impl Instance {
             return false;
         }
         let stub = (|| {
-            let dir = crate::sys::open_path(p.parent()?, libc::O_PATH | libc::O_DIRECTORY).ok()?;
+            let dir =
+                unionfs::sys::open_path(p.parent()?, libc::O_PATH | libc::O_DIRECTORY).ok()?;
             let name = std::ffi::CString::new(p.file_name()?.as_encoded_bytes()).ok()?;
-            crate::layer::metacopy::read_at(crate::sys::At::new(
+            unionfs::layer::metacopy::read_at(unionfs::sys::At::new(
                 std::os::fd::AsFd::as_fd(&dir),
                 &name,
             ))
@@ -210,13 +211,8 @@ impl Instance {
 
     fn wait_unmounted(&self, when: &str) -> Result<(), String> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let mnt = std::fs::canonicalize(&self.ws.mnt).unwrap_or_else(|_| self.ws.mnt.clone());
         loop {
-            let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-            let mounted = info
-                .lines()
-                .any(|l| l.split(' ').nth(4) == Some(&*mnt.to_string_lossy()));
-            if !mounted {
+            if !crate::impls::is_mounted(&self.ws.mnt) {
                 return Ok(());
             }
             if std::time::Instant::now() > deadline {
@@ -241,7 +237,7 @@ impl Instance {
             Ok(d) => d,
             Err(e) => return fail(format!("reading {}: {e}", p.display())),
         };
-        let new = crate::harness::ops::payload(st);
+        let new = crate::ops::payload(st);
         let writer = {
             let (p, new) = (p.clone(), new.clone());
             std::thread::spawn(move || {
@@ -315,7 +311,7 @@ impl Instance {
         let orig = &self.ws.lowers[self.ws.lowers.len() - self.lowers_before.len()..];
         for (i, (dir, before)) in orig.iter().zip(&self.lowers_before).enumerate() {
             let after = capture(dir, ReadAs::Raw)?;
-            lower_changes.extend(raw_changes(&format!("lower {i}"), before, &after));
+            lower_changes.extend(view::changes(&format!("lower {i}"), before, &after));
         }
         Ok(Finished {
             upper,
@@ -329,38 +325,6 @@ impl Drop for Instance {
     fn drop(&mut self) {
         let _ = self.unmount();
     }
-}
-
-/// Every change between two raw captures of one directory, ctime and inode numbers included.
-fn raw_changes(label: &str, a: &Tree, b: &Tree) -> Vec<String> {
-    let mut out = Vec::new();
-    let paths: std::collections::BTreeSet<&String> = a.nodes.keys().chain(b.nodes.keys()).collect();
-    for p in paths {
-        match (a.nodes.get(p), b.nodes.get(p)) {
-            (Some(x), Some(y)) if x == y => {}
-            (Some(x), Some(y)) => {
-                let (vx, vy) = (
-                    serde_json::to_value(x).unwrap_or_default(),
-                    serde_json::to_value(y).unwrap_or_default(),
-                );
-                let fields: Vec<String> = match (vx.as_object(), vy.as_object()) {
-                    (Some(ox), Some(oy)) => ox
-                        .iter()
-                        .filter(|(k, v)| oy.get(*k) != Some(v))
-                        .map(|(k, v)| {
-                            format!("{k} {v} -> {}", oy.get(k).cloned().unwrap_or_default())
-                        })
-                        .collect(),
-                    _ => vec!["changed".into()],
-                };
-                out.push(format!("{label} {p} was modified: {}", fields.join(", ")));
-            }
-            (Some(_), None) => out.push(format!("{label} {p} was removed")),
-            (None, Some(_)) => out.push(format!("{label} {p} was created")),
-            (None, None) => {}
-        }
-    }
-    out
 }
 
 /// One-line description of a step for reports.
@@ -435,7 +399,7 @@ pub fn run(s: &Scenario, imp: &str) -> ScenarioResult {
             res.messages.push(e);
         }
     }
-    crate::harness::report::apply_known_bug(&mut res, &s.known_bug, imp);
+    crate::report::apply_known_bug(&mut res, &s.known_bug, imp);
     res.millis = t0.elapsed().as_millis() as u64;
     res
 }

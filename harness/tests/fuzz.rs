@@ -5,11 +5,11 @@
 //! corpus file that keeps its shrunk case; it must still diverge that way (so a fix is noticed
 //! and the line removed). Every other seed must agree with the kernel.
 
-mod harness_common;
+mod common;
 
-use harness_common::can_run;
-use unionfs::harness::diff::{run_pair, DiffOutcome};
-use unionfs::harness::fuzz::{generate, generate_with};
+use common::can_run;
+use unionfs_harness::diff::{run_pair, DiffOutcome};
+use unionfs_harness::fuzz::{generate, generate_with};
 
 const SEEDS: std::ops::RangeInclusive<u64> = 1..=30;
 const OPS: usize = 200;
