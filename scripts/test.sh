@@ -17,7 +17,8 @@ if [ -w "$switch" ] && [ "$(cat "$switch")" = Y ]; then
   echo 0 > "$switch"
   trap 'echo 1 > "$switch"' EXIT
   echo "== again over /dev/fuse (fuse.enable_uring=0)"
-  cargo test -p unionfs --test 'scenarios_*' --test metacopy --test hostile_layers \
-    --test cli --test faults_space --test faults_io -- --test-threads="${UNIONFS_TEST_THREADS:-4}"
-  cargo test -p unionfs-harness --test corpus -- --test-threads="${UNIONFS_TEST_THREADS:-4}"
+  threads=--test-threads="${UNIONFS_TEST_THREADS:-4}"
+  cargo test -p unionfs --test fs --test cli -- "$threads"
+  cargo test -p unionfs --test faults -- "$threads" space:: io::
+  cargo test -p unionfs-harness --test corpus -- "$threads"
 fi

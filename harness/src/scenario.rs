@@ -19,7 +19,7 @@ pub struct Scenario {
     /// What behaviour this checks, in one or two sentences.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub about: String,
-    /// The SCENARIOS.md line numbers this covers.
+    /// The docs/SCENARIOS.md line numbers this covers.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub covers: Vec<u32>,
     /// Implementations this scenario applies to (empty: all); others report it as skipped.

@@ -102,7 +102,7 @@ fn some_scenarios_through_the_mount_binary() {
     }
 }
 
-/// Lines of SCENARIOS.md that the corpus does not cover, and why (covered elsewhere).
+/// Lines of docs/SCENARIOS.md that the corpus does not cover, and why (covered elsewhere).
 const NOT_IN_CORPUS: &[(u32, &str)] = &[];
 
 #[test]

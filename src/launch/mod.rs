@@ -1,6 +1,6 @@
 //! The container launcher: namespaces, cgroups, the container root on a union mount.
 //!
-//! The processes and the order of operations follow DESIGN.md §5: the launcher P, a holder H
+//! The processes and the order of operations follow docs/ARCHITECTURE.md ("One launch"): the launcher P, a holder H
 //! that owns the (optional) user namespace and a private mount namespace and serves the root
 //! filesystem, and the container init I in new mount/pid/uts/ipc(/net) namespaces. The phases
 //! are types in [`process`], the holder's and the init's own steps live in `holder` and `init`,

@@ -1,4 +1,4 @@
-//! The launcher's processes and the order of operations (DESIGN.md §5), with each phase a type:
+//! The launcher's processes and the order of operations (docs/ARCHITECTURE.md, "One launch"), with each phase a type:
 //! [`Prepared`] → [`HolderReady`] → [`Running`] → exit code.
 //!
 //! Processes: the launcher P (this process), the holder H (forked from P; owns the user

@@ -9,8 +9,6 @@
 //! is visible, and the work dir holds no staging leftovers. The lowers never change (checked
 //! when the union drops). The random seed is printed; `FAULTS_SEED=N` replays a run.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{self, Write};
@@ -18,7 +16,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const ROUNDS: usize = 100;
 const BIG: usize = 8 << 20;

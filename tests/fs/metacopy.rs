@@ -1,15 +1,13 @@
 //! `-o metacopy=on`: metadata changes to lower files copy up no data; the data follows on the
 //! first write, and `unionfs-layer export --lowers` fills it into the tarball.
 
-mod common;
-
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 const SIZE: usize = 4 << 20;
 

@@ -10,15 +10,13 @@
 //! unchanged (checked when the union drops); the try that fits must do the whole operation,
 //! and a remount must show the same view.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 
 /// Tries `op` with the upper's filesystem full but for 0, `step`, 2 `step`, ... free units of
 /// `fill` until it succeeds; returns how many tries failed (with ENOSPC, changing nothing).

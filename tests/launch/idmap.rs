@@ -2,13 +2,11 @@
 //! unprivileged user with ranges through the setuid helpers newuidmap/newgidmap, whose
 //! /etc/subuid and /etc/subgid come from a private mount namespace (the host's stay untouched).
 
-mod launch_common;
-
 use std::os::unix::fs::MetadataExt;
 use std::process::Command;
 use std::time::Duration;
 
-use launch_common::*;
+use crate::common::*;
 
 #[test]
 fn root_with_id_ranges_shifts_the_container_ids() {

@@ -1,10 +1,8 @@
 //! The container as root: pid namespace, hostname, network, exit codes, env/cwd/user/binds.
 
-mod launch_common;
-
 use std::time::{Duration, Instant};
 
-use launch_common::*;
+use crate::common::*;
 use nix::sys::signal::{kill, Signal};
 
 fn base_run(extra: &[&str], cmd: &str) -> Outcome {

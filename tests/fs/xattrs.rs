@@ -1,12 +1,10 @@
-//! SCENARIOS.md "Xattrs and ownership", lines 43–46.
-
-mod common;
+//! docs/SCENARIOS.md "Xattrs and ownership", lines 43–46.
 
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
-use common::*;
+use crate::common::*;
 
 /// Prefixes of the implementation's own xattrs, which the view must never show.
 fn internal_prefixes() -> &'static [&'static str] {

@@ -1,10 +1,8 @@
 //! Signals reach the command; `--init` forwards them and reaps zombies.
 
-mod launch_common;
-
 use std::time::Duration;
 
-use launch_common::*;
+use crate::common::*;
 use nix::sys::signal::Signal;
 
 fn launch(extra: &[&str], cmd: &str) -> Running {

@@ -1,11 +1,9 @@
-//! SCENARIOS.md "Layering and whiteouts", lines 1–11.
-
-mod common;
+//! docs/SCENARIOS.md "Layering and whiteouts", lines 1–11.
 
 use std::collections::BTreeSet;
 use std::fs;
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn s01_topmost_layer_wins() {

@@ -3,14 +3,12 @@
 //! and fails with ENAMETOOLONG beyond it; paths through the mount work up to PATH_MAX while
 //! the same paths under a layer root are longer.
 
-mod common;
-
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 use nix::sys::stat::{mknod, Mode, SFlag};
 
 /// A name of `len` bytes made of `c`.

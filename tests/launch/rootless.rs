@@ -1,13 +1,11 @@
 //! Rootless: the launcher as uid 65534 (`setpriv`), with /dev/fuse made usable for it only in a
 //! private mount namespace (a bind-mounted 0666 node; the host's node is never changed).
 
-mod launch_common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use launch_common::*;
+use crate::common::*;
 use nix::sys::signal::{kill, Signal};
 
 const NOBODY: u32 = 65534;

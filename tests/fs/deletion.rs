@@ -1,13 +1,11 @@
-//! SCENARIOS.md "Deletion", lines 12–19.
-
-mod common;
+//! docs/SCENARIOS.md "Deletion", lines 12–19.
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 
 use std::time::Instant;
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn s12_rm_lower_file_writes_whiteout() {

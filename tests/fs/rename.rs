@@ -1,12 +1,10 @@
-//! SCENARIOS.md "Rename", lines 31–36.
-
-mod common;
+//! docs/SCENARIOS.md "Rename", lines 31–36.
 
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn s31_rename_lower_file_whiteouts_old_name() {

@@ -3,8 +3,6 @@
 //! where a temp dir with the `unionfs` name is bind-mounted over /usr/local/bin, so the host is
 //! never changed.
 
-mod common;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,7 +10,7 @@ use std::process::Command;
 const BIN: &str = env!("CARGO_BIN_EXE_unionfs-mount");
 
 fn tools_available() -> bool {
-    if !common::can_mount() {
+    if !crate::common::can_mount() {
         return false;
     }
     if Path::new("/sbin/mount.fuse3").exists() {

@@ -1,6 +1,4 @@
-//! SCENARIOS.md "Lifecycle", lines 47–49 and 52, and the crash test of line 25.
-
-mod common;
+//! docs/SCENARIOS.md "Lifecycle", lines 47–49 and 52, and the crash test of line 25.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -8,7 +6,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const MIB: usize = 1 << 20;
 

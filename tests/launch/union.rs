@@ -1,11 +1,9 @@
 //! The container root is the union: writes land in UPPER, deletes become `.wh.` files, lowers
 //! never change; whiteout layers hide what is below; read-only and tmpfs uppers.
 
-mod launch_common;
-
 use std::path::Path;
 
-use launch_common::*;
+use crate::common::*;
 use unionfs_harness::view::{capture, changes, ReadAs, Tree};
 
 /// Every entry of a layer as the harness captures it (everything but atimes).

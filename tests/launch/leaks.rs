@@ -1,11 +1,9 @@
 //! 20 launches in a row, some ended midway (command killed, launcher SIGTERM, launcher
 //! SIGKILL): afterwards no mount, cgroup, FUSE daemon, staging dir or process remains.
 
-mod launch_common;
-
 use std::time::Duration;
 
-use launch_common::*;
+use crate::common::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use unionfs::launch::instance::start_time;

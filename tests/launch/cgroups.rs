@@ -1,14 +1,12 @@
 //! cgroups for real: v1 limits (memory OOM → 137, pids), v2 placement and kill in the
 //! controller-less `unified` tree of this hybrid host, and the backends' teardown.
 
-mod launch_common;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use launch_common::*;
+use crate::common::*;
 use nix::unistd::Pid;
 use unionfs::launch::cgroup::{self, v1::V1, v2::V2, Backend, CgroupGuard, Layout};
 use unionfs::launch::config::Limits;

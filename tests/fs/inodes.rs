@@ -1,6 +1,4 @@
-//! SCENARIOS.md "Inodes and links", lines 37–42.
-
-mod common;
+//! docs/SCENARIOS.md "Inodes and links", lines 37–42.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
@@ -10,7 +8,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 
 fn ino(p: &Path) -> u64 {
     fs::symlink_metadata(p)

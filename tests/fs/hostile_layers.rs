@@ -6,13 +6,11 @@
 //! Writes are aimed at a temp "victim" directory (never at the real `/etc`); `/` and `/etc` are
 //! only used for read checks.
 
-mod common;
-
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 
 struct Victim(PathBuf);
 

@@ -1,0 +1,12 @@
+//! The container launcher (`unionfs-run`) for real: namespaces, cgroups, id maps, signals,
+//! rootless runs, the union root, and that nothing is left behind.
+
+mod common;
+
+mod basic;
+mod cgroups;
+mod idmap;
+mod leaks;
+mod rootless;
+mod signals;
+mod union;
