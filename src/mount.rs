@@ -11,8 +11,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+
+use std::time::Duration;
 
 use fuser::{Session, SessionACL};
 
@@ -22,8 +22,8 @@ use crate::layer::stack::is_within;
 use crate::layer::whiteout::WH_PREFIX;
 use crate::layer::{Stack, StackConfig};
 use crate::sys::{self, Errno};
+use crate::transport::conn::Conn;
 use crate::transport::handshake::Handshake;
-use crate::transport::ring::RingStart;
 pub use crate::transport::Uring;
 
 /// The filesystem type we mount as (`fuse.` + this subtype).
@@ -311,13 +311,8 @@ impl Prepared {
             .try_clone()
             .map(Arc::new)
             .map_err(|e| Error::sys("duplicating the FUSE device fd", e, ""))?;
-        let ring = Arc::new(RingStart::default());
-        let handshake = Handshake::new(
-            Arc::clone(&fs),
-            Arc::clone(&dev),
-            cfg.uring,
-            Arc::clone(&ring),
-        );
+        let conn = Conn::new(Arc::clone(&fs), dev);
+        let handshake = Handshake::new(Arc::clone(&conn), cfg.uring);
         let session = match Session::from_fd(handshake, fuse, acl, config) {
             Ok(s) => s,
             Err(e) => {
@@ -326,35 +321,15 @@ impl Prepared {
             }
         };
         let _ = notifier_slot.set(session.notifier());
-        // The handshake started the ring workers (if any): report the mount live once the
-        // kernel has their entries, so its first requests already take the ring.
-        ring.go();
-        if let Err(q) = ring.wait_settled(std::time::Duration::from_secs(5)) {
+        // The kernel has our INIT reply: the transports take the connection now.
+        if let Err(e) = crate::transport::attach(&conn, cfg.worker_threads()) {
             let _ = sys::umount_lazy(&self.mountpoint);
-            return Err(Error::new(format!(
-                "FUSE over io_uring: no ring entry could be registered for CPU queue {q} (run \
-                 with -d to see why), and the kernel holds every request until each queue \
-                 has one: mount with -o uring=off"
-            )));
+            return Err(e);
         }
-        let readers = crate::transport::dev::start(&fs, &dev, cfg.worker_threads());
-        let thread = std::thread::Builder::new()
-            .name("unionfs-session".into())
-            .spawn(move || {
-                for r in readers {
-                    let _ = r.join();
-                }
-                // Kept until the connection ends: the notifier writes through its channel.
-                drop(session);
-                Ok(())
-            })
-            .map_err(|e| {
-                let _ = sys::umount_lazy(&self.mountpoint);
-                Error::sys("starting the FUSE session thread", e, "")
-            })?;
         Ok(MountGuard {
             mountpoint: self.mountpoint,
-            thread: Some(thread),
+            conn,
+            session: Some(session),
             fs,
         })
     }
@@ -381,7 +356,10 @@ fn open_fuse_device() -> Result<OwnedFd> {
 #[derive(Debug)]
 pub struct MountGuard {
     mountpoint: PathBuf,
-    thread: Option<JoinHandle<std::io::Result<()>>>,
+    /// The connection the process's transports serve; it ends when the kernel unmounts.
+    conn: Arc<Conn>,
+    /// Kept until the connection ends: fuser's notifier writes through its channel.
+    session: Option<Session<Handshake>>,
     fs: Arc<UnionFs>,
 }
 
@@ -403,24 +381,21 @@ impl MountGuard {
 
     /// Serves until the filesystem is unmounted by someone (umount, a signal handler).
     pub fn wait(mut self) -> std::io::Result<()> {
-        match self.thread.take() {
-            Some(t) => t
-                .join()
-                .unwrap_or_else(|_| Err(std::io::Error::other("FUSE session thread panicked"))),
-            None => Ok(()),
-        }
+        self.conn.wait_ended(None);
+        self.session.take();
+        Ok(())
     }
 
     /// Unmounts (lazily: open files stay usable until closed) and waits up to 10 s for the
-    /// workers to stop.
+    /// kernel to end the connection.
     pub fn unmount(mut self) -> Result<()> {
         self.stop(Duration::from_secs(10))
     }
 
     fn stop(&mut self, wait: Duration) -> Result<()> {
-        let Some(t) = self.thread.take() else {
+        if self.session.is_none() {
             return Ok(());
-        };
+        }
         match sys::umount_lazy(&self.mountpoint) {
             Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
             Err(e) => {
@@ -431,16 +406,11 @@ impl MountGuard {
                 ))
             }
         }
-        let deadline = Instant::now() + wait;
-        while !t.is_finished() {
-            if Instant::now() > deadline {
-                // Something still holds a file open on the detached mount: the workers end when
-                // it is closed. Leave them running rather than block the caller forever.
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(5));
+        // Something may still hold a file open on the detached mount: the connection ends
+        // when it is closed. Do not block the caller forever for it.
+        if self.conn.wait_ended(Some(wait)) {
+            self.session.take();
         }
-        let _ = t.join();
         Ok(())
     }
 }

@@ -14,6 +14,7 @@
 //! - `attr.rs`: owner, mode and times, by name or through an `O_PATH` fd
 //! - `xattr.rs`: extended attributes, with the *xattrat-or-/proc fallback in one place
 //! - `io.rs`: file data (read/write, in-kernel copies, holes, sync, mmap)
+//! - `event.rs`: epoll sets of once-firing entries, eventfds, non-blocking fds
 //! - `mount.rs`: mount(2) and the lazy unmount
 //! - `process.rs`: fork, clone, exit_now, daemonising; `signal.rs`: masks and dispositions
 //! - `ids.rs`: effective ids and umask; `net.rs`: bringing `lo` up in a new network namespace
@@ -23,6 +24,7 @@
 
 mod attr;
 mod dir;
+mod event;
 mod fd;
 mod ids;
 mod io;
@@ -41,6 +43,7 @@ pub use nix::errno::Errno;
 
 pub use attr::*;
 pub use dir::*;
+pub use event::*;
 pub use fd::*;
 pub use ids::*;
 pub use io::*;

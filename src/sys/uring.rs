@@ -1,9 +1,8 @@
-//! FUSE over io_uring, the kernel side of it: a ring per worker thread, the buffers the
-//! kernel writes requests into, and its two commands (register a buffer, commit a reply and
-//! fetch the next request). Everything that touches raw memory or the submission queue is here;
+//! FUSE over io_uring, the kernel side of it: a ring per worker thread carrying entries of any
+//! number of connections, the buffers the kernel writes requests into, and its two commands
+//! (register an entry, commit a reply and fetch the next request). Everything that touches raw memory or the submission queue is here;
 //! request parsing and dispatch are safe code in [`crate::transport`].
 
-use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
@@ -25,21 +24,35 @@ fn errno_of(e: std::io::Error) -> Errno {
 }
 const CMD_COMMIT_AND_FETCH: u32 = 2;
 
-/// A zeroed, page-aligned buffer the kernel reads and writes while we do not look at it.
+/// A zeroed, page-aligned buffer the kernel reads and writes while we do not look at it. It is
+/// an anonymous mapping, so pages the kernel never writes (most of a 1 MiB payload buffer for
+/// metadata requests) cost no memory: an idle union's entries are nearly free.
 struct RawBuf {
     ptr: *mut u8,
-    layout: Layout,
+    len: usize,
 }
 
 impl RawBuf {
     fn new(len: usize) -> SysResult<RawBuf> {
-        let layout = Layout::from_size_align(len.max(1), 4096).map_err(|_| Errno::EINVAL)?;
-        // SAFETY: the layout has a non-zero size.
-        let ptr = unsafe { alloc_zeroed(layout) };
-        if ptr.is_null() {
-            return Err(Errno::ENOMEM);
+        let len = len.max(1);
+        // SAFETY: a fresh private anonymous mapping; no existing memory is touched.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(Errno::last());
         }
-        Ok(RawBuf { ptr, layout })
+        Ok(RawBuf {
+            ptr: ptr.cast(),
+            len,
+        })
     }
 }
 
@@ -48,16 +61,16 @@ impl Drop for RawBuf {
         if self.ptr.is_null() {
             return;
         }
-        // SAFETY: allocated in `new` with this layout; `Queue` lets a buffer drop only once the
-        // kernel has released the entry (see its `Drop`).
-        unsafe { dealloc(self.ptr, self.layout) }
+        // SAFETY: mapped in `new` with this length; `RingEntry` lets a buffer drop only once
+        // the kernel has released the entry (see its `Drop`).
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
     }
 }
 
-/// One worker's ring with one registered entry (one request in flight per worker: a slow
-/// request holds up only its own worker, the kernel hands new ones to the others).
-pub struct Queue {
-    ring: IoUring<squeue::Entry128, cqueue::Entry>,
+/// One registered FUSE ring entry: the buffers the kernel writes one request into and reads
+/// its reply from, for queue `qid` of the connection whose device is `dev`. The device fd
+/// must stay open while the entry lives (the connection owner keeps it).
+pub struct RingEntry {
     dev: i32,
     qid: u16,
     header: RawBuf,
@@ -69,31 +82,12 @@ pub struct Queue {
 
 // SAFETY: the raw buffers are owned by this value alone and only touched by the thread that
 // owns it; moving it to that thread before use is sound.
-unsafe impl Send for Queue {}
+unsafe impl Send for RingEntry {}
 
-/// What the kernel answered to a command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Event {
-    /// A request is in the buffers.
-    Request,
-    /// The connection is gone (unmounted or aborted): the entry is released.
-    Closed,
-    /// The kernel refused the command with this errno.
-    Failed(Errno),
-}
-
-impl Queue {
-    /// A ring for queue `qid` of the FUSE connection `dev`, with buffers for payloads of up to
+impl RingEntry {
+    /// An entry for queue `qid` of the connection `dev`, with buffers for payloads of up to
     /// `payload_len` bytes (the kernel requires at least its max_write / max_pages size).
-    pub fn new(dev: BorrowedFd<'_>, qid: u16, payload_len: usize) -> SysResult<Queue> {
-        // No IORING_SETUP_DEFER_TASKRUN: deferred task work runs only when its submitter
-        // enters the ring, so a request the kernel hands to a worker that is exiting would
-        // never be sent, and unmounting would wait for it forever. Ordinary task work falls
-        // back to a kernel thread when the worker is gone.
-        let ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder()
-            .setup_coop_taskrun()
-            .build(4)
-            .map_err(errno_of)?;
+    pub fn new(dev: BorrowedFd<'_>, qid: u16, payload_len: usize) -> SysResult<RingEntry> {
         let header = RawBuf::new(HEADER_LEN)?;
         let payload = RawBuf::new(payload_len)?;
         let iov = Box::new([
@@ -106,8 +100,7 @@ impl Queue {
                 iov_len: payload_len,
             },
         ]);
-        Ok(Queue {
-            ring,
+        Ok(RingEntry {
             dev: dev.as_raw_fd(),
             qid,
             header,
@@ -117,92 +110,10 @@ impl Queue {
         })
     }
 
-    fn push(&mut self, cmd_op: u32, commit_id: u64) -> SysResult<()> {
-        // struct fuse_uring_cmd_req: flags, commit_id, qid, padding.
-        let mut cmd = [0u8; 80];
-        cmd[8..16].copy_from_slice(&commit_id.to_ne_bytes());
-        cmd[16..18].copy_from_slice(&self.qid.to_ne_bytes());
-        let mut op = opcode::UringCmd80::new(types::Fd(self.dev), cmd_op).cmd(cmd);
-        if cmd_op == CMD_REGISTER {
-            op = op.addr(Some(self.iov.as_ptr() as u64));
-        }
-        let mut sqe = op.build().user_data(u64::from(cmd_op));
-        if cmd_op == CMD_REGISTER {
-            // The kernel wants the iovec count in sqe->len, which the builder has no field for.
-            sqe = with_len(sqe, 2);
-        }
-        // SAFETY: the iovec array and the buffers it points at live in `self` and are freed
-        // only after the kernel released the entry; `released` tracks that.
-        unsafe { self.ring.submission().push(&sqe) }.map_err(|_| Errno::EBUSY)?;
-        self.released = false;
-        Ok(())
-    }
-
-    /// Hands the buffers to the kernel. `None`: the entry is registered and waits for a
-    /// request ([`Queue::wait`]); the kernel answers a refused registration at once.
-    pub fn register(&mut self) -> SysResult<Option<Event>> {
-        self.push(CMD_REGISTER, 0)?;
-        self.submit_pushed()?;
-        let res = self.ring.completion().next().map(|c| c.result());
-        Ok(res.map(|r| self.event(r)))
-    }
-
-    /// Sends the reply now in the buffers (see `out_header`/`payload_mut`) and waits for the
-    /// next request.
-    pub fn commit_and_fetch(&mut self, commit_id: u64) -> SysResult<Event> {
-        self.push(CMD_COMMIT_AND_FETCH, commit_id)?;
-        self.wait()
-    }
-
-    /// Sends the reply now in the buffers without waiting: [`Queue::wait`] collects the next
-    /// request.
-    pub fn commit(&mut self, commit_id: u64) -> SysResult<()> {
-        self.push(CMD_COMMIT_AND_FETCH, commit_id)?;
-        self.submit_pushed()
-    }
-
-    /// Submits what was pushed, without waiting.
-    fn submit_pushed(&mut self) -> SysResult<()> {
-        loop {
-            match self.ring.submit() {
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                r => return r.map(drop).map_err(errno_of),
-            }
-        }
-    }
-
-    /// Waits for the next request (or the end of the connection).
-    pub fn wait(&mut self) -> SysResult<Event> {
-        loop {
-            match self.ring.submit_and_wait(1) {
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                Err(e) => return Err(errno_of(e)),
-            }
-            let res = self.ring.completion().next().map(|c| c.result());
-            if let Some(r) = res {
-                return Ok(self.event(r));
-            }
-        }
-    }
-
-    /// What a completion's result says.
-    fn event(&mut self, res: i32) -> Event {
-        if res >= 0 {
-            return Event::Request;
-        }
-        // The command is over either way: the kernel no longer holds the entry.
-        self.released = true;
-        match Errno::from_raw(-res) {
-            Errno::ENOTCONN | Errno::ECONNABORTED | Errno::ECANCELED => Event::Closed,
-            e => Event::Failed(e),
-        }
-    }
-
     /// The request's headers: `fuse_in_header` at 0, the op's fixed argument at [`OP_IN`],
     /// `fuse_uring_ent_in_out` at [`ENT_IN_OUT`].
     pub fn header(&self) -> &[u8] {
-        // SAFETY: HEADER_LEN bytes were allocated; the kernel wrote them before completing the
+        // SAFETY: HEADER_LEN bytes were mapped; the kernel wrote them before completing the
         // command and does not touch them again until the next command is pushed, which takes
         // `&mut self` and so ends this borrow.
         unsafe { std::slice::from_raw_parts(self.header.ptr, HEADER_LEN) }
@@ -222,7 +133,7 @@ impl Queue {
             return false;
         }
         // SAFETY: the kernel is not using the buffers (a request is being answered) and
-        // `&mut self` rules out other borrows of them; both copies stay inside the allocations.
+        // `&mut self` rules out other borrows of them; both copies stay inside the mappings.
         unsafe {
             std::ptr::copy_nonoverlapping(out_header.as_ptr(), self.header.ptr, 16);
             std::ptr::copy_nonoverlapping(body.as_ptr(), self.payload.ptr, body.len());
@@ -231,16 +142,181 @@ impl Queue {
         }
         true
     }
+
+    /// Hands the pages the last request used back to the system (after a large read or
+    /// write through the daemon), keeping the mapping: an idle entry then costs nothing.
+    pub fn trim(&mut self) {
+        // SAFETY: the range is the payload mapping; MADV_DONTNEED on private anonymous memory
+        // only makes its next read see zeroes. The kernel is not using it (between requests).
+        unsafe {
+            libc::madvise(
+                self.payload.ptr.cast(),
+                self.payload.len,
+                libc::MADV_DONTNEED,
+            )
+        };
+    }
 }
 
-impl Drop for Queue {
+impl Drop for RingEntry {
     fn drop(&mut self) {
         if !self.released {
-            // The kernel may still write into the entry: leak the memory (a few untouched
-            // pages per worker, once per connection) by letting the buffers forget it.
+            // The kernel may still write into the entry: leak the mapping (untouched pages
+            // cost nothing) by letting the buffers forget it.
             self.header.ptr = std::ptr::null_mut();
             self.payload.ptr = std::ptr::null_mut();
         }
+    }
+}
+
+/// What the kernel answered to a command on an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A request is in the entry's buffers.
+    Request,
+    /// The connection is gone (unmounted or aborted): the entry is released.
+    Closed,
+    /// The kernel refused the command with this errno (the entry is released).
+    Failed(Errno),
+}
+
+/// One worker's io_uring, carrying entries of any number of FUSE connections (each entry's
+/// commands name its connection's device) and a wakeup read. Completions name what they are
+/// for by the `user_data` given with the command.
+pub struct Ring {
+    ring: IoUring<squeue::Entry128, cqueue::Entry>,
+    wake_buf: Box<[u8; 8]>,
+}
+
+// SAFETY: the ring and the wakeup buffer are used only by the thread that owns the value.
+unsafe impl Send for Ring {}
+
+impl Ring {
+    /// A ring with room for `entries` commands in flight at once.
+    pub fn new(entries: u32) -> SysResult<Ring> {
+        // No IORING_SETUP_DEFER_TASKRUN: deferred task work runs only when its submitter
+        // enters the ring, so a request the kernel hands to a worker that is exiting would
+        // never be sent, and unmounting would wait for it forever. Ordinary task work falls
+        // back to a kernel thread when the worker is gone.
+        let ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder()
+            .setup_coop_taskrun()
+            .build(entries.next_power_of_two())
+            .map_err(errno_of)?;
+        Ok(Ring {
+            ring,
+            wake_buf: Box::new([0; 8]),
+        })
+    }
+
+    fn push(&mut self, sqe: squeue::Entry128) -> SysResult<()> {
+        loop {
+            // SAFETY: every pointer an SQE carries (an entry's iovecs and buffers, the wakeup
+            // buffer) outlives the command: entries are leaked unless released, and the
+            // wakeup buffer lives as long as the ring.
+            let pushed = unsafe { self.ring.submission().push(&sqe) }.is_ok();
+            if pushed {
+                return Ok(());
+            }
+            // Full: hand what is queued to the kernel and try again.
+            self.submit()?;
+        }
+    }
+
+    fn entry_cmd(e: &RingEntry, cmd_op: u32, commit_id: u64, user_data: u64) -> squeue::Entry128 {
+        // struct fuse_uring_cmd_req: flags, commit_id, qid, padding.
+        let mut cmd = [0u8; 80];
+        cmd[8..16].copy_from_slice(&commit_id.to_ne_bytes());
+        cmd[16..18].copy_from_slice(&e.qid.to_ne_bytes());
+        let mut op = opcode::UringCmd80::new(types::Fd(e.dev), cmd_op).cmd(cmd);
+        if cmd_op == CMD_REGISTER {
+            op = op.addr(Some(e.iov.as_ptr() as u64));
+        }
+        let sqe = op.build().user_data(user_data);
+        if cmd_op == CMD_REGISTER {
+            // The kernel wants the iovec count in sqe->len, which the builder has no field for.
+            with_len(sqe, 2)
+        } else {
+            sqe
+        }
+    }
+
+    /// Queues the registration of `e` (its buffers go to the kernel); its completion, under
+    /// `user_data`, brings its first request or the refusal.
+    pub fn register(&mut self, e: &mut RingEntry, user_data: u64) -> SysResult<()> {
+        let sqe = Self::entry_cmd(e, CMD_REGISTER, 0, user_data);
+        self.push(sqe)?;
+        e.released = false;
+        Ok(())
+    }
+
+    /// Queues the reply now in `e`'s buffers (request `commit_id`) and the fetch of its next
+    /// request, which completes under `user_data`.
+    pub fn commit(&mut self, e: &mut RingEntry, commit_id: u64, user_data: u64) -> SysResult<()> {
+        let sqe = Self::entry_cmd(e, CMD_COMMIT_AND_FETCH, commit_id, user_data);
+        self.push(sqe)?;
+        e.released = false;
+        Ok(())
+    }
+
+    /// Queues a read of the wakeup counter `fd`, completing under `user_data` once signalled.
+    pub fn watch(&mut self, fd: BorrowedFd<'_>, user_data: u64) -> SysResult<()> {
+        let buf = self.wake_buf.as_mut_ptr();
+        let sqe = opcode::Read::new(types::Fd(fd.as_raw_fd()), buf, 8)
+            .build()
+            .user_data(user_data);
+        // The 64-byte SQE in a ring of 128-byte ones: the upper half stays zero.
+        self.push(squeue::Entry128::from(sqe))
+    }
+
+    /// Hands what was queued to the kernel without waiting.
+    pub fn submit(&mut self) -> SysResult<()> {
+        loop {
+            match self.ring.submit() {
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                r => return r.map(drop).map_err(errno_of),
+            }
+        }
+    }
+
+    /// Hands what was queued to the kernel and waits for at least one completion; returns
+    /// every completion there is, as (user_data, result).
+    pub fn wait(&mut self) -> SysResult<Vec<(u64, i32)>> {
+        loop {
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) => return Err(errno_of(e)),
+            }
+            let done: Vec<(u64, i32)> = self
+                .ring
+                .completion()
+                .map(|c| (c.user_data(), c.result()))
+                .collect();
+            if !done.is_empty() {
+                return Ok(done);
+            }
+        }
+    }
+
+    /// Completions already there, without waiting.
+    pub fn ready(&mut self) -> Vec<(u64, i32)> {
+        self.ring
+            .completion()
+            .map(|c| (c.user_data(), c.result()))
+            .collect()
+    }
+}
+
+/// What a command's completion `res` says about entry `e`: a request in its buffers, or its
+/// end (the kernel no longer holds it).
+pub fn entry_event(e: &mut RingEntry, res: i32) -> Event {
+    if res >= 0 {
+        return Event::Request;
+    }
+    e.released = true;
+    match Errno::from_raw(-res) {
+        Errno::ENOTCONN | Errno::ECONNABORTED | Errno::ECANCELED | Errno::ENODEV => Event::Closed,
+        err => Event::Failed(err),
     }
 }
 

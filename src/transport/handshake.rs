@@ -1,42 +1,33 @@
 //! The FUSE_INIT handshake, the one request fuser reads for us: it settles the connection's
 //! features with the kernel (`UnionFs::negotiate`) and whether the io_uring transport serves
-//! the requests that follow (`ring`); `dev` readers serve them otherwise.
+//! the requests that follow (marked in the connection; `attach` then hands it to the
+//! workers), the `/dev/fuse` pool otherwise.
 
-use std::os::fd::OwnedFd;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use fuser::{Filesystem, InitFlags, KernelConfig, Request};
 
-use super::ring::RingStart;
+use super::conn::{Conn, Settle};
 use super::Uring;
-use crate::fs::UnionFs;
 
 /// What fuser's session calls for FUSE_INIT (and nothing else: it never runs the session).
+#[derive(Debug)]
 pub struct Handshake {
-    fs: Arc<UnionFs>,
-    /// The connection's device, for the ring's registrations.
-    dev: Arc<OwnedFd>,
+    conn: Arc<Conn>,
     uring: Uring,
-    /// Where the ring workers report their registration to the mount.
-    ring: Arc<RingStart>,
 }
 
 impl Handshake {
-    /// The handshake of `fs` on the connection `dev`, taking the ring as `uring` says; ring
-    /// workers report their start to `ring`.
-    pub fn new(fs: Arc<UnionFs>, dev: Arc<OwnedFd>, uring: Uring, ring: Arc<RingStart>) -> Self {
-        Handshake {
-            fs,
-            dev,
-            uring,
-            ring,
-        }
+    /// The handshake of `conn`, taking the ring as `uring` says.
+    pub fn new(conn: Arc<Conn>, uring: Uring) -> Self {
+        Handshake { conn, uring }
     }
 }
 
 impl Filesystem for Handshake {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        self.fs.negotiate(config);
+        self.conn.fs.negotiate(config);
         let offered = config
             .capabilities()
             .contains(InitFlags::FUSE_OVER_IO_URING);
@@ -72,13 +63,10 @@ impl Filesystem for Handshake {
         };
         if take {
             // The workers register once the mount says the kernel has our INIT reply (see
-            // `RingStart`); until every queue has an entry the kernel holds requests back.
-            super::ring::start(
-                Arc::clone(&self.fs),
-                Arc::clone(&self.dev),
-                hand_over,
-                Arc::clone(&self.ring),
-            );
+            // `attach`); until every queue has an entry the kernel holds requests back.
+            let settle = Settle::default();
+            settle.hand_over.store(hand_over, Ordering::Relaxed);
+            let _ = self.conn.ring.set(Arc::new(settle));
         }
         Ok(())
     }

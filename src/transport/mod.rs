@@ -4,6 +4,7 @@
 //! behaves the same whichever way its request came.
 
 pub mod args;
+pub mod conn;
 pub mod dev;
 pub mod handshake;
 pub mod ring;
@@ -31,6 +32,26 @@ pub enum Uring {
     Auto,
     /// Whenever the kernel offers it.
     On,
+}
+
+/// Serves `conn` from now on: its `/dev/fuse` with the process's reader pool (growing to
+/// `max_threads`), and when FUSE_INIT gave it the ring, with the process's io_uring workers,
+/// waiting (at most 5 s) until each has registered its entry: only then does the kernel send
+/// requests over the ring, so the union is live when this returns.
+pub fn attach(conn: &Arc<conn::Conn>, max_threads: usize) -> crate::Result<()> {
+    dev::serve(conn, max_threads)
+        .map_err(|e| crate::Error::sys("serving the FUSE device", e, ""))?;
+    if let Some(settle) = conn.ring.get() {
+        ring::serve(conn);
+        if let Err(q) = settle.wait(Duration::from_secs(5)) {
+            return Err(crate::Error::new(format!(
+                "FUSE over io_uring: no ring entry could be registered for CPU queue {q} (run \
+                 with -d to see why), and the kernel holds every request until each queue \
+                 has one: mount with -o uring=off"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Largest request or reply payload: the max_write and readahead we negotiate, plus a page

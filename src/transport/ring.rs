@@ -6,62 +6,55 @@
 //! most of a metadata call's cost. The kernel queues a ring request on the queue of the CPU
 //! the caller runs on, so a worker pinned to that CPU serves it without leaving the CPU.
 //!
-//! Each worker owns one ring with one registered entry and serves one request at a time; the
-//! kernel hands requests to whichever entry of the CPU's queue is free, so a slow request (a
-//! large copy-up) holds up only its own worker. FORGET and INTERRUPT still come through
-//! `/dev/fuse` (see `dev`).
+//! The workers belong to the process, not to a union: [`WORKERS_PER_CPU`] per possible CPU,
+//! each owning one io_uring that carries one registered entry of every connection the process
+//! serves (the kernel needs an entry on each CPU queue of a connection before it uses the
+//! ring). A hundred unions thus cost a hundred sets of entry buffers (mappings whose pages the
+//! kernel touches only as far as requests fill them) and no extra thread. Each worker serves
+//! one request at a time; the kernel hands a request to whichever entry of its queue is free,
+//! so a slow request (a large copy-up) holds up only its own worker. FORGET and INTERRUPT
+//! still come through `/dev/fuse` (see `dev`).
 
-use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
+use parking_lot::Mutex;
 
+use super::conn::{Conn, Settle};
 use super::wire::{Args, Out};
 use super::PAYLOAD_LEN;
-use crate::fs::UnionFs;
-use crate::sys::uring::{self, Event, Queue, ENT_IN_OUT, OP_IN};
-use crate::sys::{Errno, SysResult};
+use crate::sys::uring::{self, entry_event, Event, Ring, RingEntry, ENT_IN_OUT, OP_IN};
+use crate::sys::{Errno, SysResult, Wakeup};
 
 /// Workers per CPU queue: one may be busy with a long request while another serves the rest.
 pub const WORKERS_PER_CPU: usize = 2;
 
-/// Starts the workers for every possible CPU (the kernel needs a queue for each before it
-/// switches to the ring).
-/// `hand_over`: workers may reply as SCHED_IDLE (see `can_hand_over`).
-pub fn start(fs: Arc<UnionFs>, dev: Arc<OwnedFd>, hand_over: bool, ring: Arc<RingStart>) {
-    let cpus = possible_cpus();
-    info!(
-        "transport: io_uring, {cpus} queues x {WORKERS_PER_CPU} workers, callers kept on \
-         their CPU: {}",
-        if hand_over {
-            "yes"
-        } else {
-            "no (no CAP_SYS_NICE)"
-        }
-    );
-    ring.expect(cpus, WORKERS_PER_CPU);
-    fs.stats()
-        .ring_workers
-        .store((cpus * WORKERS_PER_CPU) as u64, Ordering::Relaxed);
-    for qid in 0..cpus {
-        for w in 0..WORKERS_PER_CPU {
-            let (wfs, wdev, wring) = (Arc::clone(&fs), Arc::clone(&dev), Arc::clone(&ring));
-            let spawned = std::thread::Builder::new()
-                .name(format!("unionfs-ring{qid}.{w}"))
-                .spawn(move || worker(&wfs, &wdev, &wring, qid, hand_over));
-            if let Err(e) = spawned {
-                warn!("io_uring worker {qid}.{w}: {e}");
-                ring.settled(qid, false);
-            }
-        }
-    }
+/// The `user_data` of a worker's wakeup read (entries are numbered from 0).
+const WAKE: u64 = u64::MAX;
+
+/// How long a registration the kernel refuses with EAGAIN (our INIT reply not processed yet)
+/// is tried again.
+const REGISTER_GRACE: Duration = Duration::from_secs(10);
+
+/// A worker as the rest of the process sees it: where to post connections to register.
+struct Worker {
+    inbox: Mutex<Vec<Arc<Conn>>>,
+    wake: Wakeup,
 }
+
+/// The process's io_uring workers.
+struct Pool {
+    workers: Vec<Arc<Worker>>,
+}
+
+static POOL: OnceLock<Option<Pool>> = OnceLock::new();
 
 /// Number of possible CPUs (`/sys/devices/system/cpu/possible`, e.g. "0-3"): the kernel makes
 /// one queue for each.
-fn possible_cpus() -> usize {
+pub fn possible_cpus() -> usize {
     let text = std::fs::read_to_string("/sys/devices/system/cpu/possible").unwrap_or_default();
     let last = text
         .trim()
@@ -74,100 +67,298 @@ fn possible_cpus() -> usize {
     }
 }
 
-fn worker(fs: &UnionFs, dev: &Arc<OwnedFd>, ring: &RingStart, qid: usize, hand_over: bool) {
-    if let Err(e) = crate::sys::uring::pin_to_cpu(qid) {
+/// The process's workers, started on first use. `hand_over`: workers reply as SCHED_IDLE
+/// (see `can_hand_over`); decided once per process.
+fn pool(hand_over: bool) -> Option<&'static Pool> {
+    POOL.get_or_init(|| {
+        let cpus = possible_cpus();
+        info!(
+            "transport: io_uring, {cpus} queues x {WORKERS_PER_CPU} workers shared by every \
+             union of this process, callers kept on their CPU: {}",
+            if hand_over {
+                "yes"
+            } else {
+                "no (no CAP_SYS_NICE)"
+            }
+        );
+        let mut workers = Vec::new();
+        for qid in 0..cpus {
+            for w in 0..WORKERS_PER_CPU {
+                let wake = match Wakeup::new() {
+                    Ok(w) => w,
+                    Err(e) => {
+                        warn!("io_uring: cannot make a wakeup eventfd: {e}");
+                        return None;
+                    }
+                };
+                let worker = Arc::new(Worker {
+                    inbox: Mutex::new(Vec::new()),
+                    wake,
+                });
+                let me = Arc::clone(&worker);
+                let spawned = std::thread::Builder::new()
+                    .name(format!("unionfs-ring{qid}.{w}"))
+                    .spawn(move || run(&me, qid, hand_over));
+                if let Err(e) = spawned {
+                    warn!("io_uring worker {qid}.{w}: {e}");
+                    return None;
+                }
+                workers.push(worker);
+            }
+        }
+        Some(Pool { workers })
+    })
+    .as_ref()
+}
+
+/// Has every worker register an entry of `conn` on its CPU's queue, and says how that went
+/// in `conn.ring` (see [`Settle`]).
+pub fn serve(conn: &Arc<Conn>) {
+    let settle = conn.ring.get_or_init(|| Arc::new(Settle::default()));
+    let hand_over = settle.hand_over.load(Ordering::Relaxed);
+    let cpus = possible_cpus();
+    settle.expect(cpus, WORKERS_PER_CPU);
+    let Some(p) = pool(hand_over) else {
+        for q in 0..cpus {
+            for _ in 0..WORKERS_PER_CPU {
+                settle.settled(q, false);
+            }
+        }
+        return;
+    };
+    conn.fs
+        .stats()
+        .ring_workers
+        .store((cpus * WORKERS_PER_CPU) as u64, Ordering::Relaxed);
+    for w in &p.workers {
+        w.inbox.lock().push(Arc::clone(conn));
+        w.wake.wake();
+    }
+}
+
+/// One registered entry of a worker and the connection it belongs to.
+struct Slot {
+    conn: Arc<Conn>,
+    entry: RingEntry,
+    /// The registration has not been reported to the connection's [`Settle`] yet.
+    unsettled: bool,
+    /// When a refused registration stops being tried again.
+    deadline: Instant,
+    /// Requests answered on it; a refused commit after that is retried by registering the
+    /// entry again (a worker that gave up would leave its CPU's queue one entry short).
+    served: u64,
+    refusals: u32,
+}
+
+fn run(me: &Worker, qid: usize, hand_over: bool) {
+    if let Err(e) = uring::pin_to_cpu(qid) {
         // Still correct, only without the same-CPU benefit (e.g. a cpuset without this CPU).
         debug!("io_uring queue {qid}: not pinned: {e}");
     }
-    let stats = fs.stats();
-    let mut q = match Queue::new(dev.as_fd(), qid as u16, PAYLOAD_LEN) {
-        Ok(q) => q,
+    let mut ring = match Ring::new(256) {
+        Ok(r) => r,
         Err(e) => {
-            warn!("io_uring queue {qid}: cannot set up a ring: {e}; requests stay on /dev/fuse");
-            ring.settled(qid, false);
-            return;
+            warn!("io_uring queue {qid}: cannot set up a ring: {e}; connections stay on /dev/fuse");
+            return refuse_forever(me, qid);
         }
     };
-    // The kernel accepts registrations only once it has processed our INIT reply, written
-    // after `init` returns. Registering before would be refused, and a refusal may come back
-    // late (io_uring retries a command that answered EAGAIN from a worker thread), after the
-    // entry was counted as taken.
-    ring.wait_go(Duration::from_secs(10));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let first = loop {
-        match q.register() {
-            Ok(Some(Event::Failed(Errno::EAGAIN))) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            r => break r,
-        }
-    };
-    let taken = matches!(first, Ok(None | Some(Event::Request)));
-    ring.settled(qid, taken);
-    if taken {
-        stats.ring_entries.fetch_add(1, Ordering::Relaxed);
-    }
-    let mut ev = registered(&mut q, first);
+    let mut slots: Vec<Option<Slot>> = Vec::new();
+    let mut todo: VecDeque<(u64, i32)> = VecDeque::new();
     let mut out = Out::default();
-    // Requests answered; a refused commit after that is retried by registering the entry
-    // again (a worker that gave up would leave its CPU's queue one entry short).
-    let mut served = 0u64;
-    let mut refusals = 0;
-    loop {
-        match ev {
-            Ok(Event::Request) => {}
-            Ok(Event::Closed) => break,
-            // A registration refused late (io_uring retried it from a worker thread) counts
-            // as not yet accepted: try again, as for one refused at once.
-            Ok(Event::Failed(Errno::EAGAIN)) if served == 0 && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(1));
-                let r = q.register();
-                ev = registered(&mut q, r);
-                continue;
-            }
-            Ok(Event::Failed(e)) if served > 0 && refusals < 3 => {
-                refusals += 1;
-                warn!("io_uring queue {qid}: the kernel refused a reply: {e}; registering again");
-                let r = q.register();
-                ev = registered(&mut q, r);
-                continue;
-            }
-            Ok(Event::Failed(e)) => {
-                warn!("io_uring queue {qid}: the kernel refused the ring: {e}; this worker stops");
-                break;
-            }
-            Err(e) => {
-                warn!("io_uring queue {qid}: {e}; this worker stops");
-                break;
-            }
-        }
-        let h = Args::new(q.header());
-        // fuse_in_header.unique; fuse_uring_ent_in_out.commit_id names the entry to commit.
-        let (unique, commit_id) = (h.u64(8), h.u64(ENT_IN_OUT + 8));
-        serve(fs, dev, &q, &mut out);
-        served += 1;
-        stats.ring_requests.fetch_add(1, Ordering::Relaxed);
-        if !q.put_reply(&out.header(unique), &out.body) {
-            out.reset(0);
-            out.error = -libc::EIO;
-            q.put_reply(&out.header(unique), &[]);
-        }
-        ev = if hand_over {
-            commit_handing_over(&mut q, commit_id, qid)
-        } else {
-            q.commit_and_fetch(commit_id)
-        };
+    if let Err(e) = ring.watch(me.wake.fd(), WAKE) {
+        warn!("io_uring queue {qid}: {e}; this worker stops");
+        return refuse_forever(me, qid);
     }
-    debug!("io_uring queue {qid}: worker done");
+    // Connections posted before the first wait.
+    add_posted(me, &mut ring, &mut slots, &mut todo, qid);
+    loop {
+        if todo.is_empty() {
+            match ring.wait() {
+                Ok(done) => todo.extend(done),
+                Err(e) => {
+                    warn!("io_uring queue {qid}: {e}; this worker stops");
+                    return refuse_forever(me, qid);
+                }
+            }
+        }
+        let Some((ud, res)) = todo.pop_front() else {
+            continue;
+        };
+        if ud == WAKE {
+            if res < 0 {
+                warn!("io_uring queue {qid}: waiting for new connections failed ({res})");
+            }
+            if let Err(e) = ring.watch(me.wake.fd(), WAKE) {
+                warn!("io_uring queue {qid}: {e}; no new connections on this worker");
+            }
+            add_posted(me, &mut ring, &mut slots, &mut todo, qid);
+            continue;
+        }
+        let idx = ud as usize;
+        let Some(slot) = slots.get_mut(idx).and_then(Option::as_mut) else {
+            continue;
+        };
+        match entry_event(&mut slot.entry, res) {
+            Event::Request => {
+                if std::mem::take(&mut slot.unsettled) {
+                    settled(slot, qid, true);
+                }
+                answer(&mut ring, slot, ud, &mut out, qid, hand_over);
+            }
+            Event::Closed => {
+                if slot.unsettled {
+                    settled(slot, qid, false);
+                }
+                slot.conn.end();
+                slots[idx] = None;
+            }
+            // Our INIT reply is not processed yet (or io_uring retried a refused command
+            // late): try again, shortly.
+            Event::Failed(Errno::EAGAIN) if slot.served == 0 && Instant::now() < slot.deadline => {
+                std::thread::sleep(Duration::from_millis(1));
+                if ring.register(&mut slot.entry, ud).is_err() {
+                    settled(slot, qid, false);
+                    slots[idx] = None;
+                }
+            }
+            Event::Failed(e) if slot.served > 0 && slot.refusals < 3 => {
+                slot.refusals += 1;
+                warn!("io_uring queue {qid}: the kernel refused a reply: {e}; registering again");
+                if ring.register(&mut slot.entry, ud).is_err() {
+                    slots[idx] = None;
+                }
+            }
+            Event::Failed(e) => {
+                warn!("io_uring queue {qid}: the kernel refused an entry: {e}; it is dropped");
+                if slot.unsettled {
+                    settled(slot, qid, false);
+                }
+                slots[idx] = None;
+            }
+        }
+    }
 }
 
-/// The first event of an entry whose registration went as `r`: the kernel's answer, or the
-/// first request it hands the registered entry.
-fn registered(q: &mut Queue, r: SysResult<Option<Event>>) -> SysResult<Event> {
-    match r {
-        Ok(None) => q.wait(),
-        Ok(Some(ev)) => Ok(ev),
-        Err(e) => Err(e),
+/// Registers an entry of every connection posted to this worker. A registration the kernel
+/// refuses at once completes at once; one it takes completes only with its first request, so
+/// it is reported taken unless its refusal is among the completions right after submitting.
+fn add_posted(
+    me: &Worker,
+    ring: &mut Ring,
+    slots: &mut Vec<Option<Slot>>,
+    todo: &mut VecDeque<(u64, i32)>,
+    qid: usize,
+) {
+    let posted = std::mem::take(&mut *me.inbox.lock());
+    if posted.is_empty() {
+        return;
+    }
+    let mut added = Vec::new();
+    for conn in posted {
+        let entry = match RingEntry::new(
+            std::os::fd::AsFd::as_fd(&*conn.dev),
+            qid as u16,
+            PAYLOAD_LEN,
+        ) {
+            Ok(e) => e,
+            Err(e) => {
+                warn!("io_uring queue {qid}: no buffers for an entry: {e}");
+                if let Some(s) = conn.ring.get() {
+                    s.settled(qid, false);
+                }
+                continue;
+            }
+        };
+        let idx = match slots.iter().position(Option::is_none) {
+            Some(i) => i,
+            None => {
+                slots.push(None);
+                slots.len() - 1
+            }
+        };
+        let mut slot = Slot {
+            conn,
+            entry,
+            unsettled: true,
+            deadline: Instant::now() + REGISTER_GRACE,
+            served: 0,
+            refusals: 0,
+        };
+        if let Err(e) = ring.register(&mut slot.entry, idx as u64) {
+            warn!("io_uring queue {qid}: cannot register an entry: {e}");
+            settled(&slot, qid, false);
+            continue;
+        }
+        slots[idx] = Some(slot);
+        added.push(idx);
+    }
+    if let Err(e) = ring.submit() {
+        warn!("io_uring queue {qid}: submitting registrations failed: {e}");
+    }
+    let now = ring.ready();
+    for idx in added {
+        let refused = now.iter().any(|(ud, res)| *ud == idx as u64 && *res < 0);
+        if let Some(slot) = slots.get_mut(idx).and_then(Option::as_mut) {
+            if !refused && std::mem::take(&mut slot.unsettled) {
+                settled(slot, qid, true);
+            }
+        }
+    }
+    todo.extend(now);
+}
+
+/// Reports a slot's registration to its connection.
+fn settled(slot: &Slot, qid: usize, taken: bool) {
+    if let Some(s) = slot.conn.ring.get() {
+        s.settled(qid, taken);
+    }
+    if taken {
+        slot.conn
+            .fs
+            .stats()
+            .ring_entries
+            .fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves the request in `slot`'s buffers, puts the reply there and commits it, fetching the
+/// entry's next request.
+fn answer(ring: &mut Ring, slot: &mut Slot, ud: u64, out: &mut Out, qid: usize, hand_over: bool) {
+    let conn = Arc::clone(&slot.conn);
+    let h = Args::new(slot.entry.header());
+    // fuse_in_header.unique; fuse_uring_ent_in_out.commit_id names the entry to commit.
+    let (unique, commit_id) = (h.u64(8), h.u64(ENT_IN_OUT + 8));
+    let len = h.u32(ENT_IN_OUT + 16) as usize;
+    {
+        let header = slot.entry.header();
+        let op = &header[OP_IN..ENT_IN_OUT];
+        super::serve(
+            &conn.fs,
+            &conn.dev,
+            header,
+            op,
+            slot.entry.payload(len),
+            out,
+        );
+    }
+    slot.served += 1;
+    conn.fs
+        .stats()
+        .ring_requests
+        .fetch_add(1, Ordering::Relaxed);
+    if !slot.entry.put_reply(&out.header(unique), &out.body) {
+        out.reset(0);
+        out.error = -libc::EIO;
+        slot.entry.put_reply(&out.header(unique), &[]);
+    }
+    let sent = if hand_over {
+        commit_handing_over(ring, &mut slot.entry, commit_id, ud, qid)
+    } else {
+        ring.commit(&mut slot.entry, commit_id, ud)
+            .and_then(|()| ring.submit())
+    };
+    if let Err(e) = sent {
+        warn!("io_uring queue {qid}: sending a reply failed: {e}");
     }
 }
 
@@ -181,18 +372,37 @@ fn registered(q: &mut Queue, r: SysResult<Option<Event>>) -> SysResult<Event> {
 /// SCHED_OTHER before it waits for its next request, so it is of idle policy only between
 /// sending a reply and its next instruction, which it gets once the caller blocks again or
 /// its slice ends.
-fn commit_handing_over(q: &mut Queue, id: u64, qid: usize) -> SysResult<Event> {
+fn commit_handing_over(
+    ring: &mut Ring,
+    e: &mut RingEntry,
+    id: u64,
+    ud: u64,
+    qid: usize,
+) -> SysResult<()> {
+    ring.commit(e, id, ud)?;
     let idle = uring::set_idle_policy(true).is_ok();
-    let sent = q.commit(id);
+    let sent = ring.submit();
     if idle {
-        if let Err(e) = uring::set_idle_policy(false) {
+        if let Err(err) = uring::set_idle_policy(false) {
             // Left of idle policy, this worker would starve behind any busy process.
-            warn!("io_uring queue {qid}: cannot leave SCHED_IDLE ({e}); worker stops");
-            return Err(e);
+            warn!("io_uring queue {qid}: cannot leave SCHED_IDLE ({err})");
+            return Err(err);
         }
     }
-    sent?;
-    q.wait()
+    sent
+}
+
+/// A worker that cannot serve tells every connection posted to it, now and later, that its
+/// entry was not taken (so mounts fail clearly instead of waiting).
+fn refuse_forever(me: &Worker, qid: usize) {
+    loop {
+        for conn in std::mem::take(&mut *me.inbox.lock()) {
+            if let Some(s) = conn.ring.get() {
+                s.settled(qid, false);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Whether workers may switch to SCHED_IDLE and back: leaving it needs CAP_SYS_NICE or an
@@ -202,71 +412,4 @@ pub(crate) fn can_hand_over() -> bool {
     std::thread::spawn(|| uring::set_idle_policy(true).and_then(|()| uring::set_idle_policy(false)))
         .join()
         .is_ok_and(|r| r.is_ok())
-}
-
-/// Runs the request in `q`'s buffers, leaving the answer in `out`: the ring hands the fixed
-/// argument over apart from the payload.
-fn serve(fs: &UnionFs, dev: &Arc<OwnedFd>, q: &Queue, out: &mut Out) {
-    let header = q.header();
-    let len = Args::new(header).u32(ENT_IN_OUT + 16) as usize;
-    let op = &header[OP_IN..ENT_IN_OUT];
-    super::serve(fs, dev, header, op, q.payload(len), out);
-}
-
-/// The io_uring workers' registration, queue by queue. Once one entry is registered the kernel
-/// holds every request back until each CPU's queue has one, so a queue left without any would
-/// hang the mount: the mount checks this before it is reported live.
-#[derive(Debug, Default)]
-pub struct RingStart {
-    /// Set once the kernel has processed our INIT reply: it refuses registrations before.
-    go: AtomicBool,
-    /// Per queue: (workers settled, entries the kernel took).
-    queues: parking_lot::Mutex<Vec<(usize, usize)>>,
-    workers_per_queue: AtomicU64,
-}
-
-impl RingStart {
-    /// Expects `per_queue` workers for each of `queues` queues.
-    pub fn expect(&self, queues: usize, per_queue: usize) {
-        *self.queues.lock() = vec![(0, 0); queues];
-        self.workers_per_queue
-            .store(per_queue as u64, Ordering::Relaxed);
-    }
-
-    /// Lets the workers register (the INIT reply is in).
-    pub fn go(&self) {
-        self.go.store(true, Ordering::Release);
-    }
-
-    /// Waits (at most `limit`) for [`RingStart::go`].
-    pub fn wait_go(&self, limit: std::time::Duration) {
-        let deadline = std::time::Instant::now() + limit;
-        while !self.go.load(Ordering::Acquire) && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-    }
-
-    /// A worker of queue `qid` is done registering; `taken`: the kernel has its entry.
-    pub fn settled(&self, qid: usize, taken: bool) {
-        if let Some(q) = self.queues.lock().get_mut(qid) {
-            q.0 += 1;
-            q.1 += usize::from(taken);
-        }
-    }
-
-    /// Waits (at most `limit`) until every worker has registered or given up. Then `Err(q)`
-    /// names a queue left without an entry while others have one (the kernel would hold
-    /// every request back for good).
-    pub fn wait_settled(&self, limit: std::time::Duration) -> Result<(), usize> {
-        let per = self.workers_per_queue.load(Ordering::Relaxed) as usize;
-        let deadline = std::time::Instant::now() + limit;
-        while self.queues.lock().iter().any(|q| q.0 < per) && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        let queues = self.queues.lock();
-        if queues.iter().all(|q| q.1 == 0) {
-            return Ok(());
-        }
-        queues.iter().position(|q| q.1 == 0).map_or(Ok(()), Err)
-    }
 }

@@ -1,0 +1,99 @@
+//! Waiting on many file descriptors at once: an epoll set whose entries fire once until re-armed
+//! (so one ready FUSE device wakes one serving thread), and an eventfd to wake a thread that
+//! waits elsewhere (an io_uring worker). Safe wrappers over nix's.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Duration;
+
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+
+use super::SysResult;
+
+/// An epoll set of readable-once entries, each carrying a `u64` key.
+#[derive(Debug)]
+pub struct OneShotSet(Epoll);
+
+fn oneshot(key: u64) -> EpollEvent {
+    EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLONESHOT, key)
+}
+
+impl OneShotSet {
+    /// An empty set.
+    pub fn new() -> SysResult<OneShotSet> {
+        Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map(OneShotSet)
+    }
+
+    /// Watches `fd` for input under `key`; it fires once, then waits for [`OneShotSet::rearm`].
+    pub fn add(&self, fd: BorrowedFd<'_>, key: u64) -> SysResult<()> {
+        self.0.add(fd, oneshot(key))
+    }
+
+    /// Lets `fd` fire again (after the thread it woke took what it wanted).
+    pub fn rearm(&self, fd: BorrowedFd<'_>, key: u64) -> SysResult<()> {
+        let mut ev = oneshot(key);
+        self.0.modify(fd, &mut ev)
+    }
+
+    /// Stops watching `fd`.
+    pub fn remove(&self, fd: BorrowedFd<'_>) -> SysResult<()> {
+        self.0.delete(fd)
+    }
+
+    /// Waits for one entry to fire, for at most `timeout` (forever with `None`); its key, or
+    /// `None` when the time ran out.
+    pub fn wait_one(&self, timeout: Option<Duration>) -> SysResult<Option<u64>> {
+        let mut events = [EpollEvent::empty()];
+        let t = match timeout {
+            None => EpollTimeout::NONE,
+            Some(d) => {
+                let ms = d.as_millis().min(i32::MAX as u128) as u32;
+                EpollTimeout::try_from(ms).unwrap_or(EpollTimeout::NONE)
+            }
+        };
+        loop {
+            match self.0.wait(&mut events, t) {
+                Ok(0) => return Ok(None),
+                Ok(_) => return Ok(Some(events[0].data())),
+                Err(super::Errno::EINTR) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Makes reads and writes of `fd` return EAGAIN instead of blocking.
+pub fn set_nonblocking(fd: BorrowedFd<'_>) -> SysResult<()> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
+    fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).map(drop)
+}
+
+/// A counter another thread bumps to wake whoever reads it.
+#[derive(Debug)]
+pub struct Wakeup(EventFd);
+
+impl Wakeup {
+    /// A new, unsignalled one.
+    pub fn new() -> SysResult<Wakeup> {
+        // Blocking: io_uring honours O_NONBLOCK and would complete a read of an unsignalled
+        // non-blocking counter at once with EAGAIN instead of waiting for it.
+        EventFd::from_flags(EfdFlags::EFD_CLOEXEC).map(Wakeup)
+    }
+
+    /// Signals it.
+    pub fn wake(&self) {
+        let _ = self.0.write(1);
+    }
+
+    /// Its fd, for a reader that waits on it (an io_uring read).
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+/// An owned fd duplicate (F_DUPFD_CLOEXEC) of `fd`.
+pub fn dup(fd: BorrowedFd<'_>) -> SysResult<OwnedFd> {
+    fd.try_clone_to_owned()
+        .map_err(|e| super::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+}
