@@ -251,6 +251,8 @@ impl Prepared {
 
     /// Mounts and starts serving; returns once the kernel has completed the FUSE handshake.
     pub fn mount(self) -> Result<MountGuard> {
+        static TUNED: std::sync::Once = std::sync::Once::new();
+        TUNED.call_once(sys::big_allocations_as_mappings);
         let fuse = open_fuse_device()?;
         let cfg = &self.cfg;
         let mut flags: libc::c_ulong = 0;
@@ -377,6 +379,11 @@ impl MountGuard {
     /// A shared handle on the filesystem (for its SIGUSR1 report after the guard is consumed).
     pub fn fs(&self) -> Arc<UnionFs> {
         Arc::clone(&self.fs)
+    }
+
+    /// True once the kernel has ended the union's connection (it was unmounted).
+    pub fn is_ended(&self) -> bool {
+        self.conn.is_ended()
     }
 
     /// Serves until the filesystem is unmounted by someone (umount, a signal handler).

@@ -30,8 +30,8 @@ Lowers are listed topmost first; write '\\:' for a ':' inside a path.";
 pub struct Args {
     /// Mount options, comma-separated: lowerdir=, upperdir=, workdir=, ro, rw, dev, nodev,
     /// suid, nosuid, allow_other, nonempty, threads=N, fsname=NAME, timeout=SECS,
-    /// passthrough=auto|off, metacopy=on|off, uring=auto|on|off; generic mount options are
-    /// accepted.
+    /// passthrough=auto|off, metacopy=on|off, uring=auto|on|off, shared[=SOCKET]; generic
+    /// mount options are accepted.
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,
     /// Stay in the foreground instead of returning once the mount is live.
@@ -56,6 +56,10 @@ pub struct Args {
     /// Do not start the watchdog that unmounts if the daemon dies.
     #[arg(long)]
     pub no_watchdog: bool,
+    /// Run a server that hosts the unions handed to it (`-o shared`) at SOCKET (default: the
+    /// shared socket of this user) until it has served none for 30 s.
+    #[arg(long, value_name = "SOCKET", num_args = 0..=1, default_missing_value = "")]
+    pub serve: Option<PathBuf>,
     /// mount(8) helper flags (no mtab, sloppy, verbose, type, namespace): accepted and ignored
     /// so that `mount -t fuse.unionfs` and fstab entries work.
     #[arg(short = 'n', hide = true)]
@@ -98,6 +102,55 @@ pub struct Invocation {
     pub warnings: Vec<String>,
     /// Mount over a non-empty directory without a warning (`-o nonempty`, libfuse2's opt-in).
     pub nonempty: bool,
+    /// Hand the union to the server at this socket (`-o shared[=SOCKET]`), starting one if
+    /// none runs, instead of serving it from a process of its own.
+    pub shared: Option<PathBuf>,
+    /// The arguments it was parsed from (program name left out), for handing it to a server.
+    pub argv: Vec<OsString>,
+}
+
+impl Invocation {
+    /// Every path made absolute against `cwd` (the directory the command was given in), for
+    /// a process that runs elsewhere (the daemon, a server).
+    pub fn absolutize(&mut self, cwd: &std::path::Path) {
+        let abs = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = cwd.join(&*p);
+            }
+        };
+        self.config.lowers.iter_mut().for_each(abs);
+        for p in [
+            self.config.upper.as_mut(),
+            self.config.workdir.as_mut(),
+            Some(&mut self.mountpoint),
+            self.pid_file.as_mut(),
+            self.stats_file.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            abs(p);
+        }
+    }
+}
+
+/// The socket of the shared server of this user in this mount namespace (`-o shared`
+/// without a path): a server must see the mount points and layers its callers see, so each
+/// namespace has its own. In `/run/unionfs-mount` for root, in `$XDG_RUNTIME_DIR` (else the
+/// temp dir) for others.
+pub fn default_socket() -> PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    let uid = crate::sys::geteuid();
+    let dir = if uid == 0 {
+        PathBuf::from("/run/unionfs-mount")
+    } else {
+        match std::env::var_os("XDG_RUNTIME_DIR") {
+            Some(d) => PathBuf::from(d).join("unionfs-mount"),
+            None => std::env::temp_dir().join(format!("unionfs-mount-{uid}")),
+        }
+    };
+    let ns = std::fs::metadata("/proc/self/ns/mnt").map_or(0, |m| m.ino());
+    dir.join(format!("mnt-{ns}.sock"))
 }
 
 /// Splits a lower-layer list on `:` (topmost first), honouring `\:` as a literal colon.
@@ -199,6 +252,7 @@ pub fn parse_args(args: Args) -> Result<Invocation> {
     let mut workdir = None;
     let mut warnings = Vec::new();
     let mut nonempty = false;
+    let mut shared = None;
     let mut fsname_given = false;
     let mut cfg = MountConfig::new(Vec::new(), None);
     if let Some(t) = args.threads {
@@ -226,6 +280,12 @@ pub fn parse_args(args: Args) -> Result<Invocation> {
             "nosuid" => cfg.suid = false,
             "allow_other" => cfg.allow_other = true,
             "nonempty" => nonempty = true,
+            "shared" => {
+                shared = Some(match val.filter(|v| !v.is_empty()) {
+                    Some(v) => PathBuf::from(v),
+                    None => default_socket(),
+                })
+            }
             "fsname" => {
                 cfg.fsname = need(val)?;
                 fsname_given = true;
@@ -340,6 +400,8 @@ pub fn parse_args(args: Args) -> Result<Invocation> {
         stats_file: args.stats_file,
         warnings,
         nonempty,
+        shared,
+        argv: Vec::new(),
     })
 }
 

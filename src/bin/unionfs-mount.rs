@@ -27,12 +27,22 @@ fn main() -> ExitCode {
             }
         };
     }
-    let inv = match unionfs::options::parse_args(args) {
+    if let Some(socket) = &args.serve {
+        let socket = if socket.as_os_str().is_empty() {
+            unionfs::options::default_socket()
+        } else {
+            socket.clone()
+        };
+        let code = unionfs::daemon::server::run(&socket, args.foreground || args.debug);
+        return ExitCode::from(code as u8);
+    }
+    let mut inv = match unionfs::options::parse_args(args) {
         Ok(i) => i,
         Err(e) => {
             eprintln!("unionfs-mount: {e}");
             return ExitCode::from(2);
         }
     };
+    inv.argv = std::env::args_os().skip(1).collect();
     ExitCode::from(unionfs::daemon::run(inv) as u8)
 }

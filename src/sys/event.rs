@@ -97,3 +97,23 @@ pub fn dup(fd: BorrowedFd<'_>) -> SysResult<OwnedFd> {
     fd.try_clone_to_owned()
         .map_err(|e| super::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
 }
+
+/// Waits until `fd` is readable, at most `limit`; whether it is.
+pub fn wait_readable(fd: BorrowedFd<'_>, limit: Duration) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let ms = limit.as_millis().min(i32::MAX as u128) as i32;
+    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
+    matches!(poll(&mut fds, timeout), Ok(n) if n > 0)
+}
+
+/// The pid of the process at the other end of the unix socket `fd` (SO_PEERCRED).
+pub fn peer_pid(fd: BorrowedFd<'_>) -> SysResult<i32> {
+    use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+    getsockopt(&fd, PeerCredentials).map(|c| c.pid())
+}
+
+/// An exclusive `flock` of `file`, held until the returned value drops.
+pub fn lock_exclusive(file: std::fs::File) -> SysResult<nix::fcntl::Flock<std::fs::File>> {
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| e)
+}

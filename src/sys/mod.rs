@@ -15,6 +15,7 @@
 //! - `xattr.rs`: extended attributes, with the *xattrat-or-/proc fallback in one place
 //! - `io.rs`: file data (read/write, in-kernel copies, holes, sync, mmap)
 //! - `event.rs`: epoll sets of once-firing entries, eventfds, non-blocking fds
+//! - `mem.rs`: large buffers as anonymous mappings (resident only where written)
 //! - `mount.rs`: mount(2) and the lazy unmount
 //! - `process.rs`: fork, clone, exit_now, daemonising; `signal.rs`: masks and dispositions
 //! - `ids.rs`: effective ids and umask; `net.rs`: bringing `lo` up in a new network namespace
@@ -28,6 +29,7 @@ mod event;
 mod fd;
 mod ids;
 mod io;
+mod mem;
 mod mount;
 mod net;
 mod process;
@@ -47,6 +49,7 @@ pub use event::*;
 pub use fd::*;
 pub use ids::*;
 pub use io::*;
+pub use mem::*;
 pub use mount::*;
 pub use net::*;
 pub use process::*;

@@ -129,3 +129,19 @@ pub fn trim_heap() {
         libc::malloc_trim(0);
     }
 }
+
+/// Makes every allocation of 256 KiB or more a mapping of its own (glibc's M_MMAP_THRESHOLD,
+/// which also stops its dynamic threshold); a no-op elsewhere.
+///
+/// Why: glibc raises the threshold to the size of the largest mapping freed, up to 32 MiB, and
+/// from then on serves such sizes from a thread's arena, where `calloc` zeroes every page and
+/// a free keeps them resident. fuser's 16 MiB receive buffer for the FUSE_INIT of each mount
+/// made every third union of a server cost 16 MiB that way; as a mapping of its own it costs
+/// the page INIT writes, and nothing once freed.
+pub fn big_allocations_as_mappings() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes the allocator's tuning for later allocations.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
+    }
+}

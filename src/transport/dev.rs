@@ -116,7 +116,14 @@ fn spawn(p: &Arc<Pool>) {
 fn reader(p: &Arc<Pool>) {
     // The kernel refuses reads into buffers smaller than the largest request it may send;
     // the pages past a request's size are never touched, so they cost no memory.
-    let mut buf = vec![0u8; InHeader::SIZE + PAYLOAD_LEN + 4096];
+    let mut buf = match sys::Region::new(InHeader::SIZE + PAYLOAD_LEN + 4096) {
+        Ok(b) => b,
+        Err(e) => {
+            error!("/dev/fuse: no memory for a reader's buffer ({e}); this reader stops");
+            p.threads.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+    };
     let mut out = Out::default();
     loop {
         let spare = p.threads.load(Ordering::Acquire) > 1;
@@ -187,7 +194,7 @@ fn take_one(p: &Pool, entry: &Entry, buf: &mut [u8], out: &mut Out) {
         // No answers to these.
         Some(Op::Forget) => {
             fs.forget(h.nodeid, ForgetIn::read(&Args::new(body)).nlookup);
-            pace(conn);
+            pace(p, conn);
             return rearm();
         }
         Some(Op::BatchForget) => {
@@ -202,7 +209,7 @@ fn take_one(p: &Pool, entry: &Entry, buf: &mut [u8], out: &mut Out) {
                 let one = Args::new(one);
                 fs.forget(one.u64(0), one.u64(8));
             }
-            pace(conn);
+            pace(p, conn);
             return rearm();
         }
         // Operations are not interruptible here; the kernel's request simply completes.
@@ -231,11 +238,14 @@ fn drop_conn(p: &Pool, entry: &Entry) {
 
 /// After FORGETs while the ring serves every other request: each one read alone is a wakeup
 /// and two context switches, as much as the unlink that caused it. Resting (before re-arming
-/// the connection, so other unions' requests go to other threads) lets the kernel queue the
-/// next ones, which it then hands over together as one BATCH_FORGET. unlink 20,000:
-/// 0.71 -> 0.47 s; rm -rf: 0.43 -> 0.31 s.
-fn pace(conn: &Conn) {
+/// the connection) lets the kernel queue the next ones, which it then hands over together as
+/// one BATCH_FORGET. unlink 20,000: 0.71 -> 0.47 s; rm -rf: 0.43 -> 0.31 s. The resting
+/// thread counts as idle: waking a new thread for what arrives meanwhile would cost more than
+/// the millisecond it waits.
+fn pace(p: &Pool, conn: &Conn) {
     if conn.fs.ring_serving() {
+        p.idle.fetch_add(1, Ordering::AcqRel);
         std::thread::sleep(FORGET_PACE);
+        p.idle.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -9,4 +9,5 @@ mod counters;
 mod fixture;
 mod lifecycle;
 mod mount_helper;
+mod shared;
 mod transport;

@@ -1,49 +1,68 @@
 //! The `unionfs-mount` process: detach, mount, report readiness to the caller, serve until
 //! unmounted, unmount on SIGTERM/SIGINT/SIGHUP, and leave a watchdog that unmounts if the daemon
 //! is killed (so a dead daemon never leaves a mount whose every access fails with ENOTCONN).
+//! With `-o shared` the union goes to a `server` process that hosts many instead.
+
+pub mod server;
+mod watchdog;
 
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
 
+use crate::mount::Prepared;
 use crate::options::Invocation;
 use crate::sys;
+use watchdog::Watchdog;
 
 const SIGNALS: [i32; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1];
+
+/// Checks an invocation and opens its layers: what a union needs before its mount, whether
+/// a process of its own or a server hosts it. Warnings for the user come back with it.
+pub fn prepare(inv: &mut Invocation) -> crate::Result<(Prepared, Vec<String>)> {
+    let mut warnings: Vec<String> = inv.warnings.clone();
+    if !inv.config.read_only && inv.config.upper_on_read_only_fs() {
+        if let Some(u) = &inv.config.upper {
+            warnings.push(format!(
+                "upper layer {} is on a read-only filesystem: mounting the union read-only, \
+                 with the upper as its top layer (remount that filesystem read-write and mount \
+                 the union again to make changes)",
+                u.display()
+            ));
+        }
+        inv.config.read_only = true;
+    }
+    let prepared = inv.config.prepare(&inv.mountpoint)?;
+    let hidden = prepared.hidden_entries();
+    if hidden > 0 && !inv.nonempty {
+        warnings.push(nonempty_warning(inv, hidden));
+    }
+    Ok((prepared, warnings))
+}
 
 /// Runs an invocation to the end; returns the process exit code.
 pub fn run(mut inv: Invocation) -> i32 {
     // The daemon and its watchdog leave the caller's working directory: keep paths absolute.
-    if let Ok(abs) = std::path::absolute(&inv.mountpoint) {
-        inv.mountpoint = abs;
+    if let Ok(cwd) = std::env::current_dir() {
+        inv.absolutize(&cwd);
     }
-    for w in &inv.warnings {
-        eprintln!("unionfs-mount: warning: {w}");
-    }
-    if !inv.config.read_only && inv.config.upper_on_read_only_fs() {
-        if let Some(u) = &inv.config.upper {
-            eprintln!(
-                "unionfs-mount: warning: upper layer {} is on a read-only filesystem: mounting \
-                 the union read-only, with the upper as its top layer (remount that filesystem \
-                 read-write and mount the union again to make changes)",
-                u.display()
-            );
-        }
-        inv.config.read_only = true;
+    if let Some(socket) = inv.shared.clone() {
+        return server::hand_off(&socket, &inv);
     }
     // The kernel already applied the caller's umask to every mode it sends us.
     sys::set_umask(0);
-    let prepared = match inv.config.prepare(&inv.mountpoint) {
-        Ok(p) => p,
+    let prepared = match prepare(&mut inv) {
+        Ok((p, warnings)) => {
+            for w in warnings {
+                eprintln!("unionfs-mount: warning: {w}");
+            }
+            p
+        }
         Err(e) => {
             eprintln!("unionfs-mount: {e}");
             return 1;
         }
     };
-    let hidden = prepared.hidden_entries();
-    if hidden > 0 && !inv.nonempty {
-        warn_nonempty(&inv, hidden);
-    }
     // Readiness pipe: the foreground caller waits on it until the mount is live.
     let mut status: Option<OwnedFd> = None;
     if !inv.foreground {
@@ -71,7 +90,7 @@ pub fn run(mut inv: Invocation) -> i32 {
         }
     }
     let watchdog = if inv.watchdog {
-        start_watchdog(&inv.mountpoint)
+        Watchdog::start().inspect(|w| w.watch(&inv.mountpoint))
     } else {
         None
     };
@@ -83,7 +102,7 @@ pub fn run(mut inv: Invocation) -> i32 {
             report(&status, &format!("{e}"));
             eprintln!("unionfs-mount: {e}");
             if let Some(w) = &watchdog {
-                let _ = sys::write(w.as_fd(), b"c");
+                w.clean_exit();
             }
             return 1;
         }
@@ -118,7 +137,7 @@ pub fn run(mut inv: Invocation) -> i32 {
     });
     let r = guard.wait();
     if let Some(w) = &watchdog {
-        let _ = sys::write(w.as_fd(), b"c"); // clean exit: the watchdog has nothing to do
+        w.clean_exit();
     }
     if let Err(e) = r {
         eprintln!("unionfs-mount: {e}");
@@ -130,7 +149,7 @@ pub fn run(mut inv: Invocation) -> i32 {
 /// Mounting over a non-empty directory is allowed (mount(8), kernel overlayfs and
 /// fuse-overlayfs allow it), but its files vanish from sight until the unmount: say so, the way
 /// a forgotten mount point (`unionfs-mount L U`) gets noticed.
-fn warn_nonempty(inv: &Invocation, hidden: usize) {
+fn nonempty_warning(inv: &Invocation, hidden: usize) -> String {
     let mnt = inv.mountpoint.display();
     let hint = if inv.config.upper.is_none() {
         format!(
@@ -140,14 +159,14 @@ fn warn_nonempty(inv: &Invocation, hidden: usize) {
     } else {
         String::new()
     };
-    eprintln!(
-        "unionfs-mount: warning: mount point {mnt} is not empty: its {hidden} entries are \
-         hidden until the union is unmounted (-o nonempty mounts without this warning){hint}"
-    );
+    format!(
+        "mount point {mnt} is not empty: its {hidden} entries are hidden until the union is \
+         unmounted (-o nonempty mounts without this warning){hint}"
+    )
 }
 
 /// Writes a stats report to `file` (replaced atomically), or to stderr.
-fn write_stats(report: &str, file: Option<&Path>) {
+pub(crate) fn write_stats(report: &str, file: Option<&Path>) {
     match file {
         Some(f) => {
             let tmp = f.with_extension("tmp");
@@ -187,37 +206,4 @@ fn wait_ready(r: OwnedFd) -> i32 {
     }
     // The daemon printed its own message on our shared stderr.
     1
-}
-
-/// Forks a tiny process that holds the read end of a pipe whose write end only the daemon
-/// holds. EOF without the "clean" byte means the daemon died: unmount lazily.
-fn start_watchdog(mountpoint: &Path) -> Option<OwnedFd> {
-    let (r, w) = sys::pipe().ok()?;
-    let mnt: PathBuf = mountpoint.to_path_buf();
-    match sys::fork() {
-        Ok(sys::ForkResult::Child) => {
-            let keep = r.as_raw_fd();
-            sys::close_all_except(keep);
-            let _ = std::env::set_current_dir("/");
-            let mut b = [0u8; 1];
-            let clean = matches!(sys::read(r.as_fd(), &mut b), Ok(1) if b[0] == b'c');
-            // Only the dead mount: the user may already have mounted a new union there. The
-            // kernel may abort the connection a little after our fds close (io_uring commands
-            // are cancelled asynchronously), so look again for a while before giving up.
-            let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
-            while !clean && std::time::Instant::now() < end {
-                if crate::mount::is_dead_fuse_mount(&mnt) {
-                    let _ = sys::umount_lazy(&mnt);
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            sys::exit_now(0);
-        }
-        Ok(sys::ForkResult::Parent { .. }) => {
-            drop(r);
-            Some(w)
-        }
-        Err(_) => None,
-    }
 }
