@@ -1,0 +1,619 @@
+#!/usr/bin/env python3
+"""Cost as the work grows (issue 16), kernel overlayfs, unionfs and fuse-overlayfs in the
+same run, as curves: what idle unions cost as their number grows; mount time, a cold stat at
+the bottom and memory from 1 to 500 lowers; one directory of very many entries over three
+layers with whiteouts; a walk of millions of files and the daemon's memory after it; the
+FUSE requests each metadata operation costs; a copy-up of a large file.
+
+Writes DIR/report.md (the tables) and DIR/*.png (the curves, drawn by gnuplot). Run by
+scripts/bench-scale.sh, which installs what it needs; see there for the options.
+"""
+
+import argparse
+import os
+import random
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+UNIONFS = os.path.join(ROOT, "target", "release", "unionfs-mount")
+IMPLS = ["kernel", "unionfs", "fuse-overlayfs"]
+
+
+def sh(cmd, check=True, **kw):
+    return subprocess.run(cmd, shell=isinstance(cmd, str), check=check, **kw)
+
+
+def drop_caches():
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3")
+
+
+def proc_field(pid, key):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def children(pid):
+    out = []
+    try:
+        for t in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{t}/children") as f:
+                out += [int(x) for x in f.read().split()]
+    except OSError:
+        pass
+    return out
+
+
+def cost(pids):
+    """(processes, threads, RSS KiB) of `pids` and the processes they forked (watchdogs)."""
+    allp = set()
+    for p in pids:
+        allp.add(p)
+        allp.update(children(p))
+    threads = sum(proc_field(p, "Threads:") for p in allp)
+    rss = sum(proc_field(p, "VmRSS:") for p in allp)
+    return len(allp), threads, rss
+
+
+def fuse_daemon_pid(mnt):
+    """The pid of the FUSE daemon serving `mnt`: unionfs writes it to a pid file; for
+    fuse-overlayfs, the process whose arguments end with this mount point."""
+    for p in os.listdir("/proc"):
+        if not p.isdigit():
+            continue
+        try:
+            with open(f"/proc/{p}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:
+            continue
+        if args and args[0].endswith(b"fuse-overlayfs") and mnt.encode() in args:
+            return int(p)
+    return None
+
+
+class Mounts:
+    """Mounts made by one section; all unmounted (innermost first) on exit."""
+
+    def __init__(self):
+        self.points = []
+
+    def __enter__(self):
+        return self
+
+    def add(self, p):
+        self.points.append(p)
+
+    def __exit__(self, *exc):
+        for p in reversed(self.points):
+            if subprocess.run(["umount", p], capture_output=True).returncode != 0:
+                subprocess.run(["umount", "-l", p], capture_output=True)
+        self.points = []
+
+
+def mount(impl, lowers, upper, work, mnt, pidfile=None, extra=(), cwd=None):
+    """Mounts `impl`; returns the seconds it took until the mount was usable."""
+    os.makedirs(mnt, exist_ok=True)
+    lowerdir = ":".join(lowers)
+    if upper:
+        os.makedirs(upper, exist_ok=True)
+        os.makedirs(work, exist_ok=True)
+    t0 = time.perf_counter()
+    if impl == "kernel":
+        opts = f"lowerdir={lowerdir}"
+        if upper:
+            opts += f",upperdir={upper},workdir={work}"
+        sh(["mount", "-t", "overlay", "overlay", "-o", opts, mnt], cwd=cwd)
+    elif impl == "fuse-overlayfs":
+        opts = f"lowerdir={lowerdir}"
+        if upper:
+            opts += f",upperdir={upper},workdir={work}"
+        sh(["fuse-overlayfs", "-o", opts, mnt], cwd=cwd, stderr=subprocess.DEVNULL)
+    else:
+        opts = f"lowerdir={lowerdir}"
+        if upper:
+            opts += f",upperdir={upper},workdir={work}"
+        cmd = [UNIONFS, "-o", opts] + list(extra)
+        if pidfile:
+            cmd += ["--pid-file", pidfile]
+        sh(cmd + [mnt], cwd=cwd)
+    os.stat(mnt)
+    return time.perf_counter() - t0
+
+
+def daemon_of(impl, mnt, pidfile):
+    if impl == "fuse-overlayfs":
+        return fuse_daemon_pid(mnt)
+    if impl.startswith("unionfs"):
+        with open(pidfile) as f:
+            return int(f.read())
+    return None
+
+
+# ------------------------------------------------------------------------------------------
+# A. What idle unions cost as their number grows.
+
+
+def section_unions(b, counts, rep, data):
+    lower = os.path.join(b, "ulower")
+    os.makedirs(lower, exist_ok=True)
+    with open(os.path.join(lower, "f"), "w") as f:
+        f.write("x")
+    variants = ["unionfs -o shared", "unionfs daemons", "fuse-overlayfs"]
+    rows = {}
+    for n in counts:
+        for v in variants:
+            run = os.path.join(b, "run", "unions")
+            shutil.rmtree(run, ignore_errors=True)
+            os.makedirs(run)
+            sock = os.path.join(run, "server.sock")
+            pids = set()
+            with Mounts() as ms:
+                for i in range(n):
+                    d = os.path.join(run, str(i))
+                    impl = "fuse-overlayfs" if v == "fuse-overlayfs" else "unionfs"
+                    extra = ["-o", f"shared={sock}"] if v == "unionfs -o shared" else []
+                    pidfile = os.path.join(d + ".pid")
+                    mount(impl, [lower], d + "/u", d + "/w", d + "/m", pidfile, extra)
+                    ms.add(d + "/m")
+                    with open(d + "/m/new", "w") as f:
+                        f.write(str(i))
+                    pids.add(daemon_of(impl, d + "/m", pidfile))
+                time.sleep(1)
+                procs, threads, rss = cost([p for p in pids if p])
+            rows[(v, n)] = (procs, threads, rss)
+            print(f"  {n} unions, {v}: {procs} processes, {threads} threads, {rss} KiB", file=sys.stderr)
+            if v == "unionfs -o shared":
+                wait_gone(pids)
+    rep.append("### Idle unions: what N of them cost together\n")
+    rep.append("| unions | " + " | ".join(f"{v}: threads / RSS MiB" for v in variants) + " |")
+    rep.append("|---|" + "---|" * len(variants))
+    for n in counts:
+        cells = []
+        for v in variants:
+            _, t, r = rows[(v, n)]
+            cells.append(f"{t} / {r / 1024:.1f}")
+        rep.append(f"| {n} | " + " | ".join(cells) + " |")
+    rep.append("\nKernel overlayfs has no daemon: 0 / 0.\n")
+    data["unions"] = (counts, variants, rows)
+
+
+def wait_gone(pids, limit=60):
+    end = time.time() + limit
+    for p in pids:
+        while p and time.time() < end and os.path.exists(f"/proc/{p}"):
+            try:
+                with open(f"/proc/{p}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                        break
+            except OSError:
+                break
+            time.sleep(0.2)
+
+
+# ------------------------------------------------------------------------------------------
+# B. Layers: mount time, a cold stat at the bottom, memory.
+
+
+def build_layers(b, nmax):
+    base = os.path.join(b, "layers")
+    stamp = os.path.join(base, f".built-{nmax}")
+    if os.path.exists(stamp):
+        return base
+    os.makedirs(base, exist_ok=True)
+    for i in range(nmax):
+        d = os.path.join(base, str(i), "d")
+        os.makedirs(d, exist_ok=True)
+        for j in range(20):
+            open(os.path.join(d, f"l{i}_{j}"), "w").close()
+    open(stamp, "w").close()
+    return base
+
+
+def section_layers(b, layer_counts, rep, data):
+    base = build_layers(b, max(layer_counts))
+    rows = {}
+    for n in layer_counts:
+        # Relative lower paths keep the kernel's option string under its page-size limit.
+        lowers = [str(i) for i in range(n)]
+        bottom = f"d/l{n - 1}_0"
+        for impl in IMPLS:
+            run = os.path.join(b, "run", "layers", impl)
+            shutil.rmtree(run, ignore_errors=True)
+            os.makedirs(run)
+            pidfile = os.path.join(run, "pid")
+            with Mounts() as ms:
+                drop_caches()
+                t_mount = mount(impl, lowers, run + "/u", run + "/w", run + "/m", pidfile, cwd=base)
+                ms.add(run + "/m")
+                drop_caches()
+                t0 = time.perf_counter()
+                os.stat(os.path.join(run, "m", bottom))
+                t_stat = time.perf_counter() - t0
+                pid = daemon_of(impl, run + "/m", pidfile)
+                rss = proc_field(pid, "VmRSS:") if pid else 0
+            rows[(impl, n)] = (t_mount, t_stat, rss)
+            print(f"  {n} layers, {impl}: mount {t_mount:.3f}s, cold stat {t_stat*1000:.2f} ms, {rss} KiB", file=sys.stderr)
+    rep.append("### Layers: mount time, a cold stat of a file in the bottom layer, daemon memory\n")
+    rep.append("| lowers | " + " | ".join(f"{i}: mount s / stat ms / RSS MiB" for i in IMPLS) + " |")
+    rep.append("|---|" + "---|" * len(IMPLS))
+    for n in layer_counts:
+        cells = []
+        for i in IMPLS:
+            m, s, r = rows[(i, n)]
+            cells.append(f"{m:.3f} / {s*1000:.2f} / {r/1024:.1f}")
+        rep.append(f"| {n} | " + " | ".join(cells) + " |")
+    rep.append("")
+    data["layers"] = (layer_counts, rows)
+
+
+# ------------------------------------------------------------------------------------------
+# C. One directory of very many entries over three layers, with whiteouts.
+
+
+def build_bigdir(b, n):
+    base = os.path.join(b, f"bigdir-{n}")
+    stamp = os.path.join(base, ".built")
+    if os.path.exists(stamp):
+        return base
+    for l in ("l1", "l2", "l3"):
+        os.makedirs(os.path.join(base, l, "big"), exist_ok=True)
+    # Names spread round-robin over the three layers; the top layer whites out 1% of the
+    # bottom layer's names.
+    for i in range(n):
+        layer = ("l1", "l2", "l3")[i % 3]
+        open(os.path.join(base, layer, "big", f"e{i:07d}"), "w").close()
+    for i in range(2, n, 300):
+        open(os.path.join(base, "l1", "big", f".wh.e{i:07d}"), "w").close()
+    open(stamp, "w").close()
+    return base
+
+
+def listdir_count(path):
+    return sum(1 for _ in os.scandir(path))
+
+
+def section_bigdir(b, n, rep, data):
+    base = build_bigdir(b, n)
+    lowers = [os.path.join(base, l) for l in ("l1", "l2", "l3")]
+    visible = n - len(range(2, n, 300))
+    rnd = random.Random(1)
+    names = [f"e{rnd.randrange(n):07d}" for _ in range(10000)]
+    rows = {}
+    for impl in IMPLS:
+        run = os.path.join(b, "run", "bigdir", impl)
+        shutil.rmtree(run, ignore_errors=True)
+        os.makedirs(run)
+        pidfile = os.path.join(run, "pid")
+        with Mounts() as ms:
+            # Kernel overlayfs reads the OCI whiteouts only with its own format: give it the
+            # same layers with 0/0 char devices (built once).
+            lw = lowers if impl != "kernel" else kernel_format(base, lowers)
+            mount(impl, lw, run + "/u", run + "/w", run + "/m", pidfile)
+            ms.add(run + "/m")
+            drop_caches()
+            t0 = time.perf_counter()
+            got = listdir_count(run + "/m/big")
+            t_list = time.perf_counter() - t0
+            assert got == visible, f"{impl}: {got} entries listed, {visible} visible"
+            drop_caches()
+            t0 = time.perf_counter()
+            for nm in names:
+                try:
+                    os.stat(os.path.join(run, "m", "big", nm))
+                except FileNotFoundError:
+                    pass
+            t_lookup = (time.perf_counter() - t0) / len(names)
+            pid = daemon_of(impl, run + "/m", pidfile)
+            rss = proc_field(pid, "VmRSS:") if pid else 0
+        rows[impl] = (got / t_list, t_lookup, rss)
+        print(f"  {n} entries, {impl}: {got/t_list:.0f} entries/s, lookup {t_lookup*1e6:.1f} us, {rss} KiB", file=sys.stderr)
+    rep.append(f"### One directory of {n:,} entries over three layers, 1% of them whited out\n")
+    rep.append("| | listing, entries/s (cold) | lookup, us (cold) | daemon RSS MiB |")
+    rep.append("|---|---|---|---|")
+    k = rows["kernel"]
+    for impl in IMPLS:
+        lps, lk, r = rows[impl]
+        rep.append(
+            f"| {impl} | {lps:,.0f} ({lps / k[0]:.2f}x kernel) | {lk*1e6:.1f} ({k[1] / lk:.2f}x kernel) | {r/1024:.1f} |"
+        )
+    rep.append("")
+    data["bigdir"] = rows
+
+
+def kernel_format(base, lowers):
+    """The layers with `.wh.NAME` files turned into 0/0 char devices (kernel overlayfs's
+    whiteouts), built once beside them."""
+    out = []
+    for l in lowers:
+        k = l + ".kernel"
+        stamp = k + ".built"
+        if not os.path.exists(stamp):
+            shutil.rmtree(k, ignore_errors=True)
+            sh(["cp", "-a", l, k])
+            for dirpath, _, files in os.walk(k):
+                for f in files:
+                    if f.startswith(".wh.") and not f.startswith(".wh..wh."):
+                        os.unlink(os.path.join(dirpath, f))
+                        os.mknod(os.path.join(dirpath, f[4:]), 0o600 | 0o020000, os.makedev(0, 0))
+            open(stamp, "w").close()
+        out.append(k)
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# D. A walk of millions of files: the daemon's memory during and after.
+
+
+def build_tree(b, n):
+    base = os.path.join(b, f"tree-{n}")
+    stamp = os.path.join(base, ".built")
+    if os.path.exists(stamp):
+        return base
+    per = 1000
+    for d in range(n // per):
+        p = os.path.join(base, f"d{d // 1000}", f"d{d % 1000}")
+        os.makedirs(p, exist_ok=True)
+        for i in range(per):
+            os.mknod(os.path.join(p, f"f{i}"))
+    open(stamp, "w").close()
+    return base
+
+
+def section_tree(b, n, rep, data):
+    base = build_tree(b, n)
+    rows = {}
+    for impl in IMPLS:
+        run = os.path.join(b, "run", "tree", impl)
+        shutil.rmtree(run, ignore_errors=True)
+        os.makedirs(run)
+        pidfile = os.path.join(run, "pid")
+        with Mounts() as ms:
+            mount(impl, [base], run + "/u", run + "/w", run + "/m", pidfile)
+            ms.add(run + "/m")
+            drop_caches()
+            pid = daemon_of(impl, run + "/m", pidfile)
+            peak = 0
+            t0 = time.perf_counter()
+            walker = subprocess.Popen(["find", run + "/m", "-printf", "%s\n"], stdout=subprocess.DEVNULL)
+            while walker.poll() is None:
+                if pid:
+                    peak = max(peak, proc_field(pid, "VmRSS:"))
+                time.sleep(0.5)
+            t_walk = time.perf_counter() - t0
+            after = proc_field(pid, "VmRSS:") if pid else 0
+            with open("/proc/sys/vm/drop_caches", "w") as f:
+                f.write("2")
+            time.sleep(3)
+            dropped = proc_field(pid, "VmRSS:") if pid else 0
+        rows[impl] = (t_walk, peak, after, dropped)
+        print(f"  walk of {n} files, {impl}: {t_walk:.1f}s, RSS peak {peak} KiB, after {after}, after drop {dropped}", file=sys.stderr)
+    rep.append(f"### A walk (`find -printf %s`) of {n:,} files\n")
+    rep.append("| | walk s | daemon RSS MiB: peak / after / after drop_caches |")
+    rep.append("|---|---|---|")
+    for impl in IMPLS:
+        t, p, a, d = rows[impl]
+        rep.append(f"| {impl} | {t:.1f} | {p/1024:.1f} / {a/1024:.1f} / {d/1024:.1f} |")
+    rep.append("")
+    data["tree"] = rows
+
+
+# ------------------------------------------------------------------------------------------
+# E. FUSE requests per metadata operation.
+
+
+def stats_of(pidfile, statsfile):
+    with open(pidfile) as f:
+        pid = int(f.read())
+    if os.path.exists(statsfile):
+        os.unlink(statsfile)
+    os.kill(pid, signal.SIGUSR1)
+    for _ in range(100):
+        if os.path.exists(statsfile) and os.path.getsize(statsfile) > 0:
+            break
+        time.sleep(0.05)
+    out = {}
+    with open(statsfile) as f:
+        for line in f:
+            k, _, v = line.strip().partition(" ")
+            if k.startswith("requests."):
+                out[k[9:]] = int(v)
+    return out
+
+
+def section_requests(b, rep, data):
+    n = 2000
+    lower = os.path.join(b, "reqlower")
+    stamp = os.path.join(lower, ".built")
+    if not os.path.exists(stamp):
+        for d in range(20):
+            p = os.path.join(lower, "tree", f"d{d}")
+            os.makedirs(p, exist_ok=True)
+            for i in range(n // 20):
+                with open(os.path.join(p, f"f{i}"), "w") as f:
+                    f.write("x")
+        open(stamp, "w").close()
+    tarball = os.path.join(b, "req.tar")
+    if not os.path.exists(tarball):
+        sh(["tar", "-cf", tarball, "-C", lower, "tree"])
+    work = [
+        ("create", f"python3 -c \"import os\nfor i in range({n}): os.close(os.open('M/c/f%d'%i, os.O_CREAT|os.O_WRONLY, 0o644))\"", "mkdir -p M/c"),
+        ("unlink", f"python3 -c \"import os\nfor i in range({n}): os.unlink('M/c/f%d'%i)\"", None),
+        ("tar extract", f"tar -xf {tarball} -C M/t", "mkdir -p M/t"),
+        ("ls -lR (cold)", "ls -lR M/tree >/dev/null", "DROP"),
+        ("rm -rf (lower files)", "rm -rf M/tree", None),
+    ]
+    rows = {}
+    for transport in ("io_uring", "/dev/fuse"):
+        run = os.path.join(b, "run", "req")
+        shutil.rmtree(run, ignore_errors=True)
+        os.makedirs(run)
+        pidfile, statsfile = run + "/pid", run + "/stats"
+        extra = ["--stats-file", statsfile] + (["-o", "uring=off"] if transport == "/dev/fuse" else [])
+        with Mounts() as ms:
+            mount("unionfs", [lower], run + "/u", run + "/w", run + "/m", pidfile, extra)
+            ms.add(run + "/m")
+            for name, cmd, setup in work:
+                if setup == "DROP":
+                    drop_caches()
+                elif setup:
+                    sh(setup.replace("M", run + "/m"))
+                before = stats_of(pidfile, statsfile)
+                sh(cmd.replace("M/", run + "/m/"))
+                time.sleep(0.3)  # RELEASE and FORGET arrive after the calls return
+                after = stats_of(pidfile, statsfile)
+                delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+                delta = {k: v for k, v in delta.items() if v > 0}
+                rows[(transport, name)] = delta
+    rep.append(f"### FUSE requests per file ({n:,} files), unionfs\n")
+    rep.append("| operation | transport | requests per file, by type |")
+    rep.append("|---|---|---|")
+    for (transport, name), delta in rows.items():
+        per = ", ".join(f"{k} {v / n:.2f}" for k, v in sorted(delta.items(), key=lambda kv: -kv[1]))
+        total = sum(delta.values()) / n
+        rep.append(f"| {name} | {transport} | {total:.2f}: {per} |")
+    rep.append("")
+    data["requests"] = rows
+
+
+# ------------------------------------------------------------------------------------------
+# F. Copy-up of a large file.
+
+
+def section_copyup(b, mib, runs, rep, data):
+    lower = os.path.join(b, f"cu-{mib}")
+    big = os.path.join(lower, "big")
+    if not os.path.exists(big):
+        os.makedirs(lower, exist_ok=True)
+        with open(big, "wb") as f:
+            chunk = os.urandom(1 << 20)
+            for _ in range(mib):
+                f.write(chunk)
+    rows = {}
+    for impl in IMPLS:
+        times = []
+        for _ in range(runs):
+            run = os.path.join(b, "run", "cu", impl)
+            shutil.rmtree(run, ignore_errors=True)
+            os.makedirs(run)
+            with Mounts() as ms:
+                mount(impl, [lower], run + "/u", run + "/w", run + "/m", run + "/pid")
+                ms.add(run + "/m")
+                os.sync()
+                t0 = time.perf_counter()
+                with open(run + "/m/big", "ab") as f:
+                    f.write(b"x")
+                times.append(time.perf_counter() - t0)
+        rows[impl] = statistics.median(times)
+        print(f"  copy-up {mib} MiB, {impl}: {rows[impl]:.3f}s", file=sys.stderr)
+    rep.append(f"### Copy-up: appending one byte to a {mib} MiB lower file (median of {runs})\n")
+    rep.append("| | seconds | ratio to the kernel |")
+    rep.append("|---|---|---|")
+    for impl in IMPLS:
+        rep.append(f"| {impl} | {rows[impl]:.3f} | {rows['kernel'] / rows[impl]:.2f} |")
+    rep.append("")
+    data["copyup"] = rows
+
+
+# ------------------------------------------------------------------------------------------
+# Plots.
+
+
+def plot(out, name, title, xlabel, ylabel, series, logx=False):
+    """series: {label: [(x, y), ...]}; draws OUT/NAME.png with gnuplot."""
+    dat = os.path.join(out, name + ".dat")
+    with open(dat, "w") as f:
+        for i, (label, pts) in enumerate(series.items()):
+            f.write(f'"{label}"\n')
+            for x, y in pts:
+                f.write(f"{x} {y}\n")
+            f.write("\n\n")
+    plots = ", ".join(
+        f"'{dat}' index {i} with linespoints title columnheader(1)" for i in range(len(series))
+    )
+    script = f"""
+set terminal pngcairo size 800,480 font ',10'
+set output '{os.path.join(out, name + '.png')}'
+set title '{title}'
+set xlabel '{xlabel}'
+set ylabel '{ylabel}'
+set key left top
+set grid
+{'set logscale x' if logx else ''}
+plot {plots}
+"""
+    subprocess.run(["gnuplot"], input=script.encode(), check=True)
+    os.unlink(dat)
+
+
+def draw(out, data):
+    if "unions" in data:
+        counts, variants, rows = data["unions"]
+        plot(out, "unions-threads", "Threads of N idle unions", "unions", "threads",
+             {v: [(n, rows[(v, n)][1]) for n in counts] for v in variants})
+        plot(out, "unions-rss", "Memory of N idle unions", "unions", "RSS, MiB",
+             {v: [(n, rows[(v, n)][2] / 1024) for n in counts] for v in variants})
+    if "layers" in data:
+        counts, rows = data["layers"]
+        plot(out, "layers-mount", "Mount time by number of lowers", "lowers", "seconds",
+             {i: [(n, rows[(i, n)][0]) for n in counts] for i in IMPLS}, logx=True)
+        plot(out, "layers-stat", "Cold stat of a file in the bottom layer", "lowers", "ms",
+             {i: [(n, rows[(i, n)][1] * 1000) for n in counts] for i in IMPLS}, logx=True)
+        plot(out, "layers-rss", "Daemon memory by number of lowers", "lowers", "RSS, MiB",
+             {i: [(n, rows[(i, n)][2] / 1024) for n in counts] for i in IMPLS if i != "kernel"}, logx=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--dir", required=True, help="fixtures and runs (reused across runs)")
+    ap.add_argument("--out", required=True, help="where report.md and the PNGs go")
+    ap.add_argument("--full", action="store_true", help="issue 16's sizes: 100 unions, 500 layers, 1,000,000 entries, 10,000,000 files")
+    ap.add_argument("--only", default="unions,layers,bigdir,tree,requests,copyup")
+    a = ap.parse_args()
+    b = a.dir
+    os.makedirs(b, exist_ok=True)
+    os.makedirs(a.out, exist_ok=True)
+    only = set(a.only.split(","))
+    if a.full:
+        unions, layers, bigdir, tree, cu = [1, 10, 25, 50, 100], [1, 10, 50, 100, 250, 500], 1_000_000, 10_000_000, 256
+    else:
+        unions, layers, bigdir, tree, cu = [1, 10, 50], [1, 10, 100], 100_000, 1_000_000, 256
+    rep = [
+        f"Machine: {os.cpu_count()} CPUs, {os.uname().release}; fixtures on "
+        f"{subprocess.run(['df', '--output=fstype', b], capture_output=True, text=True).stdout.split()[-1]}; "
+        f"unionfs {'(release build)'}, fuse-overlayfs "
+        f"{subprocess.run(['fuse-overlayfs', '--version'], capture_output=True, text=True).stdout.split(chr(10))[0]}.\n"
+    ]
+    data = {}
+    steps = [
+        ("unions", lambda: section_unions(b, unions, rep, data)),
+        ("layers", lambda: section_layers(b, layers, rep, data)),
+        ("bigdir", lambda: section_bigdir(b, bigdir, rep, data)),
+        ("tree", lambda: section_tree(b, tree, rep, data)),
+        ("requests", lambda: section_requests(b, rep, data)),
+        ("copyup", lambda: section_copyup(b, cu, 3, rep, data)),
+    ]
+    for name, f in steps:
+        if name in only:
+            print(f"== {name}", file=sys.stderr)
+            f()
+    draw(a.out, data)
+    with open(os.path.join(a.out, "report.md"), "w") as f:
+        f.write("\n".join(rep) + "\n")
+    print("\n".join(rep))
+
+
+if __name__ == "__main__":
+    main()
