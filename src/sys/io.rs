@@ -162,6 +162,17 @@ pub fn fallocate(fd: BorrowedFd<'_>, mode: i32, off: u64, len: u64) -> SysResult
     })
 }
 
+/// Starts writing `len` bytes at `off` of `fd` back to disk without waiting for it
+/// (sync_file_range with SYNC_FILE_RANGE_WRITE): a later fsync then waits only for what is
+/// still in flight.
+pub fn start_writeback(fd: BorrowedFd<'_>, off: i64, len: i64) -> SysResult<()> {
+    // SAFETY: plain integer arguments.
+    let r = unsafe {
+        libc::sync_file_range(fd.as_raw_fd(), off, len, libc::SYNC_FILE_RANGE_WRITE)
+    };
+    check(r).map(drop)
+}
+
 /// fsync(2) or fdatasync(2).
 pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> SysResult<()> {
     retry(|| {
