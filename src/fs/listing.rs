@@ -11,11 +11,17 @@
 //! stat`), and attributes from then on. `ls -lR` pays lookups for one batch of one directory;
 //! `find` never pays a stat it does not use.
 //!
+//! What a caller wants is also remembered for the program it runs (the device and inode of
+//! `/proc/<pid>/exe`): scripts start `ls -l` afresh every time, and each new process would
+//! otherwise pay a batch of lookups before it is known. A wrong guess the other way (attributes
+//! nobody reads) costs the daemon a stat per entry, far less than a LOOKUP round trip each.
+//!
 //! Callers are keyed by the thread id the kernel reports (0 when the caller is outside the
-//! daemon's pid namespace: never sent bare names). Ids are reused: both tables are cleared when
+//! daemon's pid namespace: never sent bare names). Ids are reused: the tables are cleared when
 //! they grow past a bound, which costs at most one wrong guess per caller.
 
 use dashmap::DashMap;
+use std::os::unix::fs::MetadataExt;
 
 /// Entries kept in each table before it is cleared (far more than directories listed at once).
 const MAX_ENTRIES: usize = 4096;
@@ -27,6 +33,22 @@ pub struct ListHints {
     bare_dirs: DashMap<u64, u32>,
     /// Callers known to use the names they list.
     wants_attrs: DashMap<u32, ()>,
+    /// Programs (device and inode of the executable) whose callers used the names they listed.
+    wants_attrs_exe: DashMap<(u64, u64), ()>,
+}
+
+/// The executable `pid` runs, as device and inode; `None` when it is gone or hidden from us.
+fn exe_of(pid: u32) -> Option<(u64, u64)> {
+    let m = std::fs::metadata(format!("/proc/{pid}/exe")).ok()?;
+    Some((m.dev(), m.ino()))
+}
+
+/// Inserts `key` into `map`, clearing it first when it has reached its bound.
+fn insert_bounded<K: Eq + std::hash::Hash>(map: &DashMap<K, ()>, key: K) {
+    if map.len() >= MAX_ENTRIES {
+        map.clear();
+    }
+    map.insert(key, ());
 }
 
 impl ListHints {
@@ -34,6 +56,15 @@ impl ListHints {
     pub fn send_bare(&self, pid: u32, dir: u64) -> bool {
         if pid == 0 || self.wants_attrs.contains_key(&pid) {
             return false;
+        }
+        // Only once some program has shown it wants attributes is its executable worth a stat.
+        if !self.wants_attrs_exe.is_empty() {
+            if let Some(exe) = exe_of(pid) {
+                if self.wants_attrs_exe.contains_key(&exe) {
+                    insert_bounded(&self.wants_attrs, pid);
+                    return false;
+                }
+            }
         }
         if self.bare_dirs.len() >= MAX_ENTRIES {
             self.bare_dirs.clear();
@@ -50,10 +81,10 @@ impl ListHints {
             return;
         }
         if let Some((_, pid)) = self.bare_dirs.remove(&parent) {
-            if self.wants_attrs.len() >= MAX_ENTRIES {
-                self.wants_attrs.clear();
+            insert_bounded(&self.wants_attrs, pid);
+            if let Some(exe) = exe_of(pid) {
+                insert_bounded(&self.wants_attrs_exe, exe);
             }
-            self.wants_attrs.insert(pid, ());
         }
     }
 }
@@ -77,6 +108,36 @@ mod tests {
         // 5 is still 10's: a use of it changes nothing more.
         h.found_in(5);
         assert!(!h.send_bare(10, 9));
+    }
+
+    #[test]
+    fn a_program_that_used_its_names_gets_attributes_in_its_next_process() {
+        let h = ListHints::default();
+        let me = std::process::id();
+        assert!(h.send_bare(me, 5));
+        h.found_in(5);
+        // Another thread id running this very executable: known before it lists anything.
+        // (A thread id names its executable only while the thread runs: keep it waiting.)
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            let _ = tid_tx.send(nix::unistd::gettid().as_raw() as u32);
+            let _ = rx.recv();
+        });
+        let live = tid_rx.recv().expect("tid");
+        assert_ne!(live, me);
+        let same_program = !h.send_bare(live, 6);
+        drop(tx);
+        let _ = waiter.join();
+        assert!(
+            same_program,
+            "a new process of a program that wants attributes got bare names"
+        );
+        // A program nobody saw use its names still gets bare names.
+        assert!(
+            h.send_bare(1, 7),
+            "pid 1 runs another program and should get bare names"
+        );
     }
 
     #[test]

@@ -167,9 +167,7 @@ pub fn fallocate(fd: BorrowedFd<'_>, mode: i32, off: u64, len: u64) -> SysResult
 /// still in flight.
 pub fn start_writeback(fd: BorrowedFd<'_>, off: i64, len: i64) -> SysResult<()> {
     // SAFETY: plain integer arguments.
-    let r = unsafe {
-        libc::sync_file_range(fd.as_raw_fd(), off, len, libc::SYNC_FILE_RANGE_WRITE)
-    };
+    let r = unsafe { libc::sync_file_range(fd.as_raw_fd(), off, len, libc::SYNC_FILE_RANGE_WRITE) };
     check(r).map(drop)
 }
 

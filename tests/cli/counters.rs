@@ -109,7 +109,7 @@ fn a_listing_carries_attributes_only_for_callers_that_stat_what_they_list() {
     let mut fx = Fixture::new("listing");
     let l = fx.dir("l");
     const N: usize = 60;
-    for d in ["a", "b", "c", "d", "e"] {
+    for d in ["a", "b", "c", "d", "e", "f"] {
         fs::create_dir_all(l.join(d).join("sub")).unwrap();
         for i in 0..N {
             fs::write(l.join(d).join(format!("f{i}")), vec![b'x'; i]).unwrap();
@@ -186,6 +186,19 @@ fn a_listing_carries_attributes_only_for_callers_that_stat_what_they_list() {
     assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), N + 2);
     let made = count(&read_stats(pid, &stats), "inodes") - nodes1;
     assert!(made <= 2, "find made {made} inodes");
+
+    // `ls -l f`, the next process of a program known to use what it lists: no lookups.
+    let lookups0 = count(&read_stats(pid, &stats), "requests.lookup");
+    let o = Command::new("ls")
+        .arg("-ln")
+        .arg(mnt.join("f"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), N + 2);
+    let lookups = count(&read_stats(pid, &stats), "requests.lookup") - lookups0;
+    assert!(lookups <= 4, "a second ls -l took {lookups} lookups");
+
     // Listings change nothing on disk (the upper holds only our work dir).
     let upper = names_but(&u, ".wh..wh.unionfs");
     assert!(upper.is_empty(), "{upper:?}");
