@@ -60,6 +60,9 @@ pub struct MountConfig {
     pub metacopy: bool,
     /// When to serve requests over io_uring (see [`crate::transport::ring`]).
     pub uring: Uring,
+    /// Inodes the kernel may cache through this union before unused ones are dropped (see
+    /// `fs::evict`); 0: no limit.
+    pub max_nodes: usize,
 }
 
 impl MountConfig {
@@ -80,6 +83,7 @@ impl MountConfig {
             ttl: Duration::from_secs(3600),
             passthrough: true,
             metacopy: false,
+            max_nodes: crate::fs::DEFAULT_MAX_NODES,
             uring: Uring::Auto,
         }
     }
@@ -302,17 +306,18 @@ impl Prepared {
             FsOptions {
                 ttl: cfg.ttl,
                 passthrough: cfg.passthrough,
+                max_nodes: cfg.max_nodes,
             },
         ));
         // fuser runs no session loop here (see below), so its thread and access settings do
         // nothing: who may use the mount is the kernel's check (`allow_other` in the data).
         let (config, acl) = (fuser::Config::default(), SessionACL::All);
-        let notifier_slot = fs.notifier_slot();
         // Our transports read and answer the device themselves; fuser only does FUSE_INIT.
         let dev = fuse
             .try_clone()
             .map(Arc::new)
             .map_err(|e| Error::sys("duplicating the FUSE device fd", e, ""))?;
+        fs.notify().attach(Arc::clone(&dev));
         let conn = Conn::new(Arc::clone(&fs), dev);
         let handshake = Handshake::new(Arc::clone(&conn), cfg.uring);
         let session = match Session::from_fd(handshake, fuse, acl, config) {
@@ -322,7 +327,6 @@ impl Prepared {
                 return Err(Error::sys("FUSE handshake with the kernel", e, ""));
             }
         };
-        let _ = notifier_slot.set(session.notifier());
         // The kernel has our INIT reply: the transports take the connection now.
         if let Err(e) = crate::transport::attach(&conn, cfg.worker_threads()) {
             let _ = sys::umount_lazy(&self.mountpoint);
@@ -360,7 +364,7 @@ pub struct MountGuard {
     mountpoint: PathBuf,
     /// The connection the process's transports serve; it ends when the kernel unmounts.
     conn: Arc<Conn>,
-    /// Kept until the connection ends: fuser's notifier writes through its channel.
+    /// Kept until the connection ends: it owns the mounted device fd.
     session: Option<Session<Handshake>>,
     fs: Arc<UnionFs>,
 }

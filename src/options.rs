@@ -30,8 +30,8 @@ Lowers are listed topmost first; write '\\:' for a ':' inside a path.";
 pub struct Args {
     /// Mount options, comma-separated: lowerdir=, upperdir=, workdir=, ro, rw, dev, nodev,
     /// suid, nosuid, allow_other, nonempty, threads=N, fsname=NAME, timeout=SECS,
-    /// passthrough=auto|off, metacopy=on|off, uring=auto|on|off, shared[=SOCKET]; generic
-    /// mount options are accepted.
+    /// passthrough=auto|off, metacopy=on|off, uring=auto|on|off, shared[=SOCKET],
+    /// max_nodes=N; generic mount options are accepted.
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,
     /// Stay in the foreground instead of returning once the mount is live.
@@ -313,6 +313,15 @@ pub fn parse_args(args: Args) -> Result<Invocation> {
                     }
                 }
             }
+            "max_nodes" => {
+                let v = need(val)?;
+                cfg.max_nodes = v.parse().map_err(|_| {
+                    Error::new(format!(
+                        "max_nodes={v}: give a whole number of inodes, e.g. max_nodes=500000 \
+                         (0: no limit)"
+                    ))
+                })?;
+            }
             "threads" => {
                 let v = need(val)?;
                 cfg.threads = v.parse().map_err(|_| {
@@ -447,10 +456,17 @@ mod tests {
         assert!(i.config.uring == Uring::Auto && !i.config.metacopy);
         let i = inv(&["-o", "uring=on", "/l", "/u", "/m"]).unwrap();
         assert_eq!(i.config.uring, Uring::On);
+        assert_eq!(
+            i.config.max_nodes,
+            MountConfig::new(Vec::new(), None).max_nodes
+        );
+        let i = inv(&["-o", "max_nodes=0", "/l", "/u", "/m"]).unwrap();
+        assert_eq!(i.config.max_nodes, 0);
         for (opt, fix) in [
             ("uring=maybe", "use uring=auto, uring=on or uring=off"),
             ("metacopy=auto", "use metacopy=on or metacopy=off"),
             ("passthrough=1", "use passthrough=auto or passthrough=off"),
+            ("max_nodes=lots", "give a whole number of inodes"),
         ] {
             let e = inv(&["-o", opt, "/l", "/u", "/m"]).unwrap_err().to_string();
             assert!(e.contains(opt) && e.contains(fix), "{opt}: {e}");

@@ -4,7 +4,8 @@
 //! (fuser sends `attr.ino` as nodeid), and st_ino is the layer file's own inode number, so a
 //! name looked up again after `forget` gets the same nodeid.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -52,6 +53,8 @@ pub struct Node {
     /// [`XATTRS_UNKNOWN`], [`XATTRS_NONE`] or [`XATTRS_SOME`]: lets `ls -l`'s per-file
     /// getxattr calls on files without xattrs be answered without touching the layer.
     pub xattrs: AtomicU8,
+    /// Used since the eviction clock last passed it (see [`Inodes::victims`]).
+    referenced: AtomicBool,
 }
 
 /// The backing file shared by the open passthrough handles of one inode: the kernel requires
@@ -93,6 +96,7 @@ impl Node {
             lookups: AtomicU64::new(lookups),
             copy_lock: Mutex::new(()),
             xattrs: AtomicU8::new(XATTRS_UNKNOWN),
+            referenced: AtomicBool::new(true),
         }
     }
 
@@ -109,6 +113,9 @@ pub struct Inodes {
     /// Bumped when a change moves many entries between layers at once (a directory rename
     /// materializing a tree): nodes computed in an older epoch are re-resolved on next use.
     epoch: AtomicU64,
+    /// With a node limit: nodeids in the order they were made, the hand of the eviction clock.
+    /// May hold ids of nodes gone since; they drop out as the hand passes.
+    order: Option<Mutex<VecDeque<u64>>>,
 }
 
 impl Inodes {
@@ -122,6 +129,52 @@ impl Inodes {
         Inodes {
             map,
             epoch: AtomicU64::new(0),
+            order: None,
+        }
+    }
+
+    /// Keeps the order nodes are made in, so [`Inodes::victims`] can choose some to drop.
+    pub fn with_eviction(mut self) -> Self {
+        self.order = Some(Mutex::new(VecDeque::new()));
+        self
+    }
+
+    /// Up to `want` nodes the kernel may be asked to drop, least recently used first (a
+    /// clock: a node used since the hand last passed gets another round). Never the root.
+    pub fn victims(&self, want: usize) -> Vec<u64> {
+        let Some(order) = &self.order else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let mut q = order.lock();
+        // Two turns of the hand at most: every node's bit is cleared by the first.
+        let mut budget = q.len() * 2;
+        while out.len() < want && budget > 0 {
+            budget -= 1;
+            let Some(ino) = q.pop_front() else { break };
+            let Some(node) = self.map.get(&ino).map(|n| Arc::clone(n.value())) else {
+                continue; // forgotten since
+            };
+            if ino == ROOT {
+                continue;
+            }
+            // Stays on the clock until its FORGET comes: the kernel keeps what is in use.
+            q.push_back(ino);
+            if !node.referenced.swap(false, Ordering::Relaxed) {
+                out.push(ino);
+            }
+        }
+        out
+    }
+
+    /// Puts a new node on the eviction clock, dropping ids of forgotten nodes once they
+    /// outnumber the live ones.
+    fn track(&self, ino: u64) {
+        let Some(order) = &self.order else { return };
+        let mut q = order.lock();
+        q.push_back(ino);
+        if q.len() % 4096 == 0 && q.len() > 2 * self.map.len() {
+            q.retain(|i| self.map.contains_key(i));
         }
     }
 
@@ -137,10 +190,16 @@ impl Inodes {
 
     /// The node for `ino`; `ESTALE` if the kernel names one we do not have.
     pub fn get(&self, ino: u64) -> SysResult<Arc<Node>> {
-        self.map
+        let node = self
+            .map
             .get(&ino)
             .map(|n| Arc::clone(n.value()))
-            .ok_or(Errno::ESTALE)
+            .ok_or(Errno::ESTALE)?;
+        // Read first: a store on every request would bounce the cache line between CPUs.
+        if !node.referenced.load(Ordering::Relaxed) {
+            node.referenced.store(true, Ordering::Relaxed);
+        }
+        Ok(node)
     }
 
     /// Number of nodes held (for stats and tests of the forget protocol).
@@ -166,14 +225,18 @@ impl Inodes {
         lookups: u64,
     ) -> Arc<Node> {
         let epoch = self.epoch();
-        let mut entry = self
-            .map
-            .entry(ino)
-            .or_insert_with(|| Arc::new(Node::new(ino, kind, layer, epoch, 0)));
+        let mut made = false;
+        let mut entry = self.map.entry(ino).or_insert_with(|| {
+            made = true;
+            Arc::new(Node::new(ino, kind, layer, epoch, 0))
+        });
         if entry.kind != kind {
             // The layer reused an inode number for a different file: the old node is gone.
             let old = entry.lookups.load(Ordering::Acquire);
             *entry = Arc::new(Node::new(ino, kind, layer, epoch, old));
+        }
+        if !made && !entry.referenced.load(Ordering::Relaxed) {
+            entry.referenced.store(true, Ordering::Relaxed);
         }
         // Counted while the shard lock is held, so a concurrent forget cannot drop the node;
         // the state lock is taken only after the shard lock is released (lock order: never a
@@ -181,6 +244,10 @@ impl Inodes {
         node_lookups_add(entry.value(), lookups);
         let node = Arc::clone(entry.value());
         drop(entry);
+        // Only after the shard lock is gone: `track` may read the map.
+        if made {
+            self.track(ino);
+        }
         {
             let mut st = node.state.write();
             // The name just resolved goes first, paired with the layer it was found in.

@@ -2,13 +2,11 @@
 //! otherwise I/O through the daemon, and the kernel's rule that all concurrent passthrough
 //! opens of one inode share one backing file (see `rehome`).
 
-use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use fuser::{FopenFlags, INodeNo};
+use fuser::FopenFlags;
 use log::debug;
 
 use super::handle::OpenFile;
@@ -86,13 +84,12 @@ impl UnionFs {
                 *e.value_mut() = new;
             }
         }
-        if let Some(n) = self.notifier.get().cloned() {
-            // Never from inside a request: a pending lookup in the same directory would
-            // deadlock the worker.
-            std::thread::spawn(move || {
-                let _ = n.inval_entry(INodeNo(parent), OsStr::from_bytes(&name));
-            });
-        }
+        // Never from inside a request: a pending lookup in the same directory would
+        // deadlock the worker.
+        let notify = Arc::clone(&self.notify);
+        std::thread::spawn(move || {
+            let _ = notify.inval_entry(parent, &name);
+        });
         Errno::ESTALE
     }
 

@@ -15,12 +15,14 @@
 pub mod attr;
 mod copy_up;
 mod dir;
+mod evict;
 mod file;
 pub mod handle;
 pub mod inode;
 mod io;
 pub mod listing;
 mod namei;
+pub mod notify;
 pub mod op;
 mod readdir;
 pub mod reply;
@@ -34,7 +36,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fuser::{FileAttr, INodeNo, InitFlags, KernelConfig};
+use fuser::{FileAttr, InitFlags, KernelConfig};
 use log::warn;
 
 use crate::layer::ops;
@@ -49,6 +51,9 @@ use io::passthrough_privileged;
 pub use attr::SetAttr;
 pub use reply::{Created, Opened, Statfs};
 
+/// Default node limit: about 90 MiB of node table.
+pub const DEFAULT_MAX_NODES: usize = 500_000;
+
 /// Tunables of the FUSE adapter.
 #[derive(Debug, Clone)]
 pub struct FsOptions {
@@ -56,6 +61,8 @@ pub struct FsOptions {
     pub ttl: Duration,
     /// Use FUSE passthrough for file data when the kernel and our privileges allow it.
     pub passthrough: bool,
+    /// Nodes (inodes the kernel caches) kept at most; unused ones beyond go (0: no limit).
+    pub max_nodes: usize,
 }
 
 impl Default for FsOptions {
@@ -63,6 +70,7 @@ impl Default for FsOptions {
         FsOptions {
             ttl: Duration::from_secs(3600),
             passthrough: true,
+            max_nodes: DEFAULT_MAX_NODES,
         }
     }
 }
@@ -71,7 +79,9 @@ impl Default for FsOptions {
 #[derive(Debug)]
 pub struct UnionFs {
     stack: Arc<Stack>,
-    inodes: Inodes,
+    inodes: Arc<Inodes>,
+    /// The node limit and its trimming thread (see `evict`).
+    trim: Arc<evict::Trim>,
     handles: Handles,
     opts: FsOptions,
     /// `opts.passthrough` as settled with the kernel at FUSE_INIT.
@@ -93,7 +103,7 @@ pub struct UnionFs {
     backing_lru: parking_lot::Mutex<std::collections::VecDeque<u64>>,
     next_synthetic: AtomicU64,
     /// Set once the session exists; used to drop kernel dentries from outside a request.
-    notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
+    notify: Arc<notify::Notify>,
     /// Open layer directories of recently used merged directories, keyed by nodeid with the
     /// layer list they were opened for. Directory fds follow renames, so an entry stays right
     /// until the directory's layers change or it is removed. Bounded (see `dirset_cap`).
@@ -167,7 +177,12 @@ impl UnionFs {
         let root = resolve::root_layers(&stack);
         UnionFs {
             stack,
-            inodes: Inodes::new(root),
+            inodes: Arc::new(if opts.max_nodes > 0 {
+                Inodes::new(root).with_eviction()
+            } else {
+                Inodes::new(root)
+            }),
+            trim: Arc::new(evict::Trim::new(opts.max_nodes)),
             handles: Handles::default(),
             passthrough: std::sync::atomic::AtomicBool::new(opts.passthrough),
             rename_seq: AtomicU64::new(0),
@@ -176,7 +191,7 @@ impl UnionFs {
             daemon_io: dashmap::DashMap::new(),
             backing_lru: parking_lot::Mutex::new(std::collections::VecDeque::new()),
             next_synthetic: AtomicU64::new(1),
-            notifier: Arc::new(std::sync::OnceLock::new()),
+            notify: Arc::default(),
             dirsets: dashmap::DashMap::new(),
             dirset_cap,
             kept_backing,
@@ -214,9 +229,9 @@ impl UnionFs {
         self.opts.ttl
     }
 
-    /// Where the mount code hands over the session's notifier once it exists.
-    pub fn notifier_slot(&self) -> Arc<std::sync::OnceLock<fuser::Notifier>> {
-        Arc::clone(&self.notifier)
+    /// Where the mount code hands over the connection's device for notifications.
+    pub fn notify(&self) -> &notify::Notify {
+        &self.notify
     }
 
     /// Runs `f`, again if it failed with ENOENT while a concurrent rename moved the path it
@@ -392,10 +407,8 @@ impl UnionFs {
 
     /// Makes the kernel fetch the attributes of `ino` again (we changed them behind a request).
     fn tell_attrs_changed(&self, ino: u64) {
-        if let Some(n) = self.notifier.get() {
-            // Offset -1: attributes only, no page cache (so no lock the writer may hold).
-            let _ = n.inval_inode(INodeNo(self.map_ino(ino)), -1, 0);
-        }
+        // Offset -1: attributes only, no page cache (so no lock the writer may hold).
+        let _ = self.notify.inval_inode(self.map_ino(ino), -1, 0);
     }
 
     /// Whether requests arrive over io_uring (then `/dev/fuse` carries only FORGET and

@@ -66,8 +66,9 @@ impl UnionFs {
             .inodes
             .upsert(ino, kind, parent, name, f.layer, f.dir_layers.clone(), 1);
         if node.lookups.load(Ordering::Relaxed) == 1 {
-            let held = self.inodes.len() as u64;
-            self.stats.inodes.store(held, Ordering::Relaxed);
+            let held = self.inodes.len();
+            self.stats.inodes.store(held as u64, Ordering::Relaxed);
+            self.over_limit(held);
         }
         if f.is_dir() && f.dir_layers.len() > 1 {
             // Merged directory: 2 + subdirectories, counted once and kept until they change.

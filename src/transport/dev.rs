@@ -78,7 +78,7 @@ pub fn serve(conn: &Arc<Conn>, max_threads: usize) -> std::io::Result<()> {
     let p = pool();
     p.max.fetch_max(max_threads.max(1), Ordering::Relaxed);
     // A clone of the device: replies go on the fd the request came from, and non-blocking
-    // reads must not change the mounted fd fuser's notifier writes through.
+    // reads must not change the mounted fd notifications are written to.
     let fd = sys::uring::dev_clone(conn.dev.as_fd()).or_else(|e| {
         warn!("/dev/fuse: cannot clone the device fd ({e}); reading the mounted one");
         sys::dup(conn.dev.as_fd())

@@ -2,7 +2,7 @@
 
 use std::fs;
 use std::os::unix::fs::{DirEntryExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -20,21 +20,6 @@ fn list_inos(dir: &Path) -> Vec<(String, u64)> {
         .collect()
 }
 
-/// Mounts lower `l` over a new upper with a stats file: (daemon pid, stats file, upper, mnt).
-fn mount_counting(fx: &mut Fixture, l: &Path) -> (i32, PathBuf, PathBuf, PathBuf) {
-    let stats = fx.root.join("stats");
-    let (u, mnt) = (fx.dir("u"), fx.dir("mnt"));
-    let o = fx.run(&[
-        "--stats-file",
-        stats.to_str().unwrap(),
-        l.to_str().unwrap(),
-        u.to_str().unwrap(),
-        mnt.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    (*fx.pids.last().unwrap(), stats, u, mnt)
-}
-
 #[test]
 fn sigusr1_reports_counters_that_match_the_workload() {
     if !fuse_available() {
@@ -45,7 +30,7 @@ fn sigusr1_reports_counters_that_match_the_workload() {
     for i in 0..3 {
         fs::write(l.join(format!("f{i}")), vec![7u8; 1000]).unwrap();
     }
-    let (pid, stats, _, mnt) = mount_counting(&mut fx, &l);
+    let (pid, stats, _, mnt) = mount_counting(&mut fx, &l, &[]);
     // Workload: two copy-ups of 1000-byte files, two deletes of lower files (two
     // whiteouts), one held-open file.
     fs::OpenOptions::new()
@@ -85,7 +70,7 @@ fn small_writes_do_not_each_ask_for_file_capabilities() {
     }
     let mut fx = Fixture::new("killpriv");
     let l = fx.dir("l");
-    let (pid, stats, u, mnt) = mount_counting(&mut fx, &l);
+    let (pid, stats, u, mnt) = mount_counting(&mut fx, &l, &[]);
     let mut f = fs::File::create(mnt.join("log")).unwrap();
     for i in 0..200 {
         std::io::Write::write_all(&mut f, format!("line {i}\n").as_bytes()).unwrap();
@@ -115,7 +100,7 @@ fn a_listing_carries_attributes_only_for_callers_that_stat_what_they_list() {
             fs::write(l.join(d).join(format!("f{i}")), vec![b'x'; i]).unwrap();
         }
     }
-    let (pid, stats, u, mnt) = mount_counting(&mut fx, &l);
+    let (pid, stats, u, mnt) = mount_counting(&mut fx, &l, &[]);
     let count = |s: &std::collections::HashMap<String, String>, k: &str| -> u64 {
         s.get(k).map_or(0, |v| v.parse().unwrap())
     };

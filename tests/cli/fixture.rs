@@ -72,6 +72,28 @@ impl Fixture {
     }
 }
 
+/// Mounts lower `l` over a new upper with a stats file and extra `args`: (daemon pid, stats
+/// file, upper, mountpoint).
+pub(crate) fn mount_counting(
+    fx: &mut Fixture,
+    l: &Path,
+    args: &[&str],
+) -> (i32, PathBuf, PathBuf, PathBuf) {
+    let stats = fx.root.join("stats");
+    let (u, mnt) = (fx.dir("u"), fx.dir("mnt"));
+    let mut a = args.to_vec();
+    a.extend([
+        "--stats-file",
+        stats.to_str().unwrap(),
+        l.to_str().unwrap(),
+        u.to_str().unwrap(),
+        mnt.to_str().unwrap(),
+    ]);
+    let o = fx.run(&a);
+    assert!(o.status.success(), "{}", stderr(&o));
+    (*fx.pids.last().unwrap(), stats, u, mnt)
+}
+
 pub(crate) fn signal(pid: i32, sig: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).unwrap();
 }

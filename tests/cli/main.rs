@@ -9,5 +9,6 @@ mod counters;
 mod fixture;
 mod lifecycle;
 mod mount_helper;
+mod node_limit;
 mod shared;
 mod transport;
