@@ -25,6 +25,23 @@ UNIONFS = os.path.join(ROOT, "target", "release", "unionfs-mount")
 IMPLS = ["kernel", "unionfs", "fuse-overlayfs"]
 
 
+def fresh_run(b, section, impl):
+    """An empty run directory for one implementation in one section, and its pid file."""
+    run = os.path.join(b, "run", section, impl)
+    shutil.rmtree(run, ignore_errors=True)
+    os.makedirs(run)
+    return run, os.path.join(run, "pid")
+
+
+def table(rep, first, keys, what, cell):
+    """A markdown table: a row per key, a column per implementation, cell(impl, key) each."""
+    rep.append(f"| {first} | " + " | ".join(f"{i}: {what}" for i in IMPLS) + " |")
+    rep.append("|---|" + "---|" * len(IMPLS))
+    for k in keys:
+        rep.append(f"| {k:,} | " + " | ".join(cell(i, k) for i in IMPLS) + " |")
+    rep.append("")
+
+
 def sh(cmd, check=True, **kw):
     return subprocess.run(cmd, shell=isinstance(cmd, str), check=check, **kw)
 
@@ -230,10 +247,7 @@ def section_layers(b, layer_counts, rep, data):
         lowers = [str(i) for i in range(n)]
         bottom = f"d/l{n - 1}_0"
         for impl in IMPLS:
-            run = os.path.join(b, "run", "layers", impl)
-            shutil.rmtree(run, ignore_errors=True)
-            os.makedirs(run)
-            pidfile = os.path.join(run, "pid")
+            run, pidfile = fresh_run(b, "layers", impl)
             with Mounts() as ms:
                 drop_caches()
                 t_mount = mount(impl, lowers, run + "/u", run + "/w", run + "/m", pidfile, cwd=base)
@@ -247,15 +261,12 @@ def section_layers(b, layer_counts, rep, data):
             rows[(impl, n)] = (t_mount, t_stat, rss)
             print(f"  {n} layers, {impl}: mount {t_mount:.3f}s, cold stat {t_stat*1000:.2f} ms, {rss} KiB", file=sys.stderr)
     rep.append("### Layers: mount time, a cold stat of a file in the bottom layer, daemon memory\n")
-    rep.append("| lowers | " + " | ".join(f"{i}: mount s / stat ms / RSS MiB" for i in IMPLS) + " |")
-    rep.append("|---|" + "---|" * len(IMPLS))
-    for n in layer_counts:
-        cells = []
-        for i in IMPLS:
-            m, s, r = rows[(i, n)]
-            cells.append(f"{m:.3f} / {s*1000:.2f} / {r/1024:.1f}")
-        rep.append(f"| {n} | " + " | ".join(cells) + " |")
-    rep.append("")
+
+    def cell(i, n):
+        m, s, r = rows[(i, n)]
+        return f"{m:.3f} / {s*1000:.2f} / {r/1024:.1f}"
+
+    table(rep, "lowers", layer_counts, "mount s / stat ms / RSS MiB", cell)
     data["layers"] = (layer_counts, rows)
 
 
@@ -285,52 +296,50 @@ def listdir_count(path):
     return sum(1 for _ in os.scandir(path))
 
 
-def section_bigdir(b, n, rep, data):
-    base = build_bigdir(b, n)
-    lowers = [os.path.join(base, l) for l in ("l1", "l2", "l3")]
-    visible = n - len(range(2, n, 300))
-    rnd = random.Random(1)
-    names = [f"e{rnd.randrange(n):07d}" for _ in range(10000)]
+def section_bigdir(b, sizes, rep, data):
     rows = {}
-    for impl in IMPLS:
-        run = os.path.join(b, "run", "bigdir", impl)
-        shutil.rmtree(run, ignore_errors=True)
-        os.makedirs(run)
-        pidfile = os.path.join(run, "pid")
-        with Mounts() as ms:
-            # Kernel overlayfs reads the OCI whiteouts only with its own format: give it the
-            # same layers with 0/0 char devices (built once).
-            lw = lowers if impl != "kernel" else kernel_format(base, lowers)
-            mount(impl, lw, run + "/u", run + "/w", run + "/m", pidfile)
-            ms.add(run + "/m")
-            drop_caches()
-            t0 = time.perf_counter()
-            got = listdir_count(run + "/m/big")
-            t_list = time.perf_counter() - t0
-            assert got == visible, f"{impl}: {got} entries listed, {visible} visible"
-            drop_caches()
-            t0 = time.perf_counter()
-            for nm in names:
-                try:
-                    os.stat(os.path.join(run, "m", "big", nm))
-                except FileNotFoundError:
-                    pass
-            t_lookup = (time.perf_counter() - t0) / len(names)
-            pid = daemon_of(impl, run + "/m", pidfile)
-            rss = proc_field(pid, "VmRSS:") if pid else 0
-        rows[impl] = (got / t_list, t_lookup, rss)
-        print(f"  {n} entries, {impl}: {got/t_list:.0f} entries/s, lookup {t_lookup*1e6:.1f} us, {rss} KiB", file=sys.stderr)
-    rep.append(f"### One directory of {n:,} entries over three layers, 1% of them whited out\n")
-    rep.append("| | listing, entries/s (cold) | lookup, us (cold) | daemon RSS MiB |")
-    rep.append("|---|---|---|---|")
-    k = rows["kernel"]
-    for impl in IMPLS:
-        lps, lk, r = rows[impl]
-        rep.append(
-            f"| {impl} | {lps:,.0f} ({lps / k[0]:.2f}x kernel) | {lk*1e6:.1f} ({k[1] / lk:.2f}x kernel) | {r/1024:.1f} |"
-        )
-    rep.append("")
-    data["bigdir"] = rows
+    for n in sizes:
+        base = build_bigdir(b, n)
+        lowers = [os.path.join(base, l) for l in ("l1", "l2", "l3")]
+        visible = n - len(range(2, n, 300))
+        rnd = random.Random(1)
+        names = [f"e{rnd.randrange(n):07d}" for _ in range(min(n, 10000))]
+        for impl in IMPLS:
+            run, pidfile = fresh_run(b, "bigdir", impl)
+            with Mounts() as ms:
+                # Kernel overlayfs reads the OCI whiteouts only with its own format: give it
+                # the same layers with 0/0 char devices (built once).
+                lw = lowers if impl != "kernel" else kernel_format(base, lowers)
+                mount(impl, lw, run + "/u", run + "/w", run + "/m", pidfile)
+                ms.add(run + "/m")
+                drop_caches()
+                t0 = time.perf_counter()
+                got = listdir_count(run + "/m/big")
+                t_list = time.perf_counter() - t0
+                assert got == visible, f"{impl}: {got} entries listed, {visible} visible"
+                drop_caches()
+                t0 = time.perf_counter()
+                for nm in names:
+                    try:
+                        os.stat(os.path.join(run, "m", "big", nm))
+                    except FileNotFoundError:
+                        pass
+                t_lookup = (time.perf_counter() - t0) / len(names)
+                pid = daemon_of(impl, run + "/m", pidfile)
+                rss = proc_field(pid, "VmRSS:") if pid else 0
+            rows[(impl, n)] = (got / t_list, t_lookup, rss)
+            print(f"  {n} entries, {impl}: {got/t_list:.0f} entries/s, lookup {t_lookup*1e6:.1f} us, {rss} KiB", file=sys.stderr)
+    rep.append("### One directory of N entries over three layers, 1% of them whited out\n")
+    rep.append("Listing: entries per second of a cold `scandir`; lookup: a cold `stat` of random names; RSS after both.\n")
+
+    def cell(impl, n):
+        k = rows[("kernel", n)]
+        lps, lk, r = rows[(impl, n)]
+        return f"{lps:,.0f} ({lps / k[0]:.2f}x) / {lk*1e6:.1f} ({k[1] / lk:.2f}x) / {r/1024:.1f}"
+
+    table(rep, "entries", sizes, "listing / lookup us / RSS MiB", cell)
+    rep.append("(x: speed relative to kernel overlayfs, higher is better.)\n")
+    data["bigdir"] = (sizes, rows)
 
 
 def kernel_format(base, lowers):
@@ -375,30 +384,38 @@ def build_tree(b, n):
 def section_tree(b, n, rep, data):
     base = build_tree(b, n)
     rows = {}
+    samples = {}
     for impl in IMPLS:
-        run = os.path.join(b, "run", "tree", impl)
-        shutil.rmtree(run, ignore_errors=True)
-        os.makedirs(run)
-        pidfile = os.path.join(run, "pid")
+        run, pidfile = fresh_run(b, "tree", impl)
         with Mounts() as ms:
             mount(impl, [base], run + "/u", run + "/w", run + "/m", pidfile)
             ms.add(run + "/m")
             drop_caches()
             pid = daemon_of(impl, run + "/m", pidfile)
-            peak = 0
+            series = []
             t0 = time.perf_counter()
+
+            def sample():
+                if pid:
+                    series.append((time.perf_counter() - t0, proc_field(pid, "VmRSS:")))
+
             walker = subprocess.Popen(["find", run + "/m", "-printf", "%s\n"], stdout=subprocess.DEVNULL)
             while walker.poll() is None:
-                if pid:
-                    peak = max(peak, proc_field(pid, "VmRSS:"))
+                sample()
                 time.sleep(0.5)
             t_walk = time.perf_counter() - t0
-            after = proc_field(pid, "VmRSS:") if pid else 0
+            sample()
+            after = series[-1][1] if series else 0
+            # The kernel forgets the inodes (the daemon's FORGETs follow) once asked to.
             with open("/proc/sys/vm/drop_caches", "w") as f:
                 f.write("2")
-            time.sleep(3)
-            dropped = proc_field(pid, "VmRSS:") if pid else 0
+            for _ in range(6):
+                time.sleep(0.5)
+                sample()
+            dropped = series[-1][1] if series else 0
+        peak = max((r for _, r in series), default=0)
         rows[impl] = (t_walk, peak, after, dropped)
+        samples[impl] = (t_walk, series)
         print(f"  walk of {n} files, {impl}: {t_walk:.1f}s, RSS peak {peak} KiB, after {after}, after drop {dropped}", file=sys.stderr)
     rep.append(f"### A walk (`find -printf %s`) of {n:,} files\n")
     rep.append("| | walk s | daemon RSS MiB: peak / after / after drop_caches |")
@@ -407,7 +424,7 @@ def section_tree(b, n, rep, data):
         t, p, a, d = rows[impl]
         rep.append(f"| {impl} | {t:.1f} | {p/1024:.1f} / {a/1024:.1f} / {d/1024:.1f} |")
     rep.append("")
-    data["tree"] = rows
+    data["tree"] = (n, samples)
 
 
 # ------------------------------------------------------------------------------------------
@@ -522,7 +539,23 @@ def section_requests(b, rep, data):
 # F. Copy-up of a large file.
 
 
-def section_copyup(b, mib, runs, rep, data):
+def section_copyup(b, sizes, runs, rep, data):
+    rows = {}
+    for mib in sizes:
+        for impl, t in copyup_one(b, mib, runs).items():
+            rows[(impl, mib)] = t
+    rep.append(f"### Copy-up: appending one byte to a lower file (median of {runs}), seconds\n")
+    rep.append("| MiB | " + " | ".join(IMPLS) + " |")
+    rep.append("|---|" + "---|" * len(IMPLS))
+    for mib in sizes:
+        k = rows[("kernel", mib)]
+        rep.append(f"| {mib} | " + " | ".join(f"{rows[(i, mib)]:.3f} ({k / rows[(i, mib)]:.2f}x)" for i in IMPLS) + " |")
+    rep.append("\n(x: speed relative to kernel overlayfs. Kernel overlayfs and unionfs flush the copy before it")
+    rep.append("appears in the upper; fuse-overlayfs does not, so a crash can leave a short file there.)\n")
+    data["copyup"] = (sizes, rows)
+
+
+def copyup_one(b, mib, runs):
     lower = os.path.join(b, f"cu-{mib}")
     big = os.path.join(lower, "big")
     if not os.path.exists(big):
@@ -548,13 +581,7 @@ def section_copyup(b, mib, runs, rep, data):
                 times.append(time.perf_counter() - t0)
         rows[impl] = statistics.median(times)
         print(f"  copy-up {mib} MiB, {impl}: {rows[impl]:.3f}s", file=sys.stderr)
-    rep.append(f"### Copy-up: appending one byte to a {mib} MiB lower file (median of {runs})\n")
-    rep.append("| | seconds | ratio to the kernel |")
-    rep.append("|---|---|---|")
-    for impl in IMPLS:
-        rep.append(f"| {impl} | {rows[impl]:.3f} | {rows['kernel'] / rows[impl]:.2f} |")
-    rep.append("")
-    data["copyup"] = rows
+    return rows
 
 
 # ------------------------------------------------------------------------------------------
@@ -605,6 +632,26 @@ def draw(out, data):
              {i: [(n, rows[(i, n)][2] / 1024) for n in counts] for i in IMPLS if i != "kernel"}, logx=True)
 
 
+def draw_more(out, data):
+    if "bigdir" in data:
+        sizes, rows = data["bigdir"]
+        plot(out, "bigdir-list", "Cold listing of one directory over 3 layers", "entries",
+             "entries per second", {i: [(n, rows[(i, n)][0]) for n in sizes] for i in IMPLS}, logx=True)
+        plot(out, "bigdir-lookup", "Cold lookup in one directory over 3 layers", "entries",
+             "microseconds", {i: [(n, rows[(i, n)][1] * 1e6) for n in sizes] for i in IMPLS}, logx=True)
+        plot(out, "bigdir-rss", "Daemon memory after listing one directory", "entries", "RSS, MiB",
+             {i: [(n, rows[(i, n)][2] / 1024) for n in sizes] for i in IMPLS if i != "kernel"}, logx=True)
+    if "tree" in data:
+        n, samples = data["tree"]
+        plot(out, "tree-rss", f"Daemon memory during a walk of {n:,} files, then drop_caches",
+             "seconds", "RSS, MiB",
+             {i: [(t, r / 1024) for t, r in samples[i][1]] for i in IMPLS if i != "kernel"})
+    if "copyup" in data:
+        sizes, rows = data["copyup"]
+        plot(out, "copyup", "Copy-up: append one byte to a lower file", "MiB", "seconds",
+             {i: [(m, rows[(i, m)]) for m in sizes] for i in IMPLS})
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--dir", required=True, help="fixtures and runs (reused across runs)")
@@ -617,9 +664,11 @@ def main():
     os.makedirs(a.out, exist_ok=True)
     only = set(a.only.split(","))
     if a.full:
-        unions, layers, bigdir, tree, cu = [1, 10, 25, 50, 100], [1, 10, 50, 100, 250, 500], 1_000_000, 10_000_000, 256
+        unions, layers = [1, 10, 25, 50, 100], [1, 10, 50, 100, 250, 500]
+        bigdir, tree, cu = [10_000, 100_000, 1_000_000], 10_000_000, [16, 64, 256, 1024]
     else:
-        unions, layers, bigdir, tree, cu = [1, 10, 50], [1, 10, 100], 100_000, 1_000_000, 256
+        unions, layers = [1, 10, 50], [1, 10, 100]
+        bigdir, tree, cu = [10_000, 100_000], 1_000_000, [16, 64, 256]
     rep = [
         f"Machine: {os.cpu_count()} CPUs, {os.uname().release}; fixtures on "
         f"{subprocess.run(['df', '--output=fstype', b], capture_output=True, text=True).stdout.split()[-1]}; "
@@ -640,6 +689,7 @@ def main():
             print(f"== {name}", file=sys.stderr)
             f()
     draw(a.out, data)
+    draw_more(a.out, data)
     with open(os.path.join(a.out, "report.md"), "w") as f:
         f.write("\n".join(rep) + "\n")
     print("\n".join(rep))
