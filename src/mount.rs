@@ -2,7 +2,7 @@
 //!
 //! We call mount(2) ourselves with `fd=` instead of letting fuser mount, for three reasons: the
 //! same code works as real root and as root of a user namespace (the launcher's holder process),
-//! the filesystem type is `fuse.unionfs` (what `mount -t` and fstab users expect), and unmount is
+//! the filesystem type is `fuse.unionfs-mount` (what `mount -t` and fstab users write), and unmount is
 //! always lazy, so a busy mount never makes shutdown fail.
 
 use std::ffi::OsString;
@@ -26,8 +26,12 @@ use crate::transport::conn::Conn;
 use crate::transport::handshake::Handshake;
 pub use crate::transport::Uring;
 
-/// The filesystem type we mount as (`fuse.` + this subtype).
-pub const SUBTYPE: &str = "unionfs";
+/// The filesystem type we mount as (`fuse.` + this subtype): the binary's own name, which is
+/// what mount.fuse3 runs for `mount -t fuse.unionfs-mount` (`unionfs` is unionfs-fuse's).
+pub const SUBTYPE: &str = "unionfs-mount";
+
+/// The source name /proc/mounts shows when none is given.
+pub const DEFAULT_FSNAME: &str = "unionfs";
 
 /// What to mount: the layer directories and how to serve them.
 #[derive(Debug, Clone)]
@@ -74,7 +78,7 @@ impl MountConfig {
             suid: true,
             dev: false,
             read_only: false,
-            fsname: SUBTYPE.to_string(),
+            fsname: DEFAULT_FSNAME.to_string(),
             // Layers change only through us and the kernel sees every change we make, so its
             // caches stay right for as long as it likes to keep them.
             ttl: Duration::from_secs(3600),

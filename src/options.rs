@@ -61,7 +61,7 @@ pub struct Args {
     #[arg(long, value_name = "SOCKET", num_args = 0..=1, default_missing_value = "")]
     pub serve: Option<PathBuf>,
     /// mount(8) helper flags (no mtab, sloppy, verbose, type, namespace): accepted and ignored
-    /// so that `mount -t fuse.unionfs` and fstab entries work.
+    /// so that `mount -t fuse.unionfs-mount` and fstab entries work.
     #[arg(short = 'n', hide = true)]
     pub no_mtab: bool,
     /// See `no_mtab`.
@@ -514,7 +514,7 @@ mod tests {
         .unwrap();
         assert_eq!(i.config.fsname, "explicit");
         let i = inv(&["-o", "lowerdir=/a", "/m"]).unwrap();
-        assert_eq!(i.config.fsname, crate::mount::SUBTYPE);
+        assert_eq!(i.config.fsname, crate::mount::DEFAULT_FSNAME);
     }
 
     #[test]
@@ -526,7 +526,7 @@ mod tests {
             "-s",
             "-v",
             "-t",
-            "fuse.unionfs",
+            "fuse.unionfs-mount",
             "-o",
             "lowerdir=/a",
         ]);
