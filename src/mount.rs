@@ -17,7 +17,9 @@ use std::time::Duration;
 use fuser::{Session, SessionACL};
 
 use crate::error::{Error, Result};
+pub use crate::fs::owners::Owners;
 use crate::fs::{FsOptions, UnionFs};
+pub use crate::layer::idmap::{IdMap, IdMaps, IdRange};
 use crate::layer::stack::is_within;
 use crate::layer::whiteout::WH_PREFIX;
 use crate::layer::{Stack, StackConfig};
@@ -64,6 +66,18 @@ pub struct MountConfig {
     pub metacopy: bool,
     /// When to serve requests over io_uring (see [`crate::transport::ring`]).
     pub uring: Uring,
+    /// How owners are shown and written (`uidmapping=`, `gidmapping=`, `squash_to_*`).
+    pub owners: Owners,
+    /// Directories show link count 1 (`static_nlink`).
+    pub static_nlink: bool,
+    /// Let the kernel enforce POSIX ACLs (`noacl` turns it off).
+    pub acl: bool,
+    /// No flushes; the next mount refuses an upper whose volatile mount did not end cleanly
+    /// (`volatile`, `fsync=0`).
+    pub volatile: bool,
+    /// The user-namespace id maps this union's writes reach the disk through (the launcher's),
+    /// recorded in the work dir for `unionfs-layer export`.
+    pub written_under: Option<IdMaps>,
 }
 
 impl MountConfig {
@@ -85,6 +99,11 @@ impl MountConfig {
             passthrough: true,
             metacopy: false,
             uring: Uring::Auto,
+            owners: Owners::default(),
+            static_nlink: false,
+            acl: true,
+            volatile: false,
+            written_under: None,
         }
     }
 
@@ -189,6 +208,13 @@ impl MountConfig {
             workdir,
         })?;
         stack.metacopy = self.metacopy;
+        if self.volatile {
+            stack.begin_volatile()?;
+        }
+        if let (Some(maps), Ok(work)) = (&self.written_under, stack.work()) {
+            maps.write_record(work)
+                .map_err(|e| Error::sys("recording the id maps in the work dir", e.desc(), ""))?;
+        }
         Ok(Prepared {
             cfg: self.clone(),
             stack: Arc::new(stack),
@@ -306,6 +332,10 @@ impl Prepared {
             FsOptions {
                 ttl: cfg.ttl,
                 passthrough: cfg.passthrough,
+                owners: cfg.owners.clone(),
+                static_nlink: cfg.static_nlink,
+                acl: cfg.acl,
+                volatile: cfg.volatile,
             },
         ));
         // fuser runs no session loop here (see below), so its thread and access settings do

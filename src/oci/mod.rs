@@ -103,7 +103,7 @@ fn fill_dir(dir: BorrowedFd<'_>, path: &Path, lowers: &[OwnedFd], filled: &mut u
                 let src = stub_source(lowers, &stub, &p)?;
                 let fd = sys::openat(dir, &name, libc::O_PATH | libc::O_NOFOLLOW, 0)
                     .map_err(|err| ioerr(p.display(), err.desc()))?;
-                metacopy::fill_from(src.as_fd(), fd.as_fd(), &stub, xattr)
+                metacopy::fill_from(src.as_fd(), fd.as_fd(), &stub, xattr, true)
                     .map_err(|err| ioerr(format!("filling {}", p.display()), err.desc()))?;
                 *filled += 1;
             }

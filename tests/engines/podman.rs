@@ -199,18 +199,15 @@ impl Podman {
 
     /// `podman run --name NAME ... IMAGE sh -c SCRIPT` (a container that stays): its stdout.
     fn run_named(&self, name: &str, script: &str) -> String {
-        self.ok(&[
-            "run",
-            "--name",
-            name,
-            "--pull=never",
-            "--network",
-            "none",
-            IMAGE,
-            "/bin/sh",
-            "-c",
-            script,
-        ])
+        self.run_with(&["--name", name], script)
+    }
+
+    /// `podman run EXTRA ... IMAGE sh -c SCRIPT`: its stdout.
+    fn run_with(&self, extra: &[&str], script: &str) -> String {
+        let mut a = vec!["run", "--pull=never", "--network", "none"];
+        a.extend(extra);
+        a.extend([IMAGE, "/bin/sh", "-c", script]);
+        self.ok(&a)
     }
 
     /// The upper directory of container `name`, where its changes are.
@@ -507,6 +504,18 @@ fn rootless_podman_loads_runs_builds_and_commits() {
     );
     assert_eq!(out, "1000 1000\n");
     assert_eq!(build_and_look(&p), BUILT_VIEW);
-    p.ok(&["rm", "r1"]);
+    // An id-mapped container: podman mounts it with uidmapping=/gidmapping= (`--userns
+    // keep-id`: the user is itself inside). The layers hold container ids, shown mapped: the
+    // image's root-owned files are root's inside, and what the user writes is stored as its
+    // container id, 65534 (host: the 65534th subordinate id).
+    let out = p.run_with(
+        &["--name", "k1", "--userns=keep-id"],
+        "id -u; ls -ln /etc/passwd | tr -s ' ' | cut -d' ' -f3,4; echo k > /tmp/k; \
+         ls -ln /tmp/k | tr -s ' ' | cut -d' ' -f3,4",
+    );
+    assert_eq!(out, format!("{USER}\n0 0\n{USER} {USER}\n"));
+    let k = std::fs::metadata(p.upper_of("k1").join("tmp/k")).unwrap();
+    assert_eq!((k.uid(), k.gid()), (SUBID + 65533, SUBID + 65533));
+    p.ok(&["rm", "r1", "k1"]);
     check_end(&p, &layers, &before);
 }
