@@ -8,15 +8,7 @@
 //! (`dir::do_create`), chown (`attr::do_setattr`) and the ids inside POSIX ACL xattrs
 //! (`xattr`). The identity costs one flag test per use.
 
-use crate::layer::idmap::IdMaps;
-
-/// An ACL entry's tag for a named user (`ACL_USER` of the kernel's xattr format).
-const ACL_USER: u16 = 0x02;
-/// An ACL entry's tag for a named group (`ACL_GROUP`).
-const ACL_GROUP: u16 = 0x08;
-/// The xattr format's header (version) and entry sizes.
-const ACL_HEADER: usize = 4;
-const ACL_ENTRY: usize = 8;
+use crate::layer::idmap::{is_acl_xattr, map_acl_ids, IdMaps};
 
 /// The owner rules of one union (see the module docs).
 #[derive(Debug, Clone)]
@@ -106,22 +98,17 @@ impl Owners {
     /// Maps the named users and groups of a POSIX ACL xattr `value` (`name` is checked; other
     /// xattrs are left alone): stored ids to shown ones with `to_shown`, else the reverse.
     pub fn map_acl(&self, name: &[u8], value: &mut [u8], to_shown: bool) {
-        let acl = name == b"system.posix_acl_access" || name == b"system.posix_acl_default";
-        if !acl || self.maps.is_identity() || value.len() < ACL_HEADER {
+        if !is_acl_xattr(name) || self.maps.is_identity() {
             return;
         }
-        for e in value[ACL_HEADER..].chunks_exact_mut(ACL_ENTRY) {
-            let tag = u16::from_le_bytes([e[0], e[1]]);
-            let id = u32::from_le_bytes([e[4], e[5], e[6], e[7]]);
-            let new = match (tag, to_shown) {
-                (ACL_USER, true) => self.maps.uids.to_host(id).unwrap_or(self.overflow_uid),
-                (ACL_USER, false) => self.stored_uid(id),
-                (ACL_GROUP, true) => self.maps.gids.to_host(id).unwrap_or(self.overflow_gid),
-                (ACL_GROUP, false) => self.stored_gid(id),
-                _ => continue,
-            };
-            e[4..8].copy_from_slice(&new.to_le_bytes());
-        }
+        let _ = map_acl_ids(value, |user, id| {
+            Some(match (user, to_shown) {
+                (true, true) => self.maps.uids.to_host(id).unwrap_or(self.overflow_uid),
+                (true, false) => self.stored_uid(id),
+                (false, true) => self.maps.gids.to_host(id).unwrap_or(self.overflow_gid),
+                (false, false) => self.stored_gid(id),
+            })
+        });
     }
 }
 
@@ -171,18 +158,13 @@ mod tests {
             e
         };
         let mut v = 2u32.to_le_bytes().to_vec();
-        for (t, id) in [
-            (0x01, u32::MAX),
-            (ACL_USER, 1000),
-            (ACL_GROUP, 3),
-            (0x20, u32::MAX),
-        ] {
+        for (t, id) in [(0x01, u32::MAX), (0x02, 1000), (0x08, 3), (0x20, u32::MAX)] {
             v.extend(entry(t, 4, id));
         }
         let stored = v.clone();
         o.map_acl(b"system.posix_acl_access", &mut v, true);
         let id_at = |v: &[u8], i: usize| {
-            let o = ACL_HEADER + i * ACL_ENTRY + 4;
+            let o = 4 + i * 8 + 4;
             u32::from_le_bytes(v[o..o + 4].try_into().unwrap())
         };
         assert_eq!((id_at(&v, 1), id_at(&v, 2)), (100999, 2003));

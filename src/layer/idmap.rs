@@ -211,6 +211,42 @@ impl IdMaps {
     }
 }
 
+/// An ACL entry's tag for a named user (`ACL_USER` of the kernel's xattr format).
+const ACL_USER: u16 = 0x02;
+/// An ACL entry's tag for a named group (`ACL_GROUP`).
+const ACL_GROUP: u16 = 0x08;
+/// The xattr format's header (version) and entry sizes.
+const ACL_HEADER: usize = 4;
+const ACL_ENTRY: usize = 8;
+
+/// True for the xattrs that hold POSIX ACLs, whose named users and groups are ids.
+pub fn is_acl_xattr(name: &[u8]) -> bool {
+    name == b"system.posix_acl_access" || name == b"system.posix_acl_default"
+}
+
+/// Rewrites the ids of the named users and groups of a POSIX ACL xattr `value` with `map`
+/// (`true` for a user id): the first id it has no answer for stops the rewrite and is returned.
+pub fn map_acl_ids(
+    value: &mut [u8],
+    mut map: impl FnMut(bool, u32) -> Option<u32>,
+) -> Result<(), u32> {
+    if value.len() < ACL_HEADER {
+        return Ok(());
+    }
+    for e in value[ACL_HEADER..].chunks_exact_mut(ACL_ENTRY) {
+        let tag = u16::from_le_bytes([e[0], e[1]]);
+        let id = u32::from_le_bytes([e[4], e[5], e[6], e[7]]);
+        let user = match tag {
+            ACL_USER => true,
+            ACL_GROUP => false,
+            _ => continue,
+        };
+        let new = map(user, id).ok_or(id)?;
+        e[4..8].copy_from_slice(&new.to_le_bytes());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
