@@ -2,7 +2,7 @@
 //!
 //! We call mount(2) ourselves with `fd=` instead of letting fuser mount, for three reasons: the
 //! same code works as real root and as root of a user namespace (the launcher's holder process),
-//! the filesystem type is `fuse.unionfs` (what `mount -t` and fstab users expect), and unmount is
+//! the filesystem type is `fuse.unionfs-mount` (what `mount -t` and fstab users write), and unmount is
 //! always lazy, so a busy mount never makes shutdown fail.
 
 use std::ffi::OsString;
@@ -17,7 +17,9 @@ use std::time::Duration;
 use fuser::{Session, SessionACL};
 
 use crate::error::{Error, Result};
+pub use crate::fs::owners::Owners;
 use crate::fs::{FsOptions, UnionFs};
+pub use crate::layer::idmap::{IdMap, IdMaps, IdRange};
 use crate::layer::stack::is_within;
 use crate::layer::whiteout::WH_PREFIX;
 use crate::layer::{Stack, StackConfig};
@@ -26,8 +28,12 @@ use crate::transport::conn::Conn;
 use crate::transport::handshake::Handshake;
 pub use crate::transport::Uring;
 
-/// The filesystem type we mount as (`fuse.` + this subtype).
-pub const SUBTYPE: &str = "unionfs";
+/// The filesystem type we mount as (`fuse.` + this subtype): the binary's own name, which is
+/// what mount.fuse3 runs for `mount -t fuse.unionfs-mount` (`unionfs` is unionfs-fuse's).
+pub const SUBTYPE: &str = "unionfs-mount";
+
+/// The source name /proc/mounts shows when none is given.
+pub const DEFAULT_FSNAME: &str = "unionfs";
 
 /// What to mount: the layer directories and how to serve them.
 #[derive(Debug, Clone)]
@@ -63,6 +69,18 @@ pub struct MountConfig {
     /// Inodes the kernel may cache through this union before unused ones are dropped (see
     /// `fs::evict`); 0: no limit.
     pub max_nodes: usize,
+    /// How owners are shown and written (`uidmapping=`, `gidmapping=`, `squash_to_*`).
+    pub owners: Owners,
+    /// Directories show link count 1 (`static_nlink`).
+    pub static_nlink: bool,
+    /// Let the kernel enforce POSIX ACLs (`noacl` turns it off).
+    pub acl: bool,
+    /// No flushes; the next mount refuses an upper whose volatile mount did not end cleanly
+    /// (`volatile`, `fsync=0`).
+    pub volatile: bool,
+    /// The user-namespace id maps this union's writes reach the disk through (the launcher's),
+    /// recorded in the work dir for `unionfs-layer export`.
+    pub written_under: Option<IdMaps>,
 }
 
 impl MountConfig {
@@ -77,7 +95,7 @@ impl MountConfig {
             suid: true,
             dev: false,
             read_only: false,
-            fsname: SUBTYPE.to_string(),
+            fsname: DEFAULT_FSNAME.to_string(),
             // Layers change only through us and the kernel sees every change we make, so its
             // caches stay right for as long as it likes to keep them.
             ttl: Duration::from_secs(3600),
@@ -85,6 +103,11 @@ impl MountConfig {
             metacopy: false,
             max_nodes: crate::fs::DEFAULT_MAX_NODES,
             uring: Uring::Auto,
+            owners: Owners::default(),
+            static_nlink: false,
+            acl: true,
+            volatile: false,
+            written_under: None,
         }
     }
 
@@ -189,6 +212,13 @@ impl MountConfig {
             workdir,
         })?;
         stack.metacopy = self.metacopy;
+        if self.volatile {
+            stack.begin_volatile()?;
+        }
+        if let (Some(maps), Ok(work)) = (&self.written_under, stack.work()) {
+            maps.write_record(work)
+                .map_err(|e| Error::sys("recording the id maps in the work dir", e.desc(), ""))?;
+        }
         Ok(Prepared {
             cfg: self.clone(),
             stack: Arc::new(stack),
@@ -307,6 +337,10 @@ impl Prepared {
                 ttl: cfg.ttl,
                 passthrough: cfg.passthrough,
                 max_nodes: cfg.max_nodes,
+                owners: cfg.owners.clone(),
+                static_nlink: cfg.static_nlink,
+                acl: cfg.acl,
+                volatile: cfg.volatile,
             },
         ));
         // fuser runs no session loop here (see below), so its thread and access settings do

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::Parser;
 
 use crate::error::{Error, Result};
-use crate::mount::{MountConfig, Uring};
+use crate::mount::{IdMap, IdMaps, MountConfig, Owners, Uring};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -31,7 +31,9 @@ pub struct Args {
     /// Mount options, comma-separated: lowerdir=, upperdir=, workdir=, ro, rw, dev, nodev,
     /// suid, nosuid, allow_other, nonempty, threads=N, fsname=NAME, timeout=SECS,
     /// passthrough=auto|off, metacopy=on|off, uring=auto|on|off, shared[=SOCKET],
-    /// max_nodes=N; generic mount options are accepted.
+    /// max_nodes=N; and fuse-overlayfs's uidmapping=C:H:N[:C:H:N...], gidmapping=,
+    /// squash_to_root, squash_to_uid=ID, squash_to_gid=ID, static_nlink, noacl, volatile,
+    /// fsync=0|1; generic mount options are accepted.
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,
     /// Stay in the foreground instead of returning once the mount is live.
@@ -61,7 +63,7 @@ pub struct Args {
     #[arg(long, value_name = "SOCKET", num_args = 0..=1, default_missing_value = "")]
     pub serve: Option<PathBuf>,
     /// mount(8) helper flags (no mtab, sloppy, verbose, type, namespace): accepted and ignored
-    /// so that `mount -t fuse.unionfs` and fstab entries work.
+    /// so that `mount -t fuse.unionfs-mount` and fstab entries work.
     #[arg(short = 'n', hide = true)]
     pub no_mtab: bool,
     /// See `no_mtab`.
@@ -255,6 +257,8 @@ pub fn parse_args(args: Args) -> Result<Invocation> {
     let mut shared = None;
     let mut fsname_given = false;
     let mut cfg = MountConfig::new(Vec::new(), None);
+    let mut ids = IdMaps::default();
+    let (mut squash_root, mut squash_uid, mut squash_gid) = (false, None, None);
     if let Some(t) = args.threads {
         cfg.threads = t;
     }
@@ -328,6 +332,39 @@ pub fn parse_args(args: Args) -> Result<Invocation> {
                     Error::new(format!("threads={v}: give a whole number, e.g. threads=8"))
                 })?;
             }
+            // fuse-overlayfs's options, which podman and its users pass.
+            "uidmapping" | "gidmapping" => {
+                let m = IdMap::parse(&need(val)?).map_err(|e| Error::new(format!("{key}={e}")))?;
+                match key.as_str() {
+                    "uidmapping" => ids.uids = m,
+                    _ => ids.gids = m,
+                }
+            }
+            "squash_to_root" => squash_root = true,
+            "squash_to_uid" | "squash_to_gid" => {
+                let v = need(val)?;
+                let id: u32 = v.parse().map_err(|_| {
+                    Error::new(format!("{key}={v}: give a numeric id, e.g. {key}=1000"))
+                })?;
+                match key.as_str() {
+                    "squash_to_uid" => squash_uid = Some(id),
+                    _ => squash_gid = Some(id),
+                }
+            }
+            "static_nlink" => cfg.static_nlink = true,
+            "noacl" => cfg.acl = false,
+            "volatile" => cfg.volatile = true,
+            "fsync" => {
+                cfg.volatile = match val.as_deref() {
+                    Some("0") => true,
+                    Some("1") => false,
+                    _ => {
+                        return Err(Error::new(format!(
+                            "{opt}: use fsync=0 (no flushes, like volatile) or fsync=1"
+                        )))
+                    }
+                }
+            }
             k if GENERIC.contains(&k) || k.starts_with("x-") => {}
             k => warnings.push(format!(
                 "ignoring unknown mount option '{}'",
@@ -399,6 +436,9 @@ pub fn parse_args(args: Args) -> Result<Invocation> {
     cfg.lowers = config_lowers;
     cfg.upper = config_upper;
     cfg.workdir = workdir;
+    // squash_to_uid= and squash_to_gid= take precedence over squash_to_root.
+    let root = squash_root.then_some(0);
+    cfg.owners = Owners::new(ids, squash_uid.or(root), squash_gid.or(root));
     Ok(Invocation {
         config: cfg,
         mountpoint,
@@ -496,7 +536,51 @@ mod tests {
         .unwrap();
         assert_eq!(i.config.lowers.len(), 2);
         assert_eq!(i.config.workdir, Some(PathBuf::from("/w")));
-        assert_eq!(i.warnings.len(), 1, "{:?}", i.warnings);
+        assert!(
+            i.config.volatile && i.warnings.is_empty(),
+            "{:?}",
+            i.warnings
+        );
+    }
+
+    #[test]
+    fn fuse_overlayfs_options() {
+        let i = inv(&[
+            "-o",
+            "uidmapping=0:1000:1:1:100000:65536,gidmapping=0:2000:1,static_nlink,noacl,fsync=0",
+            "/l",
+            "/u",
+            "/m",
+        ])
+        .unwrap();
+        let c = &i.config;
+        assert_eq!(
+            (c.owners.shown_uid(1), c.owners.stored_gid(2000)),
+            (100000, 0)
+        );
+        assert!(c.static_nlink && !c.acl && c.volatile && !c.owners.squashes());
+        assert!(i.warnings.is_empty(), "{:?}", i.warnings);
+        let d = inv(&["/l", "/u", "/m"]).unwrap().config;
+        assert!(d.owners.is_identity() && !d.static_nlink && d.acl && !d.volatile);
+        // squash_to_uid/gid take precedence over squash_to_root, in any order.
+        let i = inv(&["-o", "squash_to_uid=7,squash_to_root", "/l", "/u", "/m"]).unwrap();
+        let o = &i.config.owners;
+        assert_eq!((o.shown_uid(5), o.shown_gid(5)), (7, 0));
+        let i = inv(&["-o", "squash_to_gid=9", "/l", "/u", "/m"]).unwrap();
+        let o = &i.config.owners;
+        assert_eq!((o.shown_uid(5), o.shown_gid(5)), (5, 9));
+        for (opt, fix) in [
+            ("uidmapping=0:1000", "CONTAINER:HOST:COUNT"),
+            ("gidmapping=0:1:5:2:3:5", "overlap"),
+            ("squash_to_uid=root", "numeric id"),
+            ("fsync=2", "fsync=0"),
+        ] {
+            let e = inv(&["-o", opt, "/l", "/u", "/m"]).unwrap_err().to_string();
+            assert!(
+                e.contains(opt.split('=').next().unwrap()) && e.contains(fix),
+                "{opt}: {e}"
+            );
+        }
     }
 
     #[test]
@@ -530,7 +614,7 @@ mod tests {
         .unwrap();
         assert_eq!(i.config.fsname, "explicit");
         let i = inv(&["-o", "lowerdir=/a", "/m"]).unwrap();
-        assert_eq!(i.config.fsname, crate::mount::SUBTYPE);
+        assert_eq!(i.config.fsname, crate::mount::DEFAULT_FSNAME);
     }
 
     #[test]
@@ -542,7 +626,7 @@ mod tests {
             "-s",
             "-v",
             "-t",
-            "fuse.unionfs",
+            "fuse.unionfs-mount",
             "-o",
             "lowerdir=/a",
         ]);

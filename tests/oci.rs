@@ -235,7 +235,7 @@ fn hostile_tarballs_are_refused_and_touch_nothing_outside() {
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
-        let r = unionfs::oci::import(&tarball(&entries)[..], &dir);
+        let r = unionfs::oci::import(&tarball(&entries)[..], &dir, &Default::default());
         let e = r.expect_err(what).to_string();
         assert!(e.contains("refused") && e.contains("entry"), "{what}: {e}");
         assert_eq!(
@@ -507,10 +507,31 @@ fn import_names_a_missing_or_bad_tarball_and_creates_nothing() {
     let t = Tmp::new("badimport");
     let text = t.0.join("notes.txt");
     fs::write(&text, "this is not a tarball\n").unwrap();
+    let write = |name: &str, data: &[u8]| {
+        let p = t.0.join(name);
+        fs::write(&p, data).unwrap();
+        p
+    };
+    // Bytes that look like nothing: a tar reader's message would quote them.
+    let noise: Vec<u8> = (0..5000u32).map(|i| (i * 7919 % 251) as u8).collect();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &"text, not a tar\n".repeat(100).into_bytes()).unwrap();
+    let whole = tarball(&[
+        ("a", tar::EntryType::Regular, ""),
+        ("b", tar::EntryType::Regular, ""),
+    ]);
     let target = t.0.join("layer");
     for (tarball, says) in [
         (t.0.join("no-such.tar"), "no-such.tar"),
         (text.clone(), "not a layer tarball"),
+        (write("empty", b""), "the input is empty"),
+        (write("noise", &noise), "not a layer tarball"),
+        (
+            write("text.gz", &gz.finish().unwrap()),
+            "not a layer tarball",
+        ),
+        // A tarball cut short after its first entry: DIR was made, and goes again.
+        (write("cut.tar", &whole[..1100]), "truncated or corrupt"),
     ] {
         let o = layer_tool(&[
             "import",
@@ -520,6 +541,10 @@ fn import_names_a_missing_or_bad_tarball_and_creates_nothing() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success(), "{tarball:?}: {err}");
         assert!(err.contains(says), "{tarball:?}: {err}");
+        assert!(
+            err.chars().all(|c| c == '\n' || !c.is_control()) && !err.contains('\u{fffd}'),
+            "{tarball:?}: the message carries the input's bytes: {err:?}"
+        );
         assert!(!target.exists(), "{tarball:?}: import created {target:?}");
     }
     // A good tarball into a path that is a file: refused, naming the path.
@@ -540,4 +565,41 @@ fn import_names_a_missing_or_bad_tarball_and_creates_nothing() {
     let o = layer_tool(&["import", good.to_str().unwrap(), target.to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(fs::read_dir(&target).unwrap().count(), 0);
+}
+
+#[test]
+fn export_refuses_to_write_a_tarball_to_a_terminal() {
+    let t = Tmp::new("tty");
+    let u = t.dir("upper");
+    fs::write(u.join("f"), "x").unwrap();
+    let bin = env!("CARGO_BIN_EXE_unionfs-layer");
+    // `script` (util-linux) gives the command a pseudo-terminal as stdout (and stderr), and
+    // copies what reaches it to its own stdout.
+    let o = Command::new("script")
+        .args([
+            "-q",
+            "-e",
+            "-c",
+            &format!("{bin} export {}", u.display()),
+            "/dev/null",
+        ])
+        .output()
+        .expect("script (util-linux) is needed");
+    let shown = String::from_utf8_lossy(&o.stdout);
+    assert!(!o.status.success(), "{shown}");
+    assert!(
+        shown.contains("refusing to write a tarball to a terminal") && shown.contains("--output"),
+        "{shown}"
+    );
+    assert!(!shown.contains("ustar"), "tar bytes reached the terminal");
+    // Redirected, the same command writes the layer.
+    let o = Command::new(bin).arg("export").arg(&u).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut ar = tar::Archive::new(&o.stdout[..]);
+    let names: Vec<String> = ar
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .collect();
+    assert_eq!(names, ["f"]);
 }

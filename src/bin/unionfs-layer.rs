@@ -2,12 +2,13 @@
 
 #![deny(unsafe_code)]
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
 use unionfs::oci::cli::{Cli, Cmd};
+use unionfs::oci::{IdMap, IdMaps};
 
 /// The layers of a `--lowers L1:L2` argument (topmost first); one that names none is refused
 /// rather than taken as "no lowers".
@@ -25,6 +26,47 @@ fn lowers_arg(arg: Option<&str>) -> unionfs::Result<Vec<PathBuf>> {
     Ok(layers)
 }
 
+/// The ranges of repeated `--uid-map`/`--gid-map` arguments as one map (`None`: none given).
+fn map_arg(kind: &str, args: &[String]) -> unionfs::Result<Option<IdMap>> {
+    if args.is_empty() {
+        return Ok(None);
+    }
+    let mut ranges = Vec::new();
+    for a in args {
+        let m = IdMap::parse(a).map_err(|e| unionfs::Error::new(format!("--{kind}-map {e}")))?;
+        ranges.extend_from_slice(m.ranges());
+    }
+    IdMap::new(ranges)
+        .map(Some)
+        .map_err(|e| unionfs::Error::new(format!("--{kind}-map: {e}")))
+}
+
+/// The maps an export writes container ids with: the ones given, else the recorded ones.
+fn export_maps(
+    upper: &Path,
+    workdir: Option<&Path>,
+    uid_map: &[String],
+    gid_map: &[String],
+    no_map: bool,
+) -> unionfs::Result<IdMaps> {
+    if no_map {
+        return Ok(IdMaps::default());
+    }
+    let recorded = unionfs::oci::written_under(upper, workdir)?.unwrap_or_default();
+    let maps = IdMaps {
+        uids: map_arg("uid", uid_map)?.unwrap_or(recorded.uids),
+        gids: map_arg("gid", gid_map)?.unwrap_or(recorded.gids),
+    };
+    if !maps.is_identity() {
+        eprintln!(
+            "unionfs-layer: owners written as container ids: uid map {}, gid map {} \
+             (--no-map keeps the ids on disk)",
+            maps.uids, maps.gids
+        );
+    }
+    Ok(maps)
+}
+
 fn run(cli: Cli) -> unionfs::Result<()> {
     match cli.cmd {
         Cmd::Export {
@@ -33,11 +75,22 @@ fn run(cli: Cli) -> unionfs::Result<()> {
             gzip,
             zstd,
             lowers,
+            uid_map,
+            gid_map,
+            no_map,
+            workdir,
         } => {
+            if output.is_none() && std::io::stdout().is_terminal() {
+                return Err(unionfs::Error::new(
+                    "refusing to write a tarball to a terminal: give --output FILE, or \
+                     redirect stdout (unionfs-layer export UPPER > layer.tar)",
+                ));
+            }
             let lowers = lowers_arg(lowers.as_deref())?;
             // Before the output is created: a mistyped layer must not cost an existing file.
             unionfs::oci::check_layers(&upper, &lowers)?;
-            let r = export(&upper, &lowers, output.as_deref(), gzip, zstd);
+            let ids = export_maps(&upper, workdir.as_deref(), &uid_map, &gid_map, no_map)?;
+            let r = export(&upper, &lowers, &ids, output.as_deref(), gzip, zstd);
             if r.is_err() {
                 // A partial tarball must not pass for a layer.
                 if let Some(p) = &output {
@@ -55,9 +108,18 @@ fn run(cli: Cli) -> unionfs::Result<()> {
             );
             Ok(())
         }
-        Cmd::Import { tarball, dir } => {
+        Cmd::Import {
+            tarball,
+            dir,
+            uid_map,
+            gid_map,
+        } => {
+            let ids = IdMaps {
+                uids: map_arg("uid", &uid_map)?.unwrap_or_default(),
+                gids: map_arg("gid", &gid_map)?.unwrap_or_default(),
+            };
             let stats = if tarball.as_os_str() == "-" {
-                unionfs::oci::import(std::io::stdin().lock(), &dir)?
+                unionfs::oci::import(std::io::stdin().lock(), &dir, &ids)?
             } else {
                 let f = std::fs::File::open(&tarball).map_err(|e| {
                     unionfs::Error::sys(
@@ -66,7 +128,7 @@ fn run(cli: Cli) -> unionfs::Result<()> {
                         "give a layer tarball (tar, tar+gzip or tar+zstd), or - for stdin",
                     )
                 })?;
-                unionfs::oci::import(f, &dir)?
+                unionfs::oci::import(f, &dir, &ids)?
             };
             eprintln!(
                 "unionfs-layer: {} entries into {}",
@@ -88,6 +150,7 @@ fn run(cli: Cli) -> unionfs::Result<()> {
 fn export(
     upper: &Path,
     lowers: &[PathBuf],
+    ids: &IdMaps,
     output: Option<&Path>,
     gzip: bool,
     zstd: bool,
@@ -106,18 +169,18 @@ fn export(
     if zstd {
         let z = zstd::stream::write::Encoder::new(sink, 3)
             .map_err(|e| unionfs::Error::sys("starting zstd", e, ""))?;
-        let z = unionfs::oci::export(upper, lowers, z)?;
+        let z = unionfs::oci::export(upper, lowers, ids, z)?;
         z.finish()
             .and_then(|mut w| w.flush())
             .map_err(|e| unionfs::Error::sys("finishing zstd", e, ""))?;
     } else if gzip {
         let gz = flate2::write::GzEncoder::new(sink, flate2::Compression::default());
-        let gz = unionfs::oci::export(upper, lowers, gz)?;
+        let gz = unionfs::oci::export(upper, lowers, ids, gz)?;
         gz.finish()
             .and_then(|mut w| w.flush())
             .map_err(|e| unionfs::Error::sys("finishing gzip", e, ""))?;
     } else {
-        unionfs::oci::export(upper, lowers, sink)?
+        unionfs::oci::export(upper, lowers, ids, sink)?
             .flush()
             .map_err(|e| unionfs::Error::sys("writing the tarball", e, ""))?;
     }

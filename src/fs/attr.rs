@@ -215,7 +215,14 @@ impl UnionFs {
         };
         let is_link = node.kind == libc::S_IFLNK;
         if uid.is_some() || gid.is_some() {
-            sys::fchown_fd(target.as_fd(), uid, gid)?;
+            let o = &self.opts.owners;
+            let (u, g) = (uid.map(|u| o.stored_uid(u)), gid.map(|g| o.stored_gid(g)));
+            match sys::fchown_fd(target.as_fd(), u, g) {
+                // A squashed view shows one owner whatever is stored: like fuse-overlayfs, a
+                // chown the layer refuses is not reported.
+                Err(_) if o.squashes() => {}
+                r => r?,
+            }
         }
         if let Some(m) = mode {
             if !is_link {

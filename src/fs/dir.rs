@@ -240,10 +240,12 @@ impl UnionFs {
         mode: u32,
         umask: u32,
     ) -> SysResult<(FileAttr, Option<OwnedFd>)> {
+        let o = &self.opts.owners;
         let owner = Owner {
-            uid: req.uid,
-            gid: req.gid,
+            uid: o.stored_uid(req.uid),
+            gid: o.stored_gid(req.gid),
             umask,
+            acl: self.opts.acl,
         };
         let (p, found, fd) = self.retry(|| {
             let (p, set) = self.dir_ctx(parent)?;

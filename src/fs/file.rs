@@ -114,7 +114,13 @@ impl UnionFs {
 
     /// FSYNC of open file `fh` (only its data with `datasync`).
     pub fn fsync(&self, fh: u64, datasync: bool) -> SysResult<()> {
+        if self.opts.volatile {
+            // "Not implemented": the kernel answers this and every later fsync on the mount
+            // with success and sends no more (fuse-overlayfs's fsync=0 does the same).
+            return Err(Errno::ENOSYS);
+        }
         let f = self.handles.file(fh).ok_or(Errno::EBADF)?;
+        self.stack.counters.flushes.fetch_add(1, Ordering::Relaxed);
         sys::fsync(f.fd.as_fd(), datasync)
     }
 

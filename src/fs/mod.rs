@@ -24,6 +24,7 @@ pub mod listing;
 mod namei;
 pub mod notify;
 pub mod op;
+pub mod owners;
 mod readdir;
 pub mod reply;
 pub mod stats;
@@ -63,6 +64,15 @@ pub struct FsOptions {
     pub passthrough: bool,
     /// Nodes (inodes the kernel caches) kept at most; unused ones beyond go (0: no limit).
     pub max_nodes: usize,
+    /// How owners are shown and written (`uidmapping=`, `squash_to_*`; see `owners`).
+    pub owners: owners::Owners,
+    /// Directories show link count 1 (`static_nlink`): no counting of subdirectories.
+    pub static_nlink: bool,
+    /// Let the kernel enforce POSIX ACLs (off with `noacl`: ACL xattrs are plain data then).
+    pub acl: bool,
+    /// No flushes (`volatile`, `fsync=0`): FSYNC is answered "not implemented", which the
+    /// kernel takes as success and stops sending.
+    pub volatile: bool,
 }
 
 impl Default for FsOptions {
@@ -71,6 +81,10 @@ impl Default for FsOptions {
             ttl: Duration::from_secs(3600),
             passthrough: true,
             max_nodes: DEFAULT_MAX_NODES,
+            owners: owners::Owners::default(),
+            static_nlink: false,
+            acl: true,
+            volatile: false,
         }
     }
 }
@@ -224,6 +238,12 @@ impl UnionFs {
         self.stats.report(&self.stack.counters)
     }
 
+    /// The kernel ended the connection (unmount, with the last open file closed): a volatile
+    /// union is written back and its marker removed, so the next mount accepts the upper.
+    pub fn ended(&self) {
+        self.stack.end_volatile();
+    }
+
     /// How long the kernel may cache the attributes and entries it is sent.
     pub fn ttl(&self) -> Duration {
         self.opts.ttl
@@ -345,7 +365,15 @@ impl UnionFs {
     /// Attributes of a layer file as the union shows them (`dir_nlink` for merged dirs).
     fn attr(&self, ino: u64, st: &libc::stat, dir_nlink: Option<u32>) -> FileAttr {
         let nlink = dir_nlink.or_else(|| Some(self.stack.view_nlink(ino, st)));
-        attr::from_stat(ino, st, nlink)
+        let mut a = attr::from_stat(ino, st, nlink);
+        let o = &self.opts.owners;
+        if !o.is_identity() {
+            (a.uid, a.gid) = (o.shown_uid(a.uid), o.shown_gid(a.gid));
+        }
+        if self.opts.static_nlink && a.kind == fuser::FileType::Directory {
+            a.nlink = 1;
+        }
+        a
     }
 
     fn stat_of(&self, c: &Ctx) -> SysResult<FileAttr> {
@@ -377,6 +405,9 @@ impl UnionFs {
 
     /// st_nlink of a directory: 2 + merged subdirectories (computed only for merged ones).
     fn dir_nlink(&self, c: &Ctx, st: &libc::stat) -> SysResult<u32> {
+        if self.opts.static_nlink {
+            return Ok(1);
+        }
         if c.dir_layers.len() <= 1 && c.node.ino != ROOT {
             return Ok(st.st_nlink as u32);
         }
@@ -445,8 +476,7 @@ impl UnionFs {
             | InitFlags::FUSE_READDIRPLUS_AUTO
             // O_TRUNC arrives with the open, so copy-up can skip the data it would discard.
             | InitFlags::FUSE_ATOMIC_O_TRUNC
-            // ACLs checked and cached by the kernel; umask left to us so default ACLs work.
-            | InitFlags::FUSE_POSIX_ACL
+            // umask left to us so default ACLs work.
             | InitFlags::FUSE_DONT_MASK
             // The kernel then marks files without set-id bits or capabilities S_NOSEC and stops
             // asking for security.capability before every write (one round trip per write(2)
@@ -457,6 +487,13 @@ impl UnionFs {
             // writers beside a passthrough reader) can still be mapped shared and writable,
             // as on any other filesystem: the kernel keeps such a mapping coherent itself.
             | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP;
+        // ACLs checked and cached by the kernel, unless `noacl`: then it checks modes only and
+        // passes ACL xattrs through as data (or refuses them, in a user namespace).
+        let want = if self.opts.acl {
+            want | InitFlags::FUSE_POSIX_ACL
+        } else {
+            want
+        };
         let supported = config.capabilities() & want;
         if let Err(missing) = config.add_capabilities(supported) {
             warn!("kernel refused FUSE capabilities {missing:?}");

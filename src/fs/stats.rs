@@ -71,6 +71,7 @@ impl Stats {
         let _ = writeln!(s, "copy_ups {}", c(&counters.copy_ups));
         let _ = writeln!(s, "bytes_copied {}", c(&counters.bytes_copied));
         let _ = writeln!(s, "whiteouts {}", c(&counters.whiteouts));
+        let _ = writeln!(s, "flushes {}", c(&counters.flushes));
         for op in Op::ALL {
             let n = self.ops[op.index()].load(Ordering::Relaxed);
             if n > 0 {

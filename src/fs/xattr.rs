@@ -16,6 +16,16 @@ use crate::sys::{self, Errno, SysResult};
 impl UnionFs {
     /// SETXATTR `name` = `value` on node `ino` (setxattr(2) `flags`).
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> SysResult<()> {
+        let o = &self.opts.owners;
+        let mapped;
+        let value = if o.is_identity() {
+            value
+        } else {
+            let mut v = value.to_vec();
+            o.map_acl(name_bytes(name), &mut v, false);
+            mapped = v;
+            &mapped
+        };
         self.change_xattr(ino, name, |at, c| sys::setxattr(at, c, value, flags))
     }
 
@@ -43,7 +53,13 @@ impl UnionFs {
             }
             r
         })();
-        unlabelled(name, r)
+        let o = &self.opts.owners;
+        unlabelled(name, r).map(|mut v| {
+            if !o.is_identity() {
+                o.map_acl(name_bytes(name), &mut v, true);
+            }
+            v
+        })
     }
 
     /// LISTXATTR of node `ino`: NUL-terminated names.

@@ -140,6 +140,37 @@ impl MapPlan {
             .any(|r| id >= r.inside && (id - r.inside) < r.count)
     }
 
+    /// The maps as the union's id map record holds them (container:host:count), for
+    /// `unionfs-layer export` of an upper written through this namespace.
+    pub fn id_maps(&self) -> crate::mount::IdMaps {
+        let one = |id| {
+            vec![IdRange {
+                inside: 0,
+                outside: id,
+                count: 1,
+            }]
+        };
+        let (uids, gids) = match self {
+            MapPlan::Direct { uids, gids } | MapPlan::Helpers { uids, gids } => {
+                (uids.clone(), gids.clone())
+            }
+            MapPlan::SingleId { uid, gid } => (one(*uid), one(*gid)),
+        };
+        let map = |r: Vec<IdRange>| {
+            let ranges = r.iter().map(|r| crate::mount::IdRange {
+                container: r.inside,
+                host: r.outside,
+                count: r.count,
+            });
+            // The kernel refuses overlapping ranges before anything is written.
+            crate::mount::IdMap::new(ranges.collect()).unwrap_or_default()
+        };
+        crate::mount::IdMaps {
+            uids: map(uids),
+            gids: map(gids),
+        }
+    }
+
     /// Write the maps of the user namespace of process `pid`.
     pub fn apply(&self, pid: Pid) -> Result<(), Error> {
         match self {

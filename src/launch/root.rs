@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 use super::config::{LaunchConfig, RootSource};
+use super::idmap::MapPlan;
 use super::{Context, Error};
 
 /// Mounts a container root and keeps it alive; dropping the returned guard unmounts it.
@@ -33,6 +34,11 @@ pub fn provider_for(cfg: &LaunchConfig) -> Box<dyn RootProvider> {
             lowers: cfg.lowers.clone(),
             upper: cfg.upper.clone(),
             read_only: cfg.read_only,
+            written_under: cfg.needs_userns().then(|| {
+                let (euid, egid) = (nix::unistd::geteuid(), nix::unistd::getegid());
+                MapPlan::decide(euid.as_raw(), egid.as_raw(), &cfg.uid_maps, &cfg.gid_maps)
+                    .id_maps()
+            }),
         }),
         RootSource::Bind => Box::new(BindRoot {
             dir: cfg.lowers[0].clone(),
@@ -50,6 +56,9 @@ pub struct UnionRoot {
     pub upper: Option<PathBuf>,
     /// Read-only union.
     pub read_only: bool,
+    /// The user namespace's id maps, recorded in the work dir: files reach the upper as host
+    /// ids, which `unionfs-layer export` turns back into container ids with them.
+    pub written_under: Option<crate::mount::IdMaps>,
 }
 
 impl RootProvider for UnionRoot {
@@ -69,6 +78,7 @@ impl RootProvider for UnionRoot {
         );
         mc.workdir = work.map(Path::to_path_buf);
         mc.read_only = self.read_only;
+        mc.written_under = self.written_under.clone();
         // A container root holds setuid programs and is used by many uids.
         mc.allow_other = true;
         mc.suid = true;

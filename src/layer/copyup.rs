@@ -255,8 +255,9 @@ pub fn copy_up_entry(
                 };
                 data::copy_data(src.as_fd(), dst.as_fd(), st.st_size as u64)?;
                 // On disk before the rename publishes it, as overlayfs does: a crash must
-                // not leave a published copy with missing data.
-                sys::fsync(dst.as_fd(), true)?;
+                // not leave a published copy with missing data. Not when volatile: a crash
+                // then condemns the whole upper anyway.
+                stack.flush(dst.as_fd())?;
             } else if let Some(stub) = &stub {
                 sys::ftruncate(dst.as_fd(), st.st_size as u64)?;
                 metacopy::write(stack, sys::At::new(work, &stage), stub)?;

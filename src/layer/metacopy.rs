@@ -201,18 +201,29 @@ pub fn read_at(at: sys::At<'_>) -> Option<(Stub, &'static CStr)> {
 /// either copy: the record goes last.
 pub fn fill(stack: &Stack, fd: BorrowedFd<'_>, stub: &Stub) -> SysResult<()> {
     let src = open_source(stack, stub, 0)?;
-    fill_from(src.as_fd(), fd, stub, &stack.metacopy_xattr)?;
+    fill_from(
+        src.as_fd(),
+        fd,
+        stub,
+        &stack.metacopy_xattr,
+        !stack.volatile,
+    )?;
+    if !stack.volatile {
+        stack.counters.flushes.fetch_add(1, Relaxed);
+    }
     stack.counters.bytes_copied.fetch_add(stub.size, Relaxed);
     Ok(())
 }
 
-/// Copies the data of `stub` from `src` into the stub file `fd`, then drops the record
-/// `xattr`: the steps of [`fill`] with the source already found.
+/// Copies the data of `stub` from `src` into the stub file `fd` (on disk before the record
+/// goes, with `flush`), then drops the record `xattr`: the steps of [`fill`] with the source
+/// already found.
 pub fn fill_from(
     src: BorrowedFd<'_>,
     fd: BorrowedFd<'_>,
     stub: &Stub,
     xattr: &CStr,
+    flush: bool,
 ) -> SysResult<()> {
     let before = sys::fstat(fd)?;
     let dst = match sys::reopen(fd, libc::O_WRONLY) {
@@ -227,7 +238,9 @@ pub fn fill_from(
         Err(e) => return Err(e),
     };
     crate::layer::data::copy_data(src, dst.as_fd(), stub.size)?;
-    sys::fsync(dst.as_fd(), true)?;
+    if flush {
+        sys::fsync(dst.as_fd(), true)?;
+    }
     sys::utimens_fd(dst.as_fd(), &sys::times_of(&before))?;
     remove_record(fd, xattr)
 }

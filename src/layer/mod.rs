@@ -3,6 +3,7 @@
 
 pub mod copyup;
 pub mod data;
+pub mod idmap;
 pub mod metacopy;
 pub mod ops;
 pub mod readdir;

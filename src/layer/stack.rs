@@ -15,6 +15,11 @@ use crate::sys::{self, Errno, SysResult};
 /// Index of a layer in [`Stack::layers`]: 0 is the upper when there is one.
 pub type LayerIdx = usize;
 
+/// The work dir's directory of marks that make a later mount refuse (kernel overlayfs's name).
+const VOLATILE_DIR: &CStr = c"incompat";
+/// The mark of a volatile mount that has not ended cleanly.
+const VOLATILE_MARKER: &CStr = c"volatile";
+
 /// Prefix that marks our staging entries in the work dir, so cleanup never touches anything else.
 pub const STAGE_PREFIX: &str = "#unionfs-stage-";
 
@@ -47,6 +52,9 @@ pub struct Stack {
     pub metacopy_xattr: CString,
     /// Whether metadata changes to lower files copy up metadata only (`-o metacopy=on`).
     pub metacopy: bool,
+    /// No flushes (`-o volatile`): copy-up publishes without waiting for its data to reach
+    /// the disk (see [`Stack::begin_volatile`]).
+    pub volatile: bool,
     /// Distinct st_dev values, first the upper's (or top lower's): the index goes into the high
     /// bits of inode numbers from other filesystems, so numbers never collide (like xino).
     devs: Vec<u64>,
@@ -69,6 +77,8 @@ pub struct Counters {
     pub bytes_copied: std::sync::atomic::AtomicU64,
     /// Whiteouts written.
     pub whiteouts: std::sync::atomic::AtomicU64,
+    /// Flushes to disk: copy-ups waiting for their data, FSYNC requests (none when volatile).
+    pub flushes: std::sync::atomic::AtomicU64,
 }
 
 /// Paths (relative to the layer root) of multi-link files, by inode number.
@@ -163,6 +173,7 @@ impl Stack {
             origin_xattr: whiteout::ORIGIN_XATTRS[0].to_owned(),
             metacopy_xattr: whiteout::METACOPY_XATTRS[0].to_owned(),
             metacopy: false,
+            volatile: false,
             devs,
             work_in_upper: false,
             next_stage: std::sync::atomic::AtomicU64::new(1),
@@ -267,8 +278,79 @@ impl Stack {
             }
         }
         self.index = crate::layer::stack::open_subdir(fd.as_fd(), c"index").ok();
+        if let Ok(inc) = open_subdir(fd.as_fd(), VOLATILE_DIR) {
+            if sys::fstatat(inc.as_fd(), VOLATILE_MARKER).is_ok() {
+                return Err(Error::new(format!(
+                    "upper {} was last mounted volatile (-o volatile or fsync=0, which never \
+                     flush) and that mount did not end cleanly: {}/incompat/volatile is still \
+                     there. After a crash its files may be incomplete or missing: start over with \
+                     a new upper and work dir; only if the machine did not crash (the daemon \
+                     was killed), remove that directory and mount again",
+                    upper.path.display(),
+                    path.display()
+                )));
+            }
+        }
         self.work = Some(fd);
         Ok(())
+    }
+
+    /// Starts a volatile mount (`-o volatile`): nothing is flushed, and a marker in the work
+    /// dir, `incompat/volatile` as kernel overlayfs names it, makes every later mount refuse
+    /// this upper until the union ends cleanly ([`Stack::end_volatile`]): a crash meanwhile
+    /// may have lost any of its writes. No-op for a read-only union.
+    pub fn begin_volatile(&mut self) -> Result<()> {
+        let Some(work) = &self.work else {
+            return Ok(());
+        };
+        let fail =
+            |e: Errno| Error::sys("creating the volatile marker in the work dir", e.desc(), "");
+        match sys::mkdirat(work.as_fd(), VOLATILE_DIR, 0o700) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => return Err(fail(e)),
+        }
+        let inc = open_subdir(work.as_fd(), VOLATILE_DIR).map_err(fail)?;
+        sys::mkdirat(inc.as_fd(), VOLATILE_MARKER, 0o700).map_err(fail)?;
+        // The marker itself must survive a crash, or it would not catch one.
+        for dir in [inc.as_fd(), work.as_fd()] {
+            let d = sys::reopen(dir, libc::O_RDONLY | libc::O_DIRECTORY).map_err(fail)?;
+            sys::fsync(d.as_fd(), false).map_err(fail)?;
+        }
+        self.volatile = true;
+        Ok(())
+    }
+
+    /// Flushes a copy's data to disk before it is published (nothing when volatile).
+    pub fn flush(&self, fd: BorrowedFd<'_>) -> SysResult<()> {
+        if self.volatile {
+            return Ok(());
+        }
+        self.counters
+            .flushes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        sys::fsync(fd, true)
+    }
+
+    /// Ends a volatile mount cleanly: writes the upper's filesystem back, then removes the
+    /// marker, so that the next mount accepts the upper. Called once the union's connection
+    /// ended; idempotent.
+    pub fn end_volatile(&self) {
+        let (Some(work), Some(upper)) = (&self.work, self.upper()) else {
+            return;
+        };
+        if !self.volatile {
+            return;
+        }
+        let synced = sys::reopen(upper.fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
+            .and_then(|d| sys::syncfs(d.as_fd()));
+        if let Err(e) = synced {
+            log::warn!("volatile union: writing the upper back failed ({e}): its marker stays");
+            return;
+        }
+        if let Ok(inc) = open_subdir(work.as_fd(), VOLATILE_DIR) {
+            let _ = sys::unlinkat(inc.as_fd(), VOLATILE_MARKER, true);
+            let _ = sys::unlinkat(work.as_fd(), VOLATILE_DIR, true);
+        }
     }
 
     /// trusted.* xattrs work on every file type but need CAP_SYS_ADMIN; rootless daemons fall

@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 pub mod cli;
 
 use crate::error::{Error, Result};
+use crate::layer::idmap::{is_acl_xattr, map_acl_ids, RECORD};
+pub use crate::layer::idmap::{IdMap, IdMaps};
 use crate::layer::metacopy;
 use crate::layer::stack::{open_below, open_subdir};
 use crate::layer::whiteout;
@@ -55,7 +57,10 @@ fn xattrs(dir: BorrowedFd<'_>, name: &CString) -> Vec<(String, Vec<u8>)> {
 
 /// Writes the upper directory `upper` as an OCI layer tarball to `out`. `lowers` (topmost
 /// first) are the layers the union ran with: the data of metadata-only copy-ups comes from them.
-pub fn export<W: Write>(upper: &Path, lowers: &[PathBuf], out: W) -> Result<W> {
+/// `ids` are the container:host id maps the upper was written under: its owners (and the named
+/// users and groups of its ACLs) are host ids, written as container ids; an id the maps do not
+/// cover stops the export, naming the file.
+pub fn export<W: Write>(upper: &Path, lowers: &[PathBuf], ids: &IdMaps, out: W) -> Result<W> {
     let mut ar = tar::Builder::new(out);
     ar.mode(tar::HeaderMode::Complete);
     let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
@@ -64,6 +69,7 @@ pub fn export<W: Write>(upper: &Path, lowers: &[PathBuf], out: W) -> Result<W> {
     let mut ex = Export {
         lowers: roots,
         links: &mut links,
+        ids,
     };
     export_dir(&mut ar, upper, Path::new(""), &mut ex)?;
     ar.into_inner()
@@ -103,7 +109,7 @@ fn fill_dir(dir: BorrowedFd<'_>, path: &Path, lowers: &[OwnedFd], filled: &mut u
                 let src = stub_source(lowers, &stub, &p)?;
                 let fd = sys::openat(dir, &name, libc::O_PATH | libc::O_NOFOLLOW, 0)
                     .map_err(|err| ioerr(p.display(), err.desc()))?;
-                metacopy::fill_from(src.as_fd(), fd.as_fd(), &stub, xattr)
+                metacopy::fill_from(src.as_fd(), fd.as_fd(), &stub, xattr, true)
                     .map_err(|err| ioerr(format!("filling {}", p.display()), err.desc()))?;
                 *filled += 1;
             }
@@ -149,6 +155,78 @@ fn open_lowers(lowers: &[PathBuf]) -> Result<Vec<OwnedFd>> {
 struct Export<'a> {
     lowers: Vec<OwnedFd>,
     links: &'a mut HashMap<(u64, u64), PathBuf>,
+    ids: &'a IdMaps,
+}
+
+/// The id maps an upper was written under, as the launcher recorded them in its work dir
+/// (`workdir`, or the default one inside `upper`); `None` when there is no record: the ids on
+/// disk are the container's own.
+pub fn written_under(upper: &Path, workdir: Option<&Path>) -> Result<Option<IdMaps>> {
+    let work = workdir.map_or_else(
+        || upper.join(whiteout::DEFAULT_WORK_NAME),
+        Path::to_path_buf,
+    );
+    let fd = match sys::open_path(&work, libc::O_PATH | libc::O_DIRECTORY) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => return Ok(None),
+        Err(e) => return Err(ioerr(format!("work dir {}", work.display()), e.desc())),
+    };
+    IdMaps::read_record(fd.as_fd()).map_err(|e| {
+        Error::sys(
+            format!(
+                "reading the id map record {}/{}",
+                work.display(),
+                RECORD.to_string_lossy()
+            ),
+            e.desc(),
+            "give the maps with --uid-map/--gid-map, or --no-map",
+        )
+    })
+}
+
+/// `id` of `kind` ("uid" or "gid") mapped with `map` (`to_host`: container to host), or an
+/// error naming `what` and the option that fixes it.
+fn map_id(map: &IdMap, kind: &str, id: u32, to_host: bool, what: &str) -> Result<u32> {
+    let r = if to_host {
+        map.to_host(id)
+    } else {
+        map.to_container(id)
+    };
+    r.ok_or_else(|| {
+        let (side, fix) = if to_host {
+            ("container", format!("give a --{kind}-map that maps it"))
+        } else {
+            (
+                "host",
+                format!("give a --{kind}-map that covers it, or --no-map to keep the ids on disk"),
+            )
+        };
+        Error::new(format!(
+            "{what}: {side} {kind} {id} is not in the id map {map}: {fix}"
+        ))
+    })
+}
+
+/// The ACL xattr `value` (of xattr `name`) with its named users and groups mapped.
+fn map_acl(ids: &IdMaps, name: &[u8], value: &mut [u8], to_host: bool, what: &str) -> Result<()> {
+    if !is_acl_xattr(name) || ids.is_identity() {
+        return Ok(());
+    }
+    let mut failed = None;
+    let r = map_acl_ids(value, |user, id| {
+        let (map, kind) = if user {
+            (&ids.uids, "uid")
+        } else {
+            (&ids.gids, "gid")
+        };
+        map_id(map, kind, id, to_host, &format!("{what} (ACL)"))
+            .map_err(|e| failed = Some(e))
+            .ok()
+    });
+    match (r, failed) {
+        (Err(_), Some(e)) => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// The content of an upper file for the tarball: its own data, or for a metadata-only copy-up
@@ -205,8 +283,9 @@ fn export_dir<W: Write>(
         let ft = meta.file_type();
         let mut h = tar::Header::new_gnu();
         h.set_mode(meta.mode() & 0o7777);
-        h.set_uid(meta.uid() as u64);
-        h.set_gid(meta.gid() as u64);
+        let shown = path.display().to_string();
+        h.set_uid(map_id(&ex.ids.uids, "uid", meta.uid(), false, &shown)?.into());
+        h.set_gid(map_id(&ex.ids.gids, "gid", meta.gid(), false, &shown)?.into());
         h.set_mtime(meta.mtime().max(0) as u64);
         h.set_size(0);
         if ft.is_char_device() && meta.rdev() == 0 {
@@ -220,7 +299,11 @@ fn export_dir<W: Write>(
             continue;
         }
         let cname = CString::new(name.as_bytes()).map_err(|_| Error::new("NUL in a name"))?;
-        let x = xattrs(dirfd.as_fd(), &cname);
+        let mut x = xattrs(dirfd.as_fd(), &cname);
+        for (k, v) in &mut x {
+            let n = k.trim_start_matches("SCHILY.xattr.").as_bytes();
+            map_acl(ex.ids, n, v, false, &shown)?;
+        }
         let is_whiteout = name.as_bytes().starts_with(whiteout::WH_PREFIX);
         if !x.is_empty() && !is_whiteout {
             ar.append_pax_extensions(x.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
@@ -322,37 +405,67 @@ fn parent_dir(root: BorrowedFd<'_>, comps: &[Vec<u8>]) -> std::result::Result<Ow
 
 /// Unpacks an OCI/Docker layer tarball (plain, gzip or zstd) into `dir` so that it can serve as a
 /// lower layer. Entries that would land outside `dir` (absolute names, `..`, paths or hard
-/// links through symlinks) stop the import with an error naming the entry.
-pub fn import<R: Read>(input: R, dir: &Path) -> Result<ImportStats> {
+/// links through symlinks) stop the import with an error naming the entry. `ids` map the
+/// tarball's container ids to the host ids written (for a layer a rootless container will use:
+/// its user namespace turns them back); an id they do not cover stops the import. A failed
+/// import leaves no `dir` behind unless it existed before.
+pub fn import<R: Read>(input: R, dir: &Path, ids: &IdMaps) -> Result<ImportStats> {
     let mut input = std::io::BufReader::new(input);
     let (gz, zst) = {
         use std::io::BufRead;
         let head = input
             .fill_buf()
             .map_err(|e| ioerr("reading the tarball", e))?;
+        if head.is_empty() {
+            return Err(Error::new(
+                "the input is empty, not a layer tarball (tar, tar+gzip or tar+zstd); an empty \
+                 layer is a tarball with no entries",
+            ));
+        }
         (
             head.starts_with(&[0x1f, 0x8b]),
             head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]),
         )
     };
     if gz {
-        import_tar(tar::Archive::new(flate2::read::GzDecoder::new(input)), dir)
+        import_tar(
+            tar::Archive::new(flate2::read::GzDecoder::new(input)),
+            dir,
+            ids,
+        )
     } else if zst {
         let z = zstd::stream::read::Decoder::with_buffer(input)
             .map_err(|e| ioerr("starting zstd decompression", e))?;
-        import_tar(tar::Archive::new(z), dir)
+        import_tar(tar::Archive::new(z), dir, ids)
     } else {
-        import_tar(tar::Archive::new(input), dir)
+        import_tar(tar::Archive::new(input), dir, ids)
     }
 }
 
-fn import_tar<R: Read>(mut ar: tar::Archive<R>, dir: &Path) -> Result<ImportStats> {
+/// An error of the tar reader made fit for a terminal: it may quote the bytes of a header
+/// field, which in input that is no tarball are anything.
+fn printable(e: impl std::fmt::Display) -> String {
+    let s: String = e
+        .to_string()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .take(120)
+        .collect();
+    s
+}
+
+fn import_tar<R: Read>(mut ar: tar::Archive<R>, dir: &Path, ids: &IdMaps) -> Result<ImportStats> {
     let not_tar = |e| {
-        Error::sys(
-            "reading the tarball",
-            e,
-            "the input is not a layer tarball (tar, tar+gzip or tar+zstd)",
-        )
+        Error::new(format!(
+            "the input is not a layer tarball (tar, tar+gzip or tar+zstd): {}",
+            printable(e)
+        ))
     };
     let mut entries = ar.entries().map_err(not_tar)?;
     // Read before DIR is created: input that is no tarball at all must leave nothing behind.
@@ -363,6 +476,7 @@ fn import_tar<R: Read>(mut ar: tar::Archive<R>, dir: &Path) -> Result<ImportStat
             dir.display()
         )));
     }
+    let existed = dir.exists();
     std::fs::create_dir_all(dir).map_err(|e| {
         Error::sys(
             format!("creating {}", dir.display()),
@@ -370,15 +484,28 @@ fn import_tar<R: Read>(mut ar: tar::Archive<R>, dir: &Path) -> Result<ImportStat
             "give a directory you may write to",
         )
     })?;
+    let r = import_entries(first.map(Ok).into_iter().chain(entries), dir, ids);
+    if r.is_err() && !existed {
+        // Half a layer must not pass for one.
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    r
+}
+
+fn import_entries<'a, R: Read + 'a>(
+    entries: impl Iterator<Item = std::io::Result<tar::Entry<'a, R>>>,
+    dir: &Path,
+    ids: &IdMaps,
+) -> Result<ImportStats> {
     let root = sys::open_path(dir, libc::O_PATH | libc::O_DIRECTORY)
         .map_err(|e| ioerr(format!("opening {}", dir.display()), e.desc()))?;
     let mut stats = ImportStats::default();
     let mut dir_times: Vec<(Vec<Vec<u8>>, u64)> = Vec::new();
-    for entry in first.map(Ok).into_iter().chain(entries) {
+    for entry in entries {
         let mut entry = entry.map_err(|e| {
             Error::sys(
                 "reading a tarball entry",
-                e,
+                printable(e),
                 "the tarball is truncated or corrupt",
             )
         })?;
@@ -506,14 +633,18 @@ fn import_tar<R: Read>(mut ar: tar::Archive<R>, dir: &Path) -> Result<ImportStat
                         if whiteout::is_internal_xattr(x.as_bytes()) {
                             continue;
                         }
+                        let mut value = value.to_vec();
+                        map_acl(ids, x.as_bytes(), &mut value, true, &shown)?;
                         if let Ok(cx) = CString::new(x) {
-                            let _ = sys::setxattr(at, &cx, value, 0);
+                            let _ = sys::setxattr(at, &cx, &value, 0);
                         }
                     }
                 }
             }
         }
         let (uid, gid) = (h.uid().unwrap_or(0) as u32, h.gid().unwrap_or(0) as u32);
+        let uid = map_id(&ids.uids, "uid", uid, true, &format!("entry '{shown}'"))?;
+        let gid = map_id(&ids.gids, "gid", gid, true, &format!("entry '{shown}'"))?;
         if let Ok(fd) = sys::openat(parent.as_fd(), &cname, libc::O_PATH | libc::O_NOFOLLOW, 0) {
             let _ = sys::fchown_fd(fd.as_fd(), Some(uid), Some(gid));
             if kind != tar::EntryType::Symlink {

@@ -186,6 +186,12 @@ pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> SysResult<()> {
     })
 }
 
+/// syncfs(2): writes back everything of the filesystem `fd` is on.
+pub fn syncfs(fd: BorrowedFd<'_>) -> SysResult<()> {
+    // SAFETY: plain integer argument.
+    retry(|| check(unsafe { libc::syncfs(fd.as_raw_fd()) }).map(drop))
+}
+
 /// Writes `data` at `off` of `file` through a shared memory mapping (the harness's mmap step).
 pub fn mmap_write(file: &std::fs::File, off: usize, data: &[u8]) -> std::io::Result<()> {
     // SAFETY: the caller opened `file` read-write just now and nothing truncates it while the

@@ -43,6 +43,8 @@ impl Conn {
     pub fn end(&self) {
         let mut e = self.ended.lock();
         if !*e {
+            // Before anyone learns of the end (a daemon then exits): see `UnionFs::ended`.
+            self.fs.ended();
             *e = true;
             self.ended_cv.notify_all();
         }

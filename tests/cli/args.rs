@@ -247,7 +247,7 @@ fn a_union_without_an_upper_is_mounted_read_only() {
         let o = fx.run(&a);
         assert!(o.status.success(), "{a:?}: {}", stderr(&o));
         let (opts, fstype, _) = mount_fields(&mnt);
-        assert_eq!(fstype, "fuse.unionfs");
+        assert_eq!(fstype, "fuse.unionfs-mount");
         assert_eq!(opts.split(',').next(), Some(want), "{a:?}: {opts}");
         assert_eq!(fs::read_to_string(mnt.join("f")).unwrap(), "lower");
         if want == "ro" {
@@ -275,7 +275,10 @@ fn the_source_argument_is_the_name_in_proc_mounts() {
         let o = fx.run(&["-o", opts, source, mnt.to_str().unwrap()]);
         assert!(o.status.success(), "{}", stderr(&o));
         let (_, fstype, shown) = mount_fields(&mnt);
-        assert_eq!((fstype.as_str(), shown.as_str()), ("fuse.unionfs", want));
+        assert_eq!(
+            (fstype.as_str(), shown.as_str()),
+            ("fuse.unionfs-mount", want)
+        );
         unmount_and_wait(&mnt, *fx.pids.last().unwrap());
     }
 }

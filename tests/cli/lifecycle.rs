@@ -22,7 +22,7 @@ fn podman_form_mounts_ignores_unknown_options_and_umount_ends_the_daemon() {
     let w = fx.dir("w");
     let mnt = fx.dir("mnt");
     let opts = format!(
-        "lowerdir={}:{},upperdir={},workdir={},,volatile",
+        "lowerdir={}:{},upperdir={},workdir={},,volatile,frobnicate",
         l1.display(),
         l2.display(),
         u.display(),
@@ -30,11 +30,12 @@ fn podman_form_mounts_ignores_unknown_options_and_umount_ends_the_daemon() {
     );
     let o = fx.run(&["-o", &opts, mnt.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
+    let e = stderr(&o);
     assert!(
-        stderr(&o).contains("volatile"),
-        "no warning: {}",
-        stderr(&o)
+        e.contains("ignoring unknown mount option 'frobnicate'") && !e.contains("volatile"),
+        "{e}"
     );
+    assert!(w.join("incompat/volatile").is_dir(), "no volatile marker");
     assert_eq!(fs::read_to_string(mnt.join("f")).unwrap(), "low");
     fs::write(mnt.join("g"), "new").unwrap();
     assert_eq!(fs::read_to_string(u.join("g")).unwrap(), "new");
@@ -58,6 +59,45 @@ fn podman_form_mounts_ignores_unknown_options_and_umount_ends_the_daemon() {
     }
     wait_until("daemon exit after umount", || !alive(pid));
     assert!(!is_mounted(&mnt));
+    assert!(!w.join("incompat").exists(), "a clean end left the marker");
+}
+
+#[test]
+fn a_volatile_union_that_did_not_end_cleanly_is_refused_until_its_marker_goes() {
+    if !fuse_available() {
+        return;
+    }
+    let mut fx = Fixture::new("volatile-kill");
+    let (l, u, mnt, pid) = fx.mount_simple(&["-o", "volatile"]);
+    fs::write(mnt.join("new"), "unflushed").unwrap();
+    signal(pid, nix::sys::signal::Signal::SIGKILL);
+    wait_until("watchdog unmount", || !is_mounted(&mnt));
+    let marker = u.join(".wh..wh.unionfs/incompat");
+    assert!(marker.join("volatile").is_dir());
+    let (ls, us, ms) = (
+        l.to_str().unwrap(),
+        u.to_str().unwrap(),
+        mnt.to_str().unwrap(),
+    );
+    for opts in [&[][..], &["-o", "volatile"][..]] {
+        let o = fx.run(&[opts, &[ls, us, ms]].concat());
+        assert!(
+            !o.status.success(),
+            "mounted an upper a crash may have broken"
+        );
+        let e = stderr(&o);
+        assert!(
+            e.contains("did not end cleanly") && e.contains("incompat/volatile"),
+            "{e}"
+        );
+        assert!(!is_mounted(&mnt));
+    }
+    // Whoever knows the machine did not crash removes the marker.
+    fs::remove_dir_all(&marker).unwrap();
+    let o = fx.run(&[ls, us, ms]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(fs::read_to_string(mnt.join("new")).unwrap(), "unflushed");
+    unmount_and_wait(&mnt, *fx.pids.last().unwrap());
 }
 
 #[test]

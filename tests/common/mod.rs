@@ -109,6 +109,21 @@ pub fn can_mount() -> bool {
     }
 }
 
+/// `sh -c SCRIPT` as user `uid` and group `gid`, without supplementary groups (`setpriv`).
+pub fn as_user(uid: u32, gid: u32, script: &str) -> std::process::Output {
+    Command::new("setpriv")
+        .args([
+            format!("--reuid={uid}"),
+            format!("--regid={gid}"),
+            "--clear-groups".to_string(),
+            "sh".to_string(),
+            "-c".to_string(),
+            script.to_string(),
+        ])
+        .output()
+        .expect("setpriv (util-linux) is needed")
+}
+
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_unionfs-mount")
 }

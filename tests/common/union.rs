@@ -352,21 +352,25 @@ impl Union {
     /// Whether the daemon serves file data through FUSE passthrough (its SIGUSR1 report, which
     /// goes to the log). Always false for the kernel.
     pub fn passthrough_on(&self) -> bool {
-        let Some(pid) = self.pid else {
-            return false;
-        };
+        self.pid.is_some() && self.report_value("passthrough") == "on"
+    }
+
+    /// The value of line `key` of the daemon's SIGUSR1 report (which goes to the log).
+    pub fn report_value(&self, key: &str) -> String {
+        let pid = self.pid.expect("no daemon: not a unionfs mount");
         let before = self.daemon_log().len();
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGUSR1).unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
+        let prefix = format!("{key} ");
         loop {
             let log = self.daemon_log();
-            if let Some(l) = log[before..]
-                .lines()
-                .find(|l| l.starts_with("passthrough "))
-            {
-                return l == "passthrough on";
+            if let Some(l) = log[before..].lines().find(|l| l.starts_with(&prefix)) {
+                return l[prefix.len()..].to_string();
             }
-            assert!(Instant::now() < deadline, "no SIGUSR1 report in the log");
+            assert!(
+                Instant::now() < deadline,
+                "no {key} in a SIGUSR1 report in the log"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

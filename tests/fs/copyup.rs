@@ -484,20 +484,6 @@ fn s28_sparse_lower_file_stays_sparse() {
     assert_eq!(end, b"end");
 }
 
-fn as_user(uid: u32, script: &str) -> std::process::Output {
-    std::process::Command::new("setpriv")
-        .args([
-            format!("--reuid={uid}"),
-            format!("--regid={uid}"),
-            "--clear-groups".to_string(),
-            "sh".to_string(),
-            "-c".to_string(),
-            script.to_string(),
-        ])
-        .output()
-        .expect("setpriv (util-linux) is needed")
-}
-
 #[test]
 fn s29_owner_can_chmod_and_remove_readonly_lower_file() {
     let stack = Stack::new().lower([
@@ -526,7 +512,7 @@ fn s29_owner_can_chmod_and_remove_readonly_lower_file() {
             format!("rm -f '{}'", u.m("r/h").display()),
         ),
     ] {
-        let out = as_user(1000, &script);
+        let out = as_user(1000, 1000, &script);
         assert!(!out.status.success(), "uid 1000 could do a {what}");
     }
     assert_eq!(u.read_str("d/f"), "x");
@@ -535,6 +521,7 @@ fn s29_owner_can_chmod_and_remove_readonly_lower_file() {
 
     let d = u.m("d");
     let out = as_user(
+        1000,
         1000,
         &format!("chmod 644 '{0}/f' && rm -f '{0}/g'", d.display()),
     );

@@ -167,6 +167,7 @@ fn remove_writes_whiteout_only_when_a_lower_has_the_name() {
         uid: 0,
         gid: 0,
         umask: 0o022,
+        acl: true,
     };
     let set = root_set(&s);
     ops::create(
@@ -201,6 +202,7 @@ fn create_over_whiteout_removes_it_and_mkdir_is_opaque() {
         uid: 0,
         gid: 0,
         umask: 0o022,
+        acl: true,
     };
     let set = root_set(&s);
     let f = resolve::lookup(&s, &set, b"d").unwrap().unwrap();
@@ -316,6 +318,7 @@ fn names_with_the_whiteout_prefix_are_refused() {
         uid: 0,
         gid: 0,
         umask: 0o022,
+        acl: true,
     };
     let e = ops::create(&s, b"", &set, b".wh.x", &NewKind::Dir, 0o755, owner).unwrap_err();
     assert_eq!(e, nix::errno::Errno::EINVAL);

@@ -8,6 +8,7 @@ mod common;
 
 mod copyup;
 mod deletion;
+mod engine_options;
 mod hostile_layers;
 mod inodes;
 mod layer_model;

@@ -49,6 +49,8 @@ pub struct Owner {
     /// The creator's umask: applied unless the parent has a default ACL, which then decides
     /// (POSIX.1e semantics; the kernel leaves this to us with FUSE_DONT_MASK).
     pub umask: u32,
+    /// Whether ACLs count: without (`noacl`) the umask applies whatever the parent holds.
+    pub acl: bool,
 }
 
 fn has_default_acl(dir: BorrowedFd<'_>) -> bool {
@@ -74,7 +76,7 @@ pub fn create(
     let c = cname(name)?;
     let mut over_whiteout =
         whiteout::has_file_form(name) && has_entry(up.as_fd(), &whiteout_name(name)?);
-    let acl = has_default_acl(up.as_fd());
+    let acl = owner.acl && has_default_acl(up.as_fd());
     let perm = if acl {
         mode & 0o7777
     } else {

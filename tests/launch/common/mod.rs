@@ -115,6 +115,97 @@ pub fn require_union() -> bool {
     )
 }
 
+/// First subordinate id of the unprivileged user in [`Ranges`].
+pub const SUBID: u32 = 200000;
+
+/// Launches as uid 65534 with subordinate id ranges (through the setuid helpers newuidmap and
+/// newgidmap): `SUBID..SUBID+65536` in /etc/subuid and /etc/subgid, and a 0666 /dev/fuse,
+/// all bind-mounted in a private mount namespace, so the host's files stay untouched.
+pub struct Ranges {
+    dir: TempDir,
+    node: TempDir,
+}
+
+impl Ranges {
+    /// `None` (after printing why, or failing under `UNIONFS_REQUIRE_FUSE=1`) when this
+    /// machine lacks root, /dev/fuse, newuidmap/newgidmap or /etc/subuid and /etc/subgid
+    /// (bind mounts need existing targets; creating them would change the host's /etc).
+    pub fn new(tag: &str) -> Option<Ranges> {
+        let helpers = Command::new("newuidmap").output().is_ok()
+            && Command::new("newgidmap").output().is_ok();
+        let files = Path::new("/etc/subuid").exists() && Path::new("/etc/subgid").exists();
+        if !require_root()
+            || !require_union()
+            || !require(
+                helpers,
+                "newuidmap/newgidmap are needed (Debian package uidmap)",
+            )
+            || !require(
+                files,
+                "/etc/subuid and /etc/subgid must exist (Debian: installed with uidmap/login)",
+            )
+        {
+            return None;
+        }
+        let dir = TempDir::new(&format!("subid-{tag}"));
+        let line = |names: &[&str]| {
+            names
+                .iter()
+                .map(|n| format!("{n}:{SUBID}:65536\n"))
+                .collect::<String>()
+        };
+        std::fs::write(dir.join("subuid"), line(&["nobody", "65534"])).unwrap();
+        std::fs::write(dir.join("subgid"), line(&["nogroup", "nobody", "65534"])).unwrap();
+        // mknod needs a file system without nodev: the system temp dir.
+        let node =
+            std::env::temp_dir().join(format!("unionfs-fuse-node-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&node);
+        std::fs::create_dir_all(&node).unwrap();
+        Some(Ranges {
+            dir,
+            node: TempDir(node),
+        })
+    }
+
+    /// The id map arguments of the user: container root is the user, 1.. its subordinate ids.
+    pub fn map_args() -> Vec<String> {
+        args(&[
+            "--uid-map",
+            "0:65534:1",
+            "--uid-map",
+            &format!("1:{SUBID}:65536"),
+            "--gid-map",
+            "0:65534:1",
+            "--gid-map",
+            &format!("1:{SUBID}:65536"),
+        ])
+    }
+
+    /// `unionfs-run ARGS` as uid 65534 (30 s at most).
+    pub fn run(&self, a: &[String]) -> Outcome {
+        let script = "set -e; mount --bind \"$T/subuid\" /etc/subuid; \
+                      mount --bind \"$T/subgid\" /etc/subgid; \
+                      rm -f \"$NODE/fuse\"; mknod -m 0666 \"$NODE/fuse\" c 10 229; \
+                      mount --bind \"$NODE/fuse\" /dev/fuse; \
+                      exec setpriv --reuid=65534 --regid=65534 --clear-groups \"$@\"";
+        let mut cmd = Command::new("unshare");
+        cmd.args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            "sh",
+            BIN,
+        ])
+        .args(a)
+        .env("T", &self.dir.0)
+        .env("NODE", &self.node.0);
+        spawn_cmd(&mut cmd).finish(Duration::from_secs(30))
+    }
+}
+
 /// The result of one launch.
 #[derive(Debug)]
 pub struct Outcome {
