@@ -16,7 +16,7 @@
 //! - `io.rs`: file data (read/write, in-kernel copies, holes, sync, mmap)
 //! - `event.rs`: epoll sets of once-firing entries, eventfds, non-blocking fds
 //! - `mem.rs`: large buffers as anonymous mappings (resident only where written)
-//! - `mount.rs`: mount(2) and the lazy unmount
+//! - `mount.rs`: mount(2) and the lazy unmount; `lock.rs`: flock and who holds one
 //! - `process.rs`: fork, clone, exit_now, daemonising; `signal.rs`: masks and dispositions
 //! - `ids.rs`: effective ids and umask; `net.rs`: bringing `lo` up in a new network namespace
 //! - [`uring`]: FUSE over io_uring (ring, registered buffers, passthrough backing ioctls)
@@ -29,6 +29,7 @@ mod event;
 mod fd;
 mod ids;
 mod io;
+mod lock;
 mod mem;
 mod mount;
 mod net;
@@ -49,6 +50,7 @@ pub use event::*;
 pub use fd::*;
 pub use ids::*;
 pub use io::*;
+pub use lock::*;
 pub use mem::*;
 pub use mount::*;
 pub use net::*;

@@ -9,5 +9,6 @@ mod counters;
 mod fixture;
 mod lifecycle;
 mod mount_helper;
+mod one_owner;
 mod shared;
 mod transport;
