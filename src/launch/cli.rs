@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use clap::{Parser, ValueEnum};
 
 use crate::launch::config::{
-    parse_bind, parse_env, parse_lowers, parse_size, parse_user, BindSpec, CgroupChoice, Limits,
-    NetMode, RootSource, UserSpec,
+    parse_bind, parse_count, parse_cpus, parse_env, parse_lowers, parse_size, parse_user, BindSpec,
+    CgroupChoice, Limits, NetMode, RootSource, UserSpec,
 };
 use crate::launch::idmap::IdRange;
 use crate::launch::{Error, LaunchConfig};
@@ -97,13 +97,13 @@ pub struct Cli {
     #[arg(long, value_enum, default_value = "none")]
     pub net: Net,
     /// Memory limit, e.g. 64M (swap is not allowed beyond it).
-    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    #[arg(long, value_name = "BYTES", value_parser = parse_size, allow_hyphen_values = true)]
     pub memory: Option<u64>,
-    /// Maximum number of processes and threads.
-    #[arg(long, value_name = "N")]
+    /// Maximum number of processes and threads (1 or more).
+    #[arg(long, value_name = "N", value_parser = parse_count, allow_negative_numbers = true)]
     pub pids: Option<u64>,
-    /// CPU quota in CPUs, e.g. 0.5.
-    #[arg(long, value_name = "F")]
+    /// CPU quota in CPUs, e.g. 0.5 (more than 0).
+    #[arg(long, value_name = "F", value_parser = parse_cpus, allow_negative_numbers = true)]
     pub cpus: Option<f64>,
     /// uid map range INSIDE:OUTSIDE:COUNT (repeatable; via newuidmap when not root).
     #[arg(long = "uid-map", value_name = "IN:OUT:N")]
@@ -125,7 +125,35 @@ pub struct Cli {
     pub root_source: Source,
 }
 
+/// The usage line that every argument error ends with: the command goes after `--`.
+pub const USAGE_HINT: &str =
+    "the command goes after `--`: unionfs-run [OPTIONS] LOWER1:LOWER2 [UPPER] -- CMD [ARGS...]";
+
 impl Cli {
+    /// Parses the process's arguments; a mistake exits 2 with clap's message, a usage line that
+    /// shows the `--`, and for a command given without `--`, how to write it.
+    pub fn parse_or_exit() -> Cli {
+        use clap::error::ErrorKind;
+        match Cli::try_parse() {
+            Ok(c) => c,
+            Err(e) if !e.use_stderr() => e.exit(),
+            Err(e) => {
+                let hint = match e.kind() {
+                    ErrorKind::UnknownArgument
+                    | ErrorKind::MissingRequiredArgument
+                    | ErrorKind::TooManyValues
+                    | ErrorKind::ArgumentConflict => Some(USAGE_HINT),
+                    _ => None,
+                };
+                let _ = e.print();
+                if let Some(h) = hint {
+                    eprintln!("hint: {h}");
+                }
+                std::process::exit(2)
+            }
+        }
+    }
+
     /// The launch configuration this command line asks for.
     pub fn into_config(self) -> Result<LaunchConfig, Error> {
         let cli = self;

@@ -13,6 +13,7 @@ use nix::unistd::{Gid, Pid, Uid};
 
 use nix::sys::signal::SigSet;
 
+use super::bind_targets::BindTargets;
 use super::config::LaunchConfig;
 use super::exit::EXIT_LAUNCHER;
 use super::idmap::MapPlan;
@@ -181,9 +182,11 @@ fn holder_run(
             return Err(e.context("mounting the container root"));
         }
     };
+    let targets = BindTargets::create(&p.staging.root(), &p.cfg.binds);
     send(to_p, &Msg::Ready(init_pid.as_raw()))?;
-    // Serve until the launcher closes the socket (or dies: then pdeathsig ends us).
+    // Serve until the launcher closes the socket: it has reaped the container by then.
     while recv(to_p).is_some() {}
+    targets.remove();
     drop(guard);
     Ok(())
 }

@@ -102,6 +102,22 @@ impl Drop for ChildGuard {
     }
 }
 
+/// Says so when a SIGKILLed command was killed by the memory limit: a bare exit 137 looks like
+/// a crash or an outside `kill -9`, and the fix (a larger `--memory`) is not obvious from it.
+fn explain_oom_kill(p: &Prepared) {
+    let (Some(limit), Some(cg)) = (p.cfg.limits.memory, &p.cgroup) else {
+        return;
+    };
+    if cg.backend().oom_kills(cg.name()) > 0 {
+        eprintln!(
+            "unionfs-run: the command was killed by the memory limit (--memory {} MiB): the \
+             kernel's out-of-memory killer ended it (exit 137); give it more with a larger \
+             --memory",
+            limit >> 20
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Phase 1: the launcher validated everything and created the host-side objects.
 
@@ -205,13 +221,12 @@ impl Prepared {
             }
             return Ok(None);
         };
-        if let Some(why) = backend.unusable_reason() {
+        if let Some(why) = backend.unusable_reason(&cfg.limits) {
             if cfg.rootless {
                 if cfg.limits.any() {
                     eprintln!(
-                        "unionfs-run: warning: running WITHOUT resource limits: {why}. Rootless limits need a \
-                         cgroup subtree delegated to your user (e.g. systemd `Delegate=yes`, or run inside \
-                         `systemd-run --user --scope -p Delegate=yes`)."
+                        "unionfs-run: warning: running WITHOUT resource limits: {why}. {}",
+                        backend.fix_hint()
                     );
                 }
                 return Ok(None);
@@ -373,6 +388,9 @@ impl Running {
                 }
             }
         };
+        if code == 128 + Signal::SIGKILL as i32 {
+            explain_oom_kill(&r.prepared);
+        }
         if let Err(e) = self.teardown() {
             eprintln!("unionfs-run: cleanup: {e}");
         }

@@ -7,6 +7,7 @@ mod basic;
 mod cgroups;
 mod idmap;
 mod leaks;
+mod messages;
 mod rootless;
 mod signals;
 mod union;
