@@ -6,11 +6,13 @@ use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 
+use crate::launch::capabilities::{effective_set, parse_cap, CapSpec};
 use crate::launch::config::{
     parse_bind, parse_count, parse_cpus, parse_env, parse_lowers, parse_size, parse_user, BindSpec,
     CgroupChoice, Limits, NetMode, RootSource, UserSpec,
 };
 use crate::launch::idmap::IdRange;
+use crate::launch::seccomp::{parse_choice, SeccompChoice};
 use crate::launch::{Error, LaunchConfig};
 
 const EXAMPLES: &str = "\
@@ -117,6 +119,19 @@ pub struct Cli {
     /// Rootless mode: user namespace with id maps (implied when not root).
     #[arg(long)]
     pub rootless: bool,
+    /// Give root in the container this capability too (repeatable; e.g. NET_ADMIN, or ALL).
+    #[arg(long = "cap-add", value_name = "CAP", value_parser = parse_cap)]
+    pub cap_add: Vec<CapSpec>,
+    /// Take this capability from the default set (repeatable; ALL drops every one).
+    #[arg(long = "cap-drop", value_name = "CAP", value_parser = parse_cap)]
+    pub cap_drop: Vec<CapSpec>,
+    /// Seccomp filter: `default` (podman's denials), `unconfined`, or an OCI/Docker JSON profile.
+    #[arg(long, value_name = "PATH|unconfined", default_value = "default")]
+    pub seccomp: String,
+    /// Every capability, no seccomp filter, /proc and /sys paths unmasked (namespaces, the
+    /// minimal /dev, read-only /sys and no_new_privs stay).
+    #[arg(long)]
+    pub privileged: bool,
     /// Cgroup implementation.
     #[arg(long, value_enum, default_value = "auto")]
     pub cgroup: Cgroup,
@@ -192,6 +207,13 @@ impl Cli {
                 Source::Bind => RootSource::Bind,
             },
             command: cli.command,
+            caps: effective_set(cli.privileged, &cli.cap_add, &cli.cap_drop),
+            seccomp: match parse_choice(&cli.seccomp) {
+                // --privileged turns the filter off unless one was asked for by name.
+                SeccompChoice::Default if cli.privileged => SeccompChoice::Unconfined,
+                c => c,
+            },
+            privileged: cli.privileged,
         })
     }
 }

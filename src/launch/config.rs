@@ -4,6 +4,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use super::idmap::IdRange;
+use super::seccomp::SeccompChoice;
 use super::Error;
 
 /// How the container's network is set up.
@@ -114,6 +115,12 @@ pub struct LaunchConfig {
     pub root_source: RootSource,
     /// The command and its arguments.
     pub command: Vec<OsString>,
+    /// Capabilities root in the container keeps (bounding, permitted, effective).
+    pub caps: caps::CapsHashSet,
+    /// The seccomp filter.
+    pub seccomp: SeccompChoice,
+    /// `--privileged`: every capability, no seccomp filter, /proc and /sys paths unmasked.
+    pub privileged: bool,
 }
 
 impl LaunchConfig {

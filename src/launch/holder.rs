@@ -21,6 +21,7 @@ use super::init::init_main;
 use super::namespaces::{self, UsernsOwner};
 use super::protocol::{recv, send, Msg};
 use super::root::RootProvider;
+use super::seccomp::Filter;
 use super::staging::Staging;
 use super::{signals, Context, Error};
 use crate::sys;
@@ -39,6 +40,8 @@ pub(super) struct HolderJob<'a> {
     pub staging: &'a Staging,
     /// The signal mask to restore before exec.
     pub old_mask: SigSet,
+    /// The container's seccomp filter, compiled by the launcher.
+    pub filter: Option<&'a Filter>,
 }
 
 /// The holder's life: set up, serve, exit (never returns to the launcher's code).
@@ -165,7 +168,7 @@ fn holder_run(
             };
             let sock = UnixStream::from(fd);
             let own_userns = p.userns == Some(UsernsOwner::Init);
-            init_main(cfg, &root, sock, p.maps, own_userns, old_mask)
+            init_main(cfg, &root, sock, p.maps, own_userns, old_mask, p.filter)
         }),
     )
     .ctx(|| "creating the container's namespaces (clone)".into())?;

@@ -20,6 +20,7 @@ use super::exit::{Failure, EXIT_CANNOT_EXEC, EXIT_LAUNCHER, EXIT_NOT_FOUND};
 use super::idmap::MapPlan;
 use super::protocol::{recv, send, Msg};
 use super::rootfs::Plan;
+use super::seccomp::Filter;
 use super::{capabilities, signals, Context, Error};
 use crate::sys;
 
@@ -31,8 +32,9 @@ pub(super) fn init_main(
     maps: Option<&MapPlan>,
     own_userns: bool,
     old_mask: SigSet,
+    filter: Option<&Filter>,
 ) -> isize {
-    let (code, e) = match init_run(cfg, root, &mut sock, maps, own_userns, old_mask) {
+    let (code, e) = match init_run(cfg, root, &mut sock, maps, own_userns, old_mask, filter) {
         Ok(never) => match never {},
         Err(f) => (f.code, f.error),
     };
@@ -51,6 +53,7 @@ fn init_run(
     maps: Option<&MapPlan>,
     own_userns: bool,
     old_mask: SigSet,
+    filter: Option<&Filter>,
 ) -> Result<std::convert::Infallible, Failure> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).ctx(|| "prctl(PR_SET_PDEATHSIG)".into())?;
     match recv(sock) {
@@ -78,7 +81,9 @@ fn init_run(
         None::<&str>,
     )
     .ctx(|| "making / private in the container".into())?;
-    Plan::new(root, cfg.net, &cfg.binds).apply()?;
+    Plan::new(root, cfg.net, &cfg.binds)
+        .unmasked(cfg.privileged)
+        .apply()?;
     nix::unistd::sethostname(&cfg.hostname).ctx(|| "sethostname".into())?;
     if cfg.net == NetMode::None {
         sys::interface_up(c"lo").ctx(|| "bringing up lo".into())?;
@@ -86,7 +91,7 @@ fn init_run(
     nix::unistd::setsid().ctx(|| "setsid".into())?;
 
     let env = environment(cfg);
-    capabilities::drop_bounding()?;
+    capabilities::drop_bounding(&cfg.caps)?;
     let (uid, gid) = (Uid::from_raw(cfg.user.uid), Gid::from_raw(cfg.user.gid));
     if maps.is_none_or(|m| m.setgroups_allowed()) {
         nix::unistd::setgroups(&[gid]).ctx(|| "setgroups".into())?;
@@ -94,7 +99,7 @@ fn init_run(
     nix::unistd::setresgid(gid, gid, gid).ctx(|| format!("setresgid({gid})"))?;
     nix::unistd::setresuid(uid, uid, uid).ctx(|| format!("setresuid({uid})"))?;
     if uid.is_root() {
-        capabilities::restrict_to_default()?;
+        capabilities::restrict_to(&cfg.caps)?;
     }
     nix::unistd::chdir(&cfg.cwd)
         .ctx(|| format!("--cwd {}: cannot change into it", cfg.cwd.display()))?;
@@ -107,6 +112,10 @@ fn init_run(
         sys::exit_now(EXIT_LAUNCHER);
     }
 
+    // Last: from here on the command's rules apply to every call, ours included.
+    if let Some(f) = filter {
+        f.load()?;
+    }
     // Dispositions set to "ignore" survive exec; a launcher started in the background (or under
     // nohup) would otherwise hand the command signals it cannot even trap.
     for s in signals::FORWARDED.into_iter().chain([

@@ -22,6 +22,7 @@ pub mod process;
 mod protocol;
 pub mod root;
 pub mod rootfs;
+pub mod seccomp;
 pub mod signals;
 mod staging;
 

@@ -30,6 +30,7 @@ use super::idmap::{IdKind, MapPlan};
 use super::namespaces::UsernsOwner;
 use super::protocol::{recv, send, Msg};
 use super::root::{provider_for, RootProvider};
+use super::seccomp::{Filter, Profile};
 use super::staging::Staging;
 use super::{instance, namespaces, signals, Context, Error};
 
@@ -131,6 +132,7 @@ pub struct Prepared {
     cgroup: Option<CgroupGuard>,
     staging: Staging,
     old_mask: SigSet,
+    filter: Option<Filter>,
 }
 
 impl Prepared {
@@ -169,6 +171,11 @@ impl Prepared {
         }
         let provider = provider_for(&cfg);
         provider.preflight()?;
+        // Read and compiled now: a broken profile stops the launch before anything exists.
+        let filter = match Profile::for_choice(&cfg.seccomp)? {
+            Some(p) => Some(p.compile(&cfg.caps)?),
+            None => None,
+        };
 
         let maps = cfg.needs_userns().then(|| {
             MapPlan::decide(
@@ -208,6 +215,7 @@ impl Prepared {
             cgroup,
             staging,
             old_mask,
+            filter,
         })
     }
 
@@ -266,6 +274,7 @@ impl Prepared {
                     userns: self.userns,
                     staging: &self.staging,
                     old_mask: self.old_mask,
+                    filter: self.filter.as_ref(),
                 };
                 holder_main(&job, launcher, h_h, i_i.into())
             }

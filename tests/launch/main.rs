@@ -9,5 +9,6 @@ mod idmap;
 mod leaks;
 mod messages;
 mod rootless;
+mod security;
 mod signals;
 mod union;
