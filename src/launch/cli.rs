@@ -17,8 +17,9 @@ use crate::launch::{Error, LaunchConfig};
 
 const EXAMPLES: &str = "\
 Examples:
-  # a throwaway shell on the example busybox layers (scripts/make-example-layers.sh)
-  unionfs-run --tmp-upper example/app:example/base -- /bin/sh
+  # an interactive shell with job control on the example busybox layers
+  # (scripts/make-example-layers.sh)
+  unionfs-run -it --tmp-upper example/app:example/base -- /bin/sh
   # keep changes in ./upper, limit memory and tasks, no network
   unionfs-run --memory 256M --pids 64 example/app:example/base ./upper -- /bin/sh -c 'echo hi > /f'
   # read-only root, run as uid 1000 with a bind mount
@@ -132,6 +133,13 @@ pub struct Cli {
     /// minimal /dev, read-only /sys and no_new_privs stay).
     #[arg(long)]
     pub privileged: bool,
+    /// Give the command a terminal of its own (controlling terminal, /dev/console), relayed
+    /// to this one in raw mode, with window size changes passed on.
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Keep stdin open: with -t, keys typed here go to the container's terminal (-it).
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
     /// Cgroup implementation.
     #[arg(long, value_enum, default_value = "auto")]
     pub cgroup: Cgroup,
@@ -214,6 +222,8 @@ impl Cli {
                 c => c,
             },
             privileged: cli.privileged,
+            tty: cli.tty,
+            interactive: cli.interactive,
         })
     }
 }

@@ -121,6 +121,10 @@ pub struct LaunchConfig {
     pub seccomp: SeccompChoice,
     /// `--privileged`: every capability, no seccomp filter, /proc and /sys paths unmasked.
     pub privileged: bool,
+    /// `-t`: a terminal of the container's own, relayed to the host terminal.
+    pub tty: bool,
+    /// `-i`: with `-t`, relay the host's stdin to it (without `-t` stdin is always passed).
+    pub interactive: bool,
 }
 
 impl LaunchConfig {

@@ -4,7 +4,7 @@
 //! execs the command (or, with `--init`, forks it and reaps as pid 1).
 
 use std::ffi::{CString, OsString};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -18,10 +18,10 @@ use nix::unistd::{ForkResult, Gid, Uid};
 use super::config::{LaunchConfig, NetMode};
 use super::exit::{Failure, EXIT_CANNOT_EXEC, EXIT_LAUNCHER, EXIT_NOT_FOUND};
 use super::idmap::MapPlan;
-use super::protocol::{recv, send, Msg};
+use super::protocol::{recv, send, send_with_fd, Msg};
 use super::rootfs::Plan;
 use super::seccomp::Filter;
-use super::{capabilities, signals, Context, Error};
+use super::{capabilities, signals, terminal, Context, Error};
 use crate::sys;
 
 /// The init's life: it execs the command or exits with the launcher's code for the failure.
@@ -89,6 +89,10 @@ fn init_run(
         sys::interface_up(c"lo").ctx(|| "bringing up lo".into())?;
     }
     nix::unistd::setsid().ctx(|| "setsid".into())?;
+    if cfg.tty {
+        let master = terminal::container_terminal(cfg.user.uid, cfg.user.gid)?;
+        send_with_fd(sock, &Msg::Console, master.as_fd())?;
+    }
 
     let env = environment(cfg);
     capabilities::drop_bounding(&cfg.caps)?;

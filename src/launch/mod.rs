@@ -25,6 +25,7 @@ pub mod rootfs;
 pub mod seccomp;
 pub mod signals;
 mod staging;
+pub mod terminal;
 
 pub use config::LaunchConfig;
 pub use process::run;

@@ -14,6 +14,7 @@
 //! staging mount is a peer and the root mounted later by H propagates into it. I waits on a
 //! socket until P says "go" (after the root is live and I sits in its cgroup).
 
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -28,10 +29,11 @@ use super::exit::{Failure, EXIT_LAUNCHER};
 use super::holder::{holder_main, HolderJob};
 use super::idmap::{IdKind, MapPlan};
 use super::namespaces::UsernsOwner;
-use super::protocol::{recv, send, Msg};
+use super::protocol::{recv, recv_with_fd, send, Msg};
 use super::root::{provider_for, RootProvider};
 use super::seccomp::{Filter, Profile};
 use super::staging::Staging;
+use super::terminal::{self, RawTerminal, Relay};
 use super::{instance, namespaces, signals, Context, Error};
 
 pub use super::exit::{EXIT_CANNOT_EXEC, EXIT_NOT_FOUND};
@@ -205,7 +207,12 @@ impl Prepared {
         let staging = Staging::create(&name)?;
         // Block the signals we forward before any child exists, so none is lost between the
         // fork and the forwarding loop; children restore the old mask before they exec.
-        let old_mask = signals::block(&signals::wait_set()).ctx(|| "blocking signals".into())?;
+        let mut blocked = signals::wait_set();
+        if cfg.tty {
+            // Window size changes of the host terminal are passed on, not taken by default.
+            blocked.add(Signal::SIGWINCH);
+        }
+        let old_mask = signals::block(&blocked).ctx(|| "blocking signals".into())?;
         let userns = namespaces::userns_owner(&cfg);
         Ok(Prepared {
             cfg,
@@ -307,6 +314,8 @@ impl Prepared {
                     init,
                     to_holder: p_h,
                     to_init: p_i,
+                    console: None,
+                    raw: None,
                 })
             }
         }
@@ -324,6 +333,10 @@ pub struct HolderReady {
     init: ChildGuard,
     to_holder: UnixStream,
     to_init: UnixStream,
+    /// `-t`: the master of the container's terminal.
+    console: Option<OwnedFd>,
+    /// `-t`: the host terminal in raw mode, restored when this is dropped (every way out).
+    raw: Option<RawTerminal>,
 }
 
 impl HolderReady {
@@ -338,6 +351,30 @@ impl HolderReady {
                 .map_err(|e| e.context("placing the container in its cgroup"))?;
         }
         send(&mut self.to_init, &Msg::Go)?;
+        if self.prepared.cfg.tty {
+            match recv_with_fd(&mut self.to_init) {
+                Some((Msg::Console, Some(master))) => {
+                    terminal::copy_window_size(master.as_fd());
+                    self.console = Some(master);
+                    self.raw = RawTerminal::enter()?;
+                }
+                Some((m, _)) => {
+                    let (code, error) = match m {
+                        Msg::Failed { code, msg } => (code, Error::msg(msg)),
+                        other => (EXIT_LAUNCHER, other.unexpected("the container's terminal")),
+                    };
+                    self.init.finish(Duration::from_secs(5));
+                    return Err(Failure { code, error });
+                }
+                None => {
+                    let st = self.init.finish(Duration::from_secs(5));
+                    return Err(Error::msg(format!(
+                        "the container init exited before its terminal was set up ({st:?})"
+                    ))
+                    .into());
+                }
+            }
+        }
         // The init's socket end is close-on-exec: EOF means the exec happened.
         if let Some(m) = recv(&mut self.to_init) {
             let (code, error) = match m {
@@ -365,6 +402,10 @@ impl Running {
     pub fn wait(mut self) -> i32 {
         let r = &mut self.ready;
         let set = signals::wait_set();
+        let mut relay = r
+            .console
+            .as_ref()
+            .map(|_| Relay::new(r.prepared.cfg.interactive));
         let code = 'outer: loop {
             loop {
                 match waitpid(
@@ -390,13 +431,27 @@ impl Running {
                     Err(_) => break,
                 }
             }
-            match set.wait() {
-                Ok(Signal::SIGCHLD) | Err(_) => {}
-                Ok(sig) => {
-                    let _ = kill(r.init.pid, sig);
+            let sigs = match &mut relay {
+                Some(relay) => relay.wait(r.console.as_ref()),
+                None => set.wait().into_iter().collect(),
+            };
+            for sig in sigs {
+                match sig {
+                    Signal::SIGCHLD => {}
+                    Signal::SIGWINCH => {
+                        if let Some(m) = &r.console {
+                            terminal::copy_window_size(m.as_fd());
+                        }
+                    }
+                    sig => {
+                        let _ = kill(r.init.pid, sig);
+                    }
                 }
             }
         };
+        if let (Some(relay), Some(m)) = (&mut relay, &r.console) {
+            relay.drain(m.as_fd());
+        }
         if code == 128 + Signal::SIGKILL as i32 {
             explain_oom_kill(&r.prepared);
         }
@@ -413,7 +468,11 @@ impl Running {
             init: _,
             to_holder,
             to_init: _,
+            console,
+            raw,
         } = self.ready;
+        drop(console);
+        drop(raw);
         let cg = prepared.cgroup.take().map(|c| c.teardown());
         // Closing the socket tells the holder to unmount and exit.
         drop(to_holder);

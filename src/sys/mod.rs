@@ -18,7 +18,8 @@
 //! - `mem.rs`: large buffers as anonymous mappings (resident only where written)
 //! - `mount.rs`: mount(2) and the lazy unmount; `lock.rs`: flock and who holds one
 //! - `process.rs`: fork, clone, exit_now, daemonising; `signal.rs`: masks and dispositions
-//! - `ids.rs`: effective ids and umask; `net.rs`: bringing `lo` up in a new network namespace
+//! - `ids.rs`: effective ids and umask; `net.rs`: bringing `lo` up in a new network namespace,
+//!   descriptors passed over a socket; `tty.rs`: window sizes, the controlling terminal
 //! - [`uring`]: FUSE over io_uring (ring, registered buffers, passthrough backing ioctls)
 
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -35,6 +36,7 @@ mod mount;
 mod net;
 mod process;
 mod signal;
+mod tty;
 pub mod uring;
 mod xattr;
 
@@ -56,6 +58,7 @@ pub use mount::*;
 pub use net::*;
 pub use process::*;
 pub use signal::*;
+pub use tty::*;
 pub use xattr::*;
 
 /// Result of a system call wrapper.

@@ -11,4 +11,5 @@ mod messages;
 mod rootless;
 mod security;
 mod signals;
+mod terminal;
 mod union;
