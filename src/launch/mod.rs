@@ -20,6 +20,7 @@ pub mod instance;
 pub mod namespaces;
 pub mod process;
 mod protocol;
+mod reaper;
 pub mod root;
 pub mod rootfs;
 pub mod seccomp;

@@ -30,6 +30,7 @@ use super::holder::{holder_main, HolderJob};
 use super::idmap::{IdKind, MapPlan};
 use super::namespaces::UsernsOwner;
 use super::protocol::{recv, recv_with_fd, send, Msg};
+use super::reaper::Reaper;
 use super::root::{provider_for, RootProvider};
 use super::seccomp::{Filter, Profile};
 use super::staging::Staging;
@@ -135,6 +136,7 @@ pub struct Prepared {
     staging: Staging,
     old_mask: SigSet,
     filter: Option<Filter>,
+    reaper: Reaper,
 }
 
 impl Prepared {
@@ -203,7 +205,14 @@ impl Prepared {
 
         Staging::remove_stale();
         let name = instance::own_name();
-        let cgroup = Self::make_cgroup(&cfg, &name)?;
+        let backend = Self::cgroup_backend(&cfg)?;
+        // Before the cgroup and the staging dir exist: whenever the launcher dies from here
+        // on, the reaper removes them.
+        let reaper = Reaper::start(backend.as_deref(), &name, &Staging::path(&name))?;
+        let cgroup = match backend {
+            Some(b) => Some(CgroupGuard::create(b, &name, &cfg.limits)?),
+            None => None,
+        };
         let staging = Staging::create(&name)?;
         // Block the signals we forward before any child exists, so none is lost between the
         // fork and the forwarding loop; children restore the old mask before they exec.
@@ -223,10 +232,12 @@ impl Prepared {
             staging,
             old_mask,
             filter,
+            reaper,
         })
     }
 
-    fn make_cgroup(cfg: &LaunchConfig, name: &str) -> Result<Option<CgroupGuard>, Error> {
+    /// The cgroup backend to use, after the warnings about limits it cannot enforce.
+    fn cgroup_backend(cfg: &LaunchConfig) -> Result<Option<Box<dyn cgroup::Backend>>, Error> {
         let layout = cgroup::detect();
         let Some(backend) = cgroup::backend_for(cfg.cgroup, &layout)? else {
             if cfg.limits.any() {
@@ -261,7 +272,7 @@ impl Prepared {
             );
         }
         cgroup::remove_stale(backend.as_ref());
-        CgroupGuard::create(backend, name, &cfg.limits).map(Some)
+        Ok(Some(backend))
     }
 
     /// Fork the holder, write its id maps, and wait until it has cloned the init and mounted
@@ -282,6 +293,7 @@ impl Prepared {
                     staging: &self.staging,
                     old_mask: self.old_mask,
                     filter: self.filter.as_ref(),
+                    reaper_fd: self.reaper.raw_fd(),
                 };
                 holder_main(&job, launcher, h_h, i_i.into())
             }

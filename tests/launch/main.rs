@@ -6,6 +6,7 @@ mod common;
 mod basic;
 mod cgroups;
 mod idmap;
+mod kills;
 mod leaks;
 mod messages;
 mod rootless;

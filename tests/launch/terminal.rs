@@ -153,7 +153,9 @@ fn an_interactive_shell_gets_job_control_window_sizes_and_its_exit_code() {
         "the host terminal is not raw while the container runs"
     );
     // Its own terminal, controlling, from its own devpts; /dev/console is that terminal.
-    t.send("tty | sed s/pts/PTS/; stty size; echo n=$((6*7)); stat -c %t:%T /dev/console /dev/pts/0\r");
+    t.send(
+        "tty | sed s/pts/PTS/; stty size; echo n=$((6*7)); stat -c %t:%T /dev/console /dev/pts/0\r",
+    );
     t.expect("/dev/PTS/0");
     t.expect("30 100");
     t.expect("n=42");

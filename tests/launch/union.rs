@@ -162,10 +162,16 @@ fn a_second_container_on_a_used_upper_is_refused_naming_the_holder() {
         "echo one > /f; echo up; read x",
     ]));
     assert_eq!(first.read_line(), "up");
-    // The holder (the launcher's child outside the container) serves the root and holds it.
+    // The holder (the launcher's child outside the container, serving the root with its
+    // threads; the other such child is the single-threaded reaper) holds the upper.
+    let threads = |p: nix::unistd::Pid| {
+        std::fs::read_dir(format!("/proc/{p}/task"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
     let holder = children(first.pid())
         .into_iter()
-        .find(|p| ns_of(*p, "pid") == ns_of(first.pid(), "pid"))
+        .find(|p| ns_of(*p, "pid") == ns_of(first.pid(), "pid") && threads(*p) > 1)
         .expect("no holder process");
     let upper_before: usize = std::fs::read_dir(&upper.0).unwrap().flatten().count();
     let t = std::time::Instant::now();
