@@ -2,10 +2,8 @@
 
 #![deny(unsafe_code)]
 
-use clap::Parser;
-
 fn main() {
-    let cli = unionfs::launch::cli::Cli::parse();
+    let cli = unionfs::launch::cli::Cli::parse_or_exit();
     match cli.into_config() {
         Ok(cfg) => std::process::exit(unionfs::launch::run(cfg)),
         Err(e) => {

@@ -6,17 +6,20 @@ use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 
+use crate::launch::capabilities::{effective_set, parse_cap, CapSpec};
 use crate::launch::config::{
-    parse_bind, parse_env, parse_lowers, parse_size, parse_user, BindSpec, CgroupChoice, Limits,
-    NetMode, RootSource, UserSpec,
+    parse_bind, parse_count, parse_cpus, parse_env, parse_lowers, parse_size, parse_user, BindSpec,
+    CgroupChoice, Limits, NetMode, RootSource, UserSpec,
 };
 use crate::launch::idmap::IdRange;
+use crate::launch::seccomp::{parse_choice, SeccompChoice};
 use crate::launch::{Error, LaunchConfig};
 
 const EXAMPLES: &str = "\
 Examples:
-  # a throwaway shell on the example busybox layers (scripts/make-example-layers.sh)
-  unionfs-run --tmp-upper example/app:example/base -- /bin/sh
+  # an interactive shell with job control on the example busybox layers
+  # (scripts/make-example-layers.sh)
+  unionfs-run -it --tmp-upper example/app:example/base -- /bin/sh
   # keep changes in ./upper, limit memory and tasks, no network
   unionfs-run --memory 256M --pids 64 example/app:example/base ./upper -- /bin/sh -c 'echo hi > /f'
   # read-only root, run as uid 1000 with a bind mount
@@ -97,13 +100,13 @@ pub struct Cli {
     #[arg(long, value_enum, default_value = "none")]
     pub net: Net,
     /// Memory limit, e.g. 64M (swap is not allowed beyond it).
-    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    #[arg(long, value_name = "BYTES", value_parser = parse_size, allow_hyphen_values = true)]
     pub memory: Option<u64>,
-    /// Maximum number of processes and threads.
-    #[arg(long, value_name = "N")]
+    /// Maximum number of processes and threads (1 or more).
+    #[arg(long, value_name = "N", value_parser = parse_count, allow_negative_numbers = true)]
     pub pids: Option<u64>,
-    /// CPU quota in CPUs, e.g. 0.5.
-    #[arg(long, value_name = "F")]
+    /// CPU quota in CPUs, e.g. 0.5 (more than 0).
+    #[arg(long, value_name = "F", value_parser = parse_cpus, allow_negative_numbers = true)]
     pub cpus: Option<f64>,
     /// uid map range INSIDE:OUTSIDE:COUNT (repeatable; via newuidmap when not root).
     #[arg(long = "uid-map", value_name = "IN:OUT:N")]
@@ -117,6 +120,26 @@ pub struct Cli {
     /// Rootless mode: user namespace with id maps (implied when not root).
     #[arg(long)]
     pub rootless: bool,
+    /// Give root in the container this capability too (repeatable; e.g. NET_ADMIN, or ALL).
+    #[arg(long = "cap-add", value_name = "CAP", value_parser = parse_cap)]
+    pub cap_add: Vec<CapSpec>,
+    /// Take this capability from the default set (repeatable; ALL drops every one).
+    #[arg(long = "cap-drop", value_name = "CAP", value_parser = parse_cap)]
+    pub cap_drop: Vec<CapSpec>,
+    /// Seccomp filter: `default` (podman's denials), `unconfined`, or an OCI/Docker JSON profile.
+    #[arg(long, value_name = "PATH|unconfined", default_value = "default")]
+    pub seccomp: String,
+    /// Every capability, no seccomp filter, /proc and /sys paths unmasked (namespaces, the
+    /// minimal /dev, read-only /sys and no_new_privs stay).
+    #[arg(long)]
+    pub privileged: bool,
+    /// Give the command a terminal of its own (controlling terminal, /dev/console), relayed
+    /// to this one in raw mode, with window size changes passed on.
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Keep stdin open: with -t, keys typed here go to the container's terminal (-it).
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
     /// Cgroup implementation.
     #[arg(long, value_enum, default_value = "auto")]
     pub cgroup: Cgroup,
@@ -125,7 +148,35 @@ pub struct Cli {
     pub root_source: Source,
 }
 
+/// The usage line that every argument error ends with: the command goes after `--`.
+pub const USAGE_HINT: &str =
+    "the command goes after `--`: unionfs-run [OPTIONS] LOWER1:LOWER2 [UPPER] -- CMD [ARGS...]";
+
 impl Cli {
+    /// Parses the process's arguments; a mistake exits 2 with clap's message, a usage line that
+    /// shows the `--`, and for a command given without `--`, how to write it.
+    pub fn parse_or_exit() -> Cli {
+        use clap::error::ErrorKind;
+        match Cli::try_parse() {
+            Ok(c) => c,
+            Err(e) if !e.use_stderr() => e.exit(),
+            Err(e) => {
+                let hint = match e.kind() {
+                    ErrorKind::UnknownArgument
+                    | ErrorKind::MissingRequiredArgument
+                    | ErrorKind::TooManyValues
+                    | ErrorKind::ArgumentConflict => Some(USAGE_HINT),
+                    _ => None,
+                };
+                let _ = e.print();
+                if let Some(h) = hint {
+                    eprintln!("hint: {h}");
+                }
+                std::process::exit(2)
+            }
+        }
+    }
+
     /// The launch configuration this command line asks for.
     pub fn into_config(self) -> Result<LaunchConfig, Error> {
         let cli = self;
@@ -164,6 +215,15 @@ impl Cli {
                 Source::Bind => RootSource::Bind,
             },
             command: cli.command,
+            caps: effective_set(cli.privileged, &cli.cap_add, &cli.cap_drop),
+            seccomp: match parse_choice(&cli.seccomp) {
+                // --privileged turns the filter off unless one was asked for by name.
+                SeccompChoice::Default if cli.privileged => SeccompChoice::Unconfined,
+                c => c,
+            },
+            privileged: cli.privileged,
+            tty: cli.tty,
+            interactive: cli.interactive,
         })
     }
 }

@@ -4,6 +4,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use super::idmap::IdRange;
+use super::seccomp::SeccompChoice;
 use super::Error;
 
 /// How the container's network is set up.
@@ -114,6 +115,16 @@ pub struct LaunchConfig {
     pub root_source: RootSource,
     /// The command and its arguments.
     pub command: Vec<OsString>,
+    /// Capabilities root in the container keeps (bounding, permitted, effective).
+    pub caps: caps::CapsHashSet,
+    /// The seccomp filter.
+    pub seccomp: SeccompChoice,
+    /// `--privileged`: every capability, no seccomp filter, /proc and /sys paths unmasked.
+    pub privileged: bool,
+    /// `-t`: a terminal of the container's own, relayed to the host terminal.
+    pub tty: bool,
+    /// `-i`: with `-t`, relay the host's stdin to it (without `-t` stdin is always passed).
+    pub interactive: bool,
 }
 
 impl LaunchConfig {
@@ -205,6 +216,11 @@ pub fn parse_lowers(s: &str) -> Result<Vec<PathBuf>, Error> {
 /// Parse a byte size: a plain number or one with a K, M, G or T suffix (powers of 1024).
 pub fn parse_size(s: &str) -> Result<u64, Error> {
     let t = s.trim();
+    if t.starts_with('-') {
+        return Err(Error::msg(format!(
+            "{s:?}: a size must be positive, e.g. 64M or 1G"
+        )));
+    }
     let (num, mult) = match t.char_indices().last() {
         Some((i, c)) if c.is_ascii_alphabetic() => {
             let m: u64 = match c.to_ascii_uppercase() {
@@ -229,6 +245,26 @@ pub fn parse_size(s: &str) -> Result<u64, Error> {
     n.checked_mul(mult)
         .filter(|v| *v > 0)
         .ok_or_else(|| Error::msg(format!("{s:?}: size must be positive and fit in 64 bits")))
+}
+
+/// Parse a count of 1 or more (`--pids`): 0 would stop the command from starting at all.
+pub fn parse_count(s: &str) -> Result<u64, Error> {
+    match s.trim().parse::<u64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(Error::msg(format!(
+            "{s:?}: give a whole number of 1 or more, e.g. --pids 64"
+        ))),
+    }
+}
+
+/// Parse a CPU quota (`--cpus`): a positive, finite number of CPUs.
+pub fn parse_cpus(s: &str) -> Result<f64, Error> {
+    match s.trim().parse::<f64>() {
+        Ok(c) if c > 0.0 && c.is_finite() => Ok(c),
+        _ => Err(Error::msg(format!(
+            "{s:?}: give a number of CPUs above 0, e.g. --cpus 0.5 or --cpus 2"
+        ))),
+    }
 }
 
 /// Parse `SRC:DST[:ro|:rw]`.
@@ -305,6 +341,15 @@ mod tests {
         assert!(parse_size("12Q").is_err());
         assert!(parse_size("0").is_err());
         assert!(parse_size("M").is_err());
+        assert!(parse_size("-5M").is_err());
+        assert_eq!(parse_count("64").unwrap(), 64);
+        for bad in ["0", "-1", "x", ""] {
+            assert!(parse_count(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_cpus("0.5").unwrap(), 0.5);
+        for bad in ["0", "-1", "-0.5", "inf", "NaN", "x"] {
+            assert!(parse_cpus(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

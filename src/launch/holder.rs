@@ -13,6 +13,7 @@ use nix::unistd::{Gid, Pid, Uid};
 
 use nix::sys::signal::SigSet;
 
+use super::bind_targets::BindTargets;
 use super::config::LaunchConfig;
 use super::exit::EXIT_LAUNCHER;
 use super::idmap::MapPlan;
@@ -20,6 +21,7 @@ use super::init::init_main;
 use super::namespaces::{self, UsernsOwner};
 use super::protocol::{recv, send, Msg};
 use super::root::RootProvider;
+use super::seccomp::Filter;
 use super::staging::Staging;
 use super::{signals, Context, Error};
 use crate::sys;
@@ -38,6 +40,10 @@ pub(super) struct HolderJob<'a> {
     pub staging: &'a Staging,
     /// The signal mask to restore before exec.
     pub old_mask: SigSet,
+    /// The container's seccomp filter, compiled by the launcher.
+    pub filter: Option<&'a Filter>,
+    /// The launcher's end of the reaper's pipe, which only the launcher may hold.
+    pub reaper_fd: i32,
 }
 
 /// The holder's life: set up, serve, exit (never returns to the launcher's code).
@@ -68,6 +74,7 @@ fn holder_run(
     init_sock: OwnedFd,
 ) -> Result<(), Error> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).ctx(|| "prctl(PR_SET_PDEATHSIG)".into())?;
+    let _ = nix::unistd::close(p.reaper_fd);
     if nix::unistd::getppid() != launcher {
         return Err(Error::msg("the launcher exited during setup"));
     }
@@ -164,7 +171,7 @@ fn holder_run(
             };
             let sock = UnixStream::from(fd);
             let own_userns = p.userns == Some(UsernsOwner::Init);
-            init_main(cfg, &root, sock, p.maps, own_userns, old_mask)
+            init_main(cfg, &root, sock, p.maps, own_userns, old_mask, p.filter)
         }),
     )
     .ctx(|| "creating the container's namespaces (clone)".into())?;
@@ -181,9 +188,42 @@ fn holder_run(
             return Err(e.context("mounting the container root"));
         }
     };
+    let targets = BindTargets::create(&p.staging.root(), &p.cfg.binds);
     send(to_p, &Msg::Ready(init_pid.as_raw()))?;
-    // Serve until the launcher closes the socket (or dies: then pdeathsig ends us).
+    // From here the socket's EOF tells us the launcher is done, or dead (the container init
+    // dies with it): we outlive it just long enough to take the bind targets out of the upper
+    // and unmount.
+    nix::sys::prctl::set_pdeathsig(None).ctx(|| "prctl(PR_SET_PDEATHSIG)".into())?;
     while recv(to_p).is_some() {}
+    wait_gone(init_pid);
+    targets.remove();
+    if nix::unistd::getppid() != launcher {
+        // The launcher was killed: the container init it would have reaped stays a zombie
+        // until the host's init reaps it, and until then the kernel keeps the union's
+        // connection (seen here: 10 s of workers waiting for requests that never come).
+        // Nothing uses the union any more: detach it and end now, which ends the connection.
+        let _ = sys::umount_lazy(&p.staging.root());
+        sys::exit_now(0);
+    }
     drop(guard);
     Ok(())
+}
+
+/// Waits (up to a second) until the container init has exited, so nothing of the container
+/// still uses the bind targets; its exit status belongs to the launcher, so only look.
+fn wait_gone(pid: Pid) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    while std::time::Instant::now() < deadline {
+        let gone = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(st) => st
+                .rsplit(')')
+                .next()
+                .is_none_or(|r| r.trim_start().starts_with(['Z', 'X'])),
+            Err(_) => true,
+        };
+        if gone {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }

@@ -4,7 +4,7 @@
 //! execs the command (or, with `--init`, forks it and reaps as pid 1).
 
 use std::ffi::{CString, OsString};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -18,9 +18,10 @@ use nix::unistd::{ForkResult, Gid, Uid};
 use super::config::{LaunchConfig, NetMode};
 use super::exit::{Failure, EXIT_CANNOT_EXEC, EXIT_LAUNCHER, EXIT_NOT_FOUND};
 use super::idmap::MapPlan;
-use super::protocol::{recv, send, Msg};
+use super::protocol::{recv, send, send_with_fd, Msg};
 use super::rootfs::Plan;
-use super::{capabilities, signals, Context, Error};
+use super::seccomp::Filter;
+use super::{capabilities, signals, terminal, Context, Error};
 use crate::sys;
 
 /// The init's life: it execs the command or exits with the launcher's code for the failure.
@@ -31,8 +32,9 @@ pub(super) fn init_main(
     maps: Option<&MapPlan>,
     own_userns: bool,
     old_mask: SigSet,
+    filter: Option<&Filter>,
 ) -> isize {
-    let (code, e) = match init_run(cfg, root, &mut sock, maps, own_userns, old_mask) {
+    let (code, e) = match init_run(cfg, root, &mut sock, maps, own_userns, old_mask, filter) {
         Ok(never) => match never {},
         Err(f) => (f.code, f.error),
     };
@@ -51,6 +53,7 @@ fn init_run(
     maps: Option<&MapPlan>,
     own_userns: bool,
     old_mask: SigSet,
+    filter: Option<&Filter>,
 ) -> Result<std::convert::Infallible, Failure> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).ctx(|| "prctl(PR_SET_PDEATHSIG)".into())?;
     match recv(sock) {
@@ -78,15 +81,21 @@ fn init_run(
         None::<&str>,
     )
     .ctx(|| "making / private in the container".into())?;
-    Plan::new(root, cfg.net, &cfg.binds).apply()?;
+    Plan::new(root, cfg.net, &cfg.binds)
+        .unmasked(cfg.privileged)
+        .apply()?;
     nix::unistd::sethostname(&cfg.hostname).ctx(|| "sethostname".into())?;
     if cfg.net == NetMode::None {
         sys::interface_up(c"lo").ctx(|| "bringing up lo".into())?;
     }
     nix::unistd::setsid().ctx(|| "setsid".into())?;
+    if cfg.tty {
+        let master = terminal::container_terminal(cfg.user.uid, cfg.user.gid)?;
+        send_with_fd(sock, &Msg::Console, master.as_fd())?;
+    }
 
     let env = environment(cfg);
-    capabilities::drop_bounding()?;
+    capabilities::drop_bounding(&cfg.caps)?;
     let (uid, gid) = (Uid::from_raw(cfg.user.uid), Gid::from_raw(cfg.user.gid));
     if maps.is_none_or(|m| m.setgroups_allowed()) {
         nix::unistd::setgroups(&[gid]).ctx(|| "setgroups".into())?;
@@ -94,7 +103,7 @@ fn init_run(
     nix::unistd::setresgid(gid, gid, gid).ctx(|| format!("setresgid({gid})"))?;
     nix::unistd::setresuid(uid, uid, uid).ctx(|| format!("setresuid({uid})"))?;
     if uid.is_root() {
-        capabilities::restrict_to_default()?;
+        capabilities::restrict_to(&cfg.caps)?;
     }
     nix::unistd::chdir(&cfg.cwd)
         .ctx(|| format!("--cwd {}: cannot change into it", cfg.cwd.display()))?;
@@ -107,6 +116,10 @@ fn init_run(
         sys::exit_now(EXIT_LAUNCHER);
     }
 
+    // Last: from here on the command's rules apply to every call, ours included.
+    if let Some(f) = filter {
+        f.load()?;
+    }
     // Dispositions set to "ignore" survive exec; a launcher started in the background (or under
     // nohup) would otherwise hand the command signals it cannot even trap.
     for s in signals::FORWARDED.into_iter().chain([

@@ -7,6 +7,7 @@
 //! and what they say to each other is the typed `protocol`; the host-facing pieces (cgroups, id maps, mounts) live in their own
 //! modules so that their logic can be tested without root where that is cheap.
 
+mod bind_targets;
 pub mod capabilities;
 pub mod cgroup;
 pub mod cli;
@@ -19,10 +20,13 @@ pub mod instance;
 pub mod namespaces;
 pub mod process;
 mod protocol;
+mod reaper;
 pub mod root;
 pub mod rootfs;
+pub mod seccomp;
 pub mod signals;
 mod staging;
+pub mod terminal;
 
 pub use config::LaunchConfig;
 pub use process::run;

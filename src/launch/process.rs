@@ -14,6 +14,7 @@
 //! staging mount is a peer and the root mounted later by H propagates into it. I waits on a
 //! socket until P says "go" (after the root is live and I sits in its cgroup).
 
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -28,9 +29,12 @@ use super::exit::{Failure, EXIT_LAUNCHER};
 use super::holder::{holder_main, HolderJob};
 use super::idmap::{IdKind, MapPlan};
 use super::namespaces::UsernsOwner;
-use super::protocol::{recv, send, Msg};
+use super::protocol::{recv, recv_with_fd, send, Msg};
+use super::reaper::Reaper;
 use super::root::{provider_for, RootProvider};
+use super::seccomp::{Filter, Profile};
 use super::staging::Staging;
+use super::terminal::{self, RawTerminal, Relay};
 use super::{instance, namespaces, signals, Context, Error};
 
 pub use super::exit::{EXIT_CANNOT_EXEC, EXIT_NOT_FOUND};
@@ -67,11 +71,18 @@ impl ChildGuard {
 
     /// Wait up to `timeout` for the child to exit on its own, then SIGKILL it.
     fn finish(&mut self, timeout: Duration) -> Option<WaitStatus> {
-        let deadline = Instant::now() + timeout;
+        let start = Instant::now();
+        let deadline = start + timeout;
         loop {
             match waitpid(self.pid, Some(WaitPidFlag::WNOHANG)) {
+                // A holder ends within a few ms of being told: look often at first (each 5 ms
+                // sleep was a fifth of a launch's wall time), then back off.
                 Ok(WaitStatus::StillAlive) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(5))
+                    std::thread::sleep(if start.elapsed() < Duration::from_millis(50) {
+                        Duration::from_micros(200)
+                    } else {
+                        Duration::from_millis(5)
+                    })
                 }
                 Ok(WaitStatus::StillAlive) => {
                     let _ = kill(self.pid, Signal::SIGKILL);
@@ -102,6 +113,22 @@ impl Drop for ChildGuard {
     }
 }
 
+/// Says so when a SIGKILLed command was killed by the memory limit: a bare exit 137 looks like
+/// a crash or an outside `kill -9`, and the fix (a larger `--memory`) is not obvious from it.
+fn explain_oom_kill(p: &Prepared) {
+    let (Some(limit), Some(cg)) = (p.cfg.limits.memory, &p.cgroup) else {
+        return;
+    };
+    if cg.backend().oom_kills(cg.name()) > 0 {
+        eprintln!(
+            "unionfs-run: the command was killed by the memory limit (--memory {} MiB): the \
+             kernel's out-of-memory killer ended it (exit 137); give it more with a larger \
+             --memory",
+            limit >> 20
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Phase 1: the launcher validated everything and created the host-side objects.
 
@@ -115,6 +142,8 @@ pub struct Prepared {
     cgroup: Option<CgroupGuard>,
     staging: Staging,
     old_mask: SigSet,
+    filter: Option<Filter>,
+    reaper: Reaper,
 }
 
 impl Prepared {
@@ -153,6 +182,11 @@ impl Prepared {
         }
         let provider = provider_for(&cfg);
         provider.preflight()?;
+        // Read and compiled now: a broken profile stops the launch before anything exists.
+        let filter = match Profile::for_choice(&cfg.seccomp)? {
+            Some(p) => Some(p.compile(&cfg.caps)?),
+            None => None,
+        };
 
         let maps = cfg.needs_userns().then(|| {
             MapPlan::decide(
@@ -178,11 +212,23 @@ impl Prepared {
 
         Staging::remove_stale();
         let name = instance::own_name();
-        let cgroup = Self::make_cgroup(&cfg, &name)?;
+        let backend = Self::cgroup_backend(&cfg)?;
+        // Before the cgroup and the staging dir exist: whenever the launcher dies from here
+        // on, the reaper removes them.
+        let reaper = Reaper::start(backend.as_deref(), &name, &Staging::path(&name))?;
+        let cgroup = match backend {
+            Some(b) => Some(CgroupGuard::create(b, &name, &cfg.limits)?),
+            None => None,
+        };
         let staging = Staging::create(&name)?;
         // Block the signals we forward before any child exists, so none is lost between the
         // fork and the forwarding loop; children restore the old mask before they exec.
-        let old_mask = signals::block(&signals::wait_set()).ctx(|| "blocking signals".into())?;
+        let mut blocked = signals::wait_set();
+        if cfg.tty {
+            // Window size changes of the host terminal are passed on, not taken by default.
+            blocked.add(Signal::SIGWINCH);
+        }
+        let old_mask = signals::block(&blocked).ctx(|| "blocking signals".into())?;
         let userns = namespaces::userns_owner(&cfg);
         Ok(Prepared {
             cfg,
@@ -192,10 +238,13 @@ impl Prepared {
             cgroup,
             staging,
             old_mask,
+            filter,
+            reaper,
         })
     }
 
-    fn make_cgroup(cfg: &LaunchConfig, name: &str) -> Result<Option<CgroupGuard>, Error> {
+    /// The cgroup backend to use, after the warnings about limits it cannot enforce.
+    fn cgroup_backend(cfg: &LaunchConfig) -> Result<Option<Box<dyn cgroup::Backend>>, Error> {
         let layout = cgroup::detect();
         let Some(backend) = cgroup::backend_for(cfg.cgroup, &layout)? else {
             if cfg.limits.any() {
@@ -205,13 +254,12 @@ impl Prepared {
             }
             return Ok(None);
         };
-        if let Some(why) = backend.unusable_reason() {
+        if let Some(why) = backend.unusable_reason(&cfg.limits) {
             if cfg.rootless {
                 if cfg.limits.any() {
                     eprintln!(
-                        "unionfs-run: warning: running WITHOUT resource limits: {why}. Rootless limits need a \
-                         cgroup subtree delegated to your user (e.g. systemd `Delegate=yes`, or run inside \
-                         `systemd-run --user --scope -p Delegate=yes`)."
+                        "unionfs-run: warning: running WITHOUT resource limits: {why}. {}",
+                        backend.fix_hint()
                     );
                 }
                 return Ok(None);
@@ -231,7 +279,7 @@ impl Prepared {
             );
         }
         cgroup::remove_stale(backend.as_ref());
-        CgroupGuard::create(backend, name, &cfg.limits).map(Some)
+        Ok(Some(backend))
     }
 
     /// Fork the holder, write its id maps, and wait until it has cloned the init and mounted
@@ -251,6 +299,8 @@ impl Prepared {
                     userns: self.userns,
                     staging: &self.staging,
                     old_mask: self.old_mask,
+                    filter: self.filter.as_ref(),
+                    reaper_fd: self.reaper.raw_fd(),
                 };
                 holder_main(&job, launcher, h_h, i_i.into())
             }
@@ -283,6 +333,8 @@ impl Prepared {
                     init,
                     to_holder: p_h,
                     to_init: p_i,
+                    console: None,
+                    raw: None,
                 })
             }
         }
@@ -300,6 +352,10 @@ pub struct HolderReady {
     init: ChildGuard,
     to_holder: UnixStream,
     to_init: UnixStream,
+    /// `-t`: the master of the container's terminal.
+    console: Option<OwnedFd>,
+    /// `-t`: the host terminal in raw mode, restored when this is dropped (every way out).
+    raw: Option<RawTerminal>,
 }
 
 impl HolderReady {
@@ -314,6 +370,30 @@ impl HolderReady {
                 .map_err(|e| e.context("placing the container in its cgroup"))?;
         }
         send(&mut self.to_init, &Msg::Go)?;
+        if self.prepared.cfg.tty {
+            match recv_with_fd(&mut self.to_init) {
+                Some((Msg::Console, Some(master))) => {
+                    terminal::copy_window_size(master.as_fd());
+                    self.console = Some(master);
+                    self.raw = RawTerminal::enter()?;
+                }
+                Some((m, _)) => {
+                    let (code, error) = match m {
+                        Msg::Failed { code, msg } => (code, Error::msg(msg)),
+                        other => (EXIT_LAUNCHER, other.unexpected("the container's terminal")),
+                    };
+                    self.init.finish(Duration::from_secs(5));
+                    return Err(Failure { code, error });
+                }
+                None => {
+                    let st = self.init.finish(Duration::from_secs(5));
+                    return Err(Error::msg(format!(
+                        "the container init exited before its terminal was set up ({st:?})"
+                    ))
+                    .into());
+                }
+            }
+        }
         // The init's socket end is close-on-exec: EOF means the exec happened.
         if let Some(m) = recv(&mut self.to_init) {
             let (code, error) = match m {
@@ -341,6 +421,10 @@ impl Running {
     pub fn wait(mut self) -> i32 {
         let r = &mut self.ready;
         let set = signals::wait_set();
+        let mut relay = r
+            .console
+            .as_ref()
+            .map(|_| Relay::new(r.prepared.cfg.interactive));
         let code = 'outer: loop {
             loop {
                 match waitpid(
@@ -366,13 +450,30 @@ impl Running {
                     Err(_) => break,
                 }
             }
-            match set.wait() {
-                Ok(Signal::SIGCHLD) | Err(_) => {}
-                Ok(sig) => {
-                    let _ = kill(r.init.pid, sig);
+            let sigs = match &mut relay {
+                Some(relay) => relay.wait(r.console.as_ref()),
+                None => set.wait().into_iter().collect(),
+            };
+            for sig in sigs {
+                match sig {
+                    Signal::SIGCHLD => {}
+                    Signal::SIGWINCH => {
+                        if let Some(m) = &r.console {
+                            terminal::copy_window_size(m.as_fd());
+                        }
+                    }
+                    sig => {
+                        let _ = kill(r.init.pid, sig);
+                    }
                 }
             }
         };
+        if let (Some(relay), Some(m)) = (&mut relay, &r.console) {
+            relay.drain(m.as_fd());
+        }
+        if code == 128 + Signal::SIGKILL as i32 {
+            explain_oom_kill(&r.prepared);
+        }
         if let Err(e) = self.teardown() {
             eprintln!("unionfs-run: cleanup: {e}");
         }
@@ -386,7 +487,11 @@ impl Running {
             init: _,
             to_holder,
             to_init: _,
+            console,
+            raw,
         } = self.ready;
+        drop(console);
+        drop(raw);
         let cg = prepared.cgroup.take().map(|c| c.teardown());
         // Closing the socket tells the holder to unmount and exit.
         drop(to_holder);

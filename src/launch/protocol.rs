@@ -11,6 +11,7 @@
 //! and `Failed` from either child instead of the next step.
 
 use std::io::{Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
 use super::exit::EXIT_LAUNCHER;
@@ -27,6 +28,8 @@ pub enum Msg {
     Ready(i32),
     /// Launcher → init: it sits in its cgroup (and its id maps are written): set up and exec.
     Go,
+    /// Init → launcher (`-t`): the master of the container's terminal rides with this message.
+    Console,
     /// Holder or init → launcher: setup failed; the launcher exits with `code`.
     Failed {
         /// The exit code the launcher gives.
@@ -43,6 +46,7 @@ impl Msg {
             Msg::Mapped => "mapped".to_string(),
             Msg::Ready(pid) => format!("ready {pid}"),
             Msg::Go => "go".to_string(),
+            Msg::Console => "console".to_string(),
             Msg::Failed { code, msg } => format!("error {code} {msg}"),
         };
         let mut line = line.replace('\n', " ");
@@ -61,6 +65,7 @@ impl Msg {
             "unshared" => Msg::Unshared,
             "mapped" => Msg::Mapped,
             "go" => Msg::Go,
+            "console" => Msg::Console,
             "ready" => rest.parse().map(Msg::Ready).unwrap_or_else(|_| failed()),
             "error" => match rest.split_once(' ') {
                 Some((c, msg)) => match c.parse() {
@@ -93,9 +98,32 @@ pub fn send(sock: &mut UnixStream, msg: &Msg) -> Result<(), Error> {
         .ctx(|| "talking to a launcher process".to_string())
 }
 
+/// Sends `msg` with descriptor `fd` attached to its first byte.
+pub fn send_with_fd(sock: &mut UnixStream, msg: &Msg, fd: BorrowedFd<'_>) -> Result<(), Error> {
+    let line = msg.encode();
+    let (first, rest) = line.as_bytes().split_at(1);
+    crate::sys::send_fd(sock.as_fd(), first[0], fd)
+        .map_err(|e| Error::msg(format!("talking to a launcher process: {}", e.desc())))?;
+    sock.write_all(rest)
+        .ctx(|| "talking to a launcher process".to_string())
+}
+
+/// Receives one message and the descriptor that came with it; `None` on EOF.
+pub fn recv_with_fd(sock: &mut UnixStream) -> Option<(Msg, Option<OwnedFd>)> {
+    let (first, fd) = crate::sys::recv_fd(sock.as_fd()).ok()??;
+    if first == b'\n' {
+        return Some((Msg::decode(""), fd));
+    }
+    read_line(sock, vec![first]).map(|m| (m, fd))
+}
+
 /// Receives one message; `None` on EOF (the peer exited or exec'd).
 pub fn recv(sock: &mut UnixStream) -> Option<Msg> {
-    let mut out = Vec::new();
+    read_line(sock, Vec::new())
+}
+
+/// Reads the rest of a line that starts with `out`.
+fn read_line(sock: &mut UnixStream, mut out: Vec<u8>) -> Option<Msg> {
     let mut b = [0u8; 1];
     loop {
         match sock.read(&mut b) {
@@ -121,6 +149,7 @@ mod tests {
             Msg::Mapped,
             Msg::Ready(4242),
             Msg::Go,
+            Msg::Console,
             Msg::Failed {
                 code: 127,
                 msg: "sh: not found\nin the root".into(),
@@ -159,5 +188,24 @@ mod tests {
         assert_eq!(recv(&mut b), Some(Msg::Ready(7)));
         assert_eq!(recv(&mut b), Some(Msg::Go));
         assert_eq!(recv(&mut b), None);
+    }
+
+    #[test]
+    fn a_descriptor_rides_with_a_message() {
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        let (r, w) = crate::sys::pipe().unwrap();
+        send_with_fd(&mut a, &Msg::Console, w.as_fd()).unwrap();
+        drop(w);
+        send(&mut a, &Msg::Go).unwrap();
+        let (m, fd) = recv_with_fd(&mut b).unwrap();
+        assert_eq!(m, Msg::Console);
+        // The received descriptor is the pipe's write end: what it writes, `r` reads.
+        crate::sys::write(fd.unwrap().as_fd(), b"x").unwrap();
+        let mut buf = [0u8; 1];
+        assert_eq!(nix::unistd::read(&r, &mut buf).unwrap(), 1);
+        assert_eq!(
+            recv_with_fd(&mut b).map(|(m, fd)| (m, fd.is_none())),
+            Some((Msg::Go, true))
+        );
     }
 }

@@ -185,6 +185,14 @@ impl Plan {
         }
     }
 
+    /// The same plan without the masked and read-only kernel paths (`--privileged`).
+    pub fn unmasked(mut self, yes: bool) -> Plan {
+        if yes {
+            self.after_pivot.clear();
+        }
+        self
+    }
+
     /// Carry out the plan: mounts, pivot_root with the old root detached, masks.
     pub fn apply(&self) -> Result<(), Error> {
         for s in &self.before_pivot {

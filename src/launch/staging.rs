@@ -15,10 +15,15 @@ impl Staging {
         std::env::temp_dir()
     }
 
+    /// Where the staging directory of run `name` is.
+    pub(super) fn path(name: &str) -> PathBuf {
+        Self::base().join(name)
+    }
+
     /// Makes it, private to us (0700).
     pub(super) fn create(name: &str) -> Result<Self, Error> {
         use std::os::unix::fs::DirBuilderExt;
-        let p = Self::base().join(name);
+        let p = Self::path(name);
         std::fs::DirBuilder::new()
             .mode(0o700)
             .create(&p)

@@ -66,6 +66,9 @@ pub struct Stack {
     /// Per lower layer, built on first need: the paths of every file with several names,
     /// by inode number (to give all names of a copied-up file their upper link).
     hardlinks: parking_lot::Mutex<HashMap<LayerIdx, Arc<HardLinks>>>,
+    /// Readable descriptors of the upper and the work dir holding an exclusive flock for the
+    /// stack's life: one union per upper (see [`lock_dir`]).
+    _locks: Vec<OwnedFd>,
 }
 
 /// What the layer code did to the upper, counted for the SIGUSR1 report.
@@ -112,6 +115,67 @@ fn open_layer_dir(path: &Path, role: &str) -> Result<Layer> {
         path: path.to_path_buf(),
         dev: st.st_dev,
     })
+}
+
+/// How long a new union waits for an old one on the same upper to let go: after `umount` the
+/// old daemon still needs a moment to exit, and a remount right after it must not fail.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Takes the exclusive lock of a writable layer directory (`dir`, an `O_PATH` fd) for this
+/// union, or says which process holds it.
+///
+/// Two unions on one upper would each cache a view the other changes underneath it (stale
+/// entries, lost copy-ups), so the second one is refused, as kernel overlayfs refuses an upper
+/// in use. The lock is a flock on a descriptor the stack keeps: it ends with the daemon,
+/// `kill -9` included, and leaves no file behind.
+fn lock_dir(dir: BorrowedFd<'_>, path: &Path, role: &str) -> Result<OwnedFd> {
+    let fd = sys::reopen(dir, libc::O_RDONLY | libc::O_DIRECTORY)
+        .map_err(|e| Error::sys(format!("{role} {}", path.display()), e.desc(), ""))?;
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match sys::try_lock_exclusive(fd.as_fd()) {
+            Ok(()) => return Ok(fd),
+            Err(Errno::EWOULDBLOCK) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            Err(Errno::EWOULDBLOCK) => {
+                let st = sys::fstat(fd.as_fd()).ok();
+                let holders = st
+                    .map(|st| sys::flock_holders(st.st_dev, st.st_ino))
+                    .unwrap_or_default();
+                let who: Vec<String> = holders
+                    .iter()
+                    .map(|p| {
+                        let comm = std::fs::read_to_string(format!("/proc/{p}/comm"))
+                            .map(|c| format!(" ({})", c.trim()))
+                            .unwrap_or_default();
+                        format!("pid {p}{comm}")
+                    })
+                    .collect();
+                let who = if who.is_empty() {
+                    "a process this user cannot see".to_string()
+                } else {
+                    who.join(", ")
+                };
+                return Err(Error::new(format!(
+                    "{role} {} is in use by another union, held by {who}: two unions on one \
+                     upper would each show stale views of the other's changes; unmount that \
+                     union (umount its mount point, or end that unionfs-run) or give another \
+                     upper",
+                    path.display()
+                )));
+            }
+            // A filesystem without flock (some network ones) cannot tell: mount unlocked.
+            Err(Errno::ENOLCK) | Err(Errno::EOPNOTSUPP) | Err(Errno::EINVAL) => return Ok(fd),
+            Err(e) => {
+                return Err(Error::sys(
+                    format!("locking {role} {}", path.display()),
+                    e.desc(),
+                    "",
+                ))
+            }
+        }
+    }
 }
 
 fn canonical(path: &Path) -> PathBuf {
@@ -179,9 +243,21 @@ impl Stack {
             next_stage: std::sync::atomic::AtomicU64::new(1),
             counters: Counters::default(),
             hardlinks: parking_lot::Mutex::new(HashMap::new()),
+            _locks: Vec::new(),
         };
         if has_upper {
+            let upper = &stack.layers[0];
+            stack
+                ._locks
+                .push(lock_dir(upper.fd.as_fd(), &upper.path, "upper layer")?);
             stack.open_work(cfg)?;
+            if let Some(w) = &stack.work {
+                let path = cfg
+                    .workdir
+                    .clone()
+                    .unwrap_or_else(|| stack.layers[0].path.join(whiteout::DEFAULT_WORK_NAME));
+                stack._locks.push(lock_dir(w.as_fd(), &path, "workdir")?);
+            }
             stack.pick_xattr_namespace();
             stack.clean_work();
         }

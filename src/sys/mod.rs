@@ -16,9 +16,10 @@
 //! - `io.rs`: file data (read/write, in-kernel copies, holes, sync, mmap)
 //! - `event.rs`: epoll sets of once-firing entries, eventfds, non-blocking fds
 //! - `mem.rs`: large buffers as anonymous mappings (resident only where written)
-//! - `mount.rs`: mount(2) and the lazy unmount
+//! - `mount.rs`: mount(2) and the lazy unmount; `lock.rs`: flock and who holds one
 //! - `process.rs`: fork, clone, exit_now, daemonising; `signal.rs`: masks and dispositions
-//! - `ids.rs`: effective ids and umask; `net.rs`: bringing `lo` up in a new network namespace
+//! - `ids.rs`: effective ids and umask; `net.rs`: bringing `lo` up in a new network namespace,
+//!   descriptors passed over a socket; `tty.rs`: window sizes, the controlling terminal
 //! - [`uring`]: FUSE over io_uring (ring, registered buffers, passthrough backing ioctls)
 
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -29,11 +30,13 @@ mod event;
 mod fd;
 mod ids;
 mod io;
+mod lock;
 mod mem;
 mod mount;
 mod net;
 mod process;
 mod signal;
+mod tty;
 pub mod uring;
 mod xattr;
 
@@ -49,11 +52,13 @@ pub use event::*;
 pub use fd::*;
 pub use ids::*;
 pub use io::*;
+pub use lock::*;
 pub use mem::*;
 pub use mount::*;
 pub use net::*;
 pub use process::*;
 pub use signal::*;
+pub use tty::*;
 pub use xattr::*;
 
 /// Result of a system call wrapper.

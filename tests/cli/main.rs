@@ -10,5 +10,6 @@ mod fixture;
 mod lifecycle;
 mod mount_helper;
 mod node_limit;
+mod one_owner;
 mod shared;
 mod transport;

@@ -84,6 +84,13 @@ fn memory_hog_is_oom_killed_with_137_and_launcher_survives() {
     r.write_line("go");
     let o = r.finish(Duration::from_secs(60));
     assert_eq!(o.code, 137, "{o:?}");
+    assert!(
+        o.stderr
+            .contains("killed by the memory limit (--memory 64 MiB)")
+            && o.stderr.contains("larger --memory"),
+        "exit 137 not explained: {}",
+        o.stderr
+    );
     assert!(!cg.exists(), "cgroup {} left behind", cg.display());
     // The host side (this test process) is unaffected and can still allocate.
     let v = vec![1u8; 128 << 20];
@@ -243,7 +250,7 @@ fn v2_backend_kills_the_whole_tree_atomically() {
     }
     let Some(u) = require_v2() else { return };
     let b = V2::with_parent(u);
-    assert!(b.unusable_reason().is_none());
+    assert!(b.unusable_reason(&Limits::default()).is_none());
     teardown_kills_everything(Box::new(b));
 }
 
@@ -278,6 +285,35 @@ fn rootless_without_delegation_warns_once_and_runs() {
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert_eq!(stderr.matches("warning").count(), 1, "{stderr}");
     assert!(stderr.contains("WITHOUT resource limits"), "{stderr}");
+    // It names the controllers that are missing and the fix for this host's cgroup mode.
+    match cgroup::detect() {
+        layout @ (Layout::V1(_) | Layout::Hybrid { .. }) => {
+            for c in [
+                "v1 memory controller",
+                "needed for --memory",
+                "v1 pids controller",
+            ] {
+                assert!(stderr.contains(c), "{c:?} missing: {stderr}");
+            }
+            assert!(
+                !stderr.contains("v1 cpu controller"),
+                "--cpus was not asked: {stderr}"
+            );
+            assert!(
+                !stderr.contains("systemd-run"),
+                "v2 advice on a v1 host: {stderr}"
+            );
+            assert!(stderr.contains("chown -R 65534"), "{stderr}");
+            if matches!(layout, Layout::Hybrid { .. }) {
+                assert!(stderr.contains("This host is hybrid"), "{stderr}");
+            }
+        }
+        Layout::V2(_) => {
+            assert!(stderr.contains("cgroup v2 tree"), "{stderr}");
+            assert!(stderr.contains("Delegate=yes"), "{stderr}");
+        }
+        Layout::None => {}
+    }
 }
 
 /// The bind stand-in (this test is about cgroups, not FUSE access for uid 65534).

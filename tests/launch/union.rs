@@ -144,3 +144,75 @@ fn read_only_root_refuses_writes_and_tmp_upper_leaves_nothing() {
     assert_eq!(o.stdout, "x\n", "{o:?}");
     assert_lowers_unchanged(&before);
 }
+
+#[test]
+fn a_second_container_on_a_used_upper_is_refused_naming_the_holder() {
+    if !require_root() || !require_union() {
+        return;
+    }
+    let before = lowers_snapshot();
+    let upper = TempDir::new("owner");
+    let up = upper.0.to_string_lossy().into_owned();
+    let mut first = spawn(&args(&[
+        &stack(),
+        &up,
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo one > /f; echo up; read x",
+    ]));
+    assert_eq!(first.read_line(), "up");
+    // The holder (the launcher's child outside the container, serving the root with its
+    // threads; the other such child is the single-threaded reaper) holds the upper.
+    let threads = |p: nix::unistd::Pid| {
+        std::fs::read_dir(format!("/proc/{p}/task"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let holder = children(first.pid())
+        .into_iter()
+        .find(|p| ns_of(*p, "pid") == ns_of(first.pid(), "pid") && threads(*p) > 1)
+        .expect("no holder process");
+    let upper_before: usize = std::fs::read_dir(&upper.0).unwrap().flatten().count();
+    let t = std::time::Instant::now();
+    let o = run(&args(&[
+        &stack(),
+        &up,
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo two > /f",
+    ]));
+    assert_eq!(o.code, 125, "{o:?}");
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(3),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(
+        o.stderr.contains("in use by another union")
+            && o.stderr.contains(&format!("pid {holder} ")),
+        "holder {holder} not named: {}",
+        o.stderr
+    );
+    assert_eq!(std::fs::read_to_string(upper.join("f")).unwrap(), "one\n");
+    let upper_after: usize = std::fs::read_dir(&upper.0).unwrap().flatten().count();
+    assert_eq!(upper_after, upper_before);
+    // kill -9 of the first launcher: its holder dies with it and the upper is free at once.
+    first.signal(nix::sys::signal::Signal::SIGKILL);
+    let _ = first.finish(std::time::Duration::from_secs(10));
+    assert!(wait_for(std::time::Duration::from_secs(2), || !alive(
+        holder
+    )));
+    let o = run(&args(&[
+        &stack(),
+        &up,
+        "--",
+        "/bin/sh",
+        "-c",
+        "cat /f; echo two > /f",
+    ]));
+    assert_eq!((o.code, o.stdout.as_str()), (0, "one\n"), "{o:?}");
+    assert_eq!(std::fs::read_to_string(upper.join("f")).unwrap(), "two\n");
+    assert_lowers_unchanged(&before);
+}

@@ -78,8 +78,15 @@ pub fn detect() -> Layout {
 pub trait Backend: std::fmt::Debug + Send {
     /// A short description for messages ("cgroup v1 (memory, pids, ...)").
     fn describe(&self) -> String;
-    /// Why this process cannot create cgroups here, if it cannot (not root, not delegated).
-    fn unusable_reason(&self) -> Option<String>;
+    /// Why this process cannot create the cgroups `limits` need here, if it cannot (not root,
+    /// not delegated), naming the controllers that are missing.
+    fn unusable_reason(&self, limits: &Limits) -> Option<String>;
+    /// What an unprivileged user does on this host to get limits (delegation fits v2, not v1).
+    fn fix_hint(&self) -> String;
+    /// How many times the kernel's out-of-memory killer killed a process of cgroup `name`.
+    fn oom_kills(&self, _name: &str) -> u64 {
+        0
+    }
     /// Which of `limits` this backend cannot enforce on this host (names of the options).
     fn unsupported(&self, limits: &Limits) -> Vec<&'static str>;
     /// Create cgroup `name` with `limits` (those it supports).
@@ -108,7 +115,9 @@ pub fn backend_for(
         (CgroupChoice::Auto | CgroupChoice::V2, Layout::V2(p)) => Some(v2(p)),
         (CgroupChoice::Auto | CgroupChoice::V1, Layout::V1(m)) => Some(v1(m)),
         // On a hybrid host the controllers live in v1; the v2 tree can only place and kill.
-        (CgroupChoice::Auto | CgroupChoice::V1, Layout::Hybrid { v1: m, .. }) => Some(v1(m)),
+        (CgroupChoice::Auto | CgroupChoice::V1, Layout::Hybrid { v1: m, .. }) => {
+            Some(Box::new(v1::V1::new(m.clone()).on_hybrid_host()))
+        }
         (CgroupChoice::V2, Layout::Hybrid { unified, .. }) => Some(v2(unified)),
         (CgroupChoice::V1, _) => {
             return Err(Error::msg(
@@ -136,7 +145,11 @@ pub fn remove_stale(backend: &dyn Backend) {
 pub fn teardown(backend: &dyn Backend, name: &str) -> Result<(), Error> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        backend.kill(name)?;
+        // Usually the command ended and was reaped: an empty cgroup needs no freeze and kill
+        // (on v1 the freeze alone cost milliseconds of every launch).
+        if !backend.procs(name).is_empty() {
+            backend.kill(name)?;
+        }
         if backend.procs(name).is_empty() {
             // Killed tasks leave the cgroup only once fully exited; rmdir says EBUSY until then.
             match backend.remove(name) {
@@ -150,7 +163,9 @@ pub fn teardown(backend: &dyn Backend, name: &str) -> Result<(), Error> {
                 backend.procs(name)
             )));
         }
-        std::thread::sleep(Duration::from_millis(10));
+        // Killed tasks leave within a millisecond or two; a long sleep here was wall time of
+        // every launch.
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
@@ -201,6 +216,14 @@ impl Drop for CgroupGuard {
             let _ = teardown(self.backend.as_ref(), &self.name);
         }
     }
+}
+
+/// The value of `key` in a flat-keyed cgroup file (`memory.events`, `memory.oom_control`).
+pub(crate) fn read_key(path: &Path, key: &str) -> Option<u64> {
+    std::fs::read_to_string(path)
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 /// Read a cgroup.procs-style file into pids.

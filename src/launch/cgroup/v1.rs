@@ -18,6 +18,10 @@ const USED: [&str; 4] = ["memory", "pids", "cpu", "freezer"];
 #[derive(Debug, Clone)]
 pub struct V1 {
     parents: BTreeMap<String, PathBuf>,
+    /// Controller → the hierarchy's mount point (for the delegation advice).
+    mounts: BTreeMap<String, PathBuf>,
+    /// The host also has a v2 tree (without these controllers): advice must not point there.
+    hybrid: bool,
 }
 
 /// This process's own cgroup path in each v1 hierarchy (from /proc/self/cgroup).
@@ -44,6 +48,7 @@ impl V1 {
         let root = nix::unistd::geteuid().is_root();
         let own = own_paths();
         let parents = mounts
+            .clone()
             .into_iter()
             .filter(|(c, _)| USED.contains(&c.as_str()))
             .map(|(c, m)| {
@@ -58,12 +63,39 @@ impl V1 {
                 (c, p)
             })
             .collect();
-        V1 { parents }
+        V1 {
+            parents,
+            mounts,
+            hybrid: false,
+        }
+    }
+
+    /// The same backend on a hybrid host (v1 controllers beside a controller-less v2 tree).
+    pub fn on_hybrid_host(mut self) -> Self {
+        self.hybrid = true;
+        self
     }
 
     /// A backend whose cgroups are created directly under the given directories.
     pub fn with_parents(parents: BTreeMap<String, PathBuf>) -> Self {
-        V1 { parents }
+        V1 {
+            mounts: parents.clone(),
+            parents,
+            hybrid: false,
+        }
+    }
+
+    /// The controllers `limits` need, with the option that needs each.
+    fn needed(limits: &Limits) -> Vec<(&'static str, &'static str)> {
+        [
+            (limits.memory.is_some(), "memory", "--memory"),
+            (limits.pids.is_some(), "pids", "--pids"),
+            (limits.cpus.is_some(), "cpu", "--cpus"),
+        ]
+        .into_iter()
+        .filter(|(asked, _, _)| *asked)
+        .map(|(_, c, o)| (c, o))
+        .collect()
     }
 
     fn dir(&self, ctrl: &str, name: &str) -> Option<PathBuf> {
@@ -98,17 +130,61 @@ impl Backend for V1 {
         format!("cgroup v1 ({})", c.join(", "))
     }
 
-    fn unusable_reason(&self) -> Option<String> {
+    fn unusable_reason(&self, limits: &Limits) -> Option<String> {
         if self.parents.is_empty() {
             return Some("no memory, pids, cpu or freezer hierarchy is mounted".into());
         }
-        self.parents.values().find(|p| !writable(p)).map(|p| {
-            format!(
-                "{} is not writable by uid {}",
-                p.display(),
-                nix::unistd::geteuid()
-            )
-        })
+        let uid = nix::unistd::geteuid();
+        // Name the controllers the asked limits need; without limits, any we would use.
+        let mut wanted: Vec<(&str, &str)> = Self::needed(limits);
+        if wanted.is_empty() {
+            wanted = self.parents.keys().map(|c| (c.as_str(), "")).collect();
+        }
+        let blocked: Vec<String> = wanted
+            .iter()
+            .filter_map(|(c, opt)| Some((self.parents.get(*c)?, c, opt)))
+            .filter(|(p, _, _)| !writable(p))
+            .map(|(p, c, opt)| {
+                let why = if opt.is_empty() {
+                    String::new()
+                } else {
+                    format!(", needed for {opt}")
+                };
+                format!(
+                    "the cgroup v1 {c} controller ({} is not writable by uid {uid}{why})",
+                    p.display()
+                )
+            })
+            .collect();
+        (!blocked.is_empty()).then(|| blocked.join("; "))
+    }
+
+    fn fix_hint(&self) -> String {
+        let uid = nix::unistd::geteuid();
+        let dirs: Vec<String> = self
+            .mounts
+            .iter()
+            .filter(|(c, _)| matches!(c.as_str(), "memory" | "pids" | "cpu"))
+            .map(|(_, m)| m.join(format!("u{uid}")).display().to_string())
+            .collect();
+        let why = if self.hybrid {
+            "This host is hybrid: the limits live in its cgroup v1 hierarchies, and its v2 \
+             `unified` tree has no controllers, so systemd's Delegate=yes does not give them"
+        } else {
+            "This host uses cgroup v1, where systemd does not delegate controllers to users"
+        };
+        format!(
+            "{why}. As root, give your user a cgroup in each hierarchy and start unionfs-run \
+             from a shell moved into them: for d in {}; do mkdir -p $d && chown -R {uid} $d && \
+             echo SHELL_PID > $d/cgroup.procs; done",
+            dirs.join(" ")
+        )
+    }
+
+    fn oom_kills(&self, name: &str) -> u64 {
+        self.dir("memory", name)
+            .and_then(|d| super::read_key(&d.join("memory.oom_control"), "oom_kill"))
+            .unwrap_or(0)
     }
 
     fn unsupported(&self, limits: &Limits) -> Vec<&'static str> {

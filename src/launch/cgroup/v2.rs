@@ -66,16 +66,42 @@ impl Backend for V2 {
         format!("cgroup v2 ({})", self.parent.display())
     }
 
-    fn unusable_reason(&self) -> Option<String> {
+    fn unusable_reason(&self, limits: &Limits) -> Option<String> {
         if writable(&self.parent) {
-            None
-        } else {
-            Some(format!(
-                "{} is not writable by uid {} (no delegated cgroup v2 subtree)",
-                self.parent.display(),
-                nix::unistd::geteuid()
-            ))
+            return None;
         }
+        let opts: Vec<&str> = [
+            (limits.memory.is_some(), "--memory (memory controller)"),
+            (limits.pids.is_some(), "--pids (pids controller)"),
+            (limits.cpus.is_some(), "--cpus (cpu controller)"),
+        ]
+        .into_iter()
+        .filter_map(|(asked, o)| asked.then_some(o))
+        .collect();
+        let needed = if opts.is_empty() {
+            String::new()
+        } else {
+            format!(", needed for {}", opts.join(", "))
+        };
+        Some(format!(
+            "the cgroup v2 tree: {} is not writable by uid {} (no delegated subtree{needed})",
+            self.parent.display(),
+            nix::unistd::geteuid()
+        ))
+    }
+
+    fn fix_hint(&self) -> String {
+        let uid = nix::unistd::geteuid();
+        format!(
+            "On this cgroup v2 host, run it in a delegated scope: systemd-run --user --scope -p \
+             Delegate=yes unionfs-run ...; without systemd, as root: mkdir {d} && chown -R {uid} \
+             {d}, then move your shell into it (echo SHELL_PID > {d}/cgroup.procs)",
+            d = self.parent.join(format!("u{uid}")).display()
+        )
+    }
+
+    fn oom_kills(&self, name: &str) -> u64 {
+        super::read_key(&self.parent.join(name).join("memory.events"), "oom_kill").unwrap_or(0)
     }
 
     fn unsupported(&self, limits: &Limits) -> Vec<&'static str> {
