@@ -516,14 +516,25 @@ fn upper_turning_read_only_while_mounted_gives_erofs() {
         return;
     };
     u.write("before", "b");
-    run(
-        "mount",
-        &[
-            "-o".as_ref(),
-            "remount,ro".as_ref(),
-            u.upper_fs_mount().as_os_str(),
-        ],
-    );
+    // The kernel sends RELEASE after close(2) returns: until the daemon has it, the upper file
+    // is still open for writing and a read-only remount fails with EBUSY.
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let out = std::process::Command::new("mount")
+            .args(["-o", "remount,ro"])
+            .arg(u.upper_fs_mount())
+            .output()
+            .unwrap();
+        if out.status.success() {
+            break;
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("busy") && std::time::Instant::now() < end,
+            "remount,ro of the upper: {err}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let m = |r: &str| u.m(r);
     let tries: Vec<(&str, io::Result<()>)> = vec![
         (
