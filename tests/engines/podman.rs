@@ -43,6 +43,8 @@ struct Podman {
     dir: TempDir,
     /// Rootless: commands run as [`USER`] in a private mount namespace.
     rootless: bool,
+    /// Extra environment of root podman (and so of the mount program it runs).
+    env: Vec<(&'static str, String)>,
     /// One podman at a time: root podman shares its parent cgroup, which the last one removes.
     _serial: std::sync::MutexGuard<'static, ()>,
 }
@@ -68,6 +70,7 @@ impl Podman {
             _serial: serial(),
             dir: short_temp_dir(tag),
             rootless: false,
+            env: Vec::new(),
         };
         p.write_config(&p.dir.join("etc"));
         p
@@ -78,6 +81,7 @@ impl Podman {
             _serial: serial(),
             dir: short_temp_dir(tag),
             rootless: true,
+            env: Vec::new(),
         };
         p.write_config(&p.dir.join("config/containers"));
         for d in ["home", "runtime"] {
@@ -171,7 +175,8 @@ impl Podman {
         cmd = Command::new("podman");
         cmd.args(args)
             .env("CONTAINERS_STORAGE_CONF", d.join("etc/storage.conf"))
-            .env("CONTAINERS_CONF", d.join("etc/containers.conf"));
+            .env("CONTAINERS_CONF", d.join("etc/containers.conf"))
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         spawn_cmd(&mut cmd).finish(Duration::from_secs(120))
     }
 
@@ -517,5 +522,67 @@ fn rootless_podman_loads_runs_builds_and_commits() {
     let k = std::fs::metadata(p.upper_of("k1").join("tmp/k")).unwrap();
     assert_eq!((k.uid(), k.gid()), (SUBID + 65533, SUBID + 65533));
     p.ok(&["rm", "r1", "k1"]);
+    check_end(&p, &layers, &before);
+}
+
+#[test]
+fn with_mountopt_shared_the_unions_of_all_containers_live_in_one_server() {
+    if !require_podman() {
+        return;
+    }
+    let mut p = Podman::root("shared");
+    // The README's storage.conf plus one line: every container's union goes to one server.
+    let sock = p.dir.join("unions.sock");
+    let conf = p.dir.join("etc/storage.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str(&format!("mountopt = \"nodev,shared={}\"\n", sock.display()));
+    std::fs::write(&conf, text).unwrap();
+    // The server leaves 1 s after its last union instead of 30.
+    p.env.push(("UNIONFS_SERVE_IDLE_SECS", "1".into()));
+    let (layers, before) = load(&p);
+    const N: usize = 3;
+    for i in 0..N {
+        let script = format!("echo {i} > /mine; sleep 120");
+        let name = format!("s{i}");
+        p.ok(&[
+            "run",
+            "-d",
+            "--pull=never",
+            "--network",
+            "none",
+            "--name",
+            &name,
+            IMAGE,
+            "/bin/sh",
+            "-c",
+            &script,
+        ]);
+    }
+    let me = p.dir.0.to_string_lossy().into_owned();
+    let unions = std::fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(" fuse.unionfs-mount ") && l.contains(&me))
+        .count();
+    assert_eq!(unions, N, "container roots mounted as unions");
+    // One server (and its watchdog) for all of them, where separate daemons would be N.
+    let daemons = p.daemons();
+    assert!(
+        !daemons.is_empty() && daemons.len() <= 2,
+        "{} unionfs-mount processes for {N} containers: {daemons:?}",
+        daemons.len()
+    );
+    assert!(sock.exists(), "no server socket at {}", sock.display());
+    for i in 0..N {
+        let name = format!("s{i}");
+        let out = p.ok(&["exec", &name, "cat", "/mine"]);
+        assert_eq!(out, format!("{i}\n"));
+        let upper = p.upper_of(&name);
+        assert_eq!(
+            std::fs::read_to_string(upper.join("mine")).unwrap(),
+            format!("{i}\n")
+        );
+    }
+    p.ok(&["rm", "-f", "-t", "0", "s0", "s1", "s2"]);
     check_end(&p, &layers, &before);
 }
