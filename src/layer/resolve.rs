@@ -157,7 +157,6 @@ fn lookup_in(
         return Ok(None);
     }
     let cname = CString::new(name).map_err(|_| Errno::EINVAL)?;
-    let mut found: Option<Found> = None;
     // With an index, only the upper and the lower layers that hold the name (or its whiteout)
     // are visited: the cost no longer grows with the layers above the one that has it.
     let index = set.lower_index(stack);
@@ -178,59 +177,66 @@ fn lookup_in(
             .map(|p| (p, HAS_ENTRY | HAS_WHITEOUT))
             .collect(),
     };
-    for (pos, flags) in hits {
-        let Some((l, dir)) = set.dirs.get(pos) else {
+    // First the name itself, top down, until an entry ends the search: a non-directory, an
+    // opaque directory, or a char-device whiteout. Only then the whiteout files above each
+    // entry: a name no layer has needs no whiteout check at all (half the syscalls of a
+    // failed lookup, the most common kind: PATH searches, imports, probes for config files).
+    let mut entries: Vec<(usize, libc::stat)> = Vec::new();
+    for (i, (pos, flags)) in hits.iter().enumerate() {
+        let Some((_, dir)) = set.dirs.get(*pos) else {
             continue;
         };
-        let stat = if flags & HAS_ENTRY != 0 {
-            sys::fstatat(dir.as_fd(), &cname)
-        } else {
-            Err(Errno::ENOENT)
-        };
-        match stat {
+        if flags & HAS_ENTRY == 0 {
+            continue;
+        }
+        match sys::fstatat(dir.as_fd(), &cname) {
             Ok(st) if whiteout::is_chardev_whiteout(&st) => break,
             Ok(st) => {
                 let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
-                match &mut found {
-                    None => {
-                        let ino = stack.entry_ino(*l, sys::At::new(dir.as_fd(), &cname), &st);
-                        let mut f = Found {
-                            layer: *l,
-                            st,
-                            ino,
-                            dir_layers: Vec::new(),
-                        };
-                        if !is_dir {
-                            return Ok(Some(f));
-                        }
-                        f.dir_layers.push(*l);
-                        let fd = open_subdir(dir.as_fd(), &cname)?;
-                        let opaque = is_opaque(&fd);
-                        found = Some(f);
-                        if opaque {
-                            break;
-                        }
-                    }
-                    Some(f) => {
-                        // A directory above merges only with directories below it.
-                        if !is_dir {
-                            break;
-                        }
-                        f.dir_layers.push(*l);
-                        let fd = open_subdir(dir.as_fd(), &cname)?;
-                        if is_opaque(&fd) {
-                            break;
-                        }
-                    }
+                // A directory above merges only with directories below it.
+                if !entries.is_empty() && !is_dir {
+                    break;
+                }
+                entries.push((i, st));
+                if !is_dir || is_opaque(&open_subdir(dir.as_fd(), &cname)?) {
+                    break;
                 }
             }
             Err(Errno::ENOENT) => {}
             Err(e) => return Err(e),
         }
-        // A whiteout hides the layers below its own, never an entry beside it.
+    }
+    // A whiteout hides the layers below its own, never an entry beside it: an entry counts
+    // only if no layer from the previous entry's (the top, for the first) down to just above
+    // its own whites the name out.
+    let whited_out = |i: usize| {
+        let (pos, flags) = hits[i];
+        let Some((l, dir)) = set.dirs.get(pos) else {
+            return false;
+        };
         let indexed = index.is_some() && !stack.is_upper(*l);
-        if flags & HAS_WHITEOUT != 0 && (indexed || has_whiteout(dir, name)) {
+        flags & HAS_WHITEOUT != 0 && (indexed || has_whiteout(dir, name))
+    };
+    let mut found: Option<Found> = None;
+    let mut from = 0;
+    for (i, st) in entries {
+        if (from..i).any(whited_out) {
             break;
+        }
+        from = i;
+        let (l, dir) = &set.dirs[hits[i].0];
+        match &mut found {
+            None => {
+                let ino = stack.entry_ino(*l, sys::At::new(dir.as_fd(), &cname), &st);
+                let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+                found = Some(Found {
+                    layer: *l,
+                    st,
+                    ino,
+                    dir_layers: if is_dir { vec![*l] } else { Vec::new() },
+                });
+            }
+            Some(f) => f.dir_layers.push(*l),
         }
     }
     Ok(found)
