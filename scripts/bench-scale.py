@@ -323,7 +323,7 @@ FEWEST = {
     "tar extract": "9: lookup, create, release, getattr, 3 setattr, 2 getxattr",
     "ls -lR (cold)": "1: getxattr (plus a readdirplus per directory)",
     "find (cold)": "0 (a readdirplus per directory)",
-    "rm -rf (lower files)": "3: unlink, getattr, forget",
+    "rm -rf (lower files)": "4: lookup, unlink, getattr, forget (the names are not cached after a cold find)",
 }
 FEWEST_WHY = """Why these are the floor:
 - **getattr after create, unlink, rm**: every change to a directory makes the kernel drop the
@@ -333,6 +333,8 @@ FEWEST_WHY = """Why these are the floor:
   on every request.
 - **lookup before create**: a name the kernel has never seen is looked up before `atomic_open`
   sends CREATE; negative entries are cached afterwards, so a repeated miss costs nothing.
+- **lookup before unlink**: `rm` removes names it read from a listing; the kernel needs each
+  name's inode before it may unlink it, and a bare listing cached none.
 - **forget**: the kernel tells the daemon when it drops an inode; batched when several are queued.
 - **tar's 3 setattr** are its own `fchown`, `fchmod` and `utimensat`; the **2 getxattr** are
   `security.capability`, which the kernel reads before a write and a chown to learn whether file
