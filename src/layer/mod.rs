@@ -4,6 +4,7 @@
 pub mod copyup;
 pub mod data;
 pub mod idmap;
+pub mod known;
 pub mod metacopy;
 pub mod ops;
 pub mod readdir;

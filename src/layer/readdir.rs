@@ -55,12 +55,14 @@ pub fn list(stack: &Stack, set: &DirSet, skip_work: bool) -> SysResult<Vec<Merge
     let mut seen: HashSet<Vec<u8>> = HashSet::new();
     let mut hidden: HashSet<Vec<u8>> = HashSet::new();
     let mut out = Vec::new();
-    for (l, dir) in &set.dirs {
+    for (pos, (l, dir)) in set.dirs.iter().enumerate() {
         let entries = sys::read_dir(dir.as_fd())?;
         let mut layer_hides = Vec::new();
+        let mut wh_files = Vec::new();
         for e in entries {
             if let Some(target) = whiteout::whited_out(&e.name) {
                 layer_hides.push(target.to_vec());
+                wh_files.push(target.to_vec());
                 continue;
             }
             if whiteout::is_hidden(&e.name) {
@@ -92,6 +94,10 @@ pub fn list(stack: &Stack, set: &DirSet, skip_work: bool) -> SysResult<Vec<Merge
             });
         }
         hidden.extend(layer_hides);
+        // The whole directory was read: lookups in it need not stat whiteout files any more.
+        if !stack.is_upper(*l) {
+            set.learn_whiteouts(stack, pos, wh_files);
+        }
     }
     Ok(out)
 }

@@ -4,6 +4,7 @@
 use std::ffi::CString;
 use std::os::fd::{AsFd, OwnedFd};
 
+use crate::layer::known::{self, Whiteouts};
 use crate::layer::stack::{open_subdir, LayerIdx, Stack};
 use crate::layer::whiteout;
 use crate::sys::{self, Errno, SysResult};
@@ -16,6 +17,9 @@ pub struct DirSet {
     /// For deep stacks: which lower layers of this directory hold each name or its whiteout.
     /// Lower layers never change, so it is built once per opened set.
     index: std::sync::OnceLock<Option<LowerIndex>>,
+    /// Per position in `dirs`: the lower directory's whiteouts when known (see `known`);
+    /// `None` until a lookup or listing needed them.
+    known: parking_lot::RwLock<Option<Vec<Option<Whiteouts>>>>,
 }
 
 /// Name → positions in `DirSet::dirs` (with `HAS_ENTRY` / `HAS_WHITEOUT`), lower layers only.
@@ -31,6 +35,7 @@ impl DirSet {
         DirSet {
             dirs,
             index: std::sync::OnceLock::new(),
+            known: parking_lot::RwLock::new(None),
         }
     }
 
@@ -86,6 +91,49 @@ impl DirSet {
             return Err(Errno::ENOENT);
         }
         Ok(DirSet::from_dirs(dirs))
+    }
+
+    /// Whether lower position `pos` whites `name` out, when its whiteouts are known; `None`
+    /// sends the caller to the layer.
+    fn known_whiteout(&self, stack: &Stack, pos: usize, name: &[u8]) -> Option<bool> {
+        if stack.known.is_empty() {
+            return None;
+        }
+        if let Some(k) = self.known.read().as_ref() {
+            return k.get(pos)?.as_ref().map(|s| s.contains(name));
+        }
+        let all: Vec<Option<Whiteouts>> = self
+            .dirs
+            .iter()
+            .map(|(l, fd)| {
+                if stack.is_upper(*l) {
+                    return None;
+                }
+                stack.known.get(known::key_of(fd)?)
+            })
+            .collect();
+        let answer = all.get(pos)?.as_ref().map(|s| s.contains(name));
+        *self.known.write() = Some(all);
+        answer
+    }
+
+    /// Records that a listing read lower position `pos` whole and found these `whiteouts`.
+    pub fn learn_whiteouts(&self, stack: &Stack, pos: usize, whiteouts: Vec<Vec<u8>>) {
+        let Some((l, fd)) = self.dirs.get(pos) else {
+            return;
+        };
+        if stack.is_upper(*l) {
+            return;
+        }
+        let Some(key) = known::key_of(fd) else {
+            return;
+        };
+        let set = stack.known.learn(key, whiteouts);
+        let mut k = self.known.write();
+        let v = k.get_or_insert_with(|| vec![None; self.dirs.len()]);
+        if let Some(slot) = v.get_mut(pos) {
+            *slot = Some(set);
+        }
     }
 
     /// The upper's fd of this directory, if it exists there.
@@ -215,7 +263,11 @@ fn lookup_in(
             return false;
         };
         let indexed = index.is_some() && !stack.is_upper(*l);
-        flags & HAS_WHITEOUT != 0 && (indexed || has_whiteout(dir, name))
+        flags & HAS_WHITEOUT != 0
+            && (indexed
+                || set
+                    .known_whiteout(stack, pos, name)
+                    .unwrap_or_else(|| has_whiteout(dir, name)))
     };
     let mut found: Option<Found> = None;
     let mut from = 0;
@@ -289,4 +341,71 @@ pub fn root_layers(stack: &Stack) -> Vec<LayerIdx> {
 /// The upper's whiteouts do not count: they are what we may be about to (re)write.
 pub fn lower_has(stack: &Stack, set: &DirSet, name: &[u8]) -> SysResult<bool> {
     Ok(lookup_in(stack, set, name, true)?.is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer::readdir;
+    use crate::layer::StackConfig;
+
+    /// A temp dir removed when dropped.
+    struct Tmp(std::path::PathBuf);
+    impl Drop for Tmp {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn after_a_listing_lower_whiteouts_come_from_memory_and_missing_names_skip_them() {
+        let t = Tmp(std::env::temp_dir().join(format!(
+            "unionfs-known-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        )));
+        let (l1, l2) = (t.0.join("l1/d"), t.0.join("l2/d"));
+        std::fs::create_dir_all(&l1).unwrap();
+        std::fs::create_dir_all(&l2).unwrap();
+        std::fs::write(l1.join(".wh.x"), "").unwrap();
+        std::fs::write(l2.join("x"), "x").unwrap();
+        std::fs::write(l2.join("y"), "y").unwrap();
+        let stack = Stack::open(&StackConfig {
+            lowers: vec![t.0.join("l1"), t.0.join("l2")],
+            upper: None,
+            workdir: None,
+        })
+        .unwrap();
+        let root = root_layers(&stack);
+        let set = DirSet::open(&stack, b"d", &root).unwrap();
+        let names = |set: &DirSet| -> Vec<Vec<u8>> {
+            let mut v: Vec<_> = readdir::list(&stack, set, false)
+                .unwrap()
+                .into_iter()
+                .map(|e| e.name)
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names(&set), vec![b"y".to_vec()]);
+        assert!(lookup(&stack, &set, b"x").unwrap().is_none());
+        assert_eq!(lookup(&stack, &set, b"y").unwrap().unwrap().layer, 1);
+        assert!(lookup(&stack, &set, b"z").unwrap().is_none());
+        // Only to show where the answer comes from (lower layers never change under a union):
+        // with the whiteout file gone from the disk, the set the listing learned still hides
+        // x, in this directory set and in a new one for the same layer directories.
+        std::fs::remove_file(l1.join(".wh.x")).unwrap();
+        assert!(lookup(&stack, &set, b"x").unwrap().is_none());
+        let again = DirSet::open(&stack, b"d", &root).unwrap();
+        assert!(lookup(&stack, &again, b"x").unwrap().is_none());
+        // A stack that never listed the directory asks the disk.
+        let fresh = Stack::open(&StackConfig {
+            lowers: vec![t.0.join("l1"), t.0.join("l2")],
+            upper: None,
+            workdir: None,
+        })
+        .unwrap();
+        let set = DirSet::open(&fresh, b"d", &root_layers(&fresh)).unwrap();
+        assert_eq!(lookup(&fresh, &set, b"x").unwrap().unwrap().layer, 1);
+    }
 }

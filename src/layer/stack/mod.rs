@@ -66,6 +66,8 @@ pub struct Stack {
     /// Per lower layer, built on first need: the paths of every file with several names,
     /// by inode number (to give all names of a copied-up file their upper link).
     hardlinks: parking_lot::Mutex<HashMap<LayerIdx, Arc<HardLinks>>>,
+    /// Whiteouts of lower directories a listing has read whole (see `known`).
+    pub known: crate::layer::known::KnownWhiteouts,
     /// Readable descriptors of the upper and the work dir holding an exclusive flock for the
     /// stack's life: one union per upper (see [`lock_dir`]).
     _locks: Vec<OwnedFd>,
@@ -182,6 +184,7 @@ impl Stack {
             next_stage: std::sync::atomic::AtomicU64::new(1),
             counters: Counters::default(),
             hardlinks: parking_lot::Mutex::new(HashMap::new()),
+            known: Default::default(),
             _locks: Vec::new(),
         };
         if has_upper {
