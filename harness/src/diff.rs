@@ -440,7 +440,14 @@ fn bridge_exdev(
         )));
     }
     let r = if exchange {
-        // What a program does without RENAME_EXCHANGE: three moves through a temporary name.
+        // What a program does without RENAME_EXCHANGE: three moves through a temporary name,
+        // on the real paths: once the first move is made, a path through a symlink that is
+        // one of the two ends no longer leads where it did.
+        let real = |p: &Path| match (p.parent().map(std::fs::canonicalize), p.file_name()) {
+            (Some(Ok(dir)), Some(name)) => dir.join(name),
+            _ => p.to_path_buf(),
+        };
+        let (src, dst) = (real(&src), real(&dst));
         let tmp = src.with_file_name(".harness-exchange-tmp");
         move_path(&src, &tmp)
             .and_then(|()| move_path(&dst, &src))
