@@ -241,8 +241,14 @@ impl Locked<'_> {
         Ok(upper)
     }
 
-    /// Removes the named containers, refusing a running one.
-    pub fn remove_container(&self, name: &str) -> Result<()> {
+    /// Removes container `name`, refusing a running one. Its directory leaves the store's
+    /// containers/ in one rename, then `remove` removes the tree (which for a rootless
+    /// container's files may take a user namespace, see `launch`).
+    pub fn remove_container(
+        &self,
+        name: &str,
+        remove: &dyn Fn(&Path) -> std::io::Result<()>,
+    ) -> Result<()> {
         let store = self.store();
         if store.container(name)?.is_none() {
             return Err(Error::new(format!(
@@ -257,17 +263,26 @@ impl Locked<'_> {
             )));
         }
         let dir = store.container_dir(name);
-        let gone = store.sub("tmp").join(format!("container-{name}"));
-        std::fs::rename(&dir, &gone)
-            .and_then(|()| remove_tree(&gone))
-            .map_err(|e| {
-                Error::sys(
-                    format!("removing container '{name}' ({})", dir.display()),
-                    e,
-                    "files a container wrote as another user of a rootless run may need root (or \
-                     the same user namespace) to remove",
-                )
-            })
+        let gone = store
+            .sub("tmp")
+            .join(format!("container-{name}.{}", std::process::id()));
+        std::fs::rename(&dir, &gone).map_err(|e| {
+            Error::sys(
+                format!("removing container '{name}' ({})", dir.display()),
+                e,
+                "",
+            )
+        })?;
+        remove(&gone).map_err(|e| {
+            Error::sys(
+                format!(
+                    "container '{name}' is out of the store, but removing its files in {} failed",
+                    gone.display()
+                ),
+                e,
+                "remove them as root",
+            )
+        })
     }
 
     /// Finds an image by reference (`DIR:TAG`, as listed) or id (or a prefix of its hex of 4

@@ -29,6 +29,7 @@ pub mod signals;
 mod staging;
 pub mod store_cmd;
 pub mod terminal;
+mod unshared_rm;
 pub mod user;
 
 pub use config::LaunchConfig;

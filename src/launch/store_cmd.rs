@@ -46,7 +46,7 @@ fn exec(root: Option<&Path>, cmd: &StoreCommand) -> Result<bool, Error> {
         StoreCommand::Rm(names) => {
             let lock = store.lock()?;
             Ok(each(names, |n| {
-                lock.remove_container(n)?;
+                lock.remove_container(n, &super::unshared_rm::remove)?;
                 println!("{n}");
                 Ok(())
             }))
@@ -129,16 +129,16 @@ fn age(created: u64) -> String {
         .unwrap_or(0);
     let s = now.saturating_sub(created);
     match s {
-        s if s < 60 => format!("{s} seconds ago"),
-        s if s < 3600 => format!("{} minutes ago", s / 60),
-        s if s < 86400 => format!("{} hours ago", s / 3600),
-        s => format!("{} days ago", s / 86400),
+        s if s < 60 => format!("{s}s ago"),
+        s if s < 3600 => format!("{}m ago", s / 60),
+        s if s < 86400 => format!("{}h ago", s / 3600),
+        s => format!("{}d ago", s / 86400),
     }
 }
 
 fn images(store: &Store) -> Result<(), Error> {
     println!(
-        "{:<14}{:<8}{:<11}{:<16}REFERENCE",
+        "{:<14}{:<8}{:<11}{:<10}REFERENCE",
         "IMAGE ID", "LAYERS", "SIZE", "CREATED"
     );
     for i in store.images()? {
@@ -150,7 +150,7 @@ fn images(store: &Store) -> Result<(), Error> {
             .sum();
         let id = Digest::parse(&i.id).map_or(i.id.clone(), |d| d.short().to_string());
         println!(
-            "{:<14}{:<8}{:<11}{:<16}{}",
+            "{:<14}{:<8}{:<11}{:<10}{}",
             id,
             i.layers.len(),
             size(bytes),
@@ -210,7 +210,7 @@ fn containers(store: &Store) -> Result<(), Error> {
         };
         let upper = store.container_dir(&c.name).join("upper");
         println!(
-            "{:<20}{:<28}{:<11}{:<16}{source}",
+            "{:<20}{:<36}{:<11}{:<10}{source}",
             c.name,
             status,
             size(store.usage(&upper)),
