@@ -407,7 +407,10 @@ impl Locked<'_> {
             )));
         }
         // Out of layers/ first, in one rename: a half-removed layer must never be mounted.
-        let gone = store.sub("tmp").join(format!("removing-{}", d.file_name()));
+        let gone =
+            store
+                .sub("tmp")
+                .join(format!("removing-{}.{}", d.file_name(), std::process::id()));
         std::fs::rename(&dir, &gone)
             .and_then(|()| remove_tree(&gone))
             .map_err(|e| Error::sys(format!("removing layer {}", dir.display()), e, ""))

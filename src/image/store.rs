@@ -396,7 +396,11 @@ pub fn launchers(mut pids: Vec<i32>) -> Vec<i32> {
     pids.dedup();
     let parent = |p: i32| -> Option<i32> {
         let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
-        stat[stat.rfind(')')? + 2..].split(' ').nth(1)?.parse().ok()
+        stat.get(stat.rfind(')')? + 2..)?
+            .split(' ')
+            .nth(1)?
+            .parse()
+            .ok()
     };
     pids.iter()
         .copied()

@@ -146,7 +146,11 @@ fn from_store(
         if let Some(c) = &existing {
             same_source(c, &want)?;
         }
-        cfg.upper = Some(lock.create_container(&want)?);
+        let upper = lock.create_container(&want)?;
+        if existing.is_none() {
+            owned_by_container_root(&upper, cfg)?;
+        }
+        cfg.upper = Some(upper);
         held._name = Some(claim(&store, name)?);
     }
     if !dirs.is_empty() {
@@ -157,6 +161,24 @@ fn from_store(
 
 fn canonical(p: &Path) -> PathBuf {
     std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// Gives a new named container's upper to the container's root: with `--uid-map` ranges as
+/// root that is another host id than ours, and it could not write its own root directory
+/// otherwise (a user's own upper must be chowned the same way).
+fn owned_by_container_root(upper: &Path, cfg: &LaunchConfig) -> Result<(), Error> {
+    let host =
+        |ranges: &[super::idmap::IdRange]| ranges.iter().find(|r| r.inside == 0).map(|r| r.outside);
+    let (uid, gid) = (host(&cfg.uid_maps), host(&cfg.gid_maps));
+    if !nix::unistd::geteuid().is_root() || (uid.is_none() && gid.is_none()) {
+        return Ok(());
+    }
+    std::os::unix::fs::chown(upper, uid, gid).map_err(|e| {
+        Error::msg(format!(
+            "giving {} to the container's root: {e}",
+            upper.display()
+        ))
+    })
 }
 
 /// Refuses to run container `have` on another root than the one it was made with.

@@ -120,6 +120,26 @@ fn a_named_container_keeps_its_upper_and_runs_once_at_a_time() {
     let o = s.run(&["--image", &app, "--name", "bad/name", "--", "/bin/true"]);
     assert_eq!(o.code, 125, "{o:?}");
     assert!(o.stderr.contains("a container name starts with"), "{o:?}");
+    // As root with --uid-map ranges, a new name's upper belongs to the container's root.
+    let o = s.run(&[
+        "--uid-map",
+        "0:100000:65536",
+        "--gid-map",
+        "0:100000:65536",
+        "--image",
+        &app,
+        "--user",
+        "0",
+        "--name",
+        "mapped",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo m > /m",
+    ]);
+    assert_eq!(o.code, 0, "{o:?}");
+    let m = std::fs::metadata(s.path().join("containers/mapped/upper/m")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (100000, 100000));
     // Named containers on plain layer directories work the same way.
     let lowers = example_layers().join("base");
     let o = s.run(&[
