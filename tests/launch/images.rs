@@ -81,9 +81,14 @@ impl TestStore {
 
     /// `unionfs-run --store STORE ARGS...`.
     pub fn run(&self, a: &[&str]) -> Outcome {
+        self.spawn(a).finish(std::time::Duration::from_secs(30))
+    }
+
+    /// [`TestStore::run`], started and left running.
+    pub fn spawn(&self, a: &[&str]) -> Running {
         let mut v = args(&["--store", &self.path().to_string_lossy()]);
         v.extend(args(a));
-        run(&v)
+        spawn(&v)
     }
 
     /// The names in `layers/` (sha256-HEX, the diff ids).
@@ -427,11 +432,7 @@ fn each_layer_is_unpacked_once_and_shared_also_by_concurrent_runs() {
     let app = image(&l, "app");
     // Three launches of the app image at once on an empty store: one unpack per layer.
     let runs: Vec<Running> = (0..3)
-        .map(|_| {
-            let mut v = args(&["--store", &s.path().to_string_lossy(), "--image", &app]);
-            v.extend(args(&["--", "/bin/cat", "/app/hello.sh"]));
-            spawn(&v)
-        })
+        .map(|_| s.spawn(&["--image", &app, "--", "/bin/cat", "/app/hello.sh"]))
         .collect();
     for r in runs {
         let o = r.finish(std::time::Duration::from_secs(60));

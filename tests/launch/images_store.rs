@@ -56,16 +56,7 @@ fn a_named_container_keeps_its_upper_and_runs_once_at_a_time() {
     ]);
     assert_eq!((o.code, o.stdout.as_str()), (0, "one\ntwo\n"), "{o:?}");
     // A second run while one runs is refused, naming the running launcher.
-    let mut first = spawn(&args(&[
-        "--store",
-        &s.path().to_string_lossy(),
-        "--name",
-        "web",
-        "--",
-        "/bin/sh",
-        "-c",
-        "echo ready; read x",
-    ]));
+    let mut first = s.spawn(&["--name", "web", "--", "/bin/sh", "-c", "echo ready; read x"]);
     assert_eq!(first.read_line(), "ready");
     let o = s.run(&["--name", "web", "--", "/bin/true"]);
     assert_eq!(o.code, 125, "{o:?}");
@@ -195,16 +186,7 @@ fn listing_and_removing_refuse_what_is_in_use() {
     assert!(!o.stdout.contains("removed layer"), "{o:?}");
     assert_eq!(s.layers(), layers);
     // A running unnamed container holds its layers: rmi waits for it to end.
-    let mut running = spawn(&args(&[
-        "--store",
-        &s.path().to_string_lossy(),
-        "--image",
-        &app,
-        "--",
-        "/bin/sh",
-        "-c",
-        "echo ready; read x",
-    ]));
+    let mut running = s.spawn(&["--image", &app, "--", "/bin/sh", "-c", "echo ready; read x"]);
     assert_eq!(running.read_line(), "ready");
     let o = s.run(&["rm", "web"]);
     assert_eq!((o.code, o.stdout.as_str()), (0, "web\n"), "{o:?}");
