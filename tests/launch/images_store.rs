@@ -166,6 +166,14 @@ fn listing_and_removing_refuse_what_is_in_use() {
     assert_eq!(layers.len(), 2);
     let o = s.run(&["images"]);
     assert!(o.stdout.contains(&base) && o.stdout.contains(&app), "{o:?}");
+    // UNIONFS_STORE names the store when --store does not.
+    let o = spawn_cmd(
+        std::process::Command::new(BIN)
+            .arg("images")
+            .env("UNIONFS_STORE", s.path()),
+    )
+    .finish(Duration::from_secs(30));
+    assert!(o.stdout.contains(&base) && o.stdout.contains(&app), "{o:?}");
     let o = s.run(&["layers"]);
     assert_eq!(o.stdout.lines().count(), 3, "{o:?}");
     assert!(o.stdout.contains("container web"), "{o:?}");
