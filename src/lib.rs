@@ -13,6 +13,7 @@
 pub mod daemon;
 pub mod error;
 pub mod fs;
+pub mod image;
 pub mod launch;
 pub mod layer;
 pub mod mount;

@@ -4,15 +4,18 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::launch::capabilities::{effective_set, parse_cap, CapSpec};
 use crate::launch::config::{
-    parse_bind, parse_count, parse_cpus, parse_env, parse_lowers, parse_size, parse_user, BindSpec,
+    parse_bind, parse_count, parse_cpus, parse_env, parse_lowers, parse_size, BindSpec,
     CgroupChoice, Limits, NetMode, RootSource, UserSpec,
 };
+use crate::launch::exit::EXIT_LAUNCHER;
 use crate::launch::idmap::IdRange;
+use crate::launch::image::{self, Request};
 use crate::launch::seccomp::{parse_choice, SeccompChoice};
+use crate::launch::store_cmd::{self, StoreCommand};
 use crate::launch::{Error, LaunchConfig};
 
 const EXAMPLES: &str = "\
@@ -27,6 +30,12 @@ Examples:
   # rootless with a range of ids (from /etc/subuid and /etc/subgid)
   unionfs-run --uid-map 0:1000:1 --uid-map 1:100000:65536 --gid-map 0:1000:1 --gid-map 1:100000:65536 \\
       --tmp-upper example/base -- /bin/sh
+  # an OCI image layout (skopeo copy docker://busybox oci:img:latest): its Entrypoint, Cmd,
+  # Env, WorkingDir and User apply; a throwaway upper unless --name keeps one in the store
+  unionfs-run --image img:latest
+  unionfs-run --image img --name web -e MODE=dev -- /bin/sh -c 'echo kept > /data'
+  unionfs-run --name web -- cat /data        # the same container again
+  unionfs-run images; unionfs-run layers; unionfs-run ps; unionfs-run rm web; unionfs-run rmi img:latest
 
 Exit status: the command's, 128+N when it was killed by signal N, 125 when the launcher
 failed, 126 when the command cannot be executed, 127 when it is not found.";
@@ -62,19 +71,89 @@ pub enum Source {
     Bind,
 }
 
+/// The forms of the command line, for the usage line of help and errors.
+const USAGE: &str = "unionfs-run [OPTIONS] LOWER1:LOWER2 [UPPER] -- CMD [ARGS...]
+       unionfs-run [OPTIONS] --image DIR[:TAG] [UPPER] [-- CMD [ARGS...]]
+       unionfs-run [OPTIONS] --name NAME [-- CMD [ARGS...]]
+       unionfs-run [--store DIR] images|layers|ps|rm NAME...|rmi IMAGE...|prune [LAYER...]";
+
+/// The layer store's subcommands (`unionfs-run images`, ...).
+#[derive(Debug, Clone, Subcommand)]
+pub enum StoreCmd {
+    /// List the images in the layer store (by id, with the DIR:TAG references they ran as).
+    Images,
+    /// List the unpacked layers (by diff id) and the images and containers using each.
+    Layers,
+    /// List the named containers (--name) and whether each is running.
+    #[command(visible_alias = "containers")]
+    Ps {
+        /// Accepted for podman's habit: every named container is listed, running or not.
+        #[arg(short, long)]
+        all: bool,
+    },
+    /// Remove named containers and their uppers (refused while one runs).
+    Rm {
+        /// Container names.
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
+    },
+    /// Remove images (by DIR:TAG or id prefix) and the layers nothing else uses (refused while
+    /// a named container was made from one, or a run uses its layers).
+    Rmi {
+        /// Image references or ids.
+        #[arg(required = true, value_name = "IMAGE")]
+        images: Vec<String>,
+    },
+    /// Remove the layers no image or named container uses; with LAYER arguments (diff ids or
+    /// prefixes), exactly those, refused for a layer in use.
+    Prune {
+        /// Layers to remove.
+        #[arg(value_name = "LAYER")]
+        layers: Vec<String>,
+    },
+}
+
 /// Run a command in a container whose root filesystem is a union of layers, as root or rootless.
 #[derive(Debug, Parser)]
-#[command(name = "unionfs-run", version, after_help = EXAMPLES)]
+#[command(
+    name = "unionfs-run",
+    version,
+    after_help = EXAMPLES,
+    override_usage = USAGE,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
-    /// Lower layers, topmost first, separated by ':' (escape a ':' in a path as '\:').
+    /// The layer store's listings and removals (instead of running a container).
+    #[command(subcommand)]
+    pub store_cmd: Option<StoreCmd>,
+    /// Lower layers, topmost first, separated by ':' (escape a ':' in a path as '\:'); with
+    /// --image, the image's layers are the lowers and this is the UPPER.
     #[arg(value_name = "LOWER1:LOWER2")]
-    pub lowers: String,
+    pub lowers: Option<String>,
     /// Writable upper layer (omit with --read-only or --tmp-upper).
     #[arg(value_name = "UPPER")]
     pub upper: Option<PathBuf>,
-    /// The command and its arguments (after `--`).
-    #[arg(last = true, required = true, value_name = "CMD")]
+    /// The command and its arguments (after `--`); with --image, they replace the image's Cmd.
+    #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
+    /// Run an OCI image layout directory (skopeo copy … oci:DIR:TAG, umoci, podman save
+    /// --format oci-dir); TAG defaults to the only image, else `latest`. Its layers are
+    /// unpacked into the layer store once; without UPPER, --name or --read-only the upper is
+    /// thrown away.
+    #[arg(long, value_name = "DIR[:TAG]")]
+    pub image: Option<String>,
+    /// Keep the container's upper in the layer store under NAME: the next --name NAME run
+    /// (with the same image, or alone) sees its files. One run at a time.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// The layer store (default: $UNIONFS_STORE, else /var/lib/unionfs for root,
+    /// $XDG_DATA_HOME/unionfs or ~/.local/share/unionfs for other users).
+    #[arg(long, value_name = "DIR", global = true)]
+    pub store: Option<PathBuf>,
+    /// Replace the image's Entrypoint (a program, or a JSON array); "" removes it. The
+    /// image's Cmd is then not used: give arguments after `--`.
+    #[arg(long, value_name = "CMD")]
+    pub entrypoint: Option<String>,
     /// No upper layer: the root is read-only.
     #[arg(long)]
     pub read_only: bool,
@@ -87,11 +166,13 @@ pub struct Cli {
     /// Set an environment variable (repeatable).
     #[arg(long = "env", short = 'e', value_name = "K=V", value_parser = parse_env)]
     pub env: Vec<(String, String)>,
-    /// Working directory inside the container.
-    #[arg(long, default_value = "/")]
-    pub cwd: PathBuf,
-    /// Run the command as UID[:GID] (numeric).
-    #[arg(long, value_name = "UID[:GID]", value_parser = parse_user)]
+    /// Working directory inside the container (default: the image's WorkingDir, else /); it
+    /// must exist.
+    #[arg(long, short = 'w', visible_alias = "cwd", value_name = "DIR")]
+    pub workdir: Option<PathBuf>,
+    /// Run the command as USER[:GROUP], by number or by a name from the container's
+    /// /etc/passwd and /etc/group (default: the image's User, else root).
+    #[arg(long, value_name = "USER[:GROUP]", value_parser = UserSpec::parse)]
     pub user: Option<UserSpec>,
     /// Bind a host path into the container (repeatable).
     #[arg(long, value_name = "SRC:DST[:ro]", value_parser = parse_bind)]
@@ -148,6 +229,29 @@ pub struct Cli {
     pub root_source: Source,
 }
 
+/// The store subcommands' names (and aliases).
+const STORE_COMMANDS: [&str; 7] = ["images", "layers", "ps", "containers", "rm", "rmi", "prune"];
+
+/// `unionfs-run --store DIR images ...` as `unionfs-run images --store DIR ...`: a subcommand
+/// must come first among the arguments (so that a layer directory named like one still works
+/// after others), but `--store` naturally goes in front.
+fn store_first(mut argv: Vec<OsString>) -> Vec<OsString> {
+    let n = match argv.get(1).and_then(|a| a.to_str()) {
+        Some("--store") => 2,
+        Some(a) if a.starts_with("--store=") => 1,
+        _ => return argv,
+    };
+    let is_cmd = argv
+        .get(1 + n)
+        .and_then(|a| a.to_str())
+        .is_some_and(|a| STORE_COMMANDS.contains(&a));
+    if is_cmd {
+        let store: Vec<OsString> = argv.drain(1..1 + n).collect();
+        argv.splice(2..2, store);
+    }
+    argv
+}
+
 /// The usage line that every argument error ends with: the command goes after `--`.
 pub const USAGE_HINT: &str =
     "the command goes after `--`: unionfs-run [OPTIONS] LOWER1:LOWER2 [UPPER] -- CMD [ARGS...]";
@@ -157,7 +261,14 @@ impl Cli {
     /// shows the `--`, and for a command given without `--`, how to write it.
     pub fn parse_or_exit() -> Cli {
         use clap::error::ErrorKind;
-        match Cli::try_parse() {
+        let parsed =
+            Cli::try_parse_from(store_first(std::env::args_os().collect())).and_then(|c| {
+                match c.combination_error() {
+                    Some((kind, msg)) => Err(Cli::command().error(kind, msg)),
+                    None => Ok(c),
+                }
+            });
+        match parsed {
             Ok(c) => c,
             Err(e) if !e.use_stderr() => e.exit(),
             Err(e) => {
@@ -177,19 +288,116 @@ impl Cli {
         }
     }
 
-    /// The launch configuration this command line asks for.
+    /// A combination of arguments clap's rules cannot refuse: the kind of error and why.
+    fn combination_error(&self) -> Option<(clap::error::ErrorKind, String)> {
+        use clap::error::ErrorKind;
+        if self.store_cmd.is_some() {
+            return None;
+        }
+        let from_store = self.image.is_some() || (self.name.is_some() && self.lowers.is_none());
+        if self.image.is_some() && self.upper.is_some() {
+            return Some((
+                ErrorKind::TooManyValues,
+                "with --image the layers come from the image: give at most one directory, the \
+                 UPPER"
+                    .into(),
+            ));
+        }
+        if self.name.is_some() && (self.tmp_upper || self.read_only || self.upper_given()) {
+            return Some((
+                ErrorKind::ArgumentConflict,
+                "--name keeps the container's upper in the layer store: leave out UPPER, \
+                 --tmp-upper and --read-only"
+                    .into(),
+            ));
+        }
+        if !from_store && self.lowers.is_none() {
+            return Some((
+                ErrorKind::MissingRequiredArgument,
+                "no layers given: name them (LOWER1:LOWER2), or run an image with --image \
+                 DIR[:TAG]"
+                    .into(),
+            ));
+        }
+        if !from_store && self.command.is_empty() && self.entrypoint.is_none() {
+            return Some((
+                ErrorKind::MissingRequiredArgument,
+                "no command given: put it after `--`".into(),
+            ));
+        }
+        None
+    }
+
+    /// Whether an UPPER directory was given (with --image, it is the one positional).
+    fn upper_given(&self) -> bool {
+        self.upper.is_some() || (self.image.is_some() && self.lowers.is_some())
+    }
+
+    /// Runs what the command line asks for (a container, or a store subcommand) and returns
+    /// the exit status: the command's, 125 when the launcher failed, 1 for a store command
+    /// that failed.
+    pub fn execute(mut self) -> i32 {
+        if let Some(cmd) = self.store_cmd.take() {
+            let cmd = match cmd {
+                StoreCmd::Images => StoreCommand::Images,
+                StoreCmd::Layers => StoreCommand::Layers,
+                StoreCmd::Ps { .. } => StoreCommand::Containers,
+                StoreCmd::Rm { names } => StoreCommand::Rm(names),
+                StoreCmd::Rmi { images } => StoreCommand::Rmi(images),
+                StoreCmd::Prune { layers } => StoreCommand::Prune(layers),
+            };
+            return store_cmd::run(self.store.as_deref(), &cmd);
+        }
+        let req = Request {
+            image: self.image.clone(),
+            name: self.name.clone(),
+            store: self.store.clone(),
+            entrypoint: self.entrypoint.clone(),
+            workdir: self.workdir.clone(),
+            user: self.user.clone(),
+        };
+        let mut cfg = match self.into_config() {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("unionfs-run: {e}");
+                return 2;
+            }
+        };
+        match image::prepare(&req, &mut cfg) {
+            // Held until the command is gone: the layers it mounts, its name.
+            Ok(_held) => crate::launch::run(cfg),
+            Err(e) => {
+                eprintln!("unionfs-run: {e}");
+                EXIT_LAUNCHER
+            }
+        }
+    }
+
+    /// The launch configuration this command line asks for, before an image's config and the
+    /// layer store fill it in (`launch::image::prepare`).
     pub fn into_config(self) -> Result<LaunchConfig, Error> {
         let cli = self;
-        let lowers = parse_lowers(&cli.lowers)?;
+        let (lowers, upper) = match (&cli.image, &cli.lowers) {
+            // With --image the one positional is the upper.
+            (Some(_), Some(u)) => (Vec::new(), Some(PathBuf::from(u))),
+            (Some(_), None) => (Vec::new(), None),
+            (None, Some(l)) => (parse_lowers(l)?, cli.upper),
+            (None, None) => (Vec::new(), None),
+        };
+        // An image run without a place for changes gets a throwaway one, as `podman run` does.
+        let throwaway =
+            cli.image.is_some() && upper.is_none() && cli.name.is_none() && !cli.read_only;
         Ok(LaunchConfig {
             lowers,
-            upper: cli.upper,
-            tmp_upper: cli.tmp_upper,
+            upper,
+            tmp_upper: cli.tmp_upper || throwaway,
             read_only: cli.read_only,
             hostname: cli.hostname,
             env: cli.env,
-            cwd: cli.cwd,
-            user: cli.user.unwrap_or(UserSpec { uid: 0, gid: 0 }),
+            cwd: cli.workdir.unwrap_or_else(|| PathBuf::from("/")),
+            create_cwd: false,
+            user: cli.user.unwrap_or_else(UserSpec::root),
+            user_origin: "--user",
             binds: cli.bind,
             net: match cli.net {
                 Net::None => NetMode::None,

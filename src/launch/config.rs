@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use super::idmap::IdRange;
 use super::seccomp::SeccompChoice;
+pub use super::user::UserSpec;
 use super::Error;
 
 /// How the container's network is set up.
@@ -67,15 +68,6 @@ pub struct BindSpec {
     pub read_only: bool,
 }
 
-/// The user the command runs as inside the container.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UserSpec {
-    /// User id inside the container.
-    pub uid: u32,
-    /// Group id inside the container (default: same as uid).
-    pub gid: u32,
-}
-
 /// Everything the launcher needs to run one container.
 #[derive(Debug, Clone)]
 pub struct LaunchConfig {
@@ -93,8 +85,13 @@ pub struct LaunchConfig {
     pub env: Vec<(String, String)>,
     /// Working directory inside the container.
     pub cwd: PathBuf,
-    /// User to run the command as.
+    /// Create the working directory when it is missing (an image's WorkingDir, as podman does;
+    /// one given with --workdir must exist).
+    pub create_cwd: bool,
+    /// User to run the command as (names are looked up in the container's /etc/passwd).
     pub user: UserSpec,
+    /// Where `user` came from, for messages: `--user` or `the image's User`.
+    pub user_origin: &'static str,
     /// Host paths bound into the container.
     pub binds: Vec<BindSpec>,
     /// Network mode.
@@ -159,7 +156,7 @@ impl LaunchConfig {
         }
         if !self.cwd.is_absolute() {
             return Err(Error::msg(format!(
-                "--cwd {:?} is relative: give an absolute path inside the container",
+                "--workdir {:?} is relative: give an absolute path inside the container",
                 self.cwd
             )));
         }
@@ -292,25 +289,6 @@ pub fn parse_bind(s: &str) -> Result<BindSpec, Error> {
     })
 }
 
-/// Parse `UID[:GID]` (numeric ids; the container has no user database we trust).
-pub fn parse_user(s: &str) -> Result<UserSpec, Error> {
-    let bad = || {
-        Error::msg(format!(
-            "--user {s:?}: expected numeric UID or UID:GID, e.g. 1000:1000"
-        ))
-    };
-    let (u, g) = match s.split_once(':') {
-        Some((u, g)) => (u, Some(g)),
-        None => (s, None),
-    };
-    let uid: u32 = u.parse().map_err(|_| bad())?;
-    let gid: u32 = match g {
-        Some(g) => g.parse().map_err(|_| bad())?,
-        None => uid,
-    };
-    Ok(UserSpec { uid, gid })
-}
-
 /// Parse `KEY=VALUE`.
 pub fn parse_env(s: &str) -> Result<(String, String), Error> {
     match s.split_once('=') {
@@ -353,15 +331,12 @@ mod tests {
     }
 
     #[test]
-    fn binds_users_env() {
+    fn binds_and_env() {
         let b = parse_bind("/h:/c:ro").unwrap();
         assert!(b.read_only);
         assert_eq!(b.dst, PathBuf::from("/c"));
         assert!(parse_bind("/h").is_err());
         assert!(parse_bind("/h:/c:xx").is_err());
-        assert_eq!(parse_user("5").unwrap(), UserSpec { uid: 5, gid: 5 });
-        assert_eq!(parse_user("5:7").unwrap(), UserSpec { uid: 5, gid: 7 });
-        assert!(parse_user("root").is_err());
         assert_eq!(parse_env("A=b=c").unwrap(), ("A".into(), "b=c".into()));
         assert!(parse_env("=x").is_err());
     }

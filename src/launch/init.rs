@@ -89,24 +89,44 @@ fn init_run(
         sys::interface_up(c"lo").ctx(|| "bringing up lo".into())?;
     }
     nix::unistd::setsid().ctx(|| "setsid".into())?;
+    // The root is in place: names resolve against the container's own files.
+    let user = cfg
+        .user
+        .resolve(
+            read_small("/etc/passwd").as_deref(),
+            read_small("/etc/group").as_deref(),
+        )
+        .map_err(|e| e.context(format!("{} {}", cfg.user_origin, cfg.user)))?;
+    if let Some(m) = maps {
+        super::user::check_mapped(m, user.uid, user.gid, cfg.user_origin)?;
+    }
+    if cfg.create_cwd {
+        make_workdir(&cfg.cwd, user.uid, user.gid)?;
+    }
     if cfg.tty {
-        let master = terminal::container_terminal(cfg.user.uid, cfg.user.gid)?;
+        let master = terminal::container_terminal(user.uid, user.gid)?;
         send_with_fd(sock, &Msg::Console, master.as_fd())?;
     }
 
-    let env = environment(cfg);
+    let env = environment(cfg, &user);
     capabilities::drop_bounding(&cfg.caps)?;
-    let (uid, gid) = (Uid::from_raw(cfg.user.uid), Gid::from_raw(cfg.user.gid));
+    let (uid, gid) = (Uid::from_raw(user.uid), Gid::from_raw(user.gid));
     if maps.is_none_or(|m| m.setgroups_allowed()) {
-        nix::unistd::setgroups(&[gid]).ctx(|| "setgroups".into())?;
+        let groups: Vec<Gid> = user.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+        nix::unistd::setgroups(&groups).ctx(|| "setgroups".into())?;
     }
     nix::unistd::setresgid(gid, gid, gid).ctx(|| format!("setresgid({gid})"))?;
     nix::unistd::setresuid(uid, uid, uid).ctx(|| format!("setresuid({uid})"))?;
     if uid.is_root() {
         capabilities::restrict_to(&cfg.caps)?;
     }
-    nix::unistd::chdir(&cfg.cwd)
-        .ctx(|| format!("--cwd {}: cannot change into it", cfg.cwd.display()))?;
+    nix::unistd::chdir(&cfg.cwd).ctx(|| {
+        format!(
+            "working directory {}: cannot change into it (--workdir must name a directory \
+                 the container has)",
+            cfg.cwd.display()
+        )
+    })?;
     nix::sys::prctl::set_no_new_privs().ctx(|| "prctl(PR_SET_NO_NEW_PRIVS)".into())?;
     // setresuid cleared it; the launcher may have died meanwhile, in which case we must go.
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).ctx(|| "prctl(PR_SET_PDEATHSIG)".into())?;
@@ -157,8 +177,53 @@ fn cstring(s: &OsString) -> Result<CString, Failure> {
     CString::new(s.as_bytes()).map_err(|_| Error::msg(format!("{s:?} contains a NUL byte")).into())
 }
 
-fn environment(cfg: &LaunchConfig) -> Vec<CString> {
-    let home = if cfg.user.uid == 0 { "/root" } else { "/" };
+/// The text of a small regular file of the container (`None` when missing or not a plain
+/// file: a fifo planted at /etc/passwd must not block the init).
+fn read_small(path: &str) -> Option<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(path)
+        .ok()?;
+    if !f.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut s = String::new();
+    f.take(16 << 20).read_to_string(&mut s).ok()?;
+    Some(s)
+}
+
+/// Creates an image's working directory when the root lacks it, owned by the command's user,
+/// as podman does.
+fn make_workdir(dir: &Path, uid: u32, gid: u32) -> Result<(), Failure> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => return Ok(()),
+        Ok(_) => {
+            return Err(Error::msg(format!(
+                "the image's working directory {} exists in the root but is not a directory",
+                dir.display()
+            ))
+            .into())
+        }
+        Err(_) => {}
+    }
+    std::fs::create_dir_all(dir)
+        .and_then(|()| std::os::unix::fs::chown(dir, Some(uid), Some(gid)))
+        .map_err(|e| {
+            Error::msg(format!(
+                "creating the image's working directory {}: {e} (a --read-only root cannot \
+                 get it: give --workdir DIR of a directory the image has)",
+                dir.display()
+            ))
+            .into()
+        })
+}
+
+fn environment(cfg: &LaunchConfig, user: &super::user::Resolved) -> Vec<CString> {
+    let fallback = if user.uid == 0 { "/root" } else { "/" };
+    let home = user.home.as_deref().unwrap_or(fallback);
     let mut vars: Vec<(String, String)> = vec![
         (
             "PATH".into(),

@@ -15,6 +15,7 @@ pub mod config;
 pub mod exit;
 mod holder;
 pub mod idmap;
+pub mod image;
 mod init;
 pub mod instance;
 pub mod namespaces;
@@ -26,7 +27,10 @@ pub mod rootfs;
 pub mod seccomp;
 pub mod signals;
 mod staging;
+pub mod store_cmd;
 pub mod terminal;
+mod unshared_rm;
+pub mod user;
 
 pub use config::LaunchConfig;
 pub use process::run;
@@ -58,6 +62,12 @@ impl std::fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+impl From<crate::error::Error> for Error {
+    fn from(e: crate::error::Error) -> Self {
+        Error::msg(e.to_string())
+    }
+}
 
 impl From<nix::Error> for Error {
     fn from(e: nix::Error) -> Self {

@@ -27,7 +27,7 @@ use super::cgroup::{self, CgroupGuard};
 use super::config::LaunchConfig;
 use super::exit::{Failure, EXIT_LAUNCHER};
 use super::holder::{holder_main, HolderJob};
-use super::idmap::{IdKind, MapPlan};
+use super::idmap::MapPlan;
 use super::namespaces::UsernsOwner;
 use super::protocol::{recv, recv_with_fd, send, Msg};
 use super::reaper::Reaper;
@@ -196,18 +196,9 @@ impl Prepared {
                 &cfg.gid_maps,
             )
         });
-        if let Some(m) = &maps {
-            if !m.maps(IdKind::Uid, cfg.user.uid) || !m.maps(IdKind::Gid, cfg.user.gid) {
-                return Err(Error::msg(format!(
-                    "--user {}:{} is not mapped in the container's user namespace (rootless runs map only \
-                     container id 0 by default); add ranges, e.g. --uid-map 0:{}:1 --uid-map 1:100000:65536 \
-                     (and the same for --gid-map), with ranges granted in /etc/subuid and /etc/subgid",
-                    cfg.user.uid,
-                    cfg.user.gid,
-                    nix::unistd::geteuid()
-                ))
-                .into());
-            }
+        if let (Some(m), Some((uid, gid))) = (&maps, cfg.user.numeric()) {
+            // Known without the root's files: refuse before anything starts.
+            super::user::check_mapped(m, uid, gid, cfg.user_origin)?;
         }
 
         Staging::remove_stale();

@@ -330,3 +330,10 @@ fn import_entries<'a, R: Read + 'a>(
     }
     Ok(stats)
 }
+
+/// Unpacks an uncompressed layer tarball read from `tar` into `dir`, like [`import`] but
+/// without guessing a compression from the first bytes: for callers that know the layer's
+/// media type and decompress (and hash the decompressed stream) themselves.
+pub fn import_plain<R: Read>(tar: R, dir: &Path, ids: &IdMaps) -> Result<ImportStats> {
+    import_tar(tar::Archive::new(tar), dir, ids)
+}

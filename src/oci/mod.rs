@@ -14,7 +14,7 @@ mod import;
 
 pub use diff::{diff, Change};
 pub use export::{export, fill_stubs};
-pub use import::{import, ImportStats};
+pub use import::{import, import_plain, ImportStats};
 
 use crate::error::{Error, Result};
 use crate::layer::idmap::{is_acl_xattr, map_acl_ids, RECORD};

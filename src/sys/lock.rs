@@ -17,16 +17,24 @@ pub fn try_lock_exclusive(fd: BorrowedFd<'_>) -> SysResult<()> {
     retry(|| check(unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) })).map(drop)
 }
 
+/// `flock(fd, LOCK_EX)` or `flock(fd, LOCK_SH)` (`shared`), waiting for other holders.
+pub fn lock_wait(fd: BorrowedFd<'_>, shared: bool) -> SysResult<()> {
+    let op = if shared { libc::LOCK_SH } else { libc::LOCK_EX };
+    // SAFETY: flock takes a descriptor and flags; no memory is involved.
+    retry(|| check(unsafe { libc::flock(fd.as_raw_fd(), op) })).map(drop)
+}
+
 /// The `MAJ:MIN:INO` key /proc/locks and fdinfo use for the inode `dev`/`ino` (hex device).
 fn lock_key(dev: u64, ino: u64) -> String {
     let (major, minor) = (libc::major(dev), libc::minor(dev));
     format!("{major:02x}:{minor:02x}:{ino}")
 }
 
-/// Whether one `lock:` line of fdinfo or /proc/locks is a write flock on `key`.
-fn is_write_flock(line: &str, key: &str) -> bool {
+/// Whether one `lock:` line of fdinfo or /proc/locks is a flock of `kind` (`WRITE` for
+/// exclusive, `READ` for shared) on `key`.
+fn is_flock(line: &str, key: &str, kind: &str) -> bool {
     let f: Vec<&str> = line.split_whitespace().collect();
-    f.contains(&"FLOCK") && f.contains(&"WRITE") && f.contains(&key)
+    f.contains(&"FLOCK") && f.contains(&kind) && f.contains(&key)
 }
 
 /// Processes (pids, in our pid namespace) holding a write flock on the inode `dev`/`ino`.
@@ -34,6 +42,16 @@ fn is_write_flock(line: &str, key: &str) -> bool {
 /// Descriptors of processes we may not inspect are skipped; when no holder is found that way
 /// (another user's daemon), the pid /proc/locks recorded when the lock was taken is returned.
 pub fn flock_holders(dev: u64, ino: u64) -> Vec<i32> {
+    holders(dev, ino, "WRITE")
+}
+
+/// Processes holding a shared flock on the inode `dev`/`ino`, found as [`flock_holders`]
+/// finds exclusive ones.
+pub fn flock_sharers(dev: u64, ino: u64) -> Vec<i32> {
+    holders(dev, ino, "READ")
+}
+
+fn holders(dev: u64, ino: u64, kind: &str) -> Vec<i32> {
     let key = lock_key(dev, ino);
     let mut out = Vec::new();
     for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
@@ -46,7 +64,7 @@ pub fn flock_holders(dev: u64, ino: u64) -> Vec<i32> {
         let holds = fds.flatten().any(|fd| {
             std::fs::read_to_string(fd.path()).is_ok_and(|t| {
                 t.lines()
-                    .any(|l| l.starts_with("lock:") && is_write_flock(l, &key))
+                    .any(|l| l.starts_with("lock:") && is_flock(l, &key, kind))
             })
         });
         if holds && !out.contains(&pid) {
@@ -55,7 +73,7 @@ pub fn flock_holders(dev: u64, ino: u64) -> Vec<i32> {
     }
     if out.is_empty() {
         let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
-        for l in locks.lines().filter(|l| is_write_flock(l, &key)) {
+        for l in locks.lines().filter(|l| is_flock(l, &key, kind)) {
             // "1: FLOCK  ADVISORY  WRITE 1234 00:2d:12345 0 EOF": the pid precedes the key.
             let f: Vec<&str> = l.split_whitespace().collect();
             if let Some(pid) = f

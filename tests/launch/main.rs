@@ -6,6 +6,8 @@ mod common;
 mod basic;
 mod cgroups;
 mod idmap;
+mod images;
+mod images_store;
 mod kills;
 mod leaks;
 mod messages;

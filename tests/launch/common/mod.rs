@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+pub mod oci_image;
+
 /// The launcher binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_unionfs-run");
 
@@ -183,6 +185,11 @@ impl Ranges {
 
     /// `unionfs-run ARGS` as uid 65534 (30 s at most).
     pub fn run(&self, a: &[String]) -> Outcome {
+        self.run_env(&[], a)
+    }
+
+    /// [`Ranges::run`] with the variables `env` set for the launcher.
+    pub fn run_env(&self, env: &[(&str, &Path)], a: &[String]) -> Outcome {
         let script = "set -e; mount --bind \"$T/subuid\" /etc/subuid; \
                       mount --bind \"$T/subgid\" /etc/subgid; \
                       rm -f \"$NODE/fuse\"; mknod -m 0666 \"$NODE/fuse\" c 10 229; \
@@ -201,7 +208,8 @@ impl Ranges {
         ])
         .args(a)
         .env("T", &self.dir.0)
-        .env("NODE", &self.node.0);
+        .env("NODE", &self.node.0)
+        .envs(env.iter().map(|(k, v)| (k, v.as_os_str())));
         spawn_cmd(&mut cmd).finish(Duration::from_secs(30))
     }
 }
