@@ -58,6 +58,18 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|| args.root.join("unionfs-mount.sock"))
         }),
     };
+    if let Some(sock) = &style.shared {
+        // The kernel's limit for a unix socket path (sun_path), checked here rather than at
+        // the first container's mount.
+        if sock.as_os_str().len() > 107 {
+            eprintln!(
+                "unionfs-snapshotter: the shared server's socket {} is longer than the 107 \
+                 bytes a unix socket path may have: give a shorter --shared-socket",
+                sock.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    }
     let snapshotter = match UnionSnapshotter::open(&args.root, style) {
         Ok(s) => s,
         Err(e) => {

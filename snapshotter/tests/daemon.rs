@@ -644,3 +644,49 @@ async fn kill_9_in_the_middle_of_prepare_commit_or_remove_leaves_no_half_state()
         .expect("A has no children any more");
     assert!(d.dirs().is_empty());
 }
+
+#[test]
+fn command_line_manners_and_refused_roots() {
+    let d = Daemon::new("cli");
+    unionfs_harness::support::assert_help_and_version(
+        "unionfs-snapshotter",
+        Path::new(BIN),
+        env!("CARGO_PKG_VERSION"),
+        &d.dir.join("scratch"),
+    );
+    let refuse = |args: &[&str], want: &str| {
+        let o = Command::new(BIN)
+            .args(args)
+            .current_dir(&d.dir)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(want), "{args:?}: {err}");
+    };
+    let sock = d.sock();
+    let sock = sock.to_str().unwrap();
+    refuse(
+        &["--address", sock, "--root", "rel"],
+        "give an absolute path",
+    );
+    refuse(
+        &["--address", sock, "--root", "/tmp/a,b"],
+        "choose a root without",
+    );
+    let long = format!("/tmp/{}", "x".repeat(120));
+    refuse(
+        &[
+            "--address",
+            sock,
+            "--root",
+            "/tmp/r",
+            "--shared-socket",
+            &long,
+        ],
+        "shorter --shared-socket",
+    );
+    refuse(&["--root", "/tmp/r"], "Usage:");
+    // Nothing was created by any of them.
+    assert!(!Path::new("/tmp/a,b").exists() && !Path::new("/tmp/r").exists());
+    assert!(!d.dir.join("rel").exists() && !d.sock().exists());
+}
