@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs unionfs-mount, unionfs-run, unionfs-layer and (from the harness crate in harness/)
-# unionfs-harness into PREFIX/bin (default /usr/local) with their man pages and bash/zsh
+# Installs unionfs-mount, unionfs-run, unionfs-layer and (from the crates harness/ and
+# snapshotter/) unionfs-harness and unionfs-snapshotter into PREFIX/bin (default /usr/local) with their man pages and bash/zsh
 # completions.
 #
 # `mount -t fuse.unionfs-mount` and /etc/fstab entries of that type need no extra name:
@@ -39,10 +39,10 @@ if [ -z "$bindir" ]; then
   bindir=target/release
 fi
 bins=()
-for b in unionfs-mount unionfs-run unionfs-layer unionfs-harness; do
+for b in unionfs-mount unionfs-run unionfs-layer unionfs-harness unionfs-snapshotter; do
   if [ -x "$bindir/$b" ]; then
     bins+=("$bindir/$b")
-  elif [ "$b" = unionfs-harness ]; then
+  elif [ "$b" = unionfs-harness ] || [ "$b" = unionfs-snapshotter ]; then
     echo "note: $bindir/$b not built: not installed (cargo build --workspace --bins builds it)" >&2
   else
     echo "error: $bindir/$b not found: build it first (cargo build --release)" >&2

@@ -181,6 +181,24 @@ pub fn split_layers(s: &str) -> Vec<PathBuf> {
     out
 }
 
+/// Joins layer paths (topmost first) into one `lowerdir=` list that [`split_layers`] reads
+/// back: `\` and `:` inside a path are escaped with `\`.
+pub fn join_layers<P: AsRef<std::path::Path>>(layers: &[P]) -> String {
+    let mut out = String::new();
+    for (i, p) in layers.iter().enumerate() {
+        if i > 0 {
+            out.push(':');
+        }
+        for c in p.as_ref().to_string_lossy().chars() {
+            if matches!(c, ':' | '\\') {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Splits one `-o` argument on commas, keeping `\,` as a literal comma.
 fn split_options(s: &str) -> Vec<String> {
     let mut out = Vec::new();
@@ -479,6 +497,18 @@ mod tests {
             split_layers("/a::/b:"),
             vec![PathBuf::from("/a"), PathBuf::from("/b")]
         );
+    }
+
+    #[test]
+    fn join_layers_is_read_back_by_split_layers() {
+        let layers = [
+            PathBuf::from("/a:b"),
+            PathBuf::from("/c\\d"),
+            PathBuf::from("/e"),
+        ];
+        let joined = join_layers(&layers);
+        assert_eq!(joined, "/a\\:b:/c\\\\d:/e");
+        assert_eq!(split_layers(&joined), layers);
     }
 
     #[test]

@@ -194,3 +194,50 @@ fn the_check_sees_a_use_against_the_direction() {
         ]
     );
 }
+
+/// Lines of `text` (code, comments cut off) that name the snapshotter crate.
+fn snapshotter_mentions(text: &str) -> Vec<usize> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| {
+            let code = l.split("//").next().unwrap_or("");
+            let code = code.split('#').next().unwrap_or("");
+            code.contains("unionfs_snapshotter") || code.contains("unionfs-snapshotter")
+        })
+        .map(|(i, _)| i + 1)
+        .collect()
+}
+
+#[test]
+fn the_core_crate_never_depends_on_the_snapshotter() {
+    // unionfs-snapshotter (snapshotter/) depends on unionfs, never the reverse: tokio, tonic,
+    // prost and redb must stay out of the filesystem and launcher.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest = fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    let deps: String = manifest
+        .split("\n[")
+        .filter(|s| s.contains("dependencies]"))
+        .collect();
+    let mut bad: Vec<String> = snapshotter_mentions(&deps)
+        .into_iter()
+        .map(|n| format!("Cargo.toml dependencies, line {n} of those sections"))
+        .collect();
+    let mut files = Vec::new();
+    rust_files(&root.join("src"), &mut files);
+    for f in files {
+        for n in snapshotter_mentions(&fs::read_to_string(&f).unwrap()) {
+            bad.push(format!("{}:{n}", f.display()));
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "the unionfs crate names unionfs-snapshotter (docs/ARCHITECTURE.md, 'Crates'); move \
+         what both need into unionfs instead:\n{}",
+        bad.join("\n")
+    );
+    assert_eq!(
+        snapshotter_mentions("x = 1 # unionfs-snapshotter\nunionfs-snapshotter = \"*\"\n"),
+        [2],
+        "the check must see a dependency line"
+    );
+}
