@@ -13,5 +13,6 @@ mod common;
 mod launch_common;
 
 mod containerd;
+mod containerd_engine;
 mod image;
 mod podman;
