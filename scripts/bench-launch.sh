@@ -71,7 +71,9 @@ runc delete -f bench-probe-$$ >/dev/null 2>&1 || true
 if ! podman image exists localhost/unionfs-bench-busybox 2>/dev/null; then
   tar -C "$base" -c . | podman import -q - localhost/unionfs-bench-busybox >/dev/null
 fi
-podman_cmd="podman run --rm --runtime runc --cgroup-manager cgroupfs --network none --ulimit host localhost/unionfs-bench-busybox /bin/true"
+# Limits no higher than podman's own: raising them needs CAP_SYS_RESOURCE, which root lacks on
+# some hosts (this one), and runc then fails in the container's init.
+podman_cmd="podman run --rm --runtime runc --cgroup-manager cgroupfs --network none --ulimit nofile=1024:1024 --ulimit nproc=4096:4096 localhost/unionfs-bench-busybox /bin/true"
 if $podman_cmd >/dev/null 2>"$work/podman.err"; then
   add "podman (runc)" "$podman_cmd"
 else

@@ -3,7 +3,7 @@
 //! runroot live in a temp dir: `podman load` of an OCI archive, `run`, a `build` that deletes
 //! and re-creates a lower directory, `commit` and `export`, as root and rootless.
 //!
-//! Host specifics handled here (see /work/shared/ENGINES-NOTES.md): runc, because crun refuses
+//! Host specifics handled here: runc, because crun refuses
 //! these hybrid cgroup hosts; cgroupfs, no systemd; low container rlimits (podman raises
 //! nofile and nproc by default, which needs CAP_SYS_RESOURCE this machine's root lacks);
 //! rootless: a 0666 /dev/fuse node, /etc/subuid and /etc/subgid ranges bind-mounted
