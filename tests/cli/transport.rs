@@ -10,6 +10,16 @@ use crate::common::can_mount as fuse_available;
 /// The kernel's switch for FUSE over io_uring.
 const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
 
+/// Held by each test here for its whole run: one of them switches the kernel's io_uring
+/// offer on and back off (phase 2 of scripts/test.sh runs with it off), and the other must
+/// not mount in between and find the offer gone.
+static SWITCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Takes `SWITCH`, also after another test here failed while holding it.
+fn hold_switch() -> std::sync::MutexGuard<'static, ()> {
+    SWITCH.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
 fn without_cap_sys_nice_uring_auto_keeps_dev_fuse_and_uring_on_takes_the_ring() {
     // Without CAP_SYS_NICE the ring's workers cannot keep a caller on its CPU, and a ring
@@ -17,6 +27,7 @@ fn without_cap_sys_nice_uring_auto_keeps_dev_fuse_and_uring_on_takes_the_ring() 
     if !fuse_available() {
         return;
     }
+    let _switch = hold_switch();
     match fs::read_to_string(ENABLE_URING) {
         Ok(v) if v.trim() == "Y" => {}
         _ => {
@@ -108,6 +119,7 @@ fn io_uring_transport_serves_requests_when_the_kernel_offers_it() {
     if !fuse_available() {
         return;
     }
+    let _switch = hold_switch();
     let Ok(before) = fs::read_to_string(ENABLE_URING) else {
         eprintln!("SKIP: this kernel has no FUSE over io_uring ({ENABLE_URING} is missing)");
         return;
