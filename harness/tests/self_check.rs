@@ -111,11 +111,15 @@ fn cli_exit_status_and_json() {
 
 #[test]
 fn bad_scenarios_are_rejected_with_a_reason() {
-    let e = scenario::parse("[[step]]\nop = \"frobnicate\"\n").unwrap_err();
+    let e = scenario::parse("[[step]]\nop = \"frobnicate\"\n")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("unknown op \"frobnicate\""), "{e}");
-    let e = scenario::parse("[[lower]]\nentries = [{ path = \"/abs\" }]\n").unwrap_err();
+    let e = scenario::parse("[[lower]]\nentries = [{ path = \"/abs\" }]\n")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("must be relative"), "{e}");
-    let e = scenario::parse("nonsense = 1\n").unwrap_err();
+    let e = scenario::parse("nonsense = 1\n").unwrap_err().to_string();
     assert!(e.contains("unknown field"), "{e}");
 }
 
