@@ -460,6 +460,11 @@ impl Drop for UnionFsCli {
     }
 }
 
+/// How long a kernel overlayfs mount waits for the upper and work dirs of its previous mount
+/// to be released (see [`Kernel`]'s mount): a container launched beside the harness holds
+/// them as long as it runs, for seconds.
+pub const KERNEL_BUSY_WAIT: Duration = Duration::from_secs(30);
+
 /// Kernel overlayfs, mounted with mount(2).
 struct Kernel {
     mounted: bool,
@@ -558,12 +563,15 @@ impl Union for Kernel {
                 "mount options {data:?} hold a NUL byte; use layer paths without one"
             ))
         })?;
-        let mut tries = 0;
+        let deadline = Instant::now() + KERNEL_BUSY_WAIT;
         let r = loop {
             match sys::mount(c"overlay", &ws.mnt, c"overlay", flags, &cdata) {
-                // The previous instance's claim on upper/work is released asynchronously.
-                Err(sys::Errno::EBUSY) if tries < 300 => {
-                    tries += 1;
+                // With index=on the kernel refuses an upper or work dir that another overlay
+                // still uses ("upperdir is in-use" in dmesg). Our previous mount of them lives
+                // on after its lazy unmount until its last reference goes: at once, unless a
+                // mount namespace created meanwhile (any container started on this machine,
+                // e.g. by a test beside us) holds a copy of it until that namespace ends.
+                Err(sys::Errno::EBUSY) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 r => break r,
@@ -571,7 +579,9 @@ impl Union for Kernel {
         };
         r.map_err(|e| {
             Error::msg(format!(
-                "mounting kernel overlayfs ({data}): {} (dmesg tells why)",
+                "mounting kernel overlayfs ({data}): {} (dmesg tells why; for \"upperdir is \
+                 in-use\": a mount namespace created while the previous mount of this upper \
+                 existed still holds it, so let containers started meanwhile end)",
                 e.desc()
             ))
         })?;
