@@ -12,6 +12,7 @@ use std::path::Path;
 
 use crate::scenario::{Entry, Kind, Layer};
 use crate::view::{at, split};
+use crate::{Error, Result};
 use unionfs::sys;
 
 /// How deletions and opaque directories are written on disk.
@@ -23,20 +24,20 @@ pub enum Format {
     Kernel,
 }
 
-fn ctx<T>(r: sys::SysResult<T>, what: &str, p: &Path) -> Result<T, String> {
-    r.map_err(|e| format!("building layer: {what} {}: {}", p.display(), e.desc()))
+fn ctx<T>(r: sys::SysResult<T>, what: &str, p: &Path) -> Result<T> {
+    r.map_err(|e| Error::at(what, p, e.desc()).context("building layer"))
 }
 
-fn io<T>(r: std::io::Result<T>, what: &str, p: &Path) -> Result<T, String> {
-    r.map_err(|e| format!("building layer: {what} {}: {e}", p.display()))
+fn io<T>(r: std::io::Result<T>, what: &str, p: &Path) -> Result<T> {
+    r.map_err(|e| Error::at(what, p, e).context("building layer"))
 }
 
-fn cname(s: &str) -> Result<CString, String> {
-    CString::new(s).map_err(|_| format!("name {s:?} contains a NUL byte"))
+fn cname(s: &str) -> Result<CString> {
+    CString::new(s).map_err(|_| Error::msg(format!("name {s:?} contains a NUL byte; remove it")))
 }
 
 /// Sets an xattr on `path` without following symlinks.
-pub fn set_xattr(path: &Path, name: &str, value: &[u8]) -> Result<(), String> {
+pub fn set_xattr(path: &Path, name: &str, value: &[u8]) -> Result<()> {
     let (dir, n) = at(path)?;
     let a = match &n {
         Some(n) => sys::At::new(sys::fd(&dir), n),
@@ -46,17 +47,13 @@ pub fn set_xattr(path: &Path, name: &str, value: &[u8]) -> Result<(), String> {
 }
 
 /// Sets the mtime (atime too, to the same value) of `path` without following symlinks.
-pub fn set_mtime(path: &Path, sec: i64, nsec: i64) -> Result<(), String> {
+pub fn set_mtime(path: &Path, sec: i64, nsec: i64) -> Result<()> {
     set_times(path, Some((sec, nsec)), Some((sec, nsec)))
 }
 
 /// Sets the atime and mtime, each `(seconds, nanoseconds)`, of `path` without following
 /// symlinks; `None` leaves that time as it is.
-pub fn set_times(
-    path: &Path,
-    atime: Option<(i64, i64)>,
-    mtime: Option<(i64, i64)>,
-) -> Result<(), String> {
+pub fn set_times(path: &Path, atime: Option<(i64, i64)>, mtime: Option<(i64, i64)>) -> Result<()> {
     let ts = |t: Option<(i64, i64)>| match t {
         Some((sec, nsec)) => libc::timespec {
             tv_sec: sec as libc::time_t,
@@ -75,14 +72,19 @@ pub fn set_times(
     }
 }
 
-fn mknod(path: &Path, mode: u32, rdev: [u32; 2]) -> Result<(), String> {
+fn mknod(path: &Path, mode: u32, rdev: [u32; 2]) -> Result<()> {
     let (dir, n) = at(path)?;
-    let n = n.ok_or("mknod on a layer root")?;
+    let n = n.ok_or_else(|| {
+        Error::msg(format!(
+            "building layer: mknod {}: that is a layer root; name an entry below it",
+            path.display()
+        ))
+    })?;
     let dev = libc::makedev(rdev[0], rdev[1]);
     ctx(sys::mknodat(sys::fd(&dir), &n, mode, dev), "mknod", path)
 }
 
-fn ensure_parents(root: &Path, rel: &str) -> Result<(), String> {
+fn ensure_parents(root: &Path, rel: &str) -> Result<()> {
     let (parent, _) = split(rel);
     if parent != "." {
         let p = root.join(parent);
@@ -94,7 +96,7 @@ fn ensure_parents(root: &Path, rel: &str) -> Result<(), String> {
 }
 
 /// Creates the layer's entries under `root` (which must exist) in `format`.
-pub fn build_layer(root: &Path, layer: &Layer, format: Format) -> Result<(), String> {
+pub fn build_layer(root: &Path, layer: &Layer, format: Format) -> Result<()> {
     if let Some(src) = &layer.from {
         import(Path::new(src), root, format, &mut HashMap::new())?;
     }
@@ -121,7 +123,7 @@ pub fn build_layer(root: &Path, layer: &Layer, format: Format) -> Result<(), Str
     Ok(())
 }
 
-fn build_entry(root: &Path, e: &Entry, format: Format) -> Result<(), String> {
+fn build_entry(root: &Path, e: &Entry, format: Format) -> Result<()> {
     let p = if e.path == "." {
         root.to_path_buf()
     } else {
@@ -173,7 +175,12 @@ fn build_entry(root: &Path, e: &Entry, format: Format) -> Result<(), String> {
         Kind::Fifo => mknod(&p, libc::S_IFIFO | 0o644, [0, 0])?,
         Kind::Chardev => mknod(&p, libc::S_IFCHR | 0o644, e.rdev.unwrap_or([1, 3]))?,
         Kind::Blockdev => mknod(&p, libc::S_IFBLK | 0o644, e.rdev.unwrap_or([7, 0]))?,
-        Kind::Socket => return Err(format!("{}: sockets cannot be put in a layer", e.path)),
+        Kind::Socket => {
+            return Err(Error::msg(format!(
+                "{}: sockets cannot be put in a layer; leave the entry out",
+                e.path
+            )))
+        }
         Kind::Whiteout => {
             match format {
                 Format::Oci => {
@@ -202,10 +209,10 @@ fn build_entry(root: &Path, e: &Entry, format: Format) -> Result<(), String> {
             }
             ("user", _) => set_xattr(&p, "user.overlay.opaque", b"y")?,
             (other, _) => {
-                return Err(format!(
+                return Err(Error::msg(format!(
                     "{}: opaque = {other:?}; use \"marker\", \"trusted\" or \"user\"",
                     e.path
-                ))
+                )))
             }
         }
     }
@@ -235,7 +242,7 @@ fn import(
     dst: &Path,
     format: Format,
     links: &mut HashMap<(u64, u64), std::path::PathBuf>,
-) -> Result<(), String> {
+) -> Result<()> {
     let mut names: Vec<std::ffi::OsString> = io(std::fs::read_dir(src), "readdir", src)?
         .filter_map(|e| e.ok().map(|e| e.file_name()))
         .collect();

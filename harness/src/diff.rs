@@ -19,6 +19,7 @@ use crate::report::{Divergence, ScenarioResult, Status};
 use crate::runner::{describe, Instance};
 use crate::scenario::{Scenario, Step};
 use crate::view::{self, Fields};
+use crate::{Error, Result};
 
 /// What a differential run found.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,7 +32,7 @@ pub enum DiffOutcome {
     /// meaningless (the message says where and why).
     Stopped(String),
     /// The run could not be carried out.
-    Error(String),
+    Error(Error),
 }
 
 /// Runs `s` on `a` and `b` in lock step and returns the first divergence.
@@ -50,7 +51,7 @@ pub fn run_pair_ignoring(
 ) -> DiffOutcome {
     for imp in [a, b] {
         if let Some(why) = unavailable(imp) {
-            return DiffOutcome::Error(format!("cannot run {imp} here: {why}"));
+            return DiffOutcome::Error(Error::msg(format!("cannot run {imp} here: {why}")));
         }
     }
     match pair(s, a, b, check_every.max(1), ignore) {
@@ -90,7 +91,7 @@ fn div(step: usize, st: Option<&Step>, x: view::Difference) -> Divergence {
 
 /// The view of one side. Kernel overlayfs lists a whiteout that hides nothing when its
 /// directory is not merged (lookup then says ENOENT): a documented kernel quirk, not compared.
-fn view_of(i: &Instance) -> Result<view::Tree, String> {
+fn view_of(i: &Instance) -> Result<view::Tree> {
     let mut v = i.view()?;
     if i.name() == "kernel" {
         v.ghosts.clear();
@@ -150,7 +151,7 @@ fn pair(
     b: &str,
     every: usize,
     ignore: &[String],
-) -> Result<Option<Divergence>, String> {
+) -> Result<Option<Divergence>> {
     let first = |d: Vec<view::Difference>| d.into_iter().find(|x| !ignore.contains(&x.field));
     let mut ia = Instance::start(s, a)?;
     let mut ib = Instance::start(s, b)?;
@@ -167,7 +168,7 @@ fn pair(
     let mut opened_below: std::collections::HashMap<String, (String, bool)> = Default::default();
     for (i, st) in s.step.iter().enumerate() {
         if crate::runner::interrupted() {
-            return Err(format!("interrupted before step {}", i + 1));
+            return Err(Error::msg(format!("interrupted before step {}", i + 1)));
         }
         // A rotation must not change what a union shows. Kernel overlayfs with index=on keeps
         // copied-up lower hard links joined only through its index, which a rotation drops:
@@ -216,10 +217,10 @@ fn pair(
         }
         if oa.result != ob.result {
             let bridged = bridge_exdev(st, &oa.result, &ob.result, &mut ia, &mut ib);
-            if let Some(Err(why)) = bridged {
+            if let Some(Bridged::Stop(why)) = bridged {
                 return Ok(Some(stopped(i, st, why)));
             }
-            if let Some(Ok((x, y))) = bridged {
+            if let Some(Bridged::Results(x, y)) = bridged {
                 oa.result = x;
                 ob.result = y;
                 // The copy made new inodes: link counts and inode sharing of the moved files
@@ -388,6 +389,15 @@ fn pair(
     Ok(None)
 }
 
+/// What bridging the documented rename difference gave.
+enum Bridged {
+    /// The results to compare instead (side a, side b).
+    Results(String, String),
+    /// The `mv` fallback cannot stand in for the rename here (why): a documented stop, not an
+    /// error.
+    Stop(String),
+}
+
 /// Bridges the documented rename difference: where one side renamed a directory and the other
 /// said EXDEV, the EXDEV side does what `mv` does. Returns the results to compare instead.
 fn bridge_exdev(
@@ -396,7 +406,7 @@ fn bridge_exdev(
     rb: &str,
     ia: &mut Instance,
     ib: &mut Instance,
-) -> Option<Result<(String, String), String>> {
+) -> Option<Bridged> {
     if st.op != "rename" {
         return None;
     }
@@ -418,7 +428,7 @@ fn bridge_exdev(
     // Copies get new inodes: hard links reaching outside the moved tree would silently
     // split on that side only, and every later write would "diverge".
     if !target.state.fds.is_empty() {
-        return Some(Err(format!(
+        return Some(Bridged::Stop(format!(
             "{} said EXDEV for renaming {from:?} while files are open; an open file does not \
              follow the mv fallback's copy",
             target.name()
@@ -427,13 +437,13 @@ fn bridge_exdev(
     if target.name() == "kernel"
         && (ghost_under(target, from) || (exchange && ghost_under(target, to)))
     {
-        return Some(Err(format!(
+        return Some(Bridged::Stop(format!(
             "kernel said EXDEV for renaming {from:?}, whose tree holds a whiteout that hides \
              nothing; the kernel lists it, so the mv fallback cannot copy the tree"
         )));
     }
     if has_hard_links(&src) || (exchange && has_hard_links(&dst)) {
-        return Some(Err(format!(
+        return Some(Bridged::Stop(format!(
             "{} said EXDEV for renaming {from:?} and the tree holds hard links, which the mv \
              fallback cannot keep",
             target.name()
@@ -460,11 +470,11 @@ fn bridge_exdev(
         Err(e) if !other_ok => e.errno.clone(),
         Err(e) => format!("EXDEV (the mv fallback failed: {})", e.msg),
     };
-    Some(Ok(if ra == "EXDEV" {
-        (bridged, rb.to_string())
+    Some(if ra == "EXDEV" {
+        Bridged::Results(bridged, rb.to_string())
     } else {
-        (ra.to_string(), bridged)
-    }))
+        Bridged::Results(ra.to_string(), bridged)
+    })
 }
 
 /// Why the `mv` fallback failed: the errno name and a message.
@@ -474,11 +484,11 @@ struct MvError {
     msg: String,
 }
 
-impl From<String> for MvError {
-    fn from(msg: String) -> Self {
+impl From<Error> for MvError {
+    fn from(e: Error) -> Self {
         MvError {
             errno: "EIO".into(),
-            msg,
+            msg: e.to_string(),
         }
     }
 }
@@ -506,7 +516,7 @@ fn has_hard_links(p: &Path) -> bool {
 }
 
 /// rename(2), and the `mv` fallback when it says EXDEV.
-fn move_path(src: &Path, dst: &Path) -> Result<(), MvError> {
+fn move_path(src: &Path, dst: &Path) -> std::result::Result<(), MvError> {
     match std::fs::rename(src, dst) {
         Ok(()) => Ok(()),
         Err(e) if e.raw_os_error() == Some(libc::EXDEV) => mv_fallback(src, dst),
@@ -516,7 +526,7 @@ fn move_path(src: &Path, dst: &Path) -> Result<(), MvError> {
 
 /// What `mv` does after EXDEV: copy the tree (modes, owners, times, xattrs, hard links inside
 /// it), then remove the source.
-fn mv_fallback(src: &Path, dst: &Path) -> Result<(), MvError> {
+fn mv_fallback(src: &Path, dst: &Path) -> std::result::Result<(), MvError> {
     if let Ok(md) = std::fs::symlink_metadata(dst) {
         if md.is_dir() {
             std::fs::remove_dir(dst).map_err(|e| mv_err(dst, e))?;
@@ -534,12 +544,8 @@ fn mv_fallback(src: &Path, dst: &Path) -> Result<(), MvError> {
     }
 }
 
-fn copy_tree(
-    src: &Path,
-    dst: &Path,
-    links: &mut HashMap<u64, std::path::PathBuf>,
-) -> Result<(), String> {
-    let e = |x: std::io::Error| format!("{}: {x}", src.display());
+fn copy_tree(src: &Path, dst: &Path, links: &mut HashMap<u64, std::path::PathBuf>) -> Result<()> {
+    let e = |x: std::io::Error| Error::msg(format!("{}: {x}", src.display()));
     let md = std::fs::symlink_metadata(src).map_err(e)?;
     let ft = md.file_type();
     if ft.is_dir() {
@@ -558,10 +564,10 @@ fn copy_tree(
         std::fs::copy(src, dst).map_err(e)?;
         links.insert(md.ino(), dst.to_path_buf());
     } else {
-        return Err(format!(
+        return Err(Error::msg(format!(
             "{}: special files are not copied by the fallback",
             src.display()
-        ));
+        )));
     }
     for (k, v) in view::xattrs(src)? {
         set_xattr(dst, &k, &v)?;
@@ -611,7 +617,7 @@ pub fn run_ignoring(
         }
         DiffOutcome::Error(e) => {
             r.status = Status::Error;
-            r.messages.push(e);
+            r.messages.push(e.to_string());
         }
     }
     crate::report::apply_known_bug(&mut r, &s.known_bug, a);

@@ -405,12 +405,7 @@ pub fn shrink(
 
 /// Turns a shrunk case into a corpus scenario: the reference implementation's results become
 /// the expected ones, its final view the expected view.
-pub fn annotate(
-    s: &Scenario,
-    reference: &str,
-    d: &Divergence,
-    a: &str,
-) -> Result<Scenario, String> {
+pub fn annotate(s: &Scenario, reference: &str, d: &Divergence, a: &str) -> crate::Result<Scenario> {
     let mut out = s.clone();
     let mut inst = Instance::start(s, reference)?;
     for st in out.step.iter_mut() {

@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::build::Format;
+use crate::{Error, Result};
 use unionfs::sys;
 
 /// The implementations the harness knows.
@@ -27,22 +28,22 @@ pub trait Union {
     /// The on-disk format of whiteouts and opaque markers it reads and writes.
     fn format(&self) -> Format;
     /// Mounts `ws` on `ws.mnt`.
-    fn mount(&mut self, ws: &Workspace) -> Result<(), String>;
+    fn mount(&mut self, ws: &Workspace) -> Result<()>;
     /// Unmounts; a no-op when not mounted.
-    fn unmount(&mut self, ws: &Workspace) -> Result<(), String>;
+    fn unmount(&mut self, ws: &Workspace) -> Result<()>;
     /// The pid of a daemon serving the mount, for the lifecycle steps (signals, crashes).
     fn daemon(&self) -> Option<i32> {
         None
     }
     /// Makes the unmounted upper the plain layer diff it stands for (a no-op for unions whose
     /// upper directory already is one).
-    fn settle(&mut self, _ws: &Workspace) -> Result<(), String> {
+    fn settle(&mut self, _ws: &Workspace) -> Result<()> {
         Ok(())
     }
 }
 
 /// Creates the implementation called `name`, or says which names exist.
-pub fn by_name(name: &str) -> Result<Box<dyn Union>, String> {
+pub fn by_name(name: &str) -> Result<Box<dyn Union>> {
     match name {
         "unionfs" => Ok(Box::new(UnionFs {
             guard: None,
@@ -61,10 +62,10 @@ pub fn by_name(name: &str) -> Result<Box<dyn Union>, String> {
             child: None,
             mnt: PathBuf::new(),
         })),
-        _ => Err(format!(
+        _ => Err(Error::msg(format!(
             "unknown implementation {name:?}; choose one of: {}",
             IMPLS.join(", ")
-        )),
+        ))),
     }
 }
 
@@ -148,7 +149,7 @@ impl Workspace {
         no_upper: bool,
         tmpfs: bool,
         colon: bool,
-    ) -> Result<Workspace, String> {
+    ) -> Result<Workspace> {
         let base = std::env::var_os("UNIONFS_HARNESS_TMP")
             .map(PathBuf::from)
             .unwrap_or_else(std::env::temp_dir);
@@ -156,10 +157,10 @@ impl Workspace {
         let root = base.join(format!("unionfs-harness-{}-{n}-{tag}", std::process::id()));
         let mk = |p: &Path| {
             std::fs::create_dir_all(p).map_err(|e| {
-                format!(
+                Error::msg(format!(
                     "cannot create {}: {e} (set UNIONFS_HARNESS_TMP to a writable dir)",
                     p.display()
-                )
+                ))
             })
         };
         if root.exists() {
@@ -167,9 +168,8 @@ impl Workspace {
         }
         mk(&root)?;
         if tmpfs {
-            let c = |s: &str| std::ffi::CString::new(s).map_err(|_| "NUL".to_string());
-            sys::mount(&c("harness")?, &root, &c("tmpfs")?, 0, &c("mode=0755")?)
-                .map_err(|e| format!("mounting a tmpfs on {}: {}", root.display(), e.desc()))?;
+            sys::mount(c"harness", &root, c"tmpfs", 0, c"mode=0755")
+                .map_err(|e| Error::at("mounting a tmpfs on", &root, e.desc()))?;
         }
         let mut lowers = Vec::new();
         for i in 0..nlowers.max(1) {
@@ -206,17 +206,20 @@ impl Workspace {
 
     /// Layer rotation: the upper becomes the new top lower and a fresh empty upper replaces it.
     /// Call only while unmounted.
-    pub fn rotate(&mut self) -> Result<(), String> {
+    pub fn rotate(&mut self) -> Result<()> {
         let Some(u) = self.upper.clone() else {
-            return Err("rotate needs an upper layer".into());
+            return Err(Error::msg(
+                "rotate needs an upper layer (remove no_upper from the scenario)",
+            ));
         };
         self.rotations += 1;
         let newl = self.root.join(format!("rotated{}", self.rotations));
-        std::fs::rename(&u, &newl).map_err(|e| format!("rotate: {e}"))?;
+        std::fs::rename(&u, &newl).map_err(|e| Error::at("rename", &u, e).context("rotate"))?;
         drop_internal_entries(&newl)?;
-        std::fs::create_dir(&u).map_err(|e| format!("rotate: {e}"))?;
+        std::fs::create_dir(&u).map_err(|e| Error::at("mkdir", &u, e).context("rotate"))?;
         remove_tree(&self.work)?;
-        std::fs::create_dir(&self.work).map_err(|e| format!("rotate: {e}"))?;
+        std::fs::create_dir(&self.work)
+            .map_err(|e| Error::at("mkdir", &self.work, e).context("rotate"))?;
         self.lowers.insert(0, newl);
         Ok(())
     }
@@ -224,10 +227,10 @@ impl Workspace {
 
 /// Removes our internal `.wh..wh.*` entries (the default work dir and any other state; the
 /// opaque marker `.wh..wh..opq` stays) from the top of an upper that becomes a layer.
-pub fn drop_internal_entries(layer: &Path) -> Result<(), String> {
-    let rd = std::fs::read_dir(layer).map_err(|e| format!("readdir {}: {e}", layer.display()))?;
+pub fn drop_internal_entries(layer: &Path) -> Result<()> {
+    let rd = std::fs::read_dir(layer).map_err(|e| Error::at("readdir", layer, e))?;
     for e in rd {
-        let e = e.map_err(|e| format!("readdir {}: {e}", layer.display()))?;
+        let e = e.map_err(|e| Error::at("readdir", layer, e))?;
         let name = e.file_name();
         let b = name.as_encoded_bytes();
         if b.starts_with(b".wh..wh.") && b != b".wh..wh..opq" {
@@ -235,7 +238,7 @@ pub fn drop_internal_entries(layer: &Path) -> Result<(), String> {
             if p.is_dir() {
                 remove_tree(&p)?;
             } else {
-                std::fs::remove_file(&p).map_err(|e| format!("rm {}: {e}", p.display()))?;
+                std::fs::remove_file(&p).map_err(|e| Error::at("rm", &p, e))?;
             }
         }
     }
@@ -243,14 +246,14 @@ pub fn drop_internal_entries(layer: &Path) -> Result<(), String> {
 }
 
 /// Removes a tree, refusing to descend into anything still mounted.
-fn remove_tree(p: &Path) -> Result<(), String> {
+fn remove_tree(p: &Path) -> Result<()> {
     if mounted_under(p) {
-        return Err(format!(
+        return Err(Error::msg(format!(
             "{} still has a mount below it; not removing it (umount it first)",
             p.display()
-        ));
+        )));
     }
-    std::fs::remove_dir_all(p).map_err(|e| format!("cannot remove {}: {e}", p.display()))
+    std::fs::remove_dir_all(p).map_err(|e| Error::at("cannot remove", p, e))
 }
 
 /// The mount points of this process's mount namespace, as paths.
@@ -348,7 +351,7 @@ impl Union for UnionFs {
             "unionfs"
         }
     }
-    fn settle(&mut self, ws: &Workspace) -> Result<(), String> {
+    fn settle(&mut self, ws: &Workspace) -> Result<()> {
         if !self.metacopy {
             return Ok(());
         }
@@ -356,25 +359,27 @@ impl Union for UnionFs {
         let layers: Vec<PathBuf> = ws.upper.iter().chain(&ws.lowers).cloned().collect();
         for (i, l) in layers.iter().enumerate() {
             unionfs::oci::fill_stubs(l, &layers[i + 1..])
-                .map_err(|e| format!("filling metadata-only copies in {}: {e}", l.display()))?;
+                .map_err(|e| Error::at("filling metadata-only copies in", l, e))?;
         }
         Ok(())
     }
     fn format(&self) -> Format {
         Format::Oci
     }
-    fn mount(&mut self, ws: &Workspace) -> Result<(), String> {
+    fn mount(&mut self, ws: &Workspace) -> Result<()> {
         let mut cfg = unionfs::MountConfig::new(ws.lowers.clone(), ws.upper.clone());
         cfg.metacopy = self.metacopy;
         let g = cfg
             .mount(&ws.mnt)
-            .map_err(|e| format!("mounting unionfs: {e}"))?;
+            .map_err(|e| Error::msg(format!("mounting unionfs: {e}")))?;
         self.guard = Some(g);
         Ok(())
     }
-    fn unmount(&mut self, _ws: &Workspace) -> Result<(), String> {
+    fn unmount(&mut self, _ws: &Workspace) -> Result<()> {
         match self.guard.take() {
-            Some(g) => g.unmount().map_err(|e| format!("unmounting unionfs: {e}")),
+            Some(g) => g
+                .unmount()
+                .map_err(|e| Error::msg(format!("unmounting unionfs: {e}"))),
             None => Ok(()),
         }
     }
@@ -402,8 +407,13 @@ impl Union for UnionFsCli {
     fn format(&self) -> Format {
         Format::Oci
     }
-    fn mount(&mut self, ws: &Workspace) -> Result<(), String> {
-        let bin = mount_binary().ok_or("the unionfs-mount binary was not found")?;
+    fn mount(&mut self, ws: &Workspace) -> Result<()> {
+        let bin = mount_binary().ok_or_else(|| {
+            Error::msg(
+                "the unionfs-mount binary was not found: build it (cargo build --bins) or set \
+                 UNIONFS_MOUNT_BIN",
+            )
+        })?;
         let pidfile = ws.root.join("daemon.pid");
         let mut cmd = Command::new(&bin);
         cmd.arg(lower_list(&ws.lowers));
@@ -418,7 +428,7 @@ impl Union for UnionFsCli {
     fn daemon(&self) -> Option<i32> {
         self.pid
     }
-    fn unmount(&mut self, ws: &Workspace) -> Result<(), String> {
+    fn unmount(&mut self, ws: &Workspace) -> Result<()> {
         if self.mnt.as_os_str().is_empty() {
             return Ok(());
         }
@@ -428,14 +438,14 @@ impl Union for UnionFsCli {
         if nix::mount::umount(&ws.mnt).is_err() {
             match sys::umount_lazy(&ws.mnt) {
                 Ok(()) | Err(sys::Errno::EINVAL) => {}
-                Err(e) => return Err(format!("umount: {}", e.desc())),
+                Err(e) => return Err(Error::at("umount", &ws.mnt, e.desc())),
             }
         }
         if let Some(pid) = self.pid.take() {
             if !wait_gone(pid, Duration::from_secs(10)) {
-                return Err(format!(
+                return Err(Error::msg(format!(
                     "the unionfs daemon (pid {pid}) did not exit after umount"
-                ));
+                )));
             }
         }
         Ok(())
@@ -449,6 +459,11 @@ impl Drop for UnionFsCli {
         }
     }
 }
+
+/// How long a kernel overlayfs mount waits for the upper and work dirs of its previous mount
+/// to be released (see [`Kernel`]'s mount): a container launched beside the harness holds
+/// them as long as it runs, for seconds.
+pub const KERNEL_BUSY_WAIT: Duration = Duration::from_secs(30);
 
 /// Kernel overlayfs, mounted with mount(2).
 struct Kernel {
@@ -487,24 +502,29 @@ pub fn layer_options(lowers: &[PathBuf], upper: Option<&Path>, work: &Path) -> S
 /// Runs `cmd`, a `unionfs-mount ... --pid-file PIDFILE` command line, which returns once the
 /// mount is live and leaves the daemon serving it; returns the daemon's pid. The caller may
 /// send stdout and stderr elsewhere; what is left piped goes into the error.
-pub fn start_daemon(cmd: &mut Command, pidfile: &Path) -> Result<i32, String> {
+pub fn start_daemon(cmd: &mut Command, pidfile: &Path) -> Result<i32> {
     let _ = std::fs::remove_file(pidfile);
     let prog = cmd.get_program().to_string_lossy().into_owned();
     let out = cmd
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| format!("running {prog}: {e}"))?;
+        .map_err(|e| Error::msg(format!("running {prog}: {e}")))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        return Err(match err.trim() {
+        return Err(Error::msg(match err.trim() {
             "" => format!("{prog} failed ({})", out.status),
             e => format!("{prog} failed ({}): {e}", out.status),
-        });
+        }));
     }
     std::fs::read_to_string(pidfile)
         .ok()
         .and_then(|s| s.trim().parse().ok())
-        .ok_or_else(|| format!("{prog} exited 0 but wrote no pid to {}", pidfile.display()))
+        .ok_or_else(|| {
+            Error::msg(format!(
+                "{prog} exited 0 but wrote no pid to {}",
+                pidfile.display()
+            ))
+        })
 }
 
 impl Union for Kernel {
@@ -514,12 +534,12 @@ impl Union for Kernel {
     fn format(&self) -> Format {
         Format::Kernel
     }
-    fn mount(&mut self, ws: &Workspace) -> Result<(), String> {
+    fn mount(&mut self, ws: &Workspace) -> Result<()> {
         let mut lowers = ws.lowers.clone();
         // The kernel wants two lowers when there is no upper; an empty one changes nothing.
         if ws.upper.is_none() && lowers.len() == 1 {
             let extra = ws.root.join("empty-lower");
-            std::fs::create_dir_all(&extra).map_err(|e| format!("mkdir: {e}"))?;
+            std::fs::create_dir_all(&extra).map_err(|e| Error::at("mkdir", &extra, e))?;
             lowers.push(extra);
         }
         // Fixed feature set: the defaults differ between kernel builds. No redirect_dir, so a
@@ -538,31 +558,41 @@ impl Union for Kernel {
         } else {
             libc::MS_RDONLY
         };
-        let c = |s: &str| std::ffi::CString::new(s).map_err(|_| "NUL in a path".to_string());
-        let mut tries = 0;
+        let cdata = std::ffi::CString::new(data.as_str()).map_err(|_| {
+            Error::msg(format!(
+                "mount options {data:?} hold a NUL byte; use layer paths without one"
+            ))
+        })?;
+        let deadline = Instant::now() + KERNEL_BUSY_WAIT;
         let r = loop {
-            match sys::mount(&c("overlay")?, &ws.mnt, &c("overlay")?, flags, &c(&data)?) {
-                // The previous instance's claim on upper/work is released asynchronously.
-                Err(sys::Errno::EBUSY) if tries < 300 => {
-                    tries += 1;
+            match sys::mount(c"overlay", &ws.mnt, c"overlay", flags, &cdata) {
+                // With index=on the kernel refuses an upper or work dir that another overlay
+                // still uses ("upperdir is in-use" in dmesg). Our previous mount of them lives
+                // on after its lazy unmount until its last reference goes: at once, unless a
+                // mount namespace created meanwhile (any container started on this machine,
+                // e.g. by a test beside us) holds a copy of it until that namespace ends.
+                Err(sys::Errno::EBUSY) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 r => break r,
             }
         };
         r.map_err(|e| {
-            format!(
-                "mounting kernel overlayfs ({data}): {} (dmesg tells why)",
+            Error::msg(format!(
+                "mounting kernel overlayfs ({data}): {} (dmesg tells why; for \"upperdir is \
+                 in-use\": a mount namespace created while the previous mount of this upper \
+                 existed still holds it, so let containers started meanwhile end)",
                 e.desc()
-            )
+            ))
         })?;
         self.mounted = true;
         Ok(())
     }
-    fn unmount(&mut self, ws: &Workspace) -> Result<(), String> {
+    fn unmount(&mut self, ws: &Workspace) -> Result<()> {
         if self.mounted {
             self.mounted = false;
-            sys::umount_lazy(&ws.mnt).map_err(|e| format!("unmounting overlayfs: {}", e.desc()))?;
+            sys::umount_lazy(&ws.mnt)
+                .map_err(|e| Error::msg(format!("unmounting overlayfs: {}", e.desc())))?;
         }
         Ok(())
     }
@@ -596,7 +626,7 @@ impl Union for FuseOverlayfs {
     fn format(&self) -> Format {
         Format::Kernel
     }
-    fn mount(&mut self, ws: &Workspace) -> Result<(), String> {
+    fn mount(&mut self, ws: &Workspace) -> Result<()> {
         let opts = layer_options(&ws.lowers, ws.upper.as_deref(), &ws.work);
         let child = Command::new("fuse-overlayfs")
             .arg("-f")
@@ -607,7 +637,7 @@ impl Union for FuseOverlayfs {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|e| format!("starting fuse-overlayfs: {e}"))?;
+            .map_err(|e| Error::msg(format!("starting fuse-overlayfs: {e}")))?;
         self.child = Some(child);
         self.mnt = ws.mnt.clone();
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -615,18 +645,20 @@ impl Union for FuseOverlayfs {
             if let Some(c) = self.child.as_mut() {
                 if let Ok(Some(st)) = c.try_wait() {
                     self.child = None;
-                    return Err(format!("fuse-overlayfs exited before mounting: {st}"));
+                    return Err(Error::msg(format!(
+                        "fuse-overlayfs exited before mounting: {st}"
+                    )));
                 }
             }
             if Instant::now() > deadline {
                 let _ = self.unmount(ws);
-                return Err("fuse-overlayfs did not mount within 10 s".into());
+                return Err(Error::msg("fuse-overlayfs did not mount within 10 s"));
             }
             std::thread::sleep(Duration::from_millis(5));
         }
         Ok(())
     }
-    fn unmount(&mut self, ws: &Workspace) -> Result<(), String> {
+    fn unmount(&mut self, ws: &Workspace) -> Result<()> {
         let Some(mut c) = self.child.take() else {
             return Ok(());
         };
@@ -642,7 +674,9 @@ impl Union for FuseOverlayfs {
                     // Our own child, by pid: it did not stop after the unmount.
                     let _ = c.kill();
                     let _ = c.wait();
-                    return Err("fuse-overlayfs did not exit after unmount; killed it".into());
+                    return Err(Error::msg(
+                        "fuse-overlayfs did not exit after unmount; killed it",
+                    ));
                 }
             }
         }

@@ -4,7 +4,8 @@
 //! Data flows one way: [`scenario`] parses a file, [`build`] writes its layers in the format of
 //! the implementation under test, [`impls`] mounts them, [`ops`] runs the steps, [`view`] captures
 //! and compares trees, [`runner`] checks expectations, [`diff`] compares two implementations,
-//! [`fuzz`] generates and shrinks cases, and [`report`] prints results.
+//! [`fuzz`] generates and shrinks cases, and [`report`] prints results. Whatever keeps the
+//! harness from doing its own work is an [`Error`].
 //!
 //! This is a crate of its own, beside the `unionfs` library it tests, so that the filesystem
 //! and launcher binaries do not link it (nor serde and toml). Besides `unionfs-harness` it
@@ -20,6 +21,7 @@ pub mod build;
 pub mod cli;
 pub mod diff;
 pub mod entries;
+pub mod error;
 pub mod fuzz;
 pub mod impls;
 pub mod ops;
@@ -28,3 +30,5 @@ pub mod runner;
 pub mod scenario;
 pub mod support;
 pub mod view;
+
+pub use error::{Error, Result};

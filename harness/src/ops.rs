@@ -15,6 +15,7 @@ use nix::sys::stat::Mode;
 
 use crate::scenario::Step;
 use crate::view;
+use crate::Error;
 use unionfs::sys;
 
 /// Every op a step may name.
@@ -279,28 +280,39 @@ impl State {
         }
     }
 
-    fn ino_ref(&self, r: &str) -> Result<u64, String> {
+    fn ino_ref(&self, r: &str) -> crate::Result<u64> {
         let parts: Vec<&str> = r.splitn(3, ':').collect();
         let layer_path = match parts.as_slice() {
             ["layer", n, p] => {
-                let i: usize = n.parse().map_err(|_| format!("bad layer index in {r:?}"))?;
+                let i: usize = n.parse().map_err(|_| {
+                    Error::msg(format!(
+                        "bad layer index in {r:?} (write layer:N:PATH, N counting lowers from 0)"
+                    ))
+                })?;
                 self.lowers
                     .get(i)
-                    .ok_or(format!("no lower layer {i} for {r:?}"))?
+                    .ok_or_else(|| {
+                        Error::msg(format!(
+                            "no lower layer {i} for {r:?} (there are {})",
+                            self.lowers.len()
+                        ))
+                    })?
                     .join(p)
             }
-            ["upper", p] | ["upper", p, ..] => self.upper.as_ref().ok_or("no upper layer")?.join(p),
+            ["upper", p] | ["upper", p, ..] => self
+                .upper
+                .as_ref()
+                .ok_or_else(|| Error::msg(format!("no upper layer for {r:?}")))?
+                .join(p),
             _ => {
-                return self
-                    .inos
-                    .get(r)
-                    .copied()
-                    .ok_or(format!("no inode saved as {r:?} (use save_ino first)"))
+                return self.inos.get(r).copied().ok_or_else(|| {
+                    Error::msg(format!("no inode saved as {r:?} (use save_ino first)"))
+                })
             }
         };
         std::fs::symlink_metadata(&layer_path)
             .map(|m| m.ino())
-            .map_err(|e| format!("{}: {e}", layer_path.display()))
+            .map_err(|e| Error::msg(format!("{}: {e}", layer_path.display())))
     }
 
     /// Executes one step (not remount/rotate) and checks its data expectations.

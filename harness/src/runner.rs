@@ -11,6 +11,7 @@ use crate::ops::{Outcome, State};
 use crate::report::{ScenarioResult, Status};
 use crate::scenario::{Scenario, Step};
 use crate::view::{self, capture, merge, Fields, ReadAs, Tree};
+use crate::{Error, Result};
 
 static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -98,7 +99,7 @@ impl Instance {
     }
 
     /// Builds the layers of `s` in `imp`'s format and mounts them.
-    pub fn start(s: &Scenario, imp: &str) -> Result<Instance, String> {
+    pub fn start(s: &Scenario, imp: &str) -> Result<Instance> {
         let mut u = by_name(imp)?;
         let tag: String = s
             .name
@@ -123,7 +124,7 @@ impl Instance {
             .lowers
             .iter()
             .map(|l| capture(l, ReadAs::Raw))
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>>>()?;
         u.mount(&ws)?;
         let state = State {
             mnt: ws.mnt.clone(),
@@ -151,7 +152,7 @@ impl Instance {
         &self.ws
     }
 
-    fn unmount(&mut self) -> Result<(), String> {
+    fn unmount(&mut self) -> Result<()> {
         // Kept fds would keep a lazily detached mount (and its data) alive.
         self.state.fds.clear();
         if self.mounted {
@@ -161,7 +162,7 @@ impl Instance {
         Ok(())
     }
 
-    fn remount(&mut self, rotate: bool) -> Result<(), String> {
+    fn remount(&mut self, rotate: bool) -> Result<()> {
         self.unmount()?;
         if rotate {
             self.ws.rotate()?;
@@ -192,31 +193,31 @@ impl Instance {
 
     /// Sends the daemon SIGTERM (`data = "TERM"`) or SIGKILL (`"KILL"`) and checks that the
     /// mount goes away by itself: a clean unmount, or the watchdog's after a kill.
-    fn daemon_signal(&mut self, st: &Step) -> Result<(), String> {
+    fn daemon_signal(&mut self, st: &Step) -> Result<()> {
         let pid = self
             .imp
             .daemon()
-            .ok_or("EOPNOTSUPP: this implementation has no daemon")?;
+            .ok_or_else(|| Error::msg("EOPNOTSUPP: this implementation has no daemon"))?;
         let sig = match st.data.as_deref() {
             Some("KILL") => nix::sys::signal::Signal::SIGKILL,
             _ => nix::sys::signal::Signal::SIGTERM,
         };
         self.state.fds.clear();
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig)
-            .map_err(|e| format!("kill {pid}: {e}"))?;
+            .map_err(|e| Error::msg(format!("kill {pid}: {e}")))?;
         self.wait_unmounted(&format!("after SIG{sig:?}"))?;
         self.mounted = false;
         self.imp.unmount(&self.ws)
     }
 
-    fn wait_unmounted(&self, when: &str) -> Result<(), String> {
+    fn wait_unmounted(&self, when: &str) -> Result<()> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
             if !crate::impls::is_mounted(&self.ws.mnt) {
                 return Ok(());
             }
             if std::time::Instant::now() > deadline {
-                return Err(format!("the mount is still there 10 s {when}"));
+                return Err(Error::msg(format!("the mount is still there 10 s {when}")));
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
@@ -256,7 +257,7 @@ impl Instance {
         let _ = writer.join();
         let mut problems = Vec::new();
         if let Err(e) = self.wait_unmounted("after SIGKILL") {
-            problems.push(e);
+            problems.push(e.to_string());
         }
         self.mounted = false;
         let _ = self.imp.unmount(&self.ws);
@@ -285,12 +286,12 @@ impl Instance {
     }
 
     /// The merged view as it is now.
-    pub fn view(&self) -> Result<Tree, String> {
+    pub fn view(&self) -> Result<Tree> {
         capture(&self.ws.mnt, ReadAs::View)
     }
 
     /// Unmounts and reads the upper, the model view of the stack and changes to the lowers.
-    pub fn finish(&mut self) -> Result<Finished, String> {
+    pub fn finish(&mut self) -> Result<Finished> {
         self.unmount()?;
         self.imp.settle(&self.ws)?;
         let upper = match &self.ws.upper {
@@ -302,7 +303,7 @@ impl Instance {
             .lowers
             .iter()
             .map(|l| capture(l, ReadAs::Layer))
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>>>()?;
         let mut stack: Vec<&Tree> = upper.iter().collect();
         stack.extend(lowers.iter());
         let model = merge(&stack);
@@ -396,7 +397,7 @@ pub fn run(s: &Scenario, imp: &str) -> ScenarioResult {
         }
         Err(e) => {
             res.status = Status::Error;
-            res.messages.push(e);
+            res.messages.push(e.to_string());
         }
     }
     crate::report::apply_known_bug(&mut res, &s.known_bug, imp);
@@ -404,11 +405,11 @@ pub fn run(s: &Scenario, imp: &str) -> ScenarioResult {
     res
 }
 
-fn run_checked(s: &Scenario, imp: &str, res: &mut ScenarioResult) -> Result<(), String> {
+fn run_checked(s: &Scenario, imp: &str, res: &mut ScenarioResult) -> Result<()> {
     let mut inst = Instance::start(s, imp)?;
     for (i, st) in s.step.iter().enumerate() {
         if interrupted() {
-            return Err(format!("interrupted before step {}", i + 1));
+            return Err(Error::msg(format!("interrupted before step {}", i + 1)));
         }
         let o = inst.step(st);
         let want = expected_result(st, imp);

@@ -9,6 +9,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::{Error, Result};
+
 /// One scenario: layers, steps and the expected outcome.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -227,7 +229,7 @@ impl From<Vec<u8>> for Bytes {
 }
 
 impl Serialize for Bytes {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         match std::str::from_utf8(&self.0) {
             Ok(t) => s.serialize_str(t),
             Err(_) => Err(serde::ser::Error::custom(
@@ -238,7 +240,7 @@ impl Serialize for Bytes {
 }
 
 impl<'de> Deserialize<'de> for Bytes {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         String::deserialize(d).map(Bytes::from)
     }
 }
@@ -411,10 +413,10 @@ pub struct NodeExpect {
 }
 
 /// Reads and parses a scenario file; the name defaults to the file stem.
-pub fn load(path: &Path) -> Result<Scenario, String> {
+pub fn load(path: &Path) -> Result<Scenario> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    let mut s = parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(|e| Error::msg(format!("{}: cannot read: {e}", path.display())))?;
+    let mut s = parse(&text).map_err(|e| e.context(path.display()))?;
     if s.name.is_empty() {
         s.name = path
             .file_stem()
@@ -426,11 +428,12 @@ pub fn load(path: &Path) -> Result<Scenario, String> {
         if let Some(f) = &l.from {
             let p = base.join(f);
             if !p.is_dir() {
-                return Err(format!(
-                    "{}: layer from = {f:?}: {} is not a directory",
+                return Err(Error::msg(format!(
+                    "{}: layer from = {f:?}: {} is not a directory (paths are relative to the \
+                     scenario file)",
                     path.display(),
                     p.display()
-                ));
+                )));
             }
             l.from = Some(p.to_string_lossy().into_owned());
         }
@@ -439,27 +442,31 @@ pub fn load(path: &Path) -> Result<Scenario, String> {
 }
 
 /// Parses scenario text and checks it for mistakes a TOML parser cannot see.
-pub fn parse(text: &str) -> Result<Scenario, String> {
-    let s: Scenario = toml::from_str(text).map_err(|e| format!("not a valid scenario: {e}"))?;
+pub fn parse(text: &str) -> Result<Scenario> {
+    let s: Scenario =
+        toml::from_str(text).map_err(|e| Error::msg(format!("not a valid scenario: {e}")))?;
     validate(&s)?;
     Ok(s)
 }
 
 /// Writes a scenario back as TOML (used for shrunk fuzz cases).
-pub fn to_toml(s: &Scenario) -> Result<String, String> {
-    toml::to_string(s).map_err(|e| format!("cannot write scenario: {e}"))
+pub fn to_toml(s: &Scenario) -> Result<String> {
+    toml::to_string(s).map_err(|e| Error::msg(format!("cannot write scenario: {e}")))
 }
 
-fn validate(s: &Scenario) -> Result<(), String> {
+fn validate(s: &Scenario) -> Result<()> {
     for (i, layer) in s.lower.iter().chain(s.upper.iter()).enumerate() {
         for e in &layer.entries {
-            check_rel(&e.path).map_err(|m| format!("layer {i}: {m}"))?;
+            check_rel(&e.path).map_err(|m| m.context(format!("layer {i}")))?;
             match e.kind {
                 Kind::Symlink | Kind::Hardlink if e.target.is_none() => {
-                    return Err(format!("layer {i}: {} needs a target", e.path))
+                    return Err(Error::msg(format!("layer {i}: {} needs a target", e.path)))
                 }
                 Kind::Many if e.count.is_none() => {
-                    return Err(format!("layer {i}: {} (many) needs a count", e.path))
+                    return Err(Error::msg(format!(
+                        "layer {i}: {} (many) needs a count",
+                        e.path
+                    )))
                 }
                 _ => {}
             }
@@ -467,25 +474,25 @@ fn validate(s: &Scenario) -> Result<(), String> {
     }
     for (i, st) in s.step.iter().enumerate() {
         if !crate::ops::OPS.contains(&st.op.as_str()) {
-            return Err(format!(
+            return Err(Error::msg(format!(
                 "step {}: unknown op {:?}; known: {}",
                 i + 1,
                 st.op,
                 crate::ops::OPS.join(" ")
-            ));
+            )));
         }
         if let Some(p) = &st.path {
-            check_rel(p).map_err(|m| format!("step {}: {m}", i + 1))?;
+            check_rel(p).map_err(|m| m.context(format!("step {}", i + 1)))?;
         }
     }
     Ok(())
 }
 
-fn check_rel(p: &str) -> Result<(), String> {
+fn check_rel(p: &str) -> Result<()> {
     if p.starts_with('/') || p.split('/').any(|c| c == "..") {
-        return Err(format!(
+        return Err(Error::msg(format!(
             "path {p:?} must be relative and stay inside the tree (no leading /, no ..)"
-        ));
+        )));
     }
     Ok(())
 }

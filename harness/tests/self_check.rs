@@ -111,11 +111,15 @@ fn cli_exit_status_and_json() {
 
 #[test]
 fn bad_scenarios_are_rejected_with_a_reason() {
-    let e = scenario::parse("[[step]]\nop = \"frobnicate\"\n").unwrap_err();
+    let e = scenario::parse("[[step]]\nop = \"frobnicate\"\n")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("unknown op \"frobnicate\""), "{e}");
-    let e = scenario::parse("[[lower]]\nentries = [{ path = \"/abs\" }]\n").unwrap_err();
+    let e = scenario::parse("[[lower]]\nentries = [{ path = \"/abs\" }]\n")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("must be relative"), "{e}");
-    let e = scenario::parse("nonsense = 1\n").unwrap_err();
+    let e = scenario::parse("nonsense = 1\n").unwrap_err().to_string();
     assert!(e.contains("unknown field"), "{e}");
 }
 
@@ -196,4 +200,77 @@ fn differential_run_agrees_on_a_plain_scenario() {
     // The directory rename is the documented difference: bridged with mv's fallback.
     let r = diff::run(&s, "unionfs", "kernel", 1);
     assert_eq!(r.status, Status::Pass, "{}", report::text(&r));
+}
+
+/// A container started on this machine copies every mount into its new mount namespace, and
+/// with index=on the kernel refuses an upper that a live overlay (such a copy of our previous
+/// mount) still uses. A kernel remount must wait for the copy to go, not fail: fuzz seeds 1982
+/// and 4191 failed so (EBUSY after 3 s) while launch tests ran beside them.
+#[test]
+fn kernel_remount_waits_while_another_namespace_holds_the_old_mount() {
+    use std::io::{BufRead, BufReader};
+    use std::time::{Duration, Instant};
+    if !can_run("kernel") {
+        return;
+    }
+    let s = scenario::parse(
+        "[[lower]]\nentries = [{ path = \"f\", content = \"lower\" }]\n\
+         [[step]]\nop = \"create\"\npath = \"g\"\ndata = \"new\"\n\
+         [[step]]\nop = \"remount\"\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut inst = runner::Instance::start(&s, "kernel").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(inst.step(&s.step[0]).result, "ok");
+    // Longer than the 3 s the harness used to wait, well below what it waits now.
+    let hold = Duration::from_secs(5);
+    assert!(hold < unionfs_harness::impls::KERNEL_BUSY_WAIT);
+    let mut holder = Command::new("unshare")
+        .args(["--mount", "sh", "-c"])
+        .arg(format!("echo ready; exec sleep {}", hold.as_secs()))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running unshare (util-linux): {e}"));
+    let mut line = String::new();
+    let out = holder.stdout.take().expect("piped stdout");
+    BufReader::new(out).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready", "unshare --mount did not start");
+    let t0 = Instant::now();
+    let o = inst.step(&s.step[1]);
+    let took = t0.elapsed();
+    // Our own child, by pid; it has exited by now when the remount waited for it.
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_eq!(
+        o.result, "ok",
+        "remount while a namespace held the old mount"
+    );
+    assert!(
+        took >= Duration::from_secs(3),
+        "the remount took {took:?}: the namespace's copy did not keep the upper busy, so \
+         this test no longer shows the wait"
+    );
+    let v = inst.view().unwrap_or_else(|e| panic!("{e}"));
+    let data = |t: &Tree, p: &str| t.nodes.get(p).and_then(|n| n.data.clone());
+    assert_eq!(
+        data(&v, "g").as_deref(),
+        Some(&b"new"[..]),
+        "view after the remount"
+    );
+    assert_eq!(
+        data(&v, "f").as_deref(),
+        Some(&b"lower"[..]),
+        "view after the remount"
+    );
+    let fin = inst.finish().unwrap_or_else(|e| panic!("{e}"));
+    let upper = fin.upper.expect("the scenario has an upper");
+    assert_eq!(
+        data(&upper, "g").as_deref(),
+        Some(&b"new"[..]),
+        "upper on disk"
+    );
+    assert!(
+        !upper.nodes.contains_key("f"),
+        "f was only read: no copy-up"
+    );
+    assert!(fin.lower_changes.is_empty(), "{:?}", fin.lower_changes);
 }

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use super::watchdog::Watchdog;
+use crate::error::{Error, Result};
 use crate::mount::MountGuard;
 use crate::options::{self, Invocation};
 use crate::sys;
@@ -120,7 +121,7 @@ pub fn hand_off(socket: &Path, inv: &Invocation) -> i32 {
 }
 
 /// A connection to the server at `socket`; with none running, one is started first.
-fn connect_or_start(socket: &Path) -> Result<UnixStream, String> {
+fn connect_or_start(socket: &Path) -> Result<UnixStream> {
     if let Ok(s) = UnixStream::connect(socket) {
         return Ok(s);
     }
@@ -139,45 +140,51 @@ fn connect_or_start(socket: &Path) -> Result<UnixStream, String> {
         .truncate(false)
         .write(true)
         .open(&lock_path)
-        .map_err(|e| format!("opening {}: {e}", lock_path.display()))?;
-    let _held =
-        sys::lock_exclusive(lock).map_err(|e| format!("locking {}: {e}", lock_path.display()))?;
+        .map_err(|e| Error::new(format!("opening {}: {e}", lock_path.display())))?;
+    let _held = sys::lock_exclusive(lock)
+        .map_err(|e| Error::new(format!("locking {}: {e}", lock_path.display())))?;
     if let Ok(s) = UnixStream::connect(socket) {
         return Ok(s);
     }
     // A socket left by a server that died refuses connections: it goes.
     let _ = std::fs::remove_file(socket);
-    let exe = std::env::current_exe().map_err(|e| format!("finding our own binary: {e}"))?;
+    let exe =
+        std::env::current_exe().map_err(|e| Error::new(format!("finding our own binary: {e}")))?;
     let status = std::process::Command::new(&exe)
         .arg("--serve")
         .arg(socket)
         .stdin(std::process::Stdio::null())
         .status()
-        .map_err(|e| format!("starting a server ({}): {e}", exe.display()))?;
+        .map_err(|e| Error::new(format!("starting a server ({}): {e}", exe.display())))?;
     if !status.success() {
-        return Err(format!(
+        return Err(Error::new(format!(
             "the server for {} did not start ({status}); run `unionfs-mount --serve {} -f` to \
              see why",
             socket.display(),
             socket.display()
-        ));
+        )));
     }
-    UnixStream::connect(socket)
-        .map_err(|e| format!("connecting to the new server at {}: {e}", socket.display()))
+    UnixStream::connect(socket).map_err(|e| {
+        Error::new(format!(
+            "connecting to the new server at {}: {e}",
+            socket.display()
+        ))
+    })
 }
 
 /// The server must see the mount points and layers we see: same mount and user namespaces.
-fn same_namespaces(stream: &UnixStream) -> Result<(), String> {
-    let pid = sys::peer_pid(stream.as_fd()).map_err(|e| format!("who serves the socket: {e}"))?;
+fn same_namespaces(stream: &UnixStream) -> Result<()> {
+    let pid = sys::peer_pid(stream.as_fd())
+        .map_err(|e| Error::new(format!("who serves the socket: {e}")))?;
     for ns in ["mnt", "user"] {
         let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).ok();
         let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).ok();
         if ours != theirs {
-            return Err(format!(
+            return Err(Error::new(format!(
                 "the unionfs server (pid {pid}) runs in another {ns} namespace, where this \
                  union's paths may mean something else: give it a socket of its own \
                  (-o shared=PATH) or mount without -o shared"
-            ));
+            )));
         }
     }
     Ok(())
@@ -359,7 +366,7 @@ fn handle(server: &Server, mut stream: UnixStream) {
     let answer = match recv(&mut stream) {
         Ok(req) => match mount(server, &req) {
             Ok(warnings) => [b"OK\0".as_slice(), warnings.join("\n").as_bytes()].concat(),
-            Err(e) => [b"ERR".as_slice(), e.as_bytes()].concat(),
+            Err(e) => [b"ERR".as_slice(), e.to_string().as_bytes()].concat(),
         },
         // A caller that found us in another namespace hung up: nothing to answer.
         Err(e) => {
@@ -370,20 +377,20 @@ fn handle(server: &Server, mut stream: UnixStream) {
     let _ = send(&mut stream, &answer);
 }
 
-fn mount(server: &Server, req: &[u8]) -> Result<Vec<String>, String> {
+fn mount(server: &Server, req: &[u8]) -> Result<Vec<String>> {
     let mut parts = req.split(|b| *b == 0);
     if parts.next() != Some(b"mount".as_slice()) {
-        return Err("the server understands only mount requests".into());
+        return Err(Error::new("the server understands only mount requests"));
     }
     let cwd = PathBuf::from(std::ffi::OsStr::from_bytes(parts.next().unwrap_or(b"/")));
     let argv: Vec<OsString> = std::iter::once(OsString::from("unionfs-mount"))
         .chain(parts.map(|p| OsString::from_vec(p.to_vec())))
         .collect();
-    let args = options::parse(argv).map_err(|e| e.to_string())?;
-    let mut inv = options::parse_args(args).map_err(|e| e.to_string())?;
+    let args = options::parse(argv).map_err(|e| Error::new(e.to_string()))?;
+    let mut inv = options::parse_args(args)?;
     inv.absolutize(&cwd);
-    let (prepared, warnings) = super::prepare(&mut inv).map_err(|e| e.to_string())?;
-    let guard = prepared.mount().map_err(|e| e.to_string())?;
+    let (prepared, warnings) = super::prepare(&mut inv)?;
+    let guard = prepared.mount()?;
     if let Some(p) = &inv.pid_file {
         // The pid that owns the union: this server's.
         let _ = std::fs::write(p, format!("{}\n", std::process::id()));

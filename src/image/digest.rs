@@ -9,6 +9,8 @@ use std::io::Read;
 
 use sha2::{Digest as _, Sha256, Sha512};
 
+use crate::error::Error;
+
 /// The hash functions of OCI digests we can check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Algorithm {
@@ -44,18 +46,18 @@ pub struct Digest {
 
 impl Digest {
     /// Parses `ALG:HEX`; the error says what is wrong with it.
-    pub fn parse(s: &str) -> Result<Digest, String> {
+    pub fn parse(s: &str) -> crate::error::Result<Digest> {
         let (alg, hex) = s
             .split_once(':')
-            .ok_or_else(|| format!("{s:?} is not a digest (expected sha256:HEX)"))?;
+            .ok_or_else(|| Error::new(format!("{s:?} is not a digest (expected sha256:HEX)")))?;
         let algorithm = match alg {
             "sha256" => Algorithm::Sha256,
             "sha512" => Algorithm::Sha512,
             _ => {
-                return Err(format!(
+                return Err(Error::new(format!(
                     "digest {s:?} uses the algorithm {alg:?}, which unionfs cannot check \
                      (sha256 and sha512 only)"
-                ))
+                )))
             }
         };
         let ok = hex.len() == algorithm.hex_len()
@@ -63,10 +65,10 @@ impl Digest {
                 .bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if !ok {
-            return Err(format!(
+            return Err(Error::new(format!(
                 "digest {s:?} is malformed: {alg} needs {} lower-case hex digits",
                 algorithm.hex_len()
-            ));
+            )));
         }
         Ok(Digest {
             algorithm,

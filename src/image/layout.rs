@@ -359,10 +359,10 @@ impl Reader {
                 ))
             })?;
             layers.push(Layer {
-                blob: Digest::parse(&l.digest).map_err(bad)?,
+                blob: Digest::parse(&l.digest).map_err(|e| bad(e.to_string()))?,
                 size: l.size,
                 compression,
-                diff_id: Digest::parse(diff).map_err(bad)?,
+                diff_id: Digest::parse(diff).map_err(|e| bad(e.to_string()))?,
             });
         }
         let mut warnings = Vec::new();

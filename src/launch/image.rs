@@ -119,7 +119,7 @@ fn from_store(
                 ))
             })?;
             for l in &rec.layers {
-                let d = image::Digest::parse(l).map_err(Error::msg)?;
+                let d = image::Digest::parse(l)?;
                 let dir = store.layer_dir(&d);
                 if !dir.is_dir() {
                     return Err(Error::msg(format!(

@@ -270,10 +270,10 @@ impl Profile {
                 e.column()
             ))
         })?;
-        let bad = |m: String| Error::msg(format!("seccomp profile {what}: {m}"));
+        let bad = |e: Error| e.context(format!("seccomp profile {what}"));
         let obj = v
             .as_object()
-            .ok_or_else(|| bad("the top level must be an object".into()))?;
+            .ok_or_else(|| bad(Error::msg("the top level must be an object")))?;
         let default_errno = obj
             .get("defaultErrnoRet")
             .and_then(Value::as_i64)
@@ -281,7 +281,7 @@ impl Profile {
         let default = action(
             obj.get("defaultAction")
                 .and_then(Value::as_str)
-                .ok_or_else(|| bad("no \"defaultAction\"".into()))?,
+                .ok_or_else(|| bad(Error::msg("no \"defaultAction\"")))?,
             default_errno,
         )
         .map_err(bad)?;
@@ -296,10 +296,10 @@ impl Profile {
         let calls = match obj.get("syscalls") {
             None | Some(Value::Null) => &Vec::new(),
             Some(Value::Array(a)) => a,
-            Some(_) => return Err(bad("\"syscalls\" must be a list".into())),
+            Some(_) => return Err(bad(Error::msg("\"syscalls\" must be a list"))),
         };
         for (i, c) in calls.iter().enumerate() {
-            rules.push(rule(c).map_err(|m| bad(format!("syscalls[{i}]: {m}")))?);
+            rules.push(rule(c).map_err(|e| bad(e.context(format!("syscalls[{i}]"))))?);
         }
         Ok(Profile {
             default,
@@ -432,7 +432,7 @@ fn parse_version(s: &str) -> Option<(u32, u32)> {
     Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
 }
 
-fn strings(v: Option<&Value>) -> Result<Vec<String>, String> {
+fn strings(v: Option<&Value>) -> Result<Vec<String>, Error> {
     match v {
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::String(s)) => Ok(vec![s.clone()]),
@@ -441,14 +441,16 @@ fn strings(v: Option<&Value>) -> Result<Vec<String>, String> {
             .map(|x| {
                 x.as_str()
                     .map(String::from)
-                    .ok_or_else(|| format!("expected a string, found {x}"))
+                    .ok_or_else(|| Error::msg(format!("expected a string, found {x}")))
             })
             .collect(),
-        Some(o) => Err(format!("expected a string or a list of strings, found {o}")),
+        Some(o) => Err(Error::msg(format!(
+            "expected a string or a list of strings, found {o}"
+        ))),
     }
 }
 
-fn action(name: &str, errno: i32) -> Result<Action, String> {
+fn action(name: &str, errno: i32) -> Result<Action, Error> {
     Ok(match name {
         "SCMP_ACT_ALLOW" => Action::Allow,
         "SCMP_ACT_ERRNO" => Action::Errno(errno),
@@ -458,29 +460,29 @@ fn action(name: &str, errno: i32) -> Result<Action, String> {
         "SCMP_ACT_LOG" => Action::Log,
         "SCMP_ACT_TRACE" => Action::Trace(errno as u16),
         other => {
-            return Err(format!(
+            return Err(Error::msg(format!(
                 "unknown action {other:?} (known: SCMP_ACT_ALLOW, SCMP_ACT_ERRNO, SCMP_ACT_KILL, \
                  SCMP_ACT_KILL_PROCESS, SCMP_ACT_TRAP, SCMP_ACT_LOG, SCMP_ACT_TRACE)"
-            ))
+            )))
         }
     })
 }
 
-fn caps_of(v: Option<&Value>) -> Result<Vec<Capability>, String> {
+fn caps_of(v: Option<&Value>) -> Result<Vec<Capability>, Error> {
     strings(v.and_then(|x| x.get("caps")))?
         .iter()
         .map(|c| {
             c.parse::<Capability>()
-                .map_err(|_| format!("unknown capability {c:?}"))
+                .map_err(|_| Error::msg(format!("unknown capability {c:?}")))
         })
         .collect()
 }
 
-fn rule(c: &Value) -> Result<Rule, String> {
+fn rule(c: &Value) -> Result<Rule, Error> {
     let mut names = strings(c.get("names"))?;
     names.extend(strings(c.get("name"))?);
     if names.is_empty() {
-        return Err("no \"names\"".into());
+        return Err(Error::msg("no \"names\""));
     }
     let errno = c
         .get("errnoRet")
@@ -489,22 +491,27 @@ fn rule(c: &Value) -> Result<Rule, String> {
     let act = action(
         c.get("action")
             .and_then(Value::as_str)
-            .ok_or("no \"action\"")?,
+            .ok_or_else(|| Error::msg("no \"action\""))?,
         errno,
     )?;
     let mut args = Vec::new();
     if let Some(list) = c.get("args").filter(|a| !a.is_null()) {
-        for a in list.as_array().ok_or("\"args\" must be a list")? {
+        for a in list
+            .as_array()
+            .ok_or_else(|| Error::msg("\"args\" must be a list"))?
+        {
             let num = |k: &str| a.get(k).and_then(Value::as_u64);
             let index = num("index")
                 .filter(|i| *i < 6)
-                .ok_or("arg \"index\" must be 0-5")? as u32;
-            let value = num("value").ok_or("arg without a numeric \"value\"")?;
+                .ok_or_else(|| Error::msg("arg \"index\" must be 0-5"))?
+                as u32;
+            let value =
+                num("value").ok_or_else(|| Error::msg("arg without a numeric \"value\""))?;
             let two = num("valueTwo").unwrap_or(0);
             let op = a
                 .get("op")
                 .and_then(Value::as_str)
-                .ok_or("arg without \"op\"")?;
+                .ok_or_else(|| Error::msg("arg without \"op\""))?;
             let (op, value) = match op {
                 "SCMP_CMP_NE" => (ScmpCompareOp::NotEqual, value),
                 "SCMP_CMP_LT" => (ScmpCompareOp::Less, value),
@@ -513,7 +520,7 @@ fn rule(c: &Value) -> Result<Rule, String> {
                 "SCMP_CMP_GE" => (ScmpCompareOp::GreaterEqual, value),
                 "SCMP_CMP_GT" => (ScmpCompareOp::Greater, value),
                 "SCMP_CMP_MASKED_EQ" => (ScmpCompareOp::MaskedEqual(value), two),
-                o => return Err(format!("unknown arg op {o:?}")),
+                o => return Err(Error::msg(format!("unknown arg op {o:?}"))),
             };
             args.push(ArgCmp { index, op, value });
         }
@@ -521,7 +528,9 @@ fn rule(c: &Value) -> Result<Rule, String> {
     let inc = c.get("includes");
     let exc = c.get("excludes");
     let min_kernel = match inc.and_then(|i| i.get("minKernel")).and_then(Value::as_str) {
-        Some(k) => Some(parse_version(k).ok_or(format!("bad minKernel {k:?}"))?),
+        Some(k) => {
+            Some(parse_version(k).ok_or_else(|| Error::msg(format!("bad minKernel {k:?}")))?)
+        }
         None => None,
     };
     let mut arches = strings(inc.and_then(|i| i.get("arches")))?;

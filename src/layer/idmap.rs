@@ -11,6 +11,7 @@
 use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd};
 
+use crate::error::{Error, Result};
 use crate::sys::{self, Errno, SysResult};
 
 /// One range: `count` container ids from `container` are the host ids from `host`.
@@ -33,14 +34,14 @@ pub struct IdMap {
 impl IdMap {
     /// A map of `ranges`; overlapping ranges (on either side) are refused, as the kernel
     /// refuses them in a uid_map: an id would have two meanings.
-    pub fn new(ranges: Vec<IdRange>) -> Result<IdMap, String> {
+    pub fn new(ranges: Vec<IdRange>) -> Result<IdMap> {
         for (i, a) in ranges.iter().enumerate() {
             let end = |start: u32| u64::from(start) + u64::from(a.count);
             if a.count == 0 || end(a.container) > 1 << 32 || end(a.host) > 1 << 32 {
-                return Err(format!(
+                return Err(Error::new(format!(
                     "range {}:{}:{} is empty or goes past the largest id",
                     a.container, a.host, a.count
-                ));
+                )));
             }
             for b in &ranges[..i] {
                 let overlap = |x: u32, y: u32| {
@@ -48,10 +49,10 @@ impl IdMap {
                     x < y + u64::from(b.count) && y < x + u64::from(a.count)
                 };
                 if overlap(a.container, b.container) || overlap(a.host, b.host) {
-                    return Err(format!(
+                    return Err(Error::new(format!(
                         "ranges {}:{}:{} and {}:{}:{} overlap",
                         b.container, b.host, b.count, a.container, a.host, a.count
-                    ));
+                    )));
                 }
             }
         }
@@ -59,9 +60,11 @@ impl IdMap {
     }
 
     /// Parses `CONTAINER:HOST:COUNT[:CONTAINER:HOST:COUNT...]`.
-    pub fn parse(s: &str) -> Result<IdMap, String> {
+    pub fn parse(s: &str) -> Result<IdMap> {
         let bad = || {
-            format!("{s:?}: expected CONTAINER:HOST:COUNT[:CONTAINER:HOST:COUNT...], e.g. 0:100000:65536")
+            Error::new(format!(
+                "{s:?}: expected CONTAINER:HOST:COUNT[:CONTAINER:HOST:COUNT...], e.g. 0:100000:65536"
+            ))
         };
         // Empty fields are skipped, as fuse-overlayfs's strtok does: containers/storage writes
         // every range as `:C:H:N`, so podman passes `uidmapping=:0:100000:65536`.
@@ -69,7 +72,7 @@ impl IdMap {
             .split(':')
             .filter(|p| !p.trim().is_empty())
             .map(|p| p.trim().parse::<u32>())
-            .collect::<Result<_, _>>()
+            .collect::<std::result::Result<_, _>>()
             .map_err(|_| bad())?;
         if nums.is_empty() || nums.len() % 3 != 0 {
             return Err(bad());
@@ -82,7 +85,7 @@ impl IdMap {
                 count: c[2],
             })
             .collect();
-        IdMap::new(ranges).map_err(|e| format!("{s:?}: {e}"))
+        IdMap::new(ranges).map_err(|e| Error::new(format!("{s:?}: {e}")))
     }
 
     /// True for the empty map, which changes no id.
@@ -158,7 +161,7 @@ impl IdMaps {
     }
 
     /// Parses a record written by [`IdMaps::to_record`].
-    pub fn from_record(text: &str) -> Result<IdMaps, String> {
+    pub fn from_record(text: &str) -> Result<IdMaps> {
         let mut maps = IdMaps::default();
         for line in text.lines().map(str::trim) {
             if line.is_empty() || line.starts_with('#') {
@@ -172,7 +175,7 @@ impl IdMaps {
             match which {
                 "uid" => maps.uids = m,
                 "gid" => maps.gids = m,
-                _ => return Err(format!("unknown line {line:?}")),
+                _ => return Err(Error::new(format!("unknown line {line:?}"))),
             }
         }
         Ok(maps)
@@ -229,7 +232,7 @@ pub fn is_acl_xattr(name: &[u8]) -> bool {
 pub fn map_acl_ids(
     value: &mut [u8],
     mut map: impl FnMut(bool, u32) -> Option<u32>,
-) -> Result<(), u32> {
+) -> std::result::Result<(), u32> {
     if value.len() < ACL_HEADER {
         return Ok(());
     }
@@ -278,7 +281,7 @@ mod tests {
             ("0:1000:10:5:2000:10", "overlap"),
             ("0:1000:10:20:1005:10", "overlap"),
         ] {
-            let e = IdMap::parse(s).unwrap_err();
+            let e = IdMap::parse(s).unwrap_err().to_string();
             assert!(e.contains(why), "{s}: {e}");
         }
     }

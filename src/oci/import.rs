@@ -19,21 +19,42 @@ pub struct ImportStats {
     pub entries: u64,
 }
 
+/// Why a layer path is refused (part of the refusal message).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BadPath {
+    /// It starts with `/`.
+    Absolute,
+    /// It has a `..` component.
+    DotDot,
+    /// It names nothing below the root (`""`, `.`, `./`).
+    Empty,
+}
+
+impl std::fmt::Display for BadPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BadPath::Absolute => "absolute path",
+            BadPath::DotDot => "'..' component",
+            BadPath::Empty => "empty path",
+        })
+    }
+}
+
 /// A layer path made safe: relative, no `..`, no empty or `.` components.
-fn clean_path(raw: &[u8]) -> std::result::Result<Vec<Vec<u8>>, String> {
+fn clean_path(raw: &[u8]) -> std::result::Result<Vec<Vec<u8>>, BadPath> {
     if raw.starts_with(b"/") {
-        return Err("absolute path".into());
+        return Err(BadPath::Absolute);
     }
     let mut comps = Vec::new();
     for c in raw.split(|b| *b == b'/') {
         match c {
             b"" | b"." => continue,
-            b".." => return Err("'..' component".into()),
+            b".." => return Err(BadPath::DotDot),
             c => comps.push(c.to_vec()),
         }
     }
     if comps.is_empty() {
-        return Err("empty path".into());
+        return Err(BadPath::Empty);
     }
     Ok(comps)
 }
@@ -171,12 +192,10 @@ fn import_entries<'a, R: Read + 'a>(
                 dir.display()
             ))
         };
-        if entry.header().entry_type().is_dir()
-            && clean_path(&raw).is_err_and(|w| w == "empty path")
-        {
+        if entry.header().entry_type().is_dir() && clean_path(&raw) == Err(BadPath::Empty) {
             continue; // "./": the layer root itself, which is `dir`
         }
-        let comps = clean_path(&raw).map_err(|w| refuse(&w))?;
+        let comps = clean_path(&raw).map_err(|w| refuse(&w.to_string()))?;
         let (name, parents) = comps.split_last().ok_or_else(|| refuse("empty path"))?;
         let parent = parent_dir(root.as_fd(), parents).map_err(|e| match e {
             Errno::ELOOP | Errno::ENOTDIR => refuse("a parent directory is a symlink or a file"),

@@ -285,10 +285,13 @@ pub fn snapshot(root: &Path) -> Snapshot {
 }
 
 /// [`snapshot`], as a result.
-pub(crate) fn raw(root: &Path) -> Result<Snapshot, String> {
+pub(crate) fn raw(root: &Path) -> unionfs_harness::Result<Snapshot> {
     let mut t = capture(root, ReadAs::Raw)?;
     if !t.ghosts.is_empty() {
-        return Err(format!("{root:?} lists {:?}, but lstat fails", t.ghosts));
+        return Err(unionfs_harness::Error::msg(format!(
+            "{root:?} lists {:?}, but lstat fails",
+            t.ghosts
+        )));
     }
     // st_blocks of a file written just before may still change while the filesystem
     // allocates it (ext4's delayed allocation), with nothing modified.

@@ -11,14 +11,14 @@ use clap::Parser;
 use unionfs_harness::cli::{Cli, Cmd};
 use unionfs_harness::diff::{self, DiffOutcome};
 use unionfs_harness::report::{self, ScenarioResult, Status};
-use unionfs_harness::{fuzz, runner, scenario};
+use unionfs_harness::{fuzz, runner, scenario, Error, Result};
 
-fn expand(files: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+fn expand(files: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for f in files {
         if f.is_dir() {
             let mut v: Vec<PathBuf> = std::fs::read_dir(f)
-                .map_err(|e| format!("{}: {e}", f.display()))?
+                .map_err(|e| Error::at("readdir", f, e))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| p.extension().is_some_and(|x| x == "toml"))
                 .collect();
@@ -29,7 +29,9 @@ fn expand(files: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
         }
     }
     if out.is_empty() {
-        return Err("no scenario files given (directories are searched for *.toml)".into());
+        return Err(Error::msg(
+            "no scenario files given (directories are searched for *.toml)",
+        ));
     }
     Ok(out)
 }
@@ -69,7 +71,7 @@ fn for_each_file(
             Ok(s) => f(&s),
             Err(e) => {
                 let mut r = ScenarioResult::new(&path.display().to_string(), label);
-                r.messages.push(e);
+                r.messages.push(e.to_string());
                 r
             }
         };
@@ -128,7 +130,7 @@ fn fuzz_one(
         .and_then(|t| {
             std::fs::create_dir_all(out)
                 .and_then(|()| std::fs::write(&file, t))
-                .map_err(|e| format!("cannot write {}: {e}", file.display()))
+                .map_err(|e| Error::at("cannot write", &file, e))
         });
     match written {
         Ok(()) => r.messages.push(format!(

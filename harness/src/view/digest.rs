@@ -5,6 +5,7 @@ use std::os::fd::BorrowedFd;
 use std::path::Path;
 use std::sync::OnceLock;
 
+use crate::{Error, Result};
 use unionfs::sys;
 
 /// File content kept literally up to this size; larger files are compared by digest.
@@ -55,8 +56,8 @@ pub(super) fn file_digest(
     fd: BorrowedFd<'_>,
     len: u64,
     path: &Path,
-) -> Result<(u64, Option<Vec<u8>>), String> {
-    let err = |e: sys::Errno| format!("read {}: {}", path.display(), e.desc());
+) -> Result<(u64, Option<Vec<u8>>)> {
+    let err = |e: sys::Errno| Error::at("read", path, e.desc());
     // The data extents; a filesystem that cannot say has one extent, the whole file.
     let mut extents = Vec::new();
     let mut pos = 0i64;

@@ -15,6 +15,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use crate::scenario::Kind;
+use crate::{Error, Result};
 use unionfs::sys;
 
 mod compare;
@@ -69,7 +70,10 @@ pub struct Node {
     pub opaque: bool,
 }
 
-fn ser_data<S: serde::Serializer>(d: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+fn ser_data<S: serde::Serializer>(
+    d: &Option<Vec<u8>>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
     match d {
         Some(d) => s.serialize_some(&xattr_text(d)),
         None => s.serialize_none(),
@@ -79,7 +83,7 @@ fn ser_data<S: serde::Serializer>(d: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S:
 fn ser_xattrs<S: serde::Serializer>(
     x: &BTreeMap<String, Vec<u8>>,
     s: S,
-) -> Result<S::Ok, S::Error> {
+) -> std::result::Result<S::Ok, S::Error> {
     s.collect_map(x.iter().map(|(k, v)| (k, xattr_text(v))))
 }
 
@@ -159,7 +163,7 @@ pub fn split(path: &str) -> (&str, &str) {
 }
 
 /// Reads the xattrs of `path` (not following symlinks).
-pub fn xattrs(path: &Path) -> Result<BTreeMap<String, Vec<u8>>, String> {
+pub fn xattrs(path: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
     let (dir, name) = at(path)?;
     let at = match &name {
         Some(n) => sys::At::new(sys::fd(&dir), n),
@@ -168,13 +172,13 @@ pub fn xattrs(path: &Path) -> Result<BTreeMap<String, Vec<u8>>, String> {
     xattrs_at(at, path)
 }
 
-fn xattrs_at(at: sys::At<'_>, path: &Path) -> Result<BTreeMap<String, Vec<u8>>, String> {
+fn xattrs_at(at: sys::At<'_>, path: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
     // Ask the sizes first: most nodes have no xattrs, and big zeroed buffers per node make
     // capturing a 10,000-entry tree slow.
     let size = match sys::listxattr(at, &mut []) {
         Ok(n) => n,
         Err(sys::Errno::ENOTSUP) => 0,
-        Err(e) => return Err(format!("listxattr {}: {}", path.display(), e.desc())),
+        Err(e) => return Err(Error::at("listxattr", path, e.desc())),
     };
     if size == 0 {
         return Ok(BTreeMap::new());
@@ -183,11 +187,12 @@ fn xattrs_at(at: sys::At<'_>, path: &Path) -> Result<BTreeMap<String, Vec<u8>>, 
     let n = match sys::listxattr(at, &mut buf) {
         Ok(n) => n,
         Err(sys::Errno::ENOTSUP) => 0,
-        Err(e) => return Err(format!("listxattr {}: {}", path.display(), e.desc())),
+        Err(e) => return Err(Error::at("listxattr", path, e.desc())),
     };
     let mut out = BTreeMap::new();
     for xname in buf[..n].split(|b| *b == 0).filter(|s| !s.is_empty()) {
-        let cname = sys::cstr(OsStr::from_bytes(xname)).map_err(|e| e.desc().to_string())?;
+        let cname = sys::cstr(OsStr::from_bytes(xname))
+            .map_err(|e| Error::at("xattr name of", path, e.desc()))?;
         let want = sys::getxattr(at, &cname, &mut []).unwrap_or(0);
         let mut val = vec![0u8; want + 1024];
         match sys::getxattr(at, &cname, &mut val) {
@@ -198,12 +203,12 @@ fn xattrs_at(at: sys::At<'_>, path: &Path) -> Result<BTreeMap<String, Vec<u8>>, 
             // Listed but not readable (e.g. removed meanwhile): not part of the state.
             Err(sys::Errno::ENODATA) => {}
             Err(e) => {
-                return Err(format!(
+                return Err(Error::msg(format!(
                     "getxattr {} {}: {}",
                     path.display(),
                     String::from_utf8_lossy(xname),
                     e.desc()
-                ))
+                )))
             }
         }
     }
@@ -211,14 +216,12 @@ fn xattrs_at(at: sys::At<'_>, path: &Path) -> Result<BTreeMap<String, Vec<u8>>, 
 }
 
 /// An `O_PATH` fd of the parent of `path` and the last name (None: `path` is a root to use as is).
-pub fn at(path: &Path) -> Result<(std::os::fd::OwnedFd, Option<std::ffi::CString>), String> {
-    at_errno(path).map_err(|e| format!("open parent of {}: {}", path.display(), e.desc()))
+pub fn at(path: &Path) -> Result<(std::os::fd::OwnedFd, Option<std::ffi::CString>)> {
+    at_errno(path).map_err(|e| Error::at("open parent of", path, e.desc()))
 }
 
 /// Like [`at`], with the plain errno (what a step reports).
-pub fn at_errno(
-    path: &Path,
-) -> Result<(std::os::fd::OwnedFd, Option<std::ffi::CString>), sys::Errno> {
+pub fn at_errno(path: &Path) -> sys::SysResult<(std::os::fd::OwnedFd, Option<std::ffi::CString>)> {
     match (path.parent(), path.file_name()) {
         (Some(p), Some(n)) => {
             // A bare name is relative to the working directory.
@@ -257,7 +260,7 @@ fn is_opaque_xattrs(x: &BTreeMap<String, Vec<u8>>) -> bool {
 }
 
 /// Captures one node at `path` (lstat, content, target, xattrs).
-pub fn node(path: &Path) -> Result<Node, String> {
+pub fn node(path: &Path) -> Result<Node> {
     let (dir, name) = at(path)?;
     match name {
         Some(n) => node_at(sys::fd(&dir), &n, path),
@@ -265,18 +268,17 @@ pub fn node(path: &Path) -> Result<Node, String> {
             // A root: name it through its parent so the same code applies.
             let parent = path.join("..");
             let pfd = sys::open_path(&parent, libc::O_PATH | libc::O_DIRECTORY)
-                .map_err(|e| format!("open {}: {}", parent.display(), e.desc()))?;
+                .map_err(|e| Error::at("open", &parent, e.desc()))?;
             let me = sys::cstr(path.file_name().unwrap_or(OsStr::new(".")))
-                .map_err(|e| e.desc().to_string())?;
+                .map_err(|e| Error::at("name of", path, e.desc()))?;
             node_at(sys::fd(&pfd), &me, path)
         }
     }
 }
 
 /// Captures `name` in the directory `dir`, file data included (`path` is for messages).
-fn node_at(dir: BorrowedFd<'_>, name: &CStr, path: &Path) -> Result<Node, String> {
-    let st =
-        sys::fstatat(dir, name).map_err(|e| format!("lstat {}: {}", path.display(), e.desc()))?;
+fn node_at(dir: BorrowedFd<'_>, name: &CStr, path: &Path) -> Result<Node> {
+    let st = sys::fstatat(dir, name).map_err(|e| Error::at("lstat", path, e.desc()))?;
     let kind = match st.st_mode & libc::S_IFMT {
         libc::S_IFDIR => Kind::Dir,
         libc::S_IFLNK => Kind::Symlink,
@@ -305,13 +307,13 @@ fn node_at(dir: BorrowedFd<'_>, name: &CStr, path: &Path) -> Result<Node, String
     };
     match kind {
         Kind::Symlink => {
-            let t = sys::readlinkat(dir, name)
-                .map_err(|e| format!("readlink {}: {}", path.display(), e.desc()))?;
+            let t =
+                sys::readlinkat(dir, name).map_err(|e| Error::at("readlink", path, e.desc()))?;
             n.target = Some(String::from_utf8_lossy(&t).into_owned());
         }
         Kind::File => {
             let fd = open_noatime(dir, name, libc::O_RDONLY | libc::O_NOFOLLOW)
-                .map_err(|e| format!("open {}: {}", path.display(), e.desc()))?;
+                .map_err(|e| Error::at("open", path, e.desc()))?;
             (n.digest, n.data) = file_digest(sys::fd(&fd), n.size, path)?;
         }
         _ => {}
@@ -323,7 +325,7 @@ fn node_at(dir: BorrowedFd<'_>, name: &CStr, path: &Path) -> Result<Node, String
 /// Captures the tree under `root` (which must be a directory; a symlink to one is followed,
 /// as layer paths may be). Any depth: paths longer than PATH_MAX are walked one directory
 /// fd at a time, and no file's atime moves.
-pub fn capture(root: &Path, how: ReadAs) -> Result<Tree, String> {
+pub fn capture(root: &Path, how: ReadAs) -> Result<Tree> {
     let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
     let root = root.as_path();
     let mut t = Tree::default();
@@ -356,16 +358,11 @@ struct Level {
     fd: Option<OwnedFd>,
 }
 
-fn dir_level(
-    fd: OwnedFd,
-    rel: String,
-    id: Option<(u64, u64)>,
-    real: &Path,
-) -> Result<Level, String> {
+fn dir_level(fd: OwnedFd, rel: String, id: Option<(u64, u64)>, real: &Path) -> Result<Level> {
     // No stat of the directory here: an extra GETATTR would change what a union's kernel
     // caches, and so what the test that captured the tree sees next.
     let mut names: Vec<Vec<u8>> = sys::read_dir(sys::fd(&fd))
-        .map_err(|e| format!("readdir {}: {}", real.display(), e.desc()))?
+        .map_err(|e| Error::at("readdir", real, e.desc()))?
         .into_iter()
         .map(|e| e.name)
         .collect();
@@ -379,7 +376,7 @@ fn dir_level(
     })
 }
 
-fn walk(root: &Path, how: ReadAs, t: &mut Tree) -> Result<(), String> {
+fn walk(root: &Path, how: ReadAs, t: &mut Tree) -> Result<()> {
     let real = |rel: &str| {
         if rel == "." {
             root.to_path_buf()
@@ -394,10 +391,10 @@ fn walk(root: &Path, how: ReadAs, t: &mut Tree) -> Result<(), String> {
             libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
             0,
         )
-        .map_err(|e| format!("open {}: {}", real(rel).display(), e.desc()))
+        .map_err(|e| Error::at("open", &real(rel), e.desc()))
     };
     let rootfd = sys::open_path(root, libc::O_PATH | libc::O_DIRECTORY)
-        .map_err(|e| format!("open {}: {}", root.display(), e.desc()))?;
+        .map_err(|e| Error::at("open", root, e.desc()))?;
     let mut stack = vec![dir_level(rootfd, ".".into(), None, root)?];
     while let Some(top) = stack.last_mut() {
         let Some(name) = top.names.pop() else {
@@ -405,14 +402,14 @@ fn walk(root: &Path, how: ReadAs, t: &mut Tree) -> Result<(), String> {
             if let (Some(parent), Some(done)) = (stack.last_mut(), done) {
                 if parent.fd.is_none() {
                     let up = open_dir(sys::fd(&done), c"..", &parent.rel)?;
-                    let st = sys::fstat(sys::fd(&up)).map_err(|e| {
-                        format!("stat {}: {}", real(&parent.rel).display(), e.desc())
-                    })?;
+                    let st = sys::fstat(sys::fd(&up))
+                        .map_err(|e| Error::at("stat", &real(&parent.rel), e.desc()))?;
                     if Some((st.st_dev, st.st_ino)) != parent.id {
-                        return Err(format!(
-                            "{} moved while its tree was captured",
+                        return Err(Error::msg(format!(
+                            "{} moved while its tree was captured; capture it while nothing \
+                             else changes it",
                             real(&parent.rel).display()
-                        ));
+                        )));
                     }
                     parent.fd = Some(up);
                 }
@@ -421,13 +418,17 @@ fn walk(root: &Path, how: ReadAs, t: &mut Tree) -> Result<(), String> {
         };
         let dir = top.rel.clone();
         let Some(cur) = top.fd.as_ref() else {
-            return Err(format!("{}: lost its fd", real(&dir).display()));
+            return Err(Error::msg(format!(
+                "{}: lost its fd while its tree was captured (a harness bug: report it)",
+                real(&dir).display()
+            )));
         };
         let cur = sys::fd(cur);
         let text = name_text(&name);
         let p = join(&dir, &text);
         let full = real(&p);
-        let cname = sys::cstr(OsStr::from_bytes(&name)).map_err(|e| e.desc().to_string())?;
+        let cname = sys::cstr(OsStr::from_bytes(&name))
+            .map_err(|e| Error::at("name of", &full, e.desc()))?;
         if how == ReadAs::Layer {
             if name == b".wh..wh..opq" {
                 if let Some(n) = t.nodes.get_mut(&dir) {
@@ -448,7 +449,7 @@ fn walk(root: &Path, how: ReadAs, t: &mut Tree) -> Result<(), String> {
                 t.ghosts.insert(p);
                 continue;
             }
-            r => r.map_err(|e| format!("lstat {}: {}", full.display(), e.desc()))?,
+            r => r.map_err(|e| Error::at("lstat", &full, e.desc()))?,
         };
         let mut n = node_at(cur, &cname, &full)?;
         if how == ReadAs::Layer {
