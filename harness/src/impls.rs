@@ -339,7 +339,7 @@ impl Drop for Workspace {
 /// unionfs through the library, served by threads of this process; `unionfs-metacopy` with
 /// `-o metacopy=on`, whose upper becomes a plain diff once `fill_stubs` has run.
 struct UnionFs {
-    guard: Option<unionfs::MountGuard>,
+    guard: Option<unionfs::mount::MountGuard>,
     metacopy: bool,
 }
 
@@ -367,7 +367,7 @@ impl Union for UnionFs {
         Format::Oci
     }
     fn mount(&mut self, ws: &Workspace) -> Result<()> {
-        let mut cfg = unionfs::MountConfig::new(ws.lowers.clone(), ws.upper.clone());
+        let mut cfg = unionfs::mount::MountConfig::new(ws.lowers.clone(), ws.upper.clone());
         cfg.metacopy = self.metacopy;
         let g = cfg
             .mount(&ws.mnt)

@@ -18,51 +18,6 @@ use crate::view;
 use crate::Error;
 use unionfs::sys;
 
-/// Every op a step may name.
-pub const OPS: &[&str] = &[
-    "create",
-    "write",
-    "append",
-    "truncate",
-    "open",
-    "read_fd",
-    "write_fd",
-    "close",
-    "fsync",
-    "fchmod",
-    "fchown",
-    "mkdir",
-    "rmdir",
-    "unlink",
-    "rename",
-    "link",
-    "symlink",
-    "mknod",
-    "chmod",
-    "chown",
-    "utimes",
-    "setxattr",
-    "removexattr",
-    "getxattr",
-    "listxattr",
-    "read",
-    "readlink",
-    "readdir",
-    "dino",
-    "stat",
-    "mmap_write",
-    "rm_rf",
-    "parallel_write",
-    "remount",
-    "rotate",
-    "setfacl",
-    "getfacl",
-    "read_as",
-    "churn",
-    "daemon_signal",
-    "crash_copy_up",
-];
-
 /// Runs a tool; its failure becomes the errno it names on stderr (EPERM/EACCES/ENOENT/...),
 /// or EIO, so that results compare across implementations.
 fn tool(argv: &[&str]) -> std::io::Result<String> {

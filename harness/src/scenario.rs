@@ -11,6 +11,51 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
+/// Every op a step may name.
+pub const OPS: &[&str] = &[
+    "create",
+    "write",
+    "append",
+    "truncate",
+    "open",
+    "read_fd",
+    "write_fd",
+    "close",
+    "fsync",
+    "fchmod",
+    "fchown",
+    "mkdir",
+    "rmdir",
+    "unlink",
+    "rename",
+    "link",
+    "symlink",
+    "mknod",
+    "chmod",
+    "chown",
+    "utimes",
+    "setxattr",
+    "removexattr",
+    "getxattr",
+    "listxattr",
+    "read",
+    "readlink",
+    "readdir",
+    "dino",
+    "stat",
+    "mmap_write",
+    "rm_rf",
+    "parallel_write",
+    "remount",
+    "rotate",
+    "setfacl",
+    "getfacl",
+    "read_as",
+    "churn",
+    "daemon_signal",
+    "crash_copy_up",
+];
+
 /// One scenario: layers, steps and the expected outcome.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -249,7 +294,7 @@ impl<'de> Deserialize<'de> for Bytes {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Step {
-    /// The operation (see [`crate::ops::OPS`]).
+    /// The operation (see [`OPS`]).
     pub op: String,
     /// The path it acts on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -473,12 +518,12 @@ fn validate(s: &Scenario) -> Result<()> {
         }
     }
     for (i, st) in s.step.iter().enumerate() {
-        if !crate::ops::OPS.contains(&st.op.as_str()) {
+        if !OPS.contains(&st.op.as_str()) {
             return Err(Error::msg(format!(
                 "step {}: unknown op {:?}; known: {}",
                 i + 1,
                 st.op,
-                crate::ops::OPS.join(" ")
+                OPS.join(" ")
             )));
         }
         if let Some(p) = &st.path {
