@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use unionfs::layer::resolve::{self, DirSet};
 use unionfs::layer::{Stack, StackConfig};
-use unionfs::MountConfig;
+use unionfs::mount::MountConfig;
 
 struct Scale {
     files: usize,
@@ -209,7 +209,7 @@ fn op_readdir(m: &Path, s: &Scale) -> f64 {
 struct Mounted {
     imp: &'static str,
     mnt: PathBuf,
-    guard: Option<unionfs::MountGuard>,
+    guard: Option<unionfs::mount::MountGuard>,
 }
 
 impl Mounted {

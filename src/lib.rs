@@ -24,4 +24,3 @@ pub mod sys;
 pub mod transport;
 
 pub use error::{Error, Result};
-pub use mount::{MountConfig, MountGuard};

@@ -115,7 +115,7 @@ fn export_import_round_trip_gives_the_same_view() {
         fs::create_dir_all(&u).unwrap();
         let before;
         {
-            let g = unionfs::MountConfig::new(vec![l.clone()], Some(u.clone()))
+            let g = unionfs::mount::MountConfig::new(vec![l.clone()], Some(u.clone()))
                 .mount(&m)
                 .unwrap();
             sh(&format!(
@@ -161,7 +161,7 @@ fn export_import_round_trip_gives_the_same_view() {
         ]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let u2 = t.dir(&format!("u2-{comp}"));
-        let g = unionfs::MountConfig::new(vec![imported.clone(), l.clone()], Some(u2))
+        let g = unionfs::mount::MountConfig::new(vec![imported.clone(), l.clone()], Some(u2))
             .mount(&m)
             .unwrap();
         let after = view(&m);
@@ -331,7 +331,7 @@ fn a_layer_made_by_umoci_imports_to_the_view_it_shows() {
     let o = layer_tool(&["import", layer.to_str().unwrap(), dir.to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let m = t.dir("m");
-    let g = unionfs::MountConfig::new(vec![dir], None)
+    let g = unionfs::mount::MountConfig::new(vec![dir], None)
         .mount(&m)
         .unwrap();
     let rootfs = bundle.join("rootfs");
@@ -383,7 +383,7 @@ fn deletes_of_names_too_long_for_wh_files_export_as_wh_entries_and_import_back()
     fs::write(l.join("keep"), "k").unwrap();
     let (u, m) = (t.dir("u"), t.dir("m"));
     {
-        let g = unionfs::MountConfig::new(vec![l.clone()], Some(u.clone()))
+        let g = unionfs::mount::MountConfig::new(vec![l.clone()], Some(u.clone()))
             .mount(&m)
             .unwrap();
         fs::remove_file(m.join(&a)).unwrap();
@@ -436,7 +436,7 @@ fn deletes_of_names_too_long_for_wh_files_export_as_wh_entries_and_import_back()
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let u2 = t.dir("u2");
-    let g = unionfs::MountConfig::new(vec![imported, l.clone()], Some(u2))
+    let g = unionfs::mount::MountConfig::new(vec![imported, l.clone()], Some(u2))
         .mount(&m)
         .unwrap();
     assert!(fs::symlink_metadata(m.join(&a)).is_err());

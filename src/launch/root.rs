@@ -72,7 +72,7 @@ impl RootProvider for UnionRoot {
         upper: Option<&Path>,
         work: Option<&Path>,
     ) -> Result<Box<dyn Any>, Error> {
-        let mut mc = crate::MountConfig::new(
+        let mut mc = crate::mount::MountConfig::new(
             self.lowers.clone(),
             upper.map(Path::to_path_buf).or_else(|| self.upper.clone()),
         );
@@ -96,7 +96,7 @@ impl RootProvider for UnionRoot {
 
 /// Mount the union through the library; the holder process keeps the guard, whose drop
 /// unmounts lazily and stops the FUSE threads.
-fn mount_union(mc: &crate::MountConfig, target: &Path) -> Result<Box<dyn Any>, Error> {
+fn mount_union(mc: &crate::mount::MountConfig, target: &Path) -> Result<Box<dyn Any>, Error> {
     let guard = mc
         .mount(target)
         .map_err(|e| Error::msg(format!("mounting the union: {e}")))?;

@@ -190,7 +190,7 @@ fn library_guard_mounts_and_unmounts_on_drop() {
     let u = fx.dir("u");
     let mnt = fx.dir("mnt");
     {
-        let guard = unionfs::MountConfig::new(vec![l.clone()], Some(u.clone()))
+        let guard = unionfs::mount::MountConfig::new(vec![l.clone()], Some(u.clone()))
             .mount(&mnt)
             .unwrap();
         assert_eq!(guard.mountpoint(), mnt.as_path());
