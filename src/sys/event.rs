@@ -42,18 +42,37 @@ impl OneShotSet {
 
     /// Waits for one entry to fire, for at most `timeout` (forever with `None`); its key, or
     /// `None` when the time ran out.
+    ///
+    /// The wait is a poll(2) on the set's own fd, and the entry is then taken without
+    /// blocking: a thread asleep in epoll_wait is woken without the waker's "I am about to
+    /// sleep" hint, so the scheduler moves it to another (idle) CPU, while the poll wakeup keeps
+    /// the hint and runs it where the waker ran. For FUSE that is the caller's CPU, and a
+    /// `/dev/fuse` round trip costs half as much (cold `ls -lR`: 0.75 -> 0.31 s, README).
     pub fn wait_one(&self, timeout: Option<Duration>) -> SysResult<Option<u64>> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        let deadline = timeout.map(|d| std::time::Instant::now() + d);
         let mut events = [EpollEvent::empty()];
-        let t = match timeout {
-            None => EpollTimeout::NONE,
-            Some(d) => {
-                let ms = d.as_millis().min(i32::MAX as u128) as u32;
-                EpollTimeout::try_from(ms).unwrap_or(EpollTimeout::NONE)
-            }
-        };
         loop {
-            match self.0.wait(&mut events, t) {
+            let left = match deadline {
+                None => PollTimeout::NONE,
+                Some(end) => {
+                    let ms = end
+                        .saturating_duration_since(std::time::Instant::now())
+                        .as_millis();
+                    PollTimeout::try_from(ms.min(i32::MAX as u128) as i32)
+                        .unwrap_or(PollTimeout::MAX)
+                }
+            };
+            let mut fds = [PollFd::new(self.0 .0.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, left) {
                 Ok(0) => return Ok(None),
+                Ok(_) => {}
+                Err(super::Errno::EINTR) => continue,
+                Err(e) => return Err(e),
+            }
+            match self.0.wait(&mut events, EpollTimeout::ZERO) {
+                Ok(0) => continue, // another thread took it first
                 Ok(_) => return Ok(Some(events[0].data())),
                 Err(super::Errno::EINTR) => continue,
                 Err(e) => return Err(e),

@@ -136,6 +136,8 @@ fn reader(p: &Arc<Pool>) {
             None => spare.then_some(IDLE_EXIT),
         };
         p.idle.fetch_add(1, Ordering::AcqRel);
+        // Every waiting thread wakes for a request (poll(2), see `OneShotSet::wait_one`), one
+        // takes it: the pool is at most `max` threads, and the spare ones leave when quiet.
         let woken = p.set.wait_one(timeout);
         let idle_left = p.idle.fetch_sub(1, Ordering::AcqRel) - 1;
         wake_rested(p);
