@@ -253,7 +253,7 @@ pub fn copy_up_entry(
                     None => sys::openat(src_dir.as_fd(), &cname, flags | libc::O_NOATIME, 0)
                         .or_else(|_| sys::openat(src_dir.as_fd(), &cname, flags, 0))?,
                 };
-                data::copy_data(src.as_fd(), dst.as_fd(), st.st_size as u64)?;
+                data::copy_data(src.as_fd(), dst.as_fd(), st.st_size as u64, !stack.volatile)?;
                 // On disk before the rename publishes it, as overlayfs does: a crash must
                 // not leave a published copy with missing data. Not when volatile: a crash
                 // then condemns the whole upper anyway.

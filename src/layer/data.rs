@@ -2,19 +2,27 @@
 //! copy_file_range over the data extents, else sendfile, else read/write. Used by copy-up and
 //! by filling a metadata-only copy.
 //!
-//! The copy goes in chunks, and each chunk's writeback to disk starts as soon as it is
-//! copied: copy-up flushes the copy before it publishes it (a crash must not leave a
+//! The copy goes in chunks, and where the copy will be flushed, each chunk's writeback to disk
+//! starts as soon as it is copied: copy-up flushes the copy before it publishes it (a crash must not leave a
 //! published file with missing data), and that flush then waits only for the last chunks
 //! instead of the whole file. fuse-overlayfs copies without flushing, which is faster by the
 //! time of that flush but can leave a truncated or empty file under the name after a crash.
+//! Without the flush (`-o volatile`) the early writeback would only compete with the copy
+//! for the disk, so the copy leaves writeback to the kernel as fuse-overlayfs does.
 
 use std::os::fd::BorrowedFd;
 
 use crate::sys::{self, Errno, SysResult};
 
 /// Copies file data keeping holes: reflink if the filesystem can, else copy_file_range over the
-/// data extents, else read/write.
-pub fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: u64) -> SysResult<()> {
+/// data extents, else read/write. `flushed`: the caller flushes the copy afterwards, so its
+/// writeback starts chunk by chunk.
+pub fn copy_data(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    size: u64,
+    flushed: bool,
+) -> SysResult<()> {
     if size == 0 {
         return Ok(());
     }
@@ -34,7 +42,7 @@ pub fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: u64) -> SysResu
             Ok(h) => h.min(end),
             Err(_) => end,
         };
-        copy_range(src, dst, data, hole)?;
+        copy_range(src, dst, data, hole, flushed)?;
         off = hole;
     }
     sys::ftruncate(dst, size)
@@ -45,11 +53,19 @@ const CHUNK: usize = 8 << 20;
 
 /// Starts the writeback of what was just copied; where the filesystem cannot, the flush at
 /// the end does it all.
-fn written(dst: BorrowedFd<'_>, from: i64, to: i64) {
-    let _ = sys::start_writeback(dst, from, to - from);
+fn written(dst: BorrowedFd<'_>, from: i64, to: i64, flushed: bool) {
+    if flushed {
+        let _ = sys::start_writeback(dst, from, to - from);
+    }
 }
 
-fn copy_range(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, from: i64, to: i64) -> SysResult<()> {
+fn copy_range(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    from: i64,
+    to: i64,
+    flushed: bool,
+) -> SysResult<()> {
     let mut off_in = from;
     let mut off_out = from;
     while off_in < to {
@@ -57,13 +73,13 @@ fn copy_range(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, from: i64, to: i64) -> S
         let at = off_out;
         match sys::copy_file_range(src, &mut off_in, dst, &mut off_out, want) {
             Ok(0) => return Ok(()),
-            Ok(_) => written(dst, at, off_out),
+            Ok(_) => written(dst, at, off_out, flushed),
             // Between filesystems: the kernel still copies with sendfile.
             Err(Errno::EXDEV)
             | Err(Errno::EINVAL)
             | Err(Errno::ENOSYS)
             | Err(Errno::EOPNOTSUPP) => {
-                return copy_range_sendfile(src, dst, off_in, to);
+                return copy_range_sendfile(src, dst, off_in, to, flushed);
             }
             Err(e) => return Err(e),
         }
@@ -76,6 +92,7 @@ fn copy_range_sendfile(
     dst: BorrowedFd<'_>,
     from: i64,
     to: i64,
+    flushed: bool,
 ) -> SysResult<()> {
     sys::lseek(dst, from, libc::SEEK_SET)?;
     let mut off = from;
@@ -84,7 +101,7 @@ fn copy_range_sendfile(
         let at = off;
         match sys::sendfile(dst, src, &mut off, want) {
             Ok(0) => return Ok(()),
-            Ok(_) => written(dst, at, off),
+            Ok(_) => written(dst, at, off, flushed),
             Err(Errno::EINVAL) | Err(Errno::ENOSYS) => return copy_range_rw(src, dst, off, to),
             Err(e) => return Err(e),
         }

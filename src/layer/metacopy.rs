@@ -237,7 +237,7 @@ pub fn fill_from(
         }
         Err(e) => return Err(e),
     };
-    crate::layer::data::copy_data(src, dst.as_fd(), stub.size)?;
+    crate::layer::data::copy_data(src, dst.as_fd(), stub.size, flush)?;
     if flush {
         sys::fsync(dst.as_fd(), true)?;
     }
