@@ -498,6 +498,15 @@ def draw_more(out, data):
              {v: [(m, rows[(v, m)]) for m in sizes] for v, _, _ in COPYUP_VARIANTS})
 
 
+def fuse_overlayfs_version():
+    """The "version X" of `fuse-overlayfs --version` (its first lines are libfuse's)."""
+    out = subprocess.run(["fuse-overlayfs", "--version"], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        if line.startswith("fuse-overlayfs:"):
+            return line.split(":", 1)[1].strip()
+    return "(version unknown)"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--dir", required=True, help="fixtures and runs (reused across runs)")
@@ -519,7 +528,7 @@ def main():
         f"Machine: {os.cpu_count()} CPUs, {os.uname().release}; fixtures on "
         f"{subprocess.run(['df', '--output=fstype', b], capture_output=True, text=True).stdout.split()[-1]}; "
         f"unionfs {'(release build)'}, fuse-overlayfs "
-        f"{subprocess.run(['fuse-overlayfs', '--version'], capture_output=True, text=True).stdout.split(chr(10))[0]}.\n"
+        f"{fuse_overlayfs_version()}.\n"
     ]
     data = {}
     steps = [
