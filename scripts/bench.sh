@@ -5,6 +5,7 @@
 # walk over a large tree.
 #
 #   scripts/bench.sh [--quick] [--runs N] [--out FILE] [--devfuse] [--no-passthrough] [--no-drop]
+#                    [--baseline BIN]
 #
 # --no-drop never calls sync(2) or drop_caches (on a machine where one of them blocks, e.g.
 # behind a wedged filesystem): the cold rows and the memory table are then left out.
@@ -14,6 +15,9 @@
 # for unionfs with -o uring=off (requests read from /dev/fuse), to show what the transport gives.
 # --no-passthrough adds a column for unionfs with -o passthrough=off (file data through the
 # daemon, and fds opened before a copy-up follow it, as in kernel overlayfs), to show its cost.
+# --baseline BIN adds a column for another unionfs-mount binary (an older build, e.g. from a
+# `git worktree` of the commit before a change), and with --devfuse one for it over /dev/fuse:
+# a before/after comparison in one run, which is the only kind this noisy VM supports.
 #
 # Needs root (mounts, loop devices). Installs fuse-overlayfs from Debian if it is missing. Layer
 # sets are built under $BENCH_DIR (default /var/tmp/unionfs-bench, or
@@ -24,6 +28,7 @@ quick=0
 devfuse=0
 nopt=0
 nodrop=0
+baseline=""
 runs=3
 out=""
 while [ $# -gt 0 ]; do
@@ -34,11 +39,16 @@ while [ $# -gt 0 ]; do
     --devfuse) devfuse=1 ;;
     --no-passthrough) nopt=1 ;;
     --no-drop) nodrop=1 ;;
-    *) echo "usage: $0 [--quick] [--runs N] [--out FILE] [--devfuse] [--no-passthrough] [--no-drop]" >&2; exit 2 ;;
+    --baseline) baseline=$2; shift ;;
+    *) echo "usage: $0 [--quick] [--runs N] [--out FILE] [--devfuse] [--no-passthrough] [--no-drop] [--baseline BIN]" >&2; exit 2 ;;
   esac
   shift
 done
 [ "$(id -u)" = 0 ] || { echo "bench.sh: needs root to mount" >&2; exit 1; }
+if [ -n "$baseline" ] && [ ! -x "$baseline" ]; then
+  echo "bench.sh: --baseline $baseline is not an executable file: give the path of an unionfs-mount binary" >&2
+  exit 2
+fi
 if ! command -v fuse-overlayfs >/dev/null; then
   apt-get update -qq && apt-get install -y -qq fuse-overlayfs >/dev/null || true
 fi
@@ -145,6 +155,10 @@ TAR=$B/files$NTAR.tar
 impls=(kernel unionfs)
 [ $devfuse = 1 ] && impls+=(unionfs-devfuse)
 [ $nopt = 1 ] && impls+=(unionfs-nopassthrough)
+if [ -n "$baseline" ]; then
+  impls+=(baseline)
+  [ $devfuse = 1 ] && impls+=(baseline-devfuse)
+fi
 command -v fuse-overlayfs >/dev/null && impls+=(fuse-overlayfs)
 URING_SWITCH=/sys/module/fuse/parameters/enable_uring
 URING_BEFORE=$(cat "$URING_SWITCH" 2>/dev/null || true)
@@ -203,6 +217,10 @@ mount_impl() { # impl lowers name -> prints mountpoint; upper, work dir and moun
                -o "uring=off,lowerdir=$low,upperdir=$d/u,workdir=$d/w" "$d/m" ;;
     unionfs-nopassthrough) "$UNIONFS" --pid-file "$d/pid" --stats-file "$d/stats" \
                -o "passthrough=off,lowerdir=$low,upperdir=$d/u,workdir=$d/w" "$d/m" ;;
+    baseline) "$baseline" --pid-file "$d/pid" --stats-file "$d/stats" \
+               -o "lowerdir=$low,upperdir=$d/u,workdir=$d/w" "$d/m" ;;
+    baseline-devfuse) "$baseline" --pid-file "$d/pid" --stats-file "$d/stats" \
+               -o "uring=off,lowerdir=$low,upperdir=$d/u,workdir=$d/w" "$d/m" ;;
     fuse-overlayfs) fuse-overlayfs -o "lowerdir=$low,upperdir=$d/u,workdir=$d/w" "$d/m" ;;
   esac
   echo "$d/m"
@@ -218,7 +236,7 @@ daemon_pid() { # impl mountpoint lowers
   local d=${2%/m} p
   local -a found=()
   case $1 in
-    unionfs|unionfs-devfuse|unionfs-nopassthrough) found=("$(cat "$d/pid")") ;;
+    unionfs|unionfs-devfuse|unionfs-nopassthrough|baseline|baseline-devfuse) found=("$(cat "$d/pid")") ;;
     fuse-overlayfs)
       for p in /proc/[0-9]*; do
         if tr '\0' '\n' < "$p/cmdline" 2>/dev/null |
