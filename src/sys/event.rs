@@ -113,8 +113,7 @@ impl Wakeup {
 
 /// An owned fd duplicate (F_DUPFD_CLOEXEC) of `fd`.
 pub fn dup(fd: BorrowedFd<'_>) -> SysResult<OwnedFd> {
-    fd.try_clone_to_owned()
-        .map_err(|e| super::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+    fd.try_clone_to_owned().map_err(super::errno_of)
 }
 
 /// Waits until `fd` is readable, at most `limit`; whether it is.

@@ -41,6 +41,18 @@ impl Region {
             len,
         })
     }
+
+    /// The mapping's address, for handing the buffer to the kernel (an io_uring entry).
+    pub fn addr(&self) -> *mut u8 {
+        self.ptr
+    }
+
+    /// Hands the buffer's pages back to the system, keeping the mapping: it reads as zeroes.
+    pub fn discard(&mut self) {
+        // SAFETY: the range is this mapping; MADV_DONTNEED on private anonymous memory only
+        // makes its next read see zeroes, and `&mut self` rules out borrows of the old bytes.
+        unsafe { libc::madvise(self.ptr.cast(), self.len, libc::MADV_DONTNEED) };
+    }
 }
 
 impl Deref for Region {

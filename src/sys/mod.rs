@@ -64,6 +64,11 @@ pub use xattr::*;
 /// Result of a system call wrapper.
 pub type SysResult<T> = Result<T, Errno>;
 
+/// The errno of an `std::io::Error` from a library call (EIO when it carries none).
+pub(crate) fn errno_of(e: std::io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
 /// A NUL-terminated copy of `name`; names with an inner NUL cannot exist on Linux.
 pub fn cstr(name: &OsStr) -> SysResult<CString> {
     CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)

@@ -3,11 +3,12 @@
 //! (register an entry, commit a reply and fetch the next request). Everything that touches raw memory or the submission queue is here;
 //! request parsing and dispatch are safe code in [`crate::transport`].
 
+use std::mem::ManuallyDrop;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
-use super::{Errno, SysResult};
+use super::{errno_of, Errno, Region, SysResult};
 
 /// `struct fuse_uring_req_header`: 128 bytes for the in/out header, 128 for the op's fixed
 /// argument, 32 for `fuse_uring_ent_in_out`.
@@ -17,55 +18,9 @@ pub const OP_IN: usize = 128;
 /// Offset of `fuse_uring_ent_in_out` in the header buffer.
 pub const ENT_IN_OUT: usize = 256;
 
+/// FUSE_IO_URING_CMD_REGISTER and _COMMIT_AND_FETCH (linux/fuse.h).
 const CMD_REGISTER: u32 = 1;
-
-fn errno_of(e: std::io::Error) -> Errno {
-    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
-}
 const CMD_COMMIT_AND_FETCH: u32 = 2;
-
-/// A zeroed, page-aligned buffer the kernel reads and writes while we do not look at it. It is
-/// an anonymous mapping, so pages the kernel never writes (most of a 1 MiB payload buffer for
-/// metadata requests) cost no memory: an idle union's entries are nearly free.
-struct RawBuf {
-    ptr: *mut u8,
-    len: usize,
-}
-
-impl RawBuf {
-    fn new(len: usize) -> SysResult<RawBuf> {
-        let len = len.max(1);
-        // SAFETY: a fresh private anonymous mapping; no existing memory is touched.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(Errno::last());
-        }
-        Ok(RawBuf {
-            ptr: ptr.cast(),
-            len,
-        })
-    }
-}
-
-impl Drop for RawBuf {
-    fn drop(&mut self) {
-        if self.ptr.is_null() {
-            return;
-        }
-        // SAFETY: mapped in `new` with this length; `RingEntry` lets a buffer drop only once
-        // the kernel has released the entry (see its `Drop`).
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
-    }
-}
 
 /// One registered FUSE ring entry: the buffers the kernel writes one request into and reads
 /// its reply from, for queue `qid` of the connection whose device is `dev`. The device fd
@@ -73,8 +28,10 @@ impl Drop for RawBuf {
 pub struct RingEntry {
     dev: i32,
     qid: u16,
-    header: RawBuf,
-    payload: RawBuf,
+    /// Anonymous mappings, so pages the kernel never writes (most of a 1 MiB payload buffer
+    /// for metadata requests) cost no memory: an idle union's entries are nearly free.
+    header: ManuallyDrop<Region>,
+    payload: ManuallyDrop<Region>,
     iov: Box<[libc::iovec; 2]>,
     /// False while the kernel may still write into the buffers.
     released: bool,
@@ -88,15 +45,15 @@ impl RingEntry {
     /// An entry for queue `qid` of the connection `dev`, with buffers for payloads of up to
     /// `payload_len` bytes (the kernel requires at least its max_write / max_pages size).
     pub fn new(dev: BorrowedFd<'_>, qid: u16, payload_len: usize) -> SysResult<RingEntry> {
-        let header = RawBuf::new(HEADER_LEN)?;
-        let payload = RawBuf::new(payload_len)?;
+        let header = ManuallyDrop::new(Region::new(HEADER_LEN)?);
+        let payload = ManuallyDrop::new(Region::new(payload_len)?);
         let iov = Box::new([
             libc::iovec {
-                iov_base: header.ptr.cast(),
+                iov_base: header.addr().cast(),
                 iov_len: HEADER_LEN,
             },
             libc::iovec {
-                iov_base: payload.ptr.cast(),
+                iov_base: payload.addr().cast(),
                 iov_len: payload_len,
             },
         ]);
@@ -116,14 +73,14 @@ impl RingEntry {
         // SAFETY: HEADER_LEN bytes were mapped; the kernel wrote them before completing the
         // command and does not touch them again until the next command is pushed, which takes
         // `&mut self` and so ends this borrow.
-        unsafe { std::slice::from_raw_parts(self.header.ptr, HEADER_LEN) }
+        unsafe { std::slice::from_raw_parts(self.header.addr(), HEADER_LEN) }
     }
 
     /// The request's payload (names, data), `len` bytes of it.
     pub fn payload(&self, len: usize) -> &[u8] {
         let len = len.min(self.iov[1].iov_len);
         // SAFETY: as in `header`, for the payload buffer, bounded by its length.
-        unsafe { std::slice::from_raw_parts(self.payload.ptr, len) }
+        unsafe { std::slice::from_raw_parts(self.payload.addr(), len) }
     }
 
     /// Writes the reply: `fuse_out_header` and its payload, with the payload size the kernel
@@ -135,10 +92,11 @@ impl RingEntry {
         // SAFETY: the kernel is not using the buffers (a request is being answered) and
         // `&mut self` rules out other borrows of them; both copies stay inside the mappings.
         unsafe {
-            std::ptr::copy_nonoverlapping(out_header.as_ptr(), self.header.ptr, 16);
-            std::ptr::copy_nonoverlapping(body.as_ptr(), self.payload.ptr, body.len());
+            let (h, p) = (self.header.addr(), self.payload.addr());
+            std::ptr::copy_nonoverlapping(out_header.as_ptr(), h, 16);
+            std::ptr::copy_nonoverlapping(body.as_ptr(), p, body.len());
             let sz = (body.len() as u32).to_ne_bytes();
-            std::ptr::copy_nonoverlapping(sz.as_ptr(), self.header.ptr.add(ENT_IN_OUT + 16), 4);
+            std::ptr::copy_nonoverlapping(sz.as_ptr(), h.add(ENT_IN_OUT + 16), 4);
         }
         true
     }
@@ -146,25 +104,21 @@ impl RingEntry {
     /// Hands the pages the last request used back to the system (after a large read or
     /// write through the daemon), keeping the mapping: an idle entry then costs nothing.
     pub fn trim(&mut self) {
-        // SAFETY: the range is the payload mapping; MADV_DONTNEED on private anonymous memory
-        // only makes its next read see zeroes. The kernel is not using it (between requests).
-        unsafe {
-            libc::madvise(
-                self.payload.ptr.cast(),
-                self.payload.len,
-                libc::MADV_DONTNEED,
-            )
-        };
+        // The kernel is not using the payload between requests.
+        self.payload.discard();
     }
 }
 
 impl Drop for RingEntry {
     fn drop(&mut self) {
-        if !self.released {
-            // The kernel may still write into the entry: leak the mapping (untouched pages
-            // cost nothing) by letting the buffers forget it.
-            self.header.ptr = std::ptr::null_mut();
-            self.payload.ptr = std::ptr::null_mut();
+        // While the kernel may still write into the entry its mappings are leaked (untouched
+        // pages cost nothing).
+        if self.released {
+            // SAFETY: dropped once, here, and the fields are not used after.
+            unsafe {
+                ManuallyDrop::drop(&mut self.header);
+                ManuallyDrop::drop(&mut self.payload);
+            }
         }
     }
 }
