@@ -66,27 +66,9 @@ pub fn run(mut inv: Invocation) -> i32 {
     // Readiness pipe: the foreground caller waits on it until the mount is live.
     let mut status: Option<OwnedFd> = None;
     if !inv.foreground {
-        let (r, w) = match sys::pipe() {
-            Ok(p) => p,
-            Err(e) => {
-                eprintln!("unionfs-mount: creating a pipe: {e}");
-                return 1;
-            }
-        };
-        match sys::fork() {
-            Ok(sys::ForkResult::Child) => {
-                drop(r);
-                sys::setsid();
-                status = Some(w);
-            }
-            Ok(sys::ForkResult::Parent { .. }) => {
-                drop(w);
-                return wait_ready(r);
-            }
-            Err(e) => {
-                eprintln!("unionfs-mount: fork: {e}");
-                return 1;
-            }
+        match detach() {
+            Ok(w) => status = Some(w),
+            Err(code) => return code,
         }
     }
     let watchdog = if inv.watchdog {
@@ -185,6 +167,31 @@ fn report(status: &Option<OwnedFd>, msg: &str) {
     }
 }
 
+/// Goes to the background: a child in a new session carries on and gets the writing end of
+/// a readiness pipe (it writes "OK" there once it serves, or "ERR" and why), while the caller's
+/// process waits for that word and ends with `Err` of its exit code.
+pub(crate) fn detach() -> Result<OwnedFd, i32> {
+    let (r, w) = sys::pipe().map_err(|e| {
+        eprintln!("unionfs-mount: creating a pipe: {e}");
+        1
+    })?;
+    match sys::fork() {
+        Ok(sys::ForkResult::Child) => {
+            drop(r);
+            sys::setsid();
+            Ok(w)
+        }
+        Ok(sys::ForkResult::Parent { .. }) => {
+            drop(w);
+            Err(wait_ready(r))
+        }
+        Err(e) => {
+            eprintln!("unionfs-mount: fork: {e}");
+            Err(1)
+        }
+    }
+}
+
 /// The caller's side of the readiness pipe: exit 0 once the daemon says the mount is live.
 fn wait_ready(r: OwnedFd) -> i32 {
     let mut msg = Vec::new();
@@ -201,7 +208,7 @@ fn wait_ready(r: OwnedFd) -> i32 {
     if msg.is_empty() {
         let _ = writeln!(
             std::io::stderr(),
-            "unionfs-mount: the daemon exited before the mount was ready (run with -f -d to see why)"
+            "unionfs-mount: the daemon exited before it was ready (run it with -f -d to see why)"
         );
     }
     // The daemon printed its own message on our shared stderr.

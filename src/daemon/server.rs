@@ -215,32 +215,9 @@ pub fn run(socket: &Path, foreground: bool) -> i32 {
     // process that listens on it, and checks its namespaces through that pid.
     let mut ready = None;
     if !foreground {
-        let (r, w) = match sys::pipe() {
-            Ok(p) => p,
-            Err(e) => {
-                eprintln!("unionfs-mount: creating a pipe: {e}");
-                return 1;
-            }
-        };
-        match sys::fork() {
-            Ok(sys::ForkResult::Child) => {
-                drop(r);
-                sys::setsid();
-                ready = Some(w);
-            }
-            Ok(sys::ForkResult::Parent { .. }) => {
-                drop(w);
-                // The server says OK once it listens (or prints why it cannot and exits).
-                let mut b = [0u8; 2];
-                return match sys::read(r.as_fd(), &mut b) {
-                    Ok(2) if &b == b"OK" => 0,
-                    _ => 1,
-                };
-            }
-            Err(e) => {
-                eprintln!("unionfs-mount: fork: {e}");
-                return 1;
-            }
+        match super::detach() {
+            Ok(w) => ready = Some(w),
+            Err(code) => return code,
         }
     }
     let listener = match UnixListener::bind(socket) {
