@@ -5,7 +5,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use super::{check_layers, internal, ioerr};
+use super::{check_layers, layer_entries};
 use crate::error::Result;
 use crate::layer::whiteout;
 
@@ -50,17 +50,9 @@ fn in_lowers(lowers: &[PathBuf], rel: &Path) -> bool {
 }
 
 fn diff_dir(dir: &Path, rel: &Path, lowers: &[PathBuf], out: &mut Vec<Change>) -> Result<()> {
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .map_err(|e| ioerr(format!("reading {}", dir.display()), e))?
-        .filter_map(|e| e.ok())
-        .collect();
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
+    for e in layer_entries(dir)? {
         let name = e.file_name();
         let nb = name.as_bytes();
-        if internal(nb) {
-            continue;
-        }
         if nb == whiteout::OPAQUE_MARKER.to_bytes() {
             if in_lowers(lowers, rel) {
                 out.push(Change::Replaced(rel.to_path_buf()));

@@ -8,7 +8,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use super::{internal, ioerr, map_acl, map_id, open_lowers, open_upper, IdMaps};
+use super::{internal, ioerr, layer_entries, map_acl, map_id, open_lowers, open_upper, IdMaps};
 use crate::error::{Error, Result};
 use crate::layer::metacopy;
 use crate::layer::stack::open_subdir;
@@ -147,16 +147,8 @@ fn export_dir<W: Write>(
 ) -> Result<()> {
     let dirfd = sys::open_path(dir, libc::O_PATH | libc::O_DIRECTORY)
         .map_err(|e| ioerr(format!("opening {}", dir.display()), e.desc()))?;
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .map_err(|e| ioerr(format!("reading {}", dir.display()), e))?
-        .filter_map(|e| e.ok())
-        .collect();
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
+    for e in layer_entries(dir)? {
         let name = e.file_name();
-        if internal(name.as_bytes()) {
-            continue;
-        }
         let path = e.path();
         let relp = rel.join(&name);
         let meta = std::fs::symlink_metadata(&path)

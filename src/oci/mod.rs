@@ -5,6 +5,7 @@
 //! entry reach outside it, and `diff` lists an upper's changes.
 
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 pub mod cli;
@@ -29,6 +30,22 @@ pub(crate) fn ioerr(what: impl std::fmt::Display, e: impl std::fmt::Display) -> 
 /// True for entries of an upper that are ours, not part of the layer diff.
 pub(crate) fn internal(name: &[u8]) -> bool {
     name.starts_with(whiteout::RESERVED_PREFIX) && name != whiteout::OPAQUE_MARKER.to_bytes()
+}
+
+/// The entries of the upper's directory `dir` that belong to the layer diff, by name (tar
+/// output is then the same for the same tree). A failed read is an error, never a shorter
+/// listing: an export must not leave out what it could not read.
+pub(crate) fn layer_entries(dir: &Path) -> Result<Vec<std::fs::DirEntry>> {
+    let reading = |e| ioerr(format!("reading {}", dir.display()), e);
+    let mut entries = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(reading)? {
+        let e = e.map_err(reading)?;
+        if !internal(e.file_name().as_bytes()) {
+            entries.push(e);
+        }
+    }
+    entries.sort_by_key(|e| e.file_name());
+    Ok(entries)
 }
 
 /// Checks that `upper` and each of `lowers` is a directory that can be opened, naming the first
