@@ -274,17 +274,7 @@ impl Profile {
         let obj = v
             .as_object()
             .ok_or_else(|| bad(Error::msg("the top level must be an object")))?;
-        let default_errno = obj
-            .get("defaultErrnoRet")
-            .and_then(Value::as_i64)
-            .unwrap_or(libc::EPERM as i64) as i32;
-        let default = action(
-            obj.get("defaultAction")
-                .and_then(Value::as_str)
-                .ok_or_else(|| bad(Error::msg("no \"defaultAction\"")))?,
-            default_errno,
-        )
-        .map_err(bad)?;
+        let default = action_of(&v, "defaultAction", "defaultErrnoRet").map_err(bad)?;
         let mut arches: Vec<String> = strings(obj.get("architectures")).map_err(bad)?;
         if let Some(map) = obj.get("archMap").and_then(Value::as_array) {
             for m in map {
@@ -450,6 +440,19 @@ fn strings(v: Option<&Value>) -> Result<Vec<String>, Error> {
     }
 }
 
+/// The action `obj[key]` names, with the errno in `obj[errno_key]` (EPERM when absent).
+fn action_of(obj: &Value, key: &str, errno_key: &str) -> Result<Action, Error> {
+    let errno = obj
+        .get(errno_key)
+        .and_then(Value::as_i64)
+        .unwrap_or(libc::EPERM as i64) as i32;
+    let name = obj
+        .get(key)
+        .and_then(Value::as_str)
+        .ok_or_else(|| Error::msg(format!("no \"{key}\"")))?;
+    action(name, errno)
+}
+
 fn action(name: &str, errno: i32) -> Result<Action, Error> {
     Ok(match name {
         "SCMP_ACT_ALLOW" => Action::Allow,
@@ -484,16 +487,7 @@ fn rule(c: &Value) -> Result<Rule, Error> {
     if names.is_empty() {
         return Err(Error::msg("no \"names\""));
     }
-    let errno = c
-        .get("errnoRet")
-        .and_then(Value::as_i64)
-        .unwrap_or(libc::EPERM as i64) as i32;
-    let act = action(
-        c.get("action")
-            .and_then(Value::as_str)
-            .ok_or_else(|| Error::msg("no \"action\""))?,
-        errno,
-    )?;
+    let act = action_of(c, "action", "errnoRet")?;
     let mut args = Vec::new();
     if let Some(list) = c.get("args").filter(|a| !a.is_null()) {
         for a in list
