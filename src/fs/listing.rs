@@ -35,6 +35,9 @@ pub struct ListHints {
     wants_attrs: DashMap<u32, ()>,
     /// Programs (device and inode of the executable) whose callers used the names they listed.
     wants_attrs_exe: DashMap<(u64, u64), ()>,
+    /// Callers whose executable was checked and is not one of those: a walker listing a
+    /// thousand directories pays one look at `/proc/<pid>/exe`, not a thousand.
+    exe_checked: DashMap<u32, ()>,
 }
 
 /// The executable `pid` runs, as device and inode; `None` when it is gone or hidden from us.
@@ -58,13 +61,14 @@ impl ListHints {
             return false;
         }
         // Only once some program has shown it wants attributes is its executable worth a stat.
-        if !self.wants_attrs_exe.is_empty() {
+        if !self.wants_attrs_exe.is_empty() && !self.exe_checked.contains_key(&pid) {
             if let Some(exe) = exe_of(pid) {
                 if self.wants_attrs_exe.contains_key(&exe) {
                     insert_bounded(&self.wants_attrs, pid);
                     return false;
                 }
             }
+            insert_bounded(&self.exe_checked, pid);
         }
         if self.bare_dirs.len() >= MAX_ENTRIES {
             self.bare_dirs.clear();
@@ -82,6 +86,7 @@ impl ListHints {
         }
         if let Some((_, pid)) = self.bare_dirs.remove(&parent) {
             insert_bounded(&self.wants_attrs, pid);
+            self.exe_checked.remove(&pid);
             if let Some(exe) = exe_of(pid) {
                 insert_bounded(&self.wants_attrs_exe, exe);
             }
@@ -138,6 +143,10 @@ mod tests {
             h.send_bare(1, 7),
             "pid 1 runs another program and should get bare names"
         );
+        // Its executable was looked at once; its next listings do not look again.
+        assert!(h.exe_checked.contains_key(&1));
+        assert!(h.send_bare(1, 8));
+        assert_eq!(h.exe_checked.len(), 1);
     }
 
     #[test]
@@ -156,5 +165,6 @@ mod tests {
             h.found_in(u64::from(pid));
         }
         assert!(h.bare_dirs.len() <= MAX_ENTRIES && h.wants_attrs.len() <= MAX_ENTRIES);
+        assert!(h.exe_checked.len() <= MAX_ENTRIES);
     }
 }
