@@ -120,8 +120,14 @@ pub(crate) fn alive(pid: i32) -> bool {
     unionfs_harness::impls::alive(pid)
 }
 
-pub(crate) fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + Duration::from_secs(10);
+/// Waits up to 10 s for `f`, failing the test with `what` after that.
+pub(crate) fn wait_until(what: &str, f: impl FnMut() -> bool) {
+    wait_within(what, Duration::from_secs(10), f)
+}
+
+/// Waits up to `limit` for `f`, failing the test with `what` after that.
+pub(crate) fn wait_within(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + limit;
     while !f() {
         assert!(Instant::now() < end, "timed out waiting for: {what}");
         std::thread::sleep(Duration::from_millis(20));

@@ -5,7 +5,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::fixture::*;
 use crate::common::can_mount as fuse_available;
@@ -34,6 +34,15 @@ fn shared(fx: &mut Fixture, socket: &Path, args: &[&str]) -> Output {
     out
 }
 
+/// A union of `lower` over a new upper `u{tag}` on a new mount point `m{tag}`, through the
+/// server at `socket`.
+fn shared_union(fx: &mut Fixture, socket: &Path, lower: &Path, tag: &str) -> Output {
+    let (u, m) = (fx.dir(&format!("u{tag}")), fx.dir(&format!("m{tag}")));
+    let args = [lower, &u, &m].map(|p| p.to_str().unwrap().to_string());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    shared(fx, socket, &args)
+}
+
 /// A `/proc/PID/status` field's first number.
 fn status_field(pid: i32, key: &str) -> u64 {
     let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -60,23 +69,6 @@ fn children(pid: i32) -> Vec<i32> {
     out
 }
 
-fn gone(pid: i32) -> bool {
-    // A zombie counts as gone: this VM's init reaps late.
-    fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
-        s.rsplit(')')
-            .next()
-            .is_some_and(|r| r.trim_start().starts_with('Z'))
-    })
-}
-
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + limit;
-    while !f() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn a_hundred_unions_in_one_server_cost_a_few_threads_and_little_memory() {
     if !fuse_available() {
@@ -88,16 +80,7 @@ fn a_hundred_unions_in_one_server_cost_a_few_threads_and_little_memory() {
     let socket = fx.root.join("server.sock");
     const N: usize = 100;
     for i in 0..N {
-        let (u, m) = (fx.dir(&format!("u{i}")), fx.dir(&format!("m{i}")));
-        let o = shared(
-            &mut fx,
-            &socket,
-            &[
-                l.to_str().unwrap(),
-                u.to_str().unwrap(),
-                m.to_str().unwrap(),
-            ],
-        );
+        let o = shared_union(&mut fx, &socket, &l, &i.to_string());
         assert!(o.status.success(), "union {i}: {}", stderr(&o));
     }
     assert_eq!(
@@ -148,8 +131,8 @@ fn a_hundred_unions_in_one_server_cost_a_few_threads_and_little_memory() {
         );
     }
     fx.mounts.clear();
-    wait_for("the idle server to exit", Duration::from_secs(15), || {
-        gone(server)
+    wait_within("the idle server to exit", Duration::from_secs(15), || {
+        !alive(server)
     });
     assert!(!socket.exists(), "the server left its socket behind");
 }
@@ -163,35 +146,17 @@ fn killing_the_server_unmounts_every_union_it_hosts() {
     let l = fx.dir("l");
     let socket = fx.root.join("server.sock");
     for i in 0..3 {
-        let (u, m) = (fx.dir(&format!("u{i}")), fx.dir(&format!("m{i}")));
-        let o = shared(
-            &mut fx,
-            &socket,
-            &[
-                l.to_str().unwrap(),
-                u.to_str().unwrap(),
-                m.to_str().unwrap(),
-            ],
-        );
+        let o = shared_union(&mut fx, &socket, &l, &i.to_string());
         assert!(o.status.success(), "{}", stderr(&o));
     }
     let server = fx.pids[0];
     signal(server, nix::sys::signal::Signal::SIGKILL);
     let mounts = fx.mounts.clone();
-    wait_for("the watchdog to unmount", Duration::from_secs(10), || {
+    wait_until("the watchdog to unmount", || {
         mounts.iter().all(|m| !is_mounted(m))
     });
     // And a new union on the same socket starts a new server.
-    let (u, m) = (fx.dir("u-again"), fx.dir("m-again"));
-    let o = shared(
-        &mut fx,
-        &socket,
-        &[
-            l.to_str().unwrap(),
-            u.to_str().unwrap(),
-            m.to_str().unwrap(),
-        ],
-    );
+    let o = shared_union(&mut fx, &socket, &l, "-again");
     assert!(o.status.success(), "{}", stderr(&o));
     assert_ne!(*fx.pids.last().unwrap(), server);
 }
@@ -205,29 +170,14 @@ fn the_server_names_a_bad_union_and_goes_on_serving_the_others() {
     let l = fx.dir("l");
     fs::write(l.join("f"), "f").unwrap();
     let socket = fx.root.join("server.sock");
-    let (u, m) = (fx.dir("u"), fx.dir("m"));
-    let ok = [
-        l.to_str().unwrap(),
-        u.to_str().unwrap(),
-        m.to_str().unwrap(),
-    ];
-    assert!(shared(&mut fx, &socket, &ok).status.success());
+    assert!(shared_union(&mut fx, &socket, &l, "").status.success());
     let missing = fx.root.join("nosuch");
-    let (u2, m2) = (fx.dir("u2"), fx.dir("m2"));
-    let o = shared(
-        &mut fx,
-        &socket,
-        &[
-            missing.to_str().unwrap(),
-            u2.to_str().unwrap(),
-            m2.to_str().unwrap(),
-        ],
-    );
+    let o = shared_union(&mut fx, &socket, &missing, "2");
     assert!(!o.status.success());
     let err = stderr(&o);
     assert!(err.contains(missing.to_str().unwrap()), "{err}");
-    assert!(!is_mounted(&m2));
-    assert_eq!(fs::read_to_string(m.join("f")).unwrap(), "f");
+    assert!(!is_mounted(&fx.root.join("m2")));
+    assert_eq!(fs::read_to_string(fx.root.join("m/f")).unwrap(), "f");
 }
 
 #[test]
@@ -238,16 +188,7 @@ fn a_caller_in_another_mount_namespace_is_refused_a_server_that_cannot_see_its_p
     let mut fx = Fixture::new("sharedns");
     let l = fx.dir("l");
     let socket = fx.root.join("server.sock");
-    let (u, m) = (fx.dir("u"), fx.dir("m"));
-    let o = shared(
-        &mut fx,
-        &socket,
-        &[
-            l.to_str().unwrap(),
-            u.to_str().unwrap(),
-            m.to_str().unwrap(),
-        ],
-    );
+    let o = shared_union(&mut fx, &socket, &l, "");
     assert!(o.status.success(), "{}", stderr(&o));
     let (u2, m2) = (fx.dir("u2"), fx.dir("m2"));
     let o = Command::new("unshare")
