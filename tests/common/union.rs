@@ -381,6 +381,23 @@ impl Union {
         self.pid = None;
     }
 
+    /// `unionfs-mount --cleanup` on the mount of a killed daemon: it must succeed and leave
+    /// no mount behind.
+    pub fn cleanup_dead_mount(&mut self) {
+        let out = Command::new(bin())
+            .arg("--cleanup")
+            .arg(&self.mnt)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "--cleanup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!is_mountpoint(&self.mnt), "--cleanup left the mount");
+        self.forget_mount();
+    }
+
     // --- paths ---------------------------------------------------------------------------------
 
     /// A path through the mount.

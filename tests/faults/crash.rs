@@ -365,18 +365,7 @@ fn dead_mount_answers_and_is_cleared(u: &mut Union, ask: bool) -> usize {
             "mounting on a dead mount does not say how to clear it: {err}"
         );
     }
-    let out = Command::new(bin())
-        .arg("--cleanup")
-        .arg(&u.mnt)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!is_mountpoint(&u.mnt), "--cleanup left the mount");
-    u.forget_mount();
+    u.cleanup_dead_mount();
     aborted
 }
 

@@ -65,7 +65,7 @@ fn s25_kill_during_copy_up_leaves_whole_old_or_new_file() {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL).unwrap();
         let res = writer.join().unwrap();
         eprintln!("killed daemon (copy seen in progress: {mid_copy}); append: {res:?}");
-        cleanup_dead_mount(&mut u);
+        u.cleanup_dead_mount();
         u.do_mount();
     } else {
         // Kernel overlayfs has no daemon to kill: the test checks the same end state.
@@ -278,26 +278,9 @@ fn s52_sigterm_unmounts_and_killed_daemon_is_recoverable() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    cleanup_dead_mount(&mut u);
+    u.cleanup_dead_mount();
     u.do_mount();
     assert_eq!(u.read_str("f"), "x");
-}
-
-/// `unionfs-mount --cleanup` on the mount of a killed daemon: it must succeed and leave no
-/// mount behind.
-fn cleanup_dead_mount(u: &mut Union) {
-    let out = Command::new(bin())
-        .arg("--cleanup")
-        .arg(&u.mnt)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "--cleanup failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!is_mountpoint(&u.mnt), "--cleanup left the mount");
-    u.forget_mount();
 }
 
 /// The children of process `pid` (all its threads).
@@ -332,7 +315,7 @@ fn late_watchdog_leaves_a_new_mount_on_the_same_path_alone() {
     // Hold the watchdog back until the daemon is dead and a new union is mounted there.
     kill(dog, Signal::SIGSTOP).unwrap();
     kill(Pid::from_raw(daemon), Signal::SIGKILL).unwrap();
-    cleanup_dead_mount(&mut u);
+    u.cleanup_dead_mount();
     u.do_mount();
     kill(dog, Signal::SIGCONT).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
