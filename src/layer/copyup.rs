@@ -6,6 +6,7 @@
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
+use crate::layer::behind;
 use crate::layer::data;
 use crate::layer::metacopy;
 use crate::layer::resolve::{self, DirSet};
@@ -89,7 +90,7 @@ fn copy_meta(
 
 /// Publishes staged `stage` as `name` in `upper_parent`, keeping the parent's times. Returns
 /// `Ok(false)` when someone else published the name first (the staged copy is then removed).
-fn publish(
+pub(super) fn publish(
     stack: &Stack,
     stage: &CStr,
     upper_parent: BorrowedFd<'_>,
@@ -198,10 +199,40 @@ pub fn copy_up_entry(
     src_layer: LayerIdx,
     data: CopyData,
 ) -> SysResult<bool> {
+    match copy_up_maybe_behind(stack, parent_rel, name, src_layer, data, None)? {
+        CopiedUp::Published { joined } => Ok(joined),
+        CopiedUp::Staged(s) => behind::publish(stack, &s).map(|()| false),
+    }
+}
+
+/// What [`copy_up_maybe_behind`] did.
+#[derive(Debug)]
+pub enum CopiedUp {
+    /// The entry is in the upper; `joined` as [`copy_up_entry`] returns it.
+    Published {
+        /// Its other names were linked into the upper too.
+        joined: bool,
+    },
+    /// Its copy waits in the work dir to be flushed and published (see `behind`).
+    Staged(behind::Staged),
+}
+
+/// [`copy_up_entry`], except that a regular file of at least `behind` bytes whose data is
+/// copied (and that has one name, on a union that flushes) is left staged, unflushed, for
+/// the caller to publish once flushed ([`behind::publish`]).
+pub fn copy_up_maybe_behind(
+    stack: &Stack,
+    parent_rel: &[u8],
+    name: &[u8],
+    src_layer: LayerIdx,
+    data: CopyData,
+    behind: Option<u64>,
+) -> SysResult<CopiedUp> {
+    let done = |joined| Ok(CopiedUp::Published { joined });
     let cname = CString::new(name).map_err(|_| Errno::EINVAL)?;
     let upper_parent = ensure_upper_dir(stack, parent_rel)?;
     if sys::fstatat(upper_parent.as_fd(), &cname).is_ok() {
-        return Ok(false); // already there (another thread or an earlier call)
+        return done(false); // already there (another thread or an earlier call)
     }
     let src_dir = stack.open_rel(src_layer, parent_rel, libc::O_PATH | libc::O_DIRECTORY)?;
     let st = sys::fstatat(src_dir.as_fd(), &cname)?;
@@ -210,11 +241,13 @@ pub fn copy_up_entry(
     if joined {
         let ino = stack.union_ino(st.st_dev, st.st_ino);
         if stack.is_indexed(ino) {
-            return link_from_index(stack, upper_parent.as_fd(), &cname, ino).map(|()| joined);
+            link_from_index(stack, upper_parent.as_fd(), &cname, ino)?;
+            return done(joined);
         }
     }
     if kind == libc::S_IFDIR {
-        return copy_up_dir(stack, upper_parent.as_fd(), parent_rel, &cname).map(|()| false);
+        copy_up_dir(stack, upper_parent.as_fd(), parent_rel, &cname)?;
+        return done(false);
     }
     let src_at = sys::At::new(src_dir.as_fd(), &cname);
     let origin = stack.entry_ino(src_layer, src_at, &st);
@@ -237,6 +270,17 @@ pub fn copy_up_entry(
                 .unwrap_or_else(|| metacopy::Stub::of(&join(parent_rel, name), &st))
         });
     let with_data = data != CopyData::Empty && stub.is_none();
+    let behind = behind.filter(|min| {
+        with_data
+            && kind == libc::S_IFREG
+            && st.st_nlink == 1
+            && st.st_size as u64 >= *min
+            && !stack.volatile
+    });
+    let stage = match behind {
+        Some(_) => behind::stage_name(stack),
+        None => stage,
+    };
     let staged: SysResult<OwnedFd> = (|| match kind {
         libc::S_IFREG => {
             let dst = sys::openat(
@@ -253,11 +297,17 @@ pub fn copy_up_entry(
                     None => sys::openat(src_dir.as_fd(), &cname, flags | libc::O_NOATIME, 0)
                         .or_else(|_| sys::openat(src_dir.as_fd(), &cname, flags, 0))?,
                 };
-                data::copy_data(src.as_fd(), dst.as_fd(), st.st_size as u64, !stack.volatile)?;
+                // Writeback starts early only where the copy-up waits for its flush: where it
+                // does not, starting it would only slow the copy down.
+                let flushed = !stack.volatile && behind.is_none();
+                data::copy_data(src.as_fd(), dst.as_fd(), st.st_size as u64, flushed)?;
                 // On disk before the rename publishes it, as overlayfs does: a crash must
                 // not leave a published copy with missing data. Not when volatile: a crash
-                // then condemns the whole upper anyway.
-                stack.flush(dst.as_fd())?;
+                // then condemns the whole upper anyway. A copy flushed behind is published
+                // by whoever flushes it.
+                if behind.is_none() {
+                    stack.flush(dst.as_fd())?;
+                }
             } else if let Some(stub) = &stub {
                 sys::ftruncate(dst.as_fd(), st.st_size as u64)?;
                 metacopy::write(stack, sys::At::new(work, &stage), stub)?;
@@ -286,6 +336,20 @@ pub fn copy_up_entry(
         let _ = sys::unlinkat(work, &stage, false);
         return Err(e);
     }
+    if behind.is_some() {
+        if let Err(e) = behind::write_record(stack, &stage, &join(parent_rel, name)) {
+            let _ = sys::unlinkat(work, &stage, false);
+            return Err(e);
+        }
+        stack.counters.flushed_behind.fetch_add(1, Relaxed);
+        return Ok(CopiedUp::Staged(behind::Staged {
+            stage,
+            file: staged,
+            parent: upper_parent,
+            name: cname,
+            size: st.st_size as u64,
+        }));
+    }
     drop(staged);
     if let (Some(index), true) = (&stack.index, st.st_nlink > 1) {
         // A file with several lower names: record the copy in the index first, so the other
@@ -299,8 +363,8 @@ pub fn copy_up_entry(
             }
             Err(Errno::EEXIST) => {
                 let _ = sys::unlinkat(work, &stage, false);
-                return link_from_index(stack, upper_parent.as_fd(), &cname, origin)
-                    .map(|()| joined);
+                link_from_index(stack, upper_parent.as_fd(), &cname, origin)?;
+                return done(joined);
             }
             Err(e) => {
                 let _ = sys::unlinkat(work, &stage, false);
@@ -326,7 +390,7 @@ pub fn copy_up_entry(
             }
         }
     }
-    Ok(joined)
+    done(joined)
 }
 
 /// Whether copying up a lower entry with stat `st` links its other names too: a file (not a

@@ -1,6 +1,7 @@
 //! The on-disk model of a layer stack, with no FUSE in it: everything here works on plain
 //! directories, so the layer rules are unit-testable without a mount.
 
+pub mod behind;
 pub mod copyup;
 pub mod data;
 pub mod idmap;

@@ -352,3 +352,59 @@ fn link_counts_of_lower_hard_links_follow_changes() {
         "lower changed"
     );
 }
+
+/// A copy flushed behind stays in the work dir until published; a stack opened again in the
+/// same boot (a daemon killed meanwhile) publishes it, with the writes made to it.
+#[test]
+fn copy_flushed_behind_is_published_by_whoever_flushes_it_or_by_the_next_open() {
+    use std::os::unix::fs::FileExt;
+    use unionfs::layer::behind;
+    use unionfs::layer::copyup::{copy_up_maybe_behind, CopiedUp};
+    let t = Tmp::new("behind");
+    let big = "x".repeat(10_000);
+    write(&t.0.join("l/d/a"), &big);
+    write(&t.0.join("l/d/b"), &big);
+    write(&t.0.join("l/small"), "small");
+    let s = stack(&t, &["l"]);
+    let upper = t.0.join("upper");
+    // Below the size: published at once.
+    let small = copy_up_maybe_behind(&s, b"", b"small", 1, CopyData::Full, Some(100)).unwrap();
+    assert!(matches!(small, CopiedUp::Published { .. }), "{small:?}");
+    assert_eq!(fs::read_to_string(upper.join("small")).unwrap(), "small");
+    let staged =
+        |name: &[u8]| match copy_up_maybe_behind(&s, b"d", name, 1, CopyData::Full, Some(100))
+            .unwrap()
+        {
+            CopiedUp::Staged(st) => st,
+            other => panic!("not staged: {other:?}"),
+        };
+    let a = staged(b"a");
+    assert!(upper.join("d").is_dir(), "the parent is copied up at once");
+    assert!(!upper.join("d/a").exists(), "a staged copy is in the upper");
+    behind::publish(&s, &a).unwrap();
+    assert_eq!(fs::read_to_string(upper.join("d/a")).unwrap(), big);
+    // Staged, written through its own fd, then the owner goes without publishing it.
+    let b = staged(b"b");
+    let file = fs::File::from(b.file.try_clone().unwrap());
+    file.write_all_at(b"NEW", 0).unwrap();
+    drop((b, file));
+    drop(s);
+    assert!(!upper.join("d/b").exists());
+    let _s = stack(&t, &["l"]);
+    let mut want = big.clone();
+    want.replace_range(0..3, "NEW");
+    assert_eq!(fs::read_to_string(upper.join("d/b")).unwrap(), want);
+    let work = fs::read_dir(upper.join(".wh..wh.unionfs"))
+        .unwrap()
+        .flatten();
+    let left: Vec<_> = work
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('#'))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(
+        fs::read_to_string(t.0.join("l/d/b")).unwrap(),
+        big,
+        "lower changed"
+    );
+}

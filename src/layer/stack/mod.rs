@@ -84,6 +84,8 @@ pub struct Counters {
     pub whiteouts: std::sync::atomic::AtomicU64,
     /// Flushes to disk: copy-ups waiting for their data, FSYNC requests (none when volatile).
     pub flushes: std::sync::atomic::AtomicU64,
+    /// Copy-ups left staged to be flushed and published in the background (`layer::behind`).
+    pub flushed_behind: std::sync::atomic::AtomicU64,
 }
 
 /// Paths (relative to the layer root) of multi-link files, by inode number.
@@ -201,6 +203,7 @@ impl Stack {
                 stack._locks.push(lock_dir(w.as_fd(), &path, "workdir")?);
             }
             stack.pick_xattr_namespace();
+            stack.recover_behind();
             stack.clean_work();
         }
         Ok(stack)
