@@ -78,6 +78,9 @@ pub struct MountConfig {
     /// No flushes; the next mount refuses an upper whose volatile mount did not end cleanly
     /// (`volatile`, `fsync=0`).
     pub volatile: bool,
+    /// Copy-ups of files of at least this many bytes are flushed and published in the
+    /// background while the writer goes on (`flush_behind=SIZE|off`; see `fs::behind`).
+    pub flush_behind: Option<u64>,
     /// The user-namespace id maps this union's writes reach the disk through (the launcher's),
     /// recorded in the work dir for `unionfs-layer export`.
     pub written_under: Option<IdMaps>,
@@ -107,6 +110,7 @@ impl MountConfig {
             static_nlink: false,
             acl: true,
             volatile: false,
+            flush_behind: Some(crate::fs::behind::DEFAULT_MIN_SIZE),
             written_under: None,
         }
     }
@@ -341,6 +345,7 @@ impl Prepared {
                 static_nlink: cfg.static_nlink,
                 acl: cfg.acl,
                 volatile: cfg.volatile,
+                flush_behind: cfg.flush_behind,
             },
         ));
         // fuser runs no session loop here (see below), so its thread and access settings do

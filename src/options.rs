@@ -31,7 +31,7 @@ pub struct Args {
     /// Mount options, comma-separated: lowerdir=, upperdir=, workdir=, ro, rw, dev, nodev,
     /// suid, nosuid, allow_other, nonempty, threads=N, fsname=NAME, timeout=SECS,
     /// passthrough=auto|off, metacopy=on|off, uring=auto|on|off, shared[=SOCKET],
-    /// max_nodes=N; and fuse-overlayfs's uidmapping=C:H:N[:C:H:N...], gidmapping=,
+    /// max_nodes=N, flush_behind=SIZE|off; and fuse-overlayfs's uidmapping=C:H:N[:C:H:N...], gidmapping=,
     /// squash_to_root, squash_to_uid=ID, squash_to_gid=ID, static_nlink, noacl, volatile,
     /// fsync=0|1; generic mount options are accepted.
     #[arg(short = 'o', value_name = "OPTIONS")]
@@ -369,6 +369,19 @@ pub fn parse_args(args: Args) -> Result<Invocation> {
                     _ => squash_gid = Some(id),
                 }
             }
+            "flush_behind" => {
+                let v = val.unwrap_or_default();
+                cfg.flush_behind = match v.as_str() {
+                    "off" => None,
+                    v => Some(parse_size(v).ok_or_else(|| {
+                        Error::new(format!(
+                            "flush_behind={v}: give the smallest file size whose copy-up is \
+                             flushed in the background, in bytes or with K, M or G (e.g. \
+                             flush_behind=1M; 0: every size), or flush_behind=off"
+                        ))
+                    })?),
+                };
+            }
             "static_nlink" => cfg.static_nlink = true,
             "noacl" => cfg.acl = false,
             "volatile" => cfg.volatile = true,
@@ -477,6 +490,17 @@ pub fn parse<I: IntoIterator<Item = OsString>>(argv: I) -> std::result::Result<A
     Args::try_parse_from(argv)
 }
 
+/// A size in bytes, with an optional K, M or G (binary) suffix.
+fn parse_size(v: &str) -> Option<u64> {
+    let (num, shift) = match v.as_bytes().last()? {
+        b'K' | b'k' => (&v[..v.len() - 1], 10),
+        b'M' | b'm' => (&v[..v.len() - 1], 20),
+        b'G' | b'g' => (&v[..v.len() - 1], 30),
+        _ => (v, 0),
+    };
+    num.parse::<u64>().ok()?.checked_mul(1 << shift)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -571,6 +595,30 @@ mod tests {
             "{:?}",
             i.warnings
         );
+    }
+
+    #[test]
+    fn flush_behind_sizes_and_off() {
+        let at = |o: &str| inv(&["-o", o, "/l", "/u", "/m"]).map(|i| i.config.flush_behind);
+        assert_eq!(at("flush_behind=0").unwrap(), Some(0));
+        assert_eq!(at("flush_behind=4096").unwrap(), Some(4096));
+        assert_eq!(at("flush_behind=8M").unwrap(), Some(8 << 20));
+        assert_eq!(at("flush_behind=2g").unwrap(), Some(2 << 30));
+        assert_eq!(at("flush_behind=off").unwrap(), None);
+        let default = inv(&["/l", "/u", "/m"]).unwrap().config.flush_behind;
+        assert_eq!(default, Some(1 << 20));
+        for bad in [
+            "flush_behind=1X",
+            "flush_behind=",
+            "flush_behind=-1",
+            "flush_behind=99999999999G",
+        ] {
+            let e = at(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("flush_behind=") && e.contains("off"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ use unionfs::sys;
 pub const IMPLS: &[&str] = &[
     "unionfs",
     "unionfs-metacopy",
+    "unionfs-behind",
     "unionfs-cli",
     "kernel",
     "fuse-overlayfs",
@@ -48,10 +49,17 @@ pub fn by_name(name: &str) -> Result<Box<dyn Union>> {
         "unionfs" => Ok(Box::new(UnionFs {
             guard: None,
             metacopy: false,
+            behind: false,
         })),
         "unionfs-metacopy" => Ok(Box::new(UnionFs {
             guard: None,
             metacopy: true,
+            behind: false,
+        })),
+        "unionfs-behind" => Ok(Box::new(UnionFs {
+            guard: None,
+            metacopy: false,
+            behind: true,
         })),
         "unionfs-cli" => Ok(Box::new(UnionFsCli {
             pid: None,
@@ -75,7 +83,7 @@ pub fn unavailable(name: &str) -> Option<String> {
         return Some("mounting needs root".into());
     }
     match name {
-        "unionfs" | "unionfs-metacopy" | "unionfs-cli" | "fuse-overlayfs"
+        "unionfs" | "unionfs-metacopy" | "unionfs-behind" | "unionfs-cli" | "fuse-overlayfs"
             if !Path::new("/dev/fuse").exists() =>
         {
             Some("/dev/fuse is missing (modprobe fuse)".into())
@@ -337,16 +345,21 @@ impl Drop for Workspace {
 }
 
 /// unionfs through the library, served by threads of this process; `unionfs-metacopy` with
-/// `-o metacopy=on`, whose upper becomes a plain diff once `fill_stubs` has run.
+/// `-o metacopy=on`, whose upper becomes a plain diff once `fill_stubs` has run;
+/// `unionfs-behind` with every copy-up flushed behind (`-o flush_behind=0`), so that small
+/// files take that path too.
 struct UnionFs {
     guard: Option<unionfs::mount::MountGuard>,
     metacopy: bool,
+    behind: bool,
 }
 
 impl Union for UnionFs {
     fn name(&self) -> &'static str {
         if self.metacopy {
             "unionfs-metacopy"
+        } else if self.behind {
+            "unionfs-behind"
         } else {
             "unionfs"
         }
@@ -369,6 +382,9 @@ impl Union for UnionFs {
     fn mount(&mut self, ws: &Workspace) -> Result<()> {
         let mut cfg = unionfs::mount::MountConfig::new(ws.lowers.clone(), ws.upper.clone());
         cfg.metacopy = self.metacopy;
+        if self.behind {
+            cfg.flush_behind = Some(0);
+        }
         let g = cfg
             .mount(&ws.mnt)
             .map_err(|e| Error::msg(format!("mounting unionfs: {e}")))?;

@@ -61,6 +61,13 @@ fn corpus_on_unionfs_with_metacopy() {
     run_corpus("unionfs-metacopy");
 }
 
+/// With every copy-up flushed behind (`-o flush_behind=0`): staged copies must not change
+/// the view, and the upper must be the layer diff once the union ends.
+#[test]
+fn corpus_on_unionfs_with_flush_behind() {
+    run_corpus("unionfs-behind");
+}
+
 #[test]
 fn corpus_on_kernel_overlayfs() {
     run_corpus("kernel");

@@ -1,5 +1,5 @@
-//! Fixed fuzz seeds, 200 ops each, unionfs against kernel overlayfs (60 seeds, and 20 more
-//! with metacopy on).
+//! Fixed fuzz seeds, 200 ops each, unionfs against kernel overlayfs (60 seeds, 20 more with
+//! metacopy on and 30 with every copy-up flushed behind).
 //!
 //! A seed that shows a known unionfs bug is listed in KNOWN with the divergent field and the
 //! corpus file that keeps its shrunk case; it must still diverge that way (so a fix is noticed
@@ -46,6 +46,12 @@ fn fixed_seeds_without_layer_links_agree_with_kernel() {
 #[test]
 fn fixed_seeds_with_metacopy_agree_with_kernel() {
     check_seeds_on("unionfs-metacopy", 201..=220, true, &[]);
+}
+
+/// Copy-ups flushed behind (every size) must not change any view either.
+#[test]
+fn fixed_seeds_with_flush_behind_agree_with_kernel() {
+    check_seeds_on("unionfs-behind", 301..=330, true, &[]);
 }
 
 fn check_seeds(seeds: std::ops::RangeInclusive<u64>, links: bool, known: &[(u64, &str, &str)]) {

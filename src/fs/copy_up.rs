@@ -1,17 +1,29 @@
 //! Copy-up from the FUSE side: a node is brought into the upper (once, whoever asks first)
-//! before its first change; the layer model does the copying (`layer::copyup`).
+//! before its first change; the layer model does the copying (`layer::copyup`). A large
+//! file opened for writing may be left staged to be flushed behind (`behind`).
 
 use std::sync::Arc;
 
 use super::inode::Node;
 use super::UnionFs;
-use crate::layer::copyup::CopyData;
+use crate::layer::copyup::{self, CopiedUp, CopyData};
 use crate::layer::ops;
 use crate::sys::{Errno, SysResult};
 
 impl UnionFs {
-    /// Copies a node up into the upper (once, whoever asks first).
+    /// Copies a node up into the upper (once, whoever asks first), flushed and published.
     pub(super) fn ensure_upper(&self, node: &Arc<Node>, data: CopyData) -> SysResult<()> {
+        self.bring_up(node, data, None)
+    }
+
+    /// Brings a node up for an open for writing with its data: a large regular file may stay
+    /// a staged copy that the open uses while it is flushed behind (see `behind`).
+    pub(super) fn ensure_upper_for_write(&self, node: &Arc<Node>) -> SysResult<()> {
+        let behind = self.behind.min_size.filter(|_| node.kind == libc::S_IFREG);
+        self.bring_up(node, CopyData::Full, behind)
+    }
+
+    fn bring_up(&self, node: &Arc<Node>, data: CopyData, behind: Option<u64>) -> SysResult<()> {
         if !self.stack.has_upper {
             return Err(Errno::EROFS);
         }
@@ -22,18 +34,38 @@ impl UnionFs {
             }
         }
         let _guard = node.copy_lock.lock();
+        if behind.is_some() && self.behind.pending(node.ino) {
+            return Ok(());
+        }
+        self.behind.settle(node.ino)?;
         let c = self.ctx(node.ino)?;
         if c.layer == 0 {
             return Ok(());
         }
         let (parent, name) = self.inodes.primary(node.ino)?;
         let prel = self.inodes.rel_path(parent)?;
-        let joined = ops::copy_up(&self.stack, &prel, &name, c.layer, node.is_dir(), data)?;
-        self.inodes.mark_upper_chain(node.ino);
-        if joined {
-            // Its other names got upper links too, maybe in directories new to the upper:
-            // every node re-resolves its layers on next use.
-            self.inodes.bump_epoch();
+        let done = match behind {
+            Some(min) => {
+                copyup::copy_up_maybe_behind(&self.stack, &prel, &name, c.layer, data, Some(min))?
+            }
+            None => CopiedUp::Published {
+                joined: ops::copy_up(&self.stack, &prel, &name, c.layer, node.is_dir(), data)?,
+            },
+        };
+        match done {
+            CopiedUp::Published { joined } => {
+                self.inodes.mark_upper_chain(node.ino);
+                if joined {
+                    // Its other names got upper links too, maybe in directories new to the
+                    // upper: every node re-resolves its layers on next use.
+                    self.inodes.bump_epoch();
+                }
+            }
+            CopiedUp::Staged(staged) => {
+                // Its directories are in the upper already; the file joins them once flushed.
+                self.inodes.mark_upper_chain(parent);
+                self.behind.add(node.ino, staged)?;
+            }
         }
         Ok(())
     }

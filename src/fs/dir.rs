@@ -61,6 +61,8 @@ impl UnionFs {
 
     /// LINK: a new name `newname` in `newparent` for node `ino`.
     pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> SysResult<FileAttr> {
+        // Name operations work on the upper as it is on disk (see `behind`).
+        self.behind.settle_all();
         let newname = name_bytes(newname);
         let node = self.inodes.get(ino)?;
         let c = self.ctx(ino)?;
@@ -119,6 +121,7 @@ impl UnionFs {
             exchange: flags & libc::RENAME_EXCHANGE != 0,
         };
         let (name, newname) = (name_bytes(name), name_bytes(newname));
+        self.behind.settle_all();
         let (sp, sset) = self.dir_ctx(parent)?;
         let (dp, dset) = self.dir_ctx(newparent)?;
         let _seq = SeqGuard::enter(&self.rename_seq);
@@ -240,6 +243,9 @@ impl UnionFs {
         mode: u32,
         umask: u32,
     ) -> SysResult<(FileAttr, Option<OwnedFd>)> {
+        // A CREATE may meet the name of a staged copy (the kernel sends it for an existing
+        // name it has no dentry for): the name must be the one on disk first.
+        self.behind.settle_all();
         let o = &self.opts.owners;
         let owner = Owner {
             uid: o.stored_uid(req.uid),
@@ -258,6 +264,7 @@ impl UnionFs {
     }
 
     fn remove(&self, parent: u64, name: &[u8], dir: bool) -> SysResult<()> {
+        self.behind.settle_all();
         self.retry(|| {
             let (p, set) = self.dir_ctx(parent)?;
             let f = ops::remove(&self.stack, &p.rel, &set, name, dir)?;

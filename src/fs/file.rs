@@ -120,6 +120,8 @@ impl UnionFs {
             return Err(Errno::ENOSYS);
         }
         let f = self.handles.file(fh).ok_or(Errno::EBADF)?;
+        // A copy flushed behind reaches its place first: after fsync the file is there.
+        self.behind.settle(f.ino)?;
         self.stack.counters.flushes.fetch_add(1, Ordering::Relaxed);
         sys::fsync(f.fd.as_fd(), datasync)
     }
@@ -199,14 +201,17 @@ impl UnionFs {
         let clean = open_flags(flags);
         let trunc = flags & libc::O_TRUNC != 0;
         let opened = (|| {
-            if writable || trunc {
+            if trunc {
                 // An O_TRUNC open throws the data away: copy none of it.
-                let data = if trunc {
-                    CopyData::Empty
-                } else {
-                    CopyData::Full
-                };
-                self.ensure_upper(&node, data)?;
+                self.ensure_upper(&node, CopyData::Empty)?;
+            } else if writable {
+                self.ensure_upper_for_write(&node)?;
+            }
+            if !trunc {
+                // A copy still being flushed is the file (see `behind`).
+                if let Some(fd) = self.behind.open(ino, clean) {
+                    return Ok((fd?, 0));
+                }
             }
             let c = self.ctx(ino)?;
             let fd = if self.stack.is_upper(c.layer) {
@@ -267,6 +272,9 @@ impl UnionFs {
     pub(super) fn close_handle(&self, fh: u64) {
         if let Some((_, f)) = self.handles.files.remove(&fh) {
             self.stats.open_handles.fetch_sub(1, Ordering::Relaxed);
+            if self.behind.pending(f.ino) && self.any_open(f.ino).is_none() {
+                self.behind.closed(f.ino);
+            }
             if f.daemon_io {
                 if let Some(mut n) = self.daemon_io.get_mut(&f.ino) {
                     *n = n.saturating_sub(1);

@@ -13,6 +13,7 @@
 //! - `copy_up`: bringing a node into the upper before its first change.
 
 pub mod attr;
+pub mod behind;
 mod copy_up;
 mod dir;
 mod evict;
@@ -73,6 +74,10 @@ pub struct FsOptions {
     /// No flushes (`volatile`, `fsync=0`): FSYNC is answered "not implemented", which the
     /// kernel takes as success and stops sending.
     pub volatile: bool,
+    /// Copy-ups of files of at least this many bytes, opened for writing, are flushed and
+    /// published in the background while the writer goes on (`None`: every copy-up waits
+    /// for its flush; see `behind`).
+    pub flush_behind: Option<u64>,
 }
 
 impl Default for FsOptions {
@@ -85,6 +90,7 @@ impl Default for FsOptions {
             static_nlink: false,
             acl: true,
             volatile: false,
+            flush_behind: Some(behind::DEFAULT_MIN_SIZE),
         }
     }
 }
@@ -136,6 +142,8 @@ pub struct UnionFs {
     orphans: dashmap::DashMap<u64, libc::stat>,
     /// Request counters and the daemon's state, for the SIGUSR1 report.
     stats: stats::Stats,
+    /// Copy-ups whose flush runs behind (see `behind`).
+    behind: Arc<behind::Behind>,
     /// Signalled when an inode's last passthrough handle closes (see `await_release`).
     released: (parking_lot::Mutex<()>, parking_lot::Condvar),
 }
@@ -189,13 +197,20 @@ impl UnionFs {
         let dirset_cap = (fds / stack.layers.len().max(1)).max(4);
         let kept_backing = KEPT_BACKING_FILES.min(fds);
         let root = resolve::root_layers(&stack);
+        let inodes = Arc::new(if opts.max_nodes > 0 {
+            Inodes::new(root).with_eviction()
+        } else {
+            Inodes::new(root)
+        });
+        let behind = Arc::new(behind::Behind::new(
+            Arc::clone(&stack),
+            Arc::clone(&inodes),
+            opts.flush_behind,
+        ));
         UnionFs {
             stack,
-            inodes: Arc::new(if opts.max_nodes > 0 {
-                Inodes::new(root).with_eviction()
-            } else {
-                Inodes::new(root)
-            }),
+            inodes,
+            behind,
             trim: Arc::new(evict::Trim::new(opts.max_nodes)),
             handles: Handles::default(),
             passthrough: std::sync::atomic::AtomicBool::new(opts.passthrough),
@@ -238,9 +253,11 @@ impl UnionFs {
         self.stats.report(&self.stack.counters)
     }
 
-    /// The kernel ended the connection (unmount, with the last open file closed): a volatile
-    /// union is written back and its marker removed, so the next mount accepts the upper.
+    /// The kernel ended the connection (unmount, with the last open file closed): copies
+    /// still being flushed behind are published, and a volatile union is written back and
+    /// its marker removed, so the next mount accepts the upper.
     pub fn ended(&self) {
+        self.behind.settle_all();
         self.stack.end_volatile();
     }
 

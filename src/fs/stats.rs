@@ -72,6 +72,7 @@ impl Stats {
         let _ = writeln!(s, "bytes_copied {}", c(&counters.bytes_copied));
         let _ = writeln!(s, "whiteouts {}", c(&counters.whiteouts));
         let _ = writeln!(s, "flushes {}", c(&counters.flushes));
+        let _ = writeln!(s, "flushed_behind {}", c(&counters.flushed_behind));
         for op in Op::ALL {
             let n = self.ops[op.index()].load(Ordering::Relaxed);
             if n > 0 {

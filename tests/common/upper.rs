@@ -224,7 +224,7 @@ impl Union {
         }
     }
 
-    /// Staging entries (`#unionfs-stage-*`) left in the work dir or its index: a failed or
+    /// Staging entries (`#unionfs-stage-*`, `#unionfs-behind-*`) left in the work dir or its index: a failed or
     /// interrupted change must leave none once it has returned (or after the next mount).
     pub fn stage_leftovers(&self) -> Vec<PathBuf> {
         let w = self.work_dir();
@@ -232,10 +232,8 @@ impl Union {
         for d in [w.clone(), w.join("index")] {
             if let Ok(rd) = fs::read_dir(&d) {
                 for e in rd.flatten() {
-                    if e.file_name()
-                        .to_string_lossy()
-                        .starts_with("#unionfs-stage-")
-                    {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if name.starts_with("#unionfs-stage-") || name.starts_with("#unionfs-behind-") {
                         out.push(e.path());
                     }
                 }

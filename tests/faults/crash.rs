@@ -270,7 +270,7 @@ fn kill_9_during_copy_up_rename_and_rm_rf_100_times() {
                 && !u
                     .upper_all_files()
                     .iter()
-                    .any(|(p, len)| *len > 0 && p.to_string_lossy().contains("#unionfs-stage"))
+                    .any(|(p, len)| *len > 0 && is_staged(&p.to_string_lossy()))
             {
                 std::thread::sleep(Duration::from_micros(200));
             }
@@ -320,6 +320,11 @@ fn kill_9_during_copy_up_rename_and_rm_rf_100_times() {
         mid.values().sum::<usize>() >= ROUNDS / 3,
         "too few kills landed mid-work to test anything: {mid:?}"
     );
+}
+
+/// A copy being made (`#unionfs-stage-`) or one flushed behind (`#unionfs-behind-`).
+fn is_staged(path: &str) -> bool {
+    path.contains("#unionfs-stage") || path.contains("#unionfs-behind")
 }
 
 /// Empties the upper (internal state included) for the next round: every round starts from

@@ -9,6 +9,7 @@ mod common;
 mod copyup;
 mod deletion;
 mod engine_options;
+mod flush_behind;
 mod hostile_layers;
 mod inodes;
 mod layer_model;
