@@ -74,7 +74,9 @@ impl Behind {
             Ok(f) => f,
             Err(_) => {
                 // No descriptor to spare: publish now, as an ordinary copy-up would have.
-                return behind::publish(&self.stack, &staged);
+                behind::publish(&self.stack, &staged)?;
+                self.inodes.mark_upper_chain(ino);
+                return Ok(());
             }
         };
         let job = Arc::new(Job {
