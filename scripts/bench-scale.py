@@ -425,14 +425,13 @@ def section_copyup(b, sizes, runs, rep, data):
         rep.append("")
     rep.append("(x: speed relative to kernel overlayfs. Kernel overlayfs flushes the copy before it")
     rep.append("appears in the upper, and so does unionfs with `flush_behind=off`. unionfs by default")
-    rep.append("stages a copy of 1 MiB or more in the work dir, lets the writer go on and flushes it in")
-    rep.append("the background, renaming it into the upper once flushed: the upper never holds a partial")
-    rep.append("copy either. fuse-overlayfs and `unionfs -o volatile` rename the copy in unflushed, so a")
-    rep.append("crash can leave a short file there.)\n")
+    rep.append("renames a copy of 1 MiB or more in at once and flushes it in the background, with a record")
+    rep.append("in the work dir that makes the next mount copy it again after a crash. fuse-overlayfs and")
+    rep.append("`unionfs -o volatile` rename the copy in unflushed with nothing to repair it.)\n")
     data["copyup"] = (sizes, rows)
 
 
-# unionfs (default): flushed behind, published once flushed; flush_behind=off: flushed before
+# unionfs (default): renamed in at once, flushed behind with a record; flush_behind=off: flushed before
 # the open returns, as kernel overlayfs; -o volatile: no flush before the copy appears, as
 # fuse-overlayfs always does.
 COPYUP_VARIANTS = [

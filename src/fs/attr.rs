@@ -120,9 +120,6 @@ pub struct SetAttr {
 impl UnionFs {
     /// GETATTR of node `ino` (through open file `fh` for fstat and friends).
     pub fn getattr(&self, ino: u64, fh: Option<u64>) -> SysResult<FileAttr> {
-        if let Some(st) = self.behind.stat(ino) {
-            return Ok(self.attr(ino, &st, None));
-        }
         // The file as it is now, by name, even when asked through a handle: a handle opened
         // before a copy-up holds the lower copy, whose attributes are old.
         match self.retry(|| self.ctx(ino).and_then(|c| self.stat_of(&c))) {

@@ -1,10 +1,10 @@
-//! Copy-ups flushed behind, from the FUSE side (the layer side is `layer::behind`): while a
-//! large file's copy waits in the work dir for its flush, it is the file. Opens and
-//! attributes are served from it; whatever needs the copy at its place in the upper (a
-//! change of metadata, a name operation, an fsync, the end of the mount) first flushes and
-//! publishes it ("settles" it), and a background thread settles each in turn.
+//! Copy-ups flushed behind, from the FUSE side (the layer side, and why this is crash-safe,
+//! is `layer::behind`): a large file's copy is in the upper as soon as its data is copied,
+//! and one thread per process flushes each such copy when its writer closes it (or 1 s after
+//! the copy-up) and drops its record. An fsync of the file flushes it first; so does whatever
+//! moves a name (create, link, unlink, rmdir, rename), since a record names its file by
+//! place; and the end of the mount flushes them all.
 
-use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
@@ -12,31 +12,28 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use parking_lot::Mutex;
 
-use super::inode::Inodes;
-use crate::layer::behind::{self, Staged};
+use crate::layer::behind::{self, Unflushed};
 use crate::layer::Stack;
-use crate::sys::{self, Errno, SysResult};
+use crate::sys::{Errno, SysResult};
 
-/// Files smaller than this are flushed before the copy-up returns, as before: their flush
-/// costs about one journal commit, a fraction of what serving a staged copy costs in waits.
+/// Smaller files are flushed before the copy-up returns, as before: their flush costs about
+/// one journal commit, and the record a copy flushed behind needs costs one too.
 pub const DEFAULT_MIN_SIZE: u64 = 1 << 20;
 
-/// One staged copy.
+/// One copy not yet flushed.
 #[derive(Debug)]
 struct Job {
-    /// The copy's file, for attributes and opens that must not wait for a flush in progress.
-    file: OwnedFd,
-    /// The copy until it is published; kept after a failed flush, which `failed` holds.
-    staged: Mutex<Option<Staged>>,
-    /// The error its flush or publication met: reported to whoever settles it, again.
+    /// The copy until it is flushed.
+    copy: Mutex<Option<Unflushed>>,
+    /// The error its flush met, reported to every later fsync of the file (its record stays,
+    /// so a crash still makes the copy again).
     failed: Mutex<Option<Errno>>,
 }
 
-/// The staged copies of one union, by node.
+/// The unflushed copies of one union, by node.
 #[derive(Debug)]
 pub struct Behind {
     stack: Arc<Stack>,
-    inodes: Arc<Inodes>,
     jobs: DashMap<u64, Arc<Job>>,
     /// `jobs.len()`, read without locking: almost always 0.
     count: AtomicUsize,
@@ -45,11 +42,10 @@ pub struct Behind {
 }
 
 impl Behind {
-    /// No staged copies yet; `min_size` as [`Behind::min_size`].
-    pub fn new(stack: Arc<Stack>, inodes: Arc<Inodes>, min_size: Option<u64>) -> Self {
+    /// No copies yet; `min_size` as [`Behind::min_size`].
+    pub fn new(stack: Arc<Stack>, min_size: Option<u64>) -> Self {
         Behind {
             stack,
-            inodes,
             jobs: DashMap::new(),
             count: AtomicUsize::new(0),
             min_size,
@@ -63,75 +59,60 @@ impl Behind {
         self.jobs.get(&ino).map(|j| Arc::clone(j.value()))
     }
 
-    /// Whether node `ino` is a staged copy.
+    /// Whether node `ino` has a copy not yet flushed.
     pub fn pending(&self, ino: u64) -> bool {
         self.job(ino).is_some()
     }
 
-    /// Takes over the staged copy of node `ino` and queues its flush.
-    pub fn add(self: &Arc<Self>, ino: u64, staged: Staged) -> SysResult<()> {
-        let file = match staged.file.try_clone() {
-            Ok(f) => f,
-            Err(_) => {
-                // No descriptor to spare: publish now, as an ordinary copy-up would have.
-                behind::publish(&self.stack, &staged)?;
-                self.inodes.mark_upper_chain(ino);
-                return Ok(());
-            }
-        };
+    /// Takes over node `ino`'s unflushed copy and queues its flush.
+    pub fn add(self: &Arc<Self>, ino: u64, copy: Unflushed) -> SysResult<()> {
         let job = Arc::new(Job {
-            file,
-            staged: Mutex::new(Some(staged)),
+            copy: Mutex::new(Some(copy)),
             failed: Mutex::new(None),
         });
-        self.jobs.insert(ino, job);
-        self.count.fetch_add(1, Ordering::AcqRel);
+        if let Some(old) = self.jobs.insert(ino, job) {
+            // A second copy of the same node (its first was removed meanwhile): the first
+            // is flushed now, its record dropped.
+            self.flush_job(&old)?;
+        } else {
+            self.count.fetch_add(1, Ordering::AcqRel);
+        }
         if !queue(Arc::downgrade(self), ino, Instant::now() + MAX_WAIT) {
-            // No background thread: settle now, as an ordinary copy-up would have.
+            // No background thread: flush now, as an ordinary copy-up would have.
             return self.settle(ino);
         }
         Ok(())
     }
 
-    /// The attributes of node `ino`'s staged copy.
-    pub fn stat(&self, ino: u64) -> Option<libc::stat> {
-        sys::fstat(self.job(ino)?.file.as_fd()).ok()
-    }
-
-    /// Node `ino`'s staged copy opened with open(2) `flags` (`None` when it has none).
-    pub fn open(&self, ino: u64, flags: i32) -> Option<SysResult<OwnedFd>> {
-        Some(sys::reopen(self.job(ino)?.file.as_fd(), flags))
-    }
-
-    /// The last open file of node `ino` closed: its copy, if staged, is flushed now.
+    /// The last open file of node `ino` closed: its copy, if not flushed, is flushed now.
     pub fn closed(self: &Arc<Self>, ino: u64) {
         if self.pending(ino) && !queue(Arc::downgrade(self), ino, Instant::now()) {
             let _ = self.settle(ino);
         }
     }
 
-    /// Flushes and publishes node `ino`'s staged copy, or waits for whoever is doing it.
+    fn flush_job(&self, job: &Job) -> SysResult<()> {
+        let mut slot = job.copy.lock();
+        if let Some(e) = *job.failed.lock() {
+            return Err(e);
+        }
+        let Some(copy) = slot.as_ref() else {
+            return Ok(());
+        };
+        if let Err(e) = behind::flush(&self.stack, copy) {
+            *job.failed.lock() = Some(e);
+            return Err(e);
+        }
+        *slot = None;
+        Ok(())
+    }
+
+    /// Flushes node `ino`'s copy and drops its record, or waits for whoever is doing it.
     pub fn settle(&self, ino: u64) -> SysResult<()> {
         let Some(job) = self.job(ino) else {
             return Ok(());
         };
-        let mut slot = job.staged.lock();
-        if let Some(e) = *job.failed.lock() {
-            return Err(e);
-        }
-        let Some(staged) = slot.as_ref() else {
-            return Ok(());
-        };
-        if let Err(e) = behind::publish(&self.stack, staged) {
-            // The copy keeps serving its open files; it never reaches the upper (its record
-            // is gone), as a copy-up that failed would not have.
-            *job.failed.lock() = Some(e);
-            return Err(e);
-        }
-        // In the upper now, and the node says so before it stops being served from the copy.
-        self.inodes.mark_upper_chain(ino);
-        *slot = None;
-        drop(slot);
+        self.flush_job(&job)?;
         if self
             .jobs
             .remove_if(&ino, |_, j| Arc::ptr_eq(j, &job))
@@ -142,8 +123,8 @@ impl Behind {
         Ok(())
     }
 
-    /// Settles every staged copy (before a name operation, at the end of the mount). A copy
-    /// whose flush failed stays as it is: the failure is reported to that file's fsync.
+    /// Settles every copy (before a name operation, at the end of the mount). A copy whose
+    /// flush failed stays as it is: the failure is reported to that file's fsync.
     pub fn settle_all(&self) {
         if self.count.load(Ordering::Acquire) == 0 {
             return;
@@ -157,7 +138,7 @@ impl Behind {
     }
 }
 
-/// How long a staged copy may wait for its writer to close it before its flush starts anyway.
+/// How long a copy may wait for its writer to close it before its flush starts anyway.
 /// Starting at once would make the writer's first writes wait behind the flush (ext4 stalled
 /// a one-byte append for 30-50 ms behind the commit of the 256 MiB it had just copied).
 pub const MAX_WAIT: Duration = Duration::from_secs(1);

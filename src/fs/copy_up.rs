@@ -1,6 +1,6 @@
 //! Copy-up from the FUSE side: a node is brought into the upper (once, whoever asks first)
 //! before its first change; the layer model does the copying (`layer::copyup`). A large
-//! file opened for writing may be left staged to be flushed behind (`behind`).
+//! file opened for writing is flushed behind the writer (`behind`).
 
 use std::sync::Arc;
 
@@ -11,13 +11,13 @@ use crate::layer::ops;
 use crate::sys::{Errno, SysResult};
 
 impl UnionFs {
-    /// Copies a node up into the upper (once, whoever asks first), flushed and published.
+    /// Copies a node up into the upper (once, whoever asks first), flushed.
     pub(super) fn ensure_upper(&self, node: &Arc<Node>, data: CopyData) -> SysResult<()> {
         self.bring_up(node, data, None)
     }
 
-    /// Brings a node up for an open for writing with its data: a large regular file may stay
-    /// a staged copy that the open uses while it is flushed behind (see `behind`).
+    /// Brings a node up for an open for writing with its data: a large regular file's copy
+    /// is flushed behind the writer (see `behind`).
     pub(super) fn ensure_upper_for_write(&self, node: &Arc<Node>) -> SysResult<()> {
         let behind = self.behind.min_size.filter(|_| node.kind == libc::S_IFREG);
         self.bring_up(node, CopyData::Full, behind)
@@ -34,10 +34,6 @@ impl UnionFs {
             }
         }
         let _guard = node.copy_lock.lock();
-        if behind.is_some() && self.behind.pending(node.ino) {
-            return Ok(());
-        }
-        self.behind.settle(node.ino)?;
         let c = self.ctx(node.ino)?;
         if c.layer == 0 {
             return Ok(());
@@ -52,20 +48,13 @@ impl UnionFs {
                 joined: ops::copy_up(&self.stack, &prel, &name, c.layer, node.is_dir(), data)?,
             },
         };
+        self.inodes.mark_upper_chain(node.ino);
         match done {
-            CopiedUp::Published { joined } => {
-                self.inodes.mark_upper_chain(node.ino);
-                if joined {
-                    // Its other names got upper links too, maybe in directories new to the
-                    // upper: every node re-resolves its layers on next use.
-                    self.inodes.bump_epoch();
-                }
-            }
-            CopiedUp::Staged(staged) => {
-                // Its directories are in the upper already; the file joins them once flushed.
-                self.inodes.mark_upper_chain(parent);
-                self.behind.add(node.ino, staged)?;
-            }
+            // Its other names got upper links too, maybe in directories new to the upper:
+            // every node re-resolves its layers on next use.
+            CopiedUp::Published { joined: true } => self.inodes.bump_epoch(),
+            CopiedUp::Published { joined: false } => {}
+            CopiedUp::Unflushed(copy) => self.behind.add(node.ino, copy)?,
         }
         Ok(())
     }

@@ -61,7 +61,7 @@ impl UnionFs {
 
     /// LINK: a new name `newname` in `newparent` for node `ino`.
     pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> SysResult<FileAttr> {
-        // Name operations work on the upper as it is on disk (see `behind`).
+        // Records of unflushed copies name them by place (see `behind`).
         self.behind.settle_all();
         let newname = name_bytes(newname);
         let node = self.inodes.get(ino)?;
@@ -243,8 +243,8 @@ impl UnionFs {
         mode: u32,
         umask: u32,
     ) -> SysResult<(FileAttr, Option<OwnedFd>)> {
-        // A CREATE may meet the name of a staged copy (the kernel sends it for an existing
-        // name it has no dentry for): the name must be the one on disk first.
+        // A create may replace a name whose copy has a record (over a whiteout, or a CREATE
+        // the kernel sends for a name it has no dentry for).
         self.behind.settle_all();
         let o = &self.opts.owners;
         let owner = Owner {

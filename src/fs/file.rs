@@ -207,12 +207,6 @@ impl UnionFs {
             } else if writable {
                 self.ensure_upper_for_write(&node)?;
             }
-            if !trunc {
-                // A copy still being flushed is the file (see `behind`).
-                if let Some(fd) = self.behind.open(ino, clean) {
-                    return Ok((fd?, 0));
-                }
-            }
             let c = self.ctx(ino)?;
             let fd = if self.stack.is_upper(c.layer) {
                 self.stack.open_rel(c.layer, &c.rel, clean)?
@@ -272,7 +266,7 @@ impl UnionFs {
     pub(super) fn close_handle(&self, fh: u64) {
         if let Some((_, f)) = self.handles.files.remove(&fh) {
             self.stats.open_handles.fetch_sub(1, Ordering::Relaxed);
-            if self.behind.pending(f.ino) && self.any_open(f.ino).is_none() {
+            if f.writable && self.behind.pending(f.ino) && self.any_open(f.ino).is_none() {
                 self.behind.closed(f.ino);
             }
             if f.daemon_io {

@@ -70,10 +70,6 @@ impl UnionFs {
     /// be the upper copy, while readers that opened the lower copy keep their own inode.
     /// Cost: the file shows a new st_ino until the next mount.
     pub(super) fn rehome(&self, node: &Node) -> Errno {
-        // The new node is the upper file: a copy still staged goes there first.
-        if let Err(e) = self.behind.settle(node.ino) {
-            return e;
-        }
         let Ok((parent, name)) = self.inodes.primary(node.ino) else {
             return Errno::EIO;
         };
@@ -259,9 +255,6 @@ impl UnionFs {
 
     /// The upper copy of lower file `ino` opened for reading, once it has one.
     fn upper_copy(&self, ino: u64) -> Option<OwnedFd> {
-        if let Some(fd) = self.behind.open(ino, libc::O_RDONLY) {
-            return fd.ok();
-        }
         let node = self.inodes.get(ino).ok()?;
         {
             // Most handles never see a copy-up: answer them without a path walk.

@@ -142,7 +142,7 @@ pub struct UnionFs {
     orphans: dashmap::DashMap<u64, libc::stat>,
     /// Request counters and the daemon's state, for the SIGUSR1 report.
     stats: stats::Stats,
-    /// Copy-ups whose flush runs behind (see `behind`).
+    /// Copy-ups whose flush runs behind the writer (see `behind`).
     behind: Arc<behind::Behind>,
     /// Signalled when an inode's last passthrough handle closes (see `await_release`).
     released: (parking_lot::Mutex<()>, parking_lot::Condvar),
@@ -202,11 +202,7 @@ impl UnionFs {
         } else {
             Inodes::new(root)
         });
-        let behind = Arc::new(behind::Behind::new(
-            Arc::clone(&stack),
-            Arc::clone(&inodes),
-            opts.flush_behind,
-        ));
+        let behind = Arc::new(behind::Behind::new(Arc::clone(&stack), opts.flush_behind));
         UnionFs {
             stack,
             inodes,

@@ -70,10 +70,6 @@ impl UnionFs {
             self.stats.inodes.store(held as u64, Ordering::Relaxed);
             self.over_limit(held);
         }
-        if let Some(st) = self.behind.stat(ino) {
-            // A copy still being flushed is the file (see `behind`).
-            return Ok(self.attr(ino, &st, None));
-        }
         if f.is_dir() && f.dir_layers.len() > 1 {
             // Merged directory: 2 + subdirectories, counted once and kept until they change.
             let cached = node.state.read().nlink;

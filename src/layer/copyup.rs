@@ -201,7 +201,7 @@ pub fn copy_up_entry(
 ) -> SysResult<bool> {
     match copy_up_maybe_behind(stack, parent_rel, name, src_layer, data, None)? {
         CopiedUp::Published { joined } => Ok(joined),
-        CopiedUp::Staged(s) => behind::publish(stack, &s).map(|()| false),
+        CopiedUp::Unflushed(u) => behind::flush(stack, &u).map(|()| false),
     }
 }
 
@@ -213,13 +213,15 @@ pub enum CopiedUp {
         /// Its other names were linked into the upper too.
         joined: bool,
     },
-    /// Its copy waits in the work dir to be flushed and published (see `behind`).
-    Staged(behind::Staged),
+    /// The file is in the upper, its data maybe not yet on disk: the caller flushes it
+    /// ([`behind::flush`]).
+    Unflushed(behind::Unflushed),
 }
 
 /// [`copy_up_entry`], except that a regular file of at least `behind` bytes whose data is
-/// copied (and that has one name, on a union that flushes) is left staged, unflushed, for
-/// the caller to publish once flushed ([`behind::publish`]).
+/// copied (and that has one name, on a union that flushes) is published before its flush,
+/// with a record that makes it whole after a crash; the caller flushes it
+/// ([`behind::flush`]).
 pub fn copy_up_maybe_behind(
     stack: &Stack,
     parent_rel: &[u8],
@@ -277,10 +279,6 @@ pub fn copy_up_maybe_behind(
             && st.st_size as u64 >= *min
             && !stack.volatile
     });
-    let stage = match behind {
-        Some(_) => behind::stage_name(stack),
-        None => stage,
-    };
     let staged: SysResult<OwnedFd> = (|| match kind {
         libc::S_IFREG => {
             let dst = sys::openat(
@@ -303,8 +301,8 @@ pub fn copy_up_maybe_behind(
                 data::copy_data(src.as_fd(), dst.as_fd(), st.st_size as u64, flushed)?;
                 // On disk before the rename publishes it, as overlayfs does: a crash must
                 // not leave a published copy with missing data. Not when volatile: a crash
-                // then condemns the whole upper anyway. A copy flushed behind is published
-                // by whoever flushes it.
+                // then condemns the whole upper anyway. A copy flushed behind has its record
+                // for that.
                 if behind.is_none() {
                     stack.flush(dst.as_fd())?;
                 }
@@ -336,21 +334,16 @@ pub fn copy_up_maybe_behind(
         let _ = sys::unlinkat(work, &stage, false);
         return Err(e);
     }
-    if behind.is_some() {
-        if let Err(e) = behind::write_record(stack, &stage, &join(parent_rel, name)) {
-            let _ = sys::unlinkat(work, &stage, false);
-            return Err(e);
-        }
-        stack.counters.flushed_behind.fetch_add(1, Relaxed);
-        return Ok(CopiedUp::Staged(behind::Staged {
-            stage,
-            file: staged,
-            parent: upper_parent,
-            name: cname,
-            size: st.st_size as u64,
-        }));
-    }
-    drop(staged);
+    let record = match behind {
+        Some(_) => match behind::write_record(stack, &join(parent_rel, name), src_layer) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                let _ = sys::unlinkat(work, &stage, false);
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     if let (Some(index), true) = (&stack.index, st.st_nlink > 1) {
         // A file with several lower names: record the copy in the index first, so the other
         // names join this upper inode instead of being copied again.
@@ -372,7 +365,24 @@ pub fn copy_up_maybe_behind(
             }
         }
     }
-    if publish(stack, &stage, upper_parent.as_fd(), &cname)? {
+    let published = publish(stack, &stage, upper_parent.as_fd(), &cname);
+    if let (Some(rec), Ok(true)) = (&record, &published) {
+        stack.counters.copy_ups.fetch_add(1, Relaxed);
+        stack
+            .counters
+            .bytes_copied
+            .fetch_add(st.st_size as u64, Relaxed);
+        stack.counters.flushed_behind.fetch_add(1, Relaxed);
+        return Ok(CopiedUp::Unflushed(behind::Unflushed {
+            file: staged,
+            record: rec.clone(),
+        }));
+    }
+    if let Some(rec) = &record {
+        behind::drop_record(stack, rec);
+    }
+    drop(staged);
+    if published? {
         stack.counters.copy_ups.fetch_add(1, Relaxed);
         if with_data && kind == libc::S_IFREG {
             stack

@@ -10,6 +10,7 @@ use unionfs::layer::ops::{self, NewKind, Owner, RenameMode};
 use unionfs::layer::readdir;
 use unionfs::layer::resolve::{self, DirSet};
 use unionfs::layer::{Stack, StackConfig};
+use unionfs_harness::ops::{lgetxattr, lsetxattr};
 
 struct Tmp(PathBuf);
 
@@ -353,58 +354,99 @@ fn link_counts_of_lower_hard_links_follow_changes() {
     );
 }
 
-/// A copy flushed behind stays in the work dir until published; a stack opened again in the
-/// same boot (a daemon killed meanwhile) publishes it, with the writes made to it.
+/// A copy flushed behind is in the upper at once, with a record until it is flushed. A stack
+/// opened again in the same boot (a daemon killed meanwhile) flushes it and keeps it with its
+/// writes; one opened in another boot (a machine crash: its records say another boot) makes it
+/// again from its lower file.
 #[test]
-fn copy_flushed_behind_is_published_by_whoever_flushes_it_or_by_the_next_open() {
+fn copy_flushed_behind_is_published_at_once_and_made_whole_by_the_next_open() {
     use std::os::unix::fs::FileExt;
     use unionfs::layer::behind;
     use unionfs::layer::copyup::{copy_up_maybe_behind, CopiedUp};
     let t = Tmp::new("behind");
     let big = "x".repeat(10_000);
-    write(&t.0.join("l/d/a"), &big);
-    write(&t.0.join("l/d/b"), &big);
+    for f in ["a", "b", "c"] {
+        write(&t.0.join(format!("l/d/{f}")), &big);
+    }
     write(&t.0.join("l/small"), "small");
-    let s = stack(&t, &["l"]);
     let upper = t.0.join("upper");
-    // Below the size: published at once.
+    let work = upper.join(".wh..wh.unionfs");
+    let records = || -> Vec<PathBuf> {
+        fs::read_dir(&work)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("#unionfs-behind-")
+            })
+            .collect()
+    };
+    let s = stack(&t, &["l"]);
+    // Below the size: flushed, no record.
     let small = copy_up_maybe_behind(&s, b"", b"small", 1, CopyData::Full, Some(100)).unwrap();
     assert!(matches!(small, CopiedUp::Published { .. }), "{small:?}");
-    assert_eq!(fs::read_to_string(upper.join("small")).unwrap(), "small");
-    let staged =
-        |name: &[u8]| match copy_up_maybe_behind(&s, b"d", name, 1, CopyData::Full, Some(100))
-            .unwrap()
-        {
-            CopiedUp::Staged(st) => st,
-            other => panic!("not staged: {other:?}"),
-        };
-    let a = staged(b"a");
-    assert!(upper.join("d").is_dir(), "the parent is copied up at once");
-    assert!(!upper.join("d/a").exists(), "a staged copy is in the upper");
-    behind::publish(&s, &a).unwrap();
-    assert_eq!(fs::read_to_string(upper.join("d/a")).unwrap(), big);
-    // Staged, written through its own fd, then the owner goes without publishing it.
-    let b = staged(b"b");
-    let file = fs::File::from(b.file.try_clone().unwrap());
-    file.write_all_at(b"NEW", 0).unwrap();
-    drop((b, file));
-    drop(s);
-    assert!(!upper.join("d/b").exists());
-    let _s = stack(&t, &["l"]);
-    let mut want = big.clone();
-    want.replace_range(0..3, "NEW");
-    assert_eq!(fs::read_to_string(upper.join("d/b")).unwrap(), want);
-    let work = fs::read_dir(upper.join(".wh..wh.unionfs"))
-        .unwrap()
-        .flatten();
-    let left: Vec<_> = work
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with('#'))
-        .collect();
-    assert!(left.is_empty(), "{left:?}");
+    assert!(records().is_empty());
+    let unflushed = |s: &Stack, name: &[u8]| match copy_up_maybe_behind(
+        s,
+        b"d",
+        name,
+        1,
+        CopyData::Full,
+        Some(100),
+    )
+    .unwrap()
+    {
+        CopiedUp::Unflushed(c) => c,
+        other => panic!("flushed before it returned: {other:?}"),
+    };
+    let a = unflushed(&s, b"a");
     assert_eq!(
-        fs::read_to_string(t.0.join("l/d/b")).unwrap(),
+        fs::read_to_string(upper.join("d/a")).unwrap(),
         big,
-        "lower changed"
+        "not in the upper"
     );
+    assert_eq!(records().len(), 1);
+    behind::flush(&s, &a).unwrap();
+    assert!(records().is_empty(), "the flush left its record");
+    // Written through its own fd, then its owner goes without flushing it.
+    let write_unflushed = |s: &Stack, name: &[u8], with: &str| {
+        let c = unflushed(s, name);
+        let file = fs::File::from(c.file.try_clone().unwrap());
+        file.write_all_at(with.as_bytes(), 0).unwrap();
+    };
+    write_unflushed(&s, b"b", "NEWB");
+    assert_eq!(records().len(), 1);
+    drop(s);
+    let mut want_b = big.clone();
+    want_b.replace_range(0..4, "NEWB");
+    // Same boot: kept as written, flushed.
+    let s = stack(&t, &["l"]);
+    assert!(records().is_empty());
+    assert_eq!(fs::read_to_string(upper.join("d/b")).unwrap(), want_b);
+    // Another boot (its record rewritten as a machine crash would leave it): made again.
+    write_unflushed(&s, b"c", "NEWC");
+    let rec = records().pop().unwrap();
+    let xattr = "trusted.unionfs.behind";
+    let body = String::from_utf8(lgetxattr(&rec, xattr).unwrap()).unwrap();
+    let (_, rest) = body.split_once('\n').unwrap();
+    lsetxattr(&rec, xattr, format!("another-boot\n{rest}").as_bytes()).unwrap();
+    drop(s);
+    let _s = stack(&t, &["l"]);
+    assert!(records().is_empty());
+    assert_eq!(
+        fs::read_to_string(upper.join("d/c")).unwrap(),
+        big,
+        "not made again"
+    );
+    assert_eq!(fs::read_to_string(upper.join("d/b")).unwrap(), want_b);
+    for f in ["a", "b", "c"] {
+        assert_eq!(
+            fs::read_to_string(t.0.join(format!("l/d/{f}"))).unwrap(),
+            big,
+            "lower changed"
+        );
+    }
 }
