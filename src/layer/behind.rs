@@ -107,12 +107,21 @@ pub fn drop_record(stack: &Stack, rec: &CStr) {
     }
 }
 
-/// Flushes a copy published unflushed and drops its record. On failure the record stays: the
-/// next mount after a crash makes the copy again.
+/// Flushes a copy published unflushed and drops its record, for good: a record that came
+/// back after a crash would have the next mount copy the file again and lose writes that an
+/// fsync had put on disk. (ext4 commits the record's removal with the next fsync of anything;
+/// btrfs's and ext4 fast-commit's fsync log only the file fsynced, so the work dir is flushed
+/// too.) On failure the record stays: the next mount after a crash makes the copy again.
 pub fn flush(stack: &Stack, u: &Unflushed) -> SysResult<()> {
     stack.flush(u.file.as_fd())?;
     drop_record(stack, &u.record);
-    Ok(())
+    flush_work_dir(stack)
+}
+
+/// Puts the work dir's entries on disk (records made or dropped).
+fn flush_work_dir(stack: &Stack) -> SysResult<()> {
+    let dir = sys::reopen(stack.work()?, libc::O_RDONLY | libc::O_DIRECTORY)?;
+    sys::fsync(dir.as_fd(), false)
 }
 
 impl Stack {
@@ -124,10 +133,12 @@ impl Stack {
             return;
         };
         let boot = boot_id();
+        let mut any = false;
         for e in entries {
             if !e.name.starts_with(BEHIND_PREFIX.as_bytes()) {
                 continue;
             }
+            any = true;
             let Ok(rec) = CString::new(e.name) else {
                 continue;
             };
@@ -139,6 +150,9 @@ impl Stack {
                 );
             }
             let _ = remove_tree(work, &rec);
+        }
+        if any {
+            let _ = flush_work_dir(self);
         }
     }
 
