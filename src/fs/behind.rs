@@ -20,6 +20,11 @@ use crate::sys::{Errno, SysResult};
 /// one journal commit, and the record a copy flushed behind needs costs one too.
 pub const DEFAULT_MIN_SIZE: u64 = 1 << 20;
 
+/// Copies one union may have unflushed at a time: each holds a descriptor until its flush, and
+/// beyond this many a copy-up flushes before it returns, as with `flush_behind=off` (a burst
+/// of thousands of large copy-ups would otherwise hold thousands of descriptors).
+pub const MAX_UNFLUSHED: usize = 256;
+
 /// One copy not yet flushed.
 #[derive(Debug)]
 struct Job {
@@ -57,6 +62,11 @@ impl Behind {
             return None;
         }
         self.jobs.get(&ino).map(|j| Arc::clone(j.value()))
+    }
+
+    /// Whether a new copy-up may be flushed behind (fewer than [`MAX_UNFLUSHED`] are).
+    pub fn has_room(&self) -> bool {
+        self.count.load(Ordering::Acquire) < MAX_UNFLUSHED
     }
 
     /// Whether node `ino` has a copy not yet flushed.

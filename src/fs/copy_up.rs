@@ -19,7 +19,8 @@ impl UnionFs {
     /// Brings a node up for an open for writing with its data: a large regular file's copy
     /// is flushed behind the writer (see `behind`).
     pub(super) fn ensure_upper_for_write(&self, node: &Arc<Node>) -> SysResult<()> {
-        let behind = self.behind.min_size.filter(|_| node.kind == libc::S_IFREG);
+        let behind =
+            (self.behind.min_size).filter(|_| node.kind == libc::S_IFREG && self.behind.has_room());
         self.bring_up(node, CopyData::Full, behind)
     }
 

@@ -215,3 +215,35 @@ fn small_files_and_flush_behind_off_are_flushed_before_the_open_returns() {
         drop(w);
     }
 }
+
+#[test]
+fn at_most_256_copies_wait_for_their_flush() {
+    // Each unflushed copy holds a descriptor: a burst of copy-ups beyond the bound flushes
+    // before returning instead. (flush_behind=0: small files take the path too.)
+    if is_kernel() {
+        eprintln!("SKIP on kernel: no flush behind");
+        return;
+    }
+    let names: Vec<String> = (0..300).map(|i| format!("d/f{i}")).collect();
+    let stack = Stack::new()
+        .unionfs_opt("flush_behind=0")
+        .lower(names.iter().map(|n| file(n, format!("old {n}"))));
+    let Some(mut u) = Union::mount(stack) else {
+        return;
+    };
+    let held = append_and_hold(&u, &names);
+    let waiting = records(&u).len();
+    assert!(
+        (1..=256).contains(&waiting),
+        "{waiting} copies wait for their flush"
+    );
+    for (i, n) in names.iter().enumerate() {
+        let want = format!("old {n}{i}");
+        assert_eq!(u.read_str(n), want);
+        assert_eq!(fs::read_to_string(u.u(n)).unwrap(), want);
+    }
+    drop(held);
+    u.remount();
+    assert!(records(&u).is_empty(), "{:?}", records(&u));
+    u.check_upper_is_layer_diff();
+}
