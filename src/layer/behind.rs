@@ -6,9 +6,8 @@
 //!
 //! What keeps a crash from doing that here is a record of the copy not yet flushed, made
 //! before the rename and on disk no later than it (see [`write_record`]): its boot, the lower
-//! layer it was copied from, its place. The flush
-//! drops it; so does anything that moves the name (the FUSE side flushes first, see
-//! `fs::behind`). The next mount reads what records are left. A record from this boot is a
+//! layer it was copied from, its place. The flush drops it, and anything that moves the name
+//! flushes first (`fs::behind`). The next mount reads what records are left. A record from this boot is a
 //! daemon that died (`kill -9`): the page cache still holds the copy and every write to it,
 //! which are flushed now. A record from an earlier boot is a machine crash: the copy may have
 //! lost data, so it is made again from its lower file (which never changes) and flushed: the
