@@ -216,6 +216,8 @@ impl MountConfig {
             workdir,
         })?;
         stack.metacopy = self.metacopy;
+        // Before anything is served: copies an earlier mount did not flush (see `repair`).
+        crate::layer::repair::repair_unflushed(&stack);
         if self.volatile {
             stack.begin_volatile()?;
         }

@@ -7,21 +7,15 @@
 //! What keeps a crash from doing that here is a record of the copy not yet flushed, made
 //! before the rename and on disk no later than it (see [`write_record`]): its boot, the lower
 //! layer it was copied from, its place. The flush drops it, and anything that moves the name
-//! flushes first (`fs::behind`). The next mount reads what records are left. A record from this boot is a
-//! daemon that died (`kill -9`): the page cache still holds the copy and every write to it,
-//! which are flushed now. A record from an earlier boot is a machine crash: the copy may have
-//! lost data, so it is made again from its lower file (which never changes) and flushed: the
-//! file is what it was right after the copy-up, the state of a file whose later writes had not
-//! reached the disk, as unflushed writes may not have. The upper is whole again before the
-//! mount serves anything. Until that mount, a crashed upper read directly (not through
-//! unionfs) may show such a file short; `-o flush_behind=off` keeps the kernel's order
-//! (flushed, then renamed) where that matters.
+//! flushes first (`fs::behind`). The next mount makes whole the files of the records left
+//! (`repair`) before it serves anything. Until then, a crashed upper read directly (not
+//! through unionfs) may show such a file short; `-o flush_behind=off` keeps the kernel's
+//! order (flushed, then renamed) where that matters.
 
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, OwnedFd};
 
-use crate::layer::copyup::{self, CopyData};
-use crate::layer::stack::{remove_tree, LayerIdx, Stack};
+use crate::layer::stack::{LayerIdx, Stack};
 use crate::sys::{self, Errno, SysResult};
 
 /// Names of records in the work dir.
@@ -48,7 +42,7 @@ pub struct Unflushed {
 }
 
 /// This boot's id: a record made in another boot means the machine went down meanwhile.
-fn boot_id() -> Vec<u8> {
+pub fn boot_id() -> Vec<u8> {
     let mut id = std::fs::read("/proc/sys/kernel/random/boot_id").unwrap_or_default();
     id.retain(|b| !b.is_ascii_whitespace());
     id
@@ -118,93 +112,60 @@ pub fn flush(stack: &Stack, u: &Unflushed) -> SysResult<()> {
 }
 
 /// Puts the work dir's entries on disk (records made or dropped).
-fn flush_work_dir(stack: &Stack) -> SysResult<()> {
+pub fn flush_work_dir(stack: &Stack) -> SysResult<()> {
     let dir = sys::reopen(stack.work()?, libc::O_RDONLY | libc::O_DIRECTORY)?;
     sys::fsync(dir.as_fd(), false)
 }
 
-impl Stack {
-    /// Makes whole the copies that earlier mounts published unflushed and did not flush (see
-    /// the module doc). Runs at mount, before anything is served.
-    pub(super) fn recover_behind(&self) {
-        let Ok(work) = self.work() else { return };
-        let Ok(entries) = sys::read_dir(work) else {
-            return;
-        };
-        let boot = boot_id();
-        let mut any = false;
-        for e in entries {
-            if !e.name.starts_with(BEHIND_PREFIX.as_bytes()) {
-                continue;
-            }
-            any = true;
-            let Ok(rec) = CString::new(e.name) else {
-                continue;
-            };
-            if let Err(err) = self.recover_one(&rec, &boot) {
-                log::warn!(
-                    "a copy-up the last mount had not flushed ({}) could not be made whole \
-                     ({err}): check that file; its lower layer may have changed",
-                    String::from_utf8_lossy(rec.to_bytes())
-                );
-            }
-            let _ = remove_tree(work, &rec);
-        }
-        if any {
-            let _ = flush_work_dir(self);
-        }
-    }
+/// What a record says of its copy.
+#[derive(Debug)]
+pub struct Record {
+    /// The boot the copy was made in.
+    pub boot: Vec<u8>,
+    /// The lower layer it was copied from.
+    pub layer: LayerIdx,
+    /// Its place in the view.
+    pub rel: Vec<u8>,
+}
 
-    fn recover_one(&self, rec: &CStr, boot: &[u8]) -> SysResult<()> {
-        let work = self.work()?;
-        let mut body = vec![0u8; libc::PATH_MAX as usize + 128];
-        let n = match sys::getxattr(sys::At::new(work, rec), record_xattr(self), &mut body) {
-            Ok(n) => n,
-            Err(Errno::ENODATA) | Err(Errno::EOPNOTSUPP) => {
-                let fd = sys::openat(work, rec, libc::O_RDONLY | libc::O_NOFOLLOW, 0)?;
-                sys::pread(fd.as_fd(), &mut body, 0)?
-            }
-            Err(e) => return Err(e),
-        };
-        body.truncate(n);
-        let mut parts = body.splitn(3, |b| *b == b'\n');
-        let (Some(rec_boot), Some(layer), Some(rel)) = (parts.next(), parts.next(), parts.next())
-        else {
-            // Written and flushed before its copy was renamed: a short record is one whose
-            // copy never reached the upper.
-            return Ok(());
-        };
-        let (parent_rel, name) = match rel.iter().rposition(|b| *b == b'/') {
-            Some(i) => (&rel[..i], &rel[i + 1..]),
-            None => (&rel[..0], rel),
-        };
-        let cname = CString::new(name).map_err(|_| Errno::EINVAL)?;
-        let Ok(parent) = self.open_rel(0, parent_rel, libc::O_PATH | libc::O_DIRECTORY) else {
-            return Ok(()); // never published
-        };
-        if !boot.is_empty() && rec_boot == boot {
-            // The daemon died, the machine did not: the page cache has it all.
-            return match sys::openat(parent.as_fd(), &cname, libc::O_RDONLY | libc::O_NOFOLLOW, 0) {
-                Ok(f) => self.flush(f.as_fd()),
-                Err(Errno::ENOENT) => Ok(()),
-                Err(e) => Err(e),
-            };
+/// Names of the records in the work dir.
+pub fn record_names(stack: &Stack) -> Vec<CString> {
+    let Ok(entries) = stack.work().and_then(sys::read_dir) else {
+        return Vec::new();
+    };
+    entries
+        .into_iter()
+        .filter(|e| e.name.starts_with(BEHIND_PREFIX.as_bytes()))
+        .filter_map(|e| CString::new(e.name).ok())
+        .collect()
+}
+
+/// Reads record `rec`; `None` for one cut short (written before its copy was renamed in, so
+/// that copy never reached the upper).
+pub fn read_record(stack: &Stack, rec: &CStr) -> SysResult<Option<Record>> {
+    let work = stack.work()?;
+    let mut body = vec![0u8; libc::PATH_MAX as usize + 128];
+    let n = match sys::getxattr(sys::At::new(work, rec), record_xattr(stack), &mut body) {
+        Ok(n) => n,
+        Err(Errno::ENODATA) | Err(Errno::EOPNOTSUPP) => {
+            let fd = sys::openat(work, rec, libc::O_RDONLY | libc::O_NOFOLLOW, 0)?;
+            sys::pread(fd.as_fd(), &mut body, 0)?
         }
-        let src: LayerIdx = std::str::from_utf8(layer)
-            .ok()
-            .and_then(|l| l.parse().ok())
-            .filter(|l| *l > 0 && *l < self.layers.len())
-            .ok_or(Errno::EINVAL)?;
-        // The lower file must still be there before the suspect copy goes.
-        let src_dir = self.open_rel(src, parent_rel, libc::O_PATH | libc::O_DIRECTORY)?;
-        sys::fstatat(src_dir.as_fd(), &cname)?;
-        let before = sys::fstat(parent.as_fd())?;
-        match sys::unlinkat(parent.as_fd(), &cname, false) {
-            Ok(()) | Err(Errno::ENOENT) => {}
-            Err(e) => return Err(e),
-        }
-        copyup::copy_up_entry(self, parent_rel, name, src, CopyData::Full)?;
-        sys::restore_times(parent.as_fd(), &before);
-        Ok(())
-    }
+        Err(e) => return Err(e),
+    };
+    body.truncate(n);
+    let mut parts = body.splitn(3, |b| *b == b'\n');
+    let (Some(boot), Some(layer), Some(rel)) = (parts.next(), parts.next(), parts.next()) else {
+        return Ok(None);
+    };
+    let layer = std::str::from_utf8(layer)
+        .ok()
+        .and_then(|l| l.parse().ok())
+        .filter(|l| *l > 0 && *l < stack.layers.len())
+        .ok_or(Errno::EINVAL)?;
+    Ok(Some(Record {
+        boot: boot.to_vec(),
+        layer,
+        rel: rel.to_vec(),
+    }))
 }

@@ -9,6 +9,7 @@ pub mod known;
 pub mod metacopy;
 pub mod ops;
 pub mod readdir;
+pub mod repair;
 pub mod resolve;
 pub mod stack;
 pub mod whiteout;

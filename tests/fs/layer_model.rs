@@ -354,15 +354,16 @@ fn link_counts_of_lower_hard_links_follow_changes() {
     );
 }
 
-/// A copy flushed behind is in the upper at once, with a record until it is flushed. A stack
-/// opened again in the same boot (a daemon killed meanwhile) flushes it and keeps it with its
-/// writes; one opened in another boot (a machine crash: its records say another boot) makes it
-/// again from its lower file.
+/// A copy flushed behind is in the upper at once, with a record until it is flushed. The
+/// repair a mount runs keeps a copy recorded in this boot (a daemon killed meanwhile), flushed
+/// with its writes, and makes one recorded in another boot (a machine crash) again from its
+/// lower file.
 #[test]
 fn copy_flushed_behind_is_published_at_once_and_made_whole_by_the_next_open() {
     use std::os::unix::fs::FileExt;
     use unionfs::layer::behind;
     use unionfs::layer::copyup::{copy_up_maybe_behind, CopiedUp};
+    use unionfs::layer::repair::repair_unflushed;
     let t = Tmp::new("behind");
     let big = "x".repeat(10_000);
     for f in ["a", "b", "c"] {
@@ -424,6 +425,7 @@ fn copy_flushed_behind_is_published_at_once_and_made_whole_by_the_next_open() {
     want_b.replace_range(0..4, "NEWB");
     // Same boot: kept as written, flushed.
     let s = stack(&t, &["l"]);
+    repair_unflushed(&s);
     assert!(records().is_empty());
     assert_eq!(fs::read_to_string(upper.join("d/b")).unwrap(), want_b);
     // Another boot (its record rewritten as a machine crash would leave it): made again.
@@ -434,7 +436,13 @@ fn copy_flushed_behind_is_published_at_once_and_made_whole_by_the_next_open() {
     let (_, rest) = body.split_once('\n').unwrap();
     lsetxattr(&rec, xattr, format!("another-boot\n{rest}").as_bytes()).unwrap();
     drop(s);
-    let _s = stack(&t, &["l"]);
+    let s = stack(&t, &["l"]);
+    assert_eq!(
+        records().len(),
+        1,
+        "opening a stack repairs nothing: mounting does"
+    );
+    repair_unflushed(&s);
     assert!(records().is_empty());
     assert_eq!(
         fs::read_to_string(upper.join("d/c")).unwrap(),

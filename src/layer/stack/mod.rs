@@ -203,7 +203,6 @@ impl Stack {
                 stack._locks.push(lock_dir(w.as_fd(), &path, "workdir")?);
             }
             stack.pick_xattr_namespace();
-            stack.recover_behind();
             stack.clean_work();
         }
         Ok(stack)
