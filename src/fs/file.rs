@@ -120,7 +120,8 @@ impl UnionFs {
             return Err(Errno::ENOSYS);
         }
         let f = self.handles.file(fh).ok_or(Errno::EBADF)?;
-        // A copy flushed behind reaches its place first: after fsync the file is there.
+        // A copy flushed behind is flushed and loses its record first: a crash after this
+        // fsync must not have the next mount copy the file again from its lower.
         self.behind.settle(f.ino)?;
         self.stack.counters.flushes.fetch_add(1, Ordering::Relaxed);
         sys::fsync(f.fd.as_fd(), datasync)
