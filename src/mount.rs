@@ -78,8 +78,8 @@ pub struct MountConfig {
     /// No flushes; the next mount refuses an upper whose volatile mount did not end cleanly
     /// (`volatile`, `fsync=0`).
     pub volatile: bool,
-    /// Copy-ups of files of at least this many bytes are flushed and published in the
-    /// background while the writer goes on (`flush_behind=SIZE|off`; see `fs::behind`).
+    /// Copy-ups of files of at least this many bytes are renamed in at once and flushed in
+    /// the background while the writer goes on (`flush_behind=SIZE|off`; see `fs::behind`).
     pub flush_behind: Option<u64>,
     /// The user-namespace id maps this union's writes reach the disk through (the launcher's),
     /// recorded in the work dir for `unionfs-layer export`.

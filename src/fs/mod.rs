@@ -74,9 +74,9 @@ pub struct FsOptions {
     /// No flushes (`volatile`, `fsync=0`): FSYNC is answered "not implemented", which the
     /// kernel takes as success and stops sending.
     pub volatile: bool,
-    /// Copy-ups of files of at least this many bytes, opened for writing, are flushed and
-    /// published in the background while the writer goes on (`None`: every copy-up waits
-    /// for its flush; see `behind`).
+    /// Copy-ups of files of at least this many bytes, opened for writing, are renamed in at
+    /// once and flushed in the background while the writer goes on (`None`: every copy-up
+    /// waits for its flush; see `behind`).
     pub flush_behind: Option<u64>,
 }
 

@@ -90,7 +90,7 @@ fn copy_meta(
 
 /// Publishes staged `stage` as `name` in `upper_parent`, keeping the parent's times. Returns
 /// `Ok(false)` when someone else published the name first (the staged copy is then removed).
-pub(super) fn publish(
+fn publish(
     stack: &Stack,
     stage: &CStr,
     upper_parent: BorrowedFd<'_>,
