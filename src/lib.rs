@@ -19,6 +19,7 @@ pub mod layer;
 pub mod mount;
 pub mod oci;
 pub mod options;
+pub mod size;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod transport;

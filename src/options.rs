@@ -373,11 +373,11 @@ pub fn parse_args(args: Args) -> Result<Invocation> {
                 let v = val.unwrap_or_default();
                 cfg.flush_behind = match v.as_str() {
                     "off" => None,
-                    v => Some(parse_size(v).ok_or_else(|| {
+                    v => Some(crate::size::parse(v).map_err(|why| {
                         Error::new(format!(
-                            "flush_behind={v}: give the smallest file size whose copy-up is \
-                             flushed in the background, in bytes or with K, M or G (e.g. \
-                             flush_behind=1M; 0: every size), or flush_behind=off"
+                            "flush_behind={v}: {why}; give the smallest file size whose \
+                             copy-up is flushed in the background (e.g. flush_behind=1M; 0: \
+                             every size), or flush_behind=off"
                         ))
                     })?),
                 };
@@ -488,17 +488,6 @@ pub fn parse_args(args: Args) -> Result<Invocation> {
 /// Parses a full argument vector (program name first).
 pub fn parse<I: IntoIterator<Item = OsString>>(argv: I) -> std::result::Result<Args, clap::Error> {
     Args::try_parse_from(argv)
-}
-
-/// A size in bytes, with an optional K, M or G (binary) suffix.
-fn parse_size(v: &str) -> Option<u64> {
-    let (num, shift) = match v.as_bytes().last()? {
-        b'K' | b'k' => (&v[..v.len() - 1], 10),
-        b'M' | b'm' => (&v[..v.len() - 1], 20),
-        b'G' | b'g' => (&v[..v.len() - 1], 30),
-        _ => (v, 0),
-    };
-    num.parse::<u64>().ok()?.checked_mul(1 << shift)
 }
 
 #[cfg(test)]

@@ -210,38 +210,16 @@ pub fn parse_lowers(s: &str) -> Result<Vec<PathBuf>, Error> {
     Ok(out.into_iter().map(PathBuf::from).collect())
 }
 
-/// Parse a byte size: a plain number or one with a K, M, G or T suffix (powers of 1024).
+/// Parse a byte size of 1 or more: a plain number or one with a K, M, G or T suffix (powers
+/// of 1024).
 pub fn parse_size(s: &str) -> Result<u64, Error> {
-    let t = s.trim();
-    if t.starts_with('-') {
-        return Err(Error::msg(format!(
+    match crate::size::parse(s) {
+        Ok(0) => Err(Error::msg(format!(
             "{s:?}: a size must be positive, e.g. 64M or 1G"
-        )));
+        ))),
+        Ok(n) => Ok(n),
+        Err(why) => Err(Error::msg(format!("{s:?}: {why}"))),
     }
-    let (num, mult) = match t.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let m: u64 = match c.to_ascii_uppercase() {
-                'K' => 1 << 10,
-                'M' => 1 << 20,
-                'G' => 1 << 30,
-                'T' => 1 << 40,
-                'B' => 1,
-                _ => {
-                    return Err(Error::msg(format!(
-                        "{s:?}: unknown size suffix, use K, M, G or T"
-                    )))
-                }
-            };
-            (&t[..i], m)
-        }
-        _ => (t, 1),
-    };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| Error::msg(format!("{s:?} is not a size: write e.g. 64M or 1073741824")))?;
-    n.checked_mul(mult)
-        .filter(|v| *v > 0)
-        .ok_or_else(|| Error::msg(format!("{s:?}: size must be positive and fit in 64 bits")))
 }
 
 /// Parse a count of 1 or more (`--pids`): 0 would stop the command from starting at all.
