@@ -1,9 +1,9 @@
 //! Copy-ups flushed behind, from the FUSE side (the layer side, and why this is crash-safe,
 //! is `layer::behind`): a large file's copy is in the upper as soon as its data is copied,
 //! and one thread per process flushes each such copy when its writer closes it (or 1 s after
-//! the copy-up) and drops its record. An fsync of the file flushes it first; so does whatever
-//! moves a name (create, link, unlink, rmdir, rename), since a record names its file by
-//! place; and the end of the mount flushes them all.
+//! the copy-up) and drops its record. An fsync of the file flushes it first; so does a name
+//! operation (create, link, unlink, rmdir, rename) on its place or a directory above it,
+//! since a record names its file by place; and the end of the mount flushes them all.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, OnceLock, Weak};
@@ -13,11 +13,12 @@ use dashmap::DashMap;
 use parking_lot::Mutex;
 
 use crate::layer::behind::{self, Unflushed};
+use crate::layer::stack::join;
 use crate::layer::Stack;
 use crate::sys::{Errno, SysResult};
 
-/// Smaller files are flushed before the copy-up returns, as before: their flush costs about
-/// one journal commit, and the record a copy flushed behind needs costs one too.
+/// Smaller files are flushed before the copy-up returns, as before: their flush is short next
+/// to the copy, and each copy flushed behind holds a descriptor and costs a record.
 pub const DEFAULT_MIN_SIZE: u64 = 1 << 20;
 
 /// Copies one union may have unflushed at a time: each holds a descriptor until its flush, and
@@ -25,14 +26,24 @@ pub const DEFAULT_MIN_SIZE: u64 = 1 << 20;
 /// of thousands of large copy-ups would otherwise hold thousands of descriptors).
 pub const MAX_UNFLUSHED: usize = 256;
 
+/// Where a copy's flush stands.
+#[derive(Debug)]
+enum State {
+    /// Not yet flushed.
+    Unflushed(Unflushed),
+    /// Flushed, its record dropped.
+    Flushed,
+    /// Its flush failed: reported to every later fsync of the file (its record stays, so a
+    /// crash still makes the copy again).
+    Failed(Errno),
+}
+
 /// One copy not yet flushed.
 #[derive(Debug)]
 struct Job {
-    /// The copy until it is flushed.
-    copy: Mutex<Option<Unflushed>>,
-    /// The error its flush met, reported to every later fsync of the file (its record stays,
-    /// so a crash still makes the copy again).
-    failed: Mutex<Option<Errno>>,
+    /// Its place in the view, as its record names it.
+    rel: Vec<u8>,
+    state: Mutex<State>,
 }
 
 /// The unflushed copies of one union, by node.
@@ -74,11 +85,11 @@ impl Behind {
         self.job(ino).is_some()
     }
 
-    /// Takes over node `ino`'s unflushed copy and queues its flush.
-    pub fn add(self: &Arc<Self>, ino: u64, copy: Unflushed) -> SysResult<()> {
+    /// Takes over node `ino`'s unflushed copy, at `rel` in the view, and queues its flush.
+    pub fn add(self: &Arc<Self>, ino: u64, rel: Vec<u8>, copy: Unflushed) -> SysResult<()> {
         let job = Arc::new(Job {
-            copy: Mutex::new(Some(copy)),
-            failed: Mutex::new(None),
+            rel,
+            state: Mutex::new(State::Unflushed(copy)),
         });
         if let Some(old) = self.jobs.insert(ino, job) {
             // A second copy of the same node (its first was removed meanwhile): the first
@@ -102,19 +113,19 @@ impl Behind {
     }
 
     fn flush_job(&self, job: &Job) -> SysResult<()> {
-        let mut slot = job.copy.lock();
-        if let Some(e) = *job.failed.lock() {
-            return Err(e);
-        }
-        let Some(copy) = slot.as_ref() else {
-            return Ok(());
+        let mut state = job.state.lock();
+        let State::Unflushed(copy) = &*state else {
+            return match *state {
+                State::Failed(e) => Err(e),
+                _ => Ok(()),
+            };
         };
-        if let Err(e) = behind::flush(&self.stack, copy) {
-            *job.failed.lock() = Some(e);
-            return Err(e);
-        }
-        *slot = None;
-        Ok(())
+        let done = behind::flush(&self.stack, copy);
+        *state = match done {
+            Ok(()) => State::Flushed,
+            Err(e) => State::Failed(e),
+        };
+        done
     }
 
     /// Flushes node `ino`'s copy and drops its record, or waits for whoever is doing it.
@@ -133,19 +144,38 @@ impl Behind {
         Ok(())
     }
 
-    /// Settles every copy (before a name operation, at the end of the mount). A copy whose
-    /// flush failed stays as it is: the failure is reported to that file's fsync.
-    pub fn settle_all(&self) {
+    /// Settles the copies at `rel` and below it (before a name operation there; the root,
+    /// `b""`, at the end of the mount). A copy whose flush failed stays as it is: the failure
+    /// is reported to that file's fsync.
+    pub fn settle_at(&self, rel: &[u8]) {
         if self.count.load(Ordering::Acquire) == 0 {
             return;
         }
-        let inos: Vec<u64> = self.jobs.iter().map(|j| *j.key()).collect();
+        let inos: Vec<u64> = (self.jobs.iter())
+            .filter(|j| covers(rel, &j.value().rel))
+            .map(|j| *j.key())
+            .collect();
         for ino in inos {
             if let Err(e) = self.settle(ino) {
                 log::warn!("flushing a copy-up failed: {e}");
             }
         }
     }
+
+    /// [`Behind::settle_at`] the place of `name` in directory `parent_rel`.
+    pub fn settle_name(&self, parent_rel: &[u8], name: &[u8]) {
+        if self.count.load(Ordering::Acquire) > 0 {
+            self.settle_at(&join(parent_rel, name));
+        }
+    }
+}
+
+/// Whether a name operation on `place` reaches `path`: the same place or one below it (the
+/// root, `b""`, reaches everything).
+fn covers(place: &[u8], path: &[u8]) -> bool {
+    place.is_empty()
+        || path == place
+        || (path.starts_with(place) && path.get(place.len()) == Some(&b'/'))
 }
 
 /// How long a copy may wait for its writer to close it before its flush starts anyway.
@@ -159,17 +189,17 @@ type Entry = (Instant, Weak<Behind>, u64);
 /// Hands node `ino` of `union` to the process's flushing thread (one for every union the
 /// process serves), to settle at `due`; false when that thread cannot be started.
 fn queue(union: Weak<Behind>, ino: u64, due: Instant) -> bool {
-    static FLUSHER: OnceLock<Option<Mutex<mpsc::Sender<Entry>>>> = OnceLock::new();
+    static FLUSHER: OnceLock<Option<mpsc::Sender<Entry>>> = OnceLock::new();
     let sender = FLUSHER.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<Entry>();
         std::thread::Builder::new()
             .name("unionfs-flush".into())
             .spawn(move || flusher(rx))
             .ok()
-            .map(|_| Mutex::new(tx))
+            .map(|_| tx)
     });
     match sender {
-        Some(tx) => tx.lock().send((due, union, ino)).is_ok(),
+        Some(tx) => tx.send((due, union, ino)).is_ok(),
         None => false,
     }
 }
@@ -197,5 +227,19 @@ fn flusher(rx: mpsc::Receiver<Entry>) {
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::covers;
+
+    #[test]
+    fn a_name_operation_reaches_its_place_and_below_only() {
+        assert!(covers(b"d/a", b"d/a"));
+        assert!(covers(b"d", b"d/a") && covers(b"d", b"d/e/f"));
+        assert!(covers(b"", b"d/a"), "the root reaches every copy");
+        assert!(!covers(b"d/a", b"d/ab") && !covers(b"d", b"dd/a"));
+        assert!(!covers(b"d/a", b"d") && !covers(b"e", b"d/a"));
     }
 }

@@ -8,6 +8,7 @@ use super::inode::Node;
 use super::UnionFs;
 use crate::layer::copyup::{self, CopiedUp, CopyData};
 use crate::layer::ops;
+use crate::layer::stack::join;
 use crate::sys::{Errno, SysResult};
 
 impl UnionFs {
@@ -55,7 +56,7 @@ impl UnionFs {
             // every node re-resolves its layers on next use.
             CopiedUp::Published { joined: true } => self.inodes.bump_epoch(),
             CopiedUp::Published { joined: false } => {}
-            CopiedUp::Unflushed(copy) => self.behind.add(node.ino, copy)?,
+            CopiedUp::Unflushed(copy) => self.behind.add(node.ino, join(&prel, &name), copy)?,
         }
         Ok(())
     }

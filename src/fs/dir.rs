@@ -61,8 +61,8 @@ impl UnionFs {
 
     /// LINK: a new name `newname` in `newparent` for node `ino`.
     pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> SysResult<FileAttr> {
-        // Records of unflushed copies name them by place (see `behind`).
-        self.behind.settle_all();
+        // A record names its copy by one place (see `behind`): flushed before a second name.
+        self.behind.settle(ino)?;
         let newname = name_bytes(newname);
         let node = self.inodes.get(ino)?;
         let c = self.ctx(ino)?;
@@ -121,9 +121,11 @@ impl UnionFs {
             exchange: flags & libc::RENAME_EXCHANGE != 0,
         };
         let (name, newname) = (name_bytes(name), name_bytes(newname));
-        self.behind.settle_all();
         let (sp, sset) = self.dir_ctx(parent)?;
         let (dp, dset) = self.dir_ctx(newparent)?;
+        // Records name their copies by place (see `behind`): none may be moved unflushed.
+        self.behind.settle_name(&sp.rel, name);
+        self.behind.settle_name(&dp.rel, newname);
         let _seq = SeqGuard::enter(&self.rename_seq);
         let renamed = ops::rename(
             &self.stack,
@@ -243,9 +245,6 @@ impl UnionFs {
         mode: u32,
         umask: u32,
     ) -> SysResult<(FileAttr, Option<OwnedFd>)> {
-        // A create may replace a name whose copy has a record (over a whiteout, or a CREATE
-        // the kernel sends for a name it has no dentry for).
-        self.behind.settle_all();
         let o = &self.opts.owners;
         let owner = Owner {
             uid: o.stored_uid(req.uid),
@@ -255,6 +254,9 @@ impl UnionFs {
         };
         let (p, found, fd) = self.retry(|| {
             let (p, set) = self.dir_ctx(parent)?;
+            // A create may replace a name whose copy has a record (a CREATE the kernel sends
+            // for a name it has no dentry for): that copy is flushed first (see `behind`).
+            self.behind.settle_name(&p.rel, name);
             let (found, fd) = ops::create(&self.stack, &p.rel, &set, name, &kind, mode, owner)?;
             Ok((p, found, fd))
         })?;
@@ -264,9 +266,10 @@ impl UnionFs {
     }
 
     fn remove(&self, parent: u64, name: &[u8], dir: bool) -> SysResult<()> {
-        self.behind.settle_all();
         self.retry(|| {
             let (p, set) = self.dir_ctx(parent)?;
+            // A record must not outlive its copy's name (see `behind`).
+            self.behind.settle_name(&p.rel, name);
             let f = ops::remove(&self.stack, &p.rel, &set, name, dir)?;
             self.inodes.mark_upper_chain(parent);
             self.inodes.drop_alias(self.map_ino(f.ino), parent, name);

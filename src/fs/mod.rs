@@ -249,11 +249,11 @@ impl UnionFs {
         self.stats.report(&self.stack.counters)
     }
 
-    /// The kernel ended the connection (unmount, with the last open file closed): copies
-    /// still being flushed behind are published, and a volatile union is written back and
-    /// its marker removed, so the next mount accepts the upper.
+    /// The kernel ended the connection (unmount, with the last open file closed): copies not
+    /// yet flushed are flushed, and a volatile union is written back and its marker removed,
+    /// so the next mount accepts the upper.
     pub fn ended(&self) {
-        self.behind.settle_all();
+        self.behind.settle_at(b"");
         self.stack.end_volatile();
     }
 

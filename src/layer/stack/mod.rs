@@ -84,7 +84,7 @@ pub struct Counters {
     pub whiteouts: std::sync::atomic::AtomicU64,
     /// Flushes to disk: copy-ups waiting for their data, FSYNC requests (none when volatile).
     pub flushes: std::sync::atomic::AtomicU64,
-    /// Copy-ups left staged to be flushed and published in the background (`layer::behind`).
+    /// Copy-ups renamed in before their flush, which runs in the background (`layer::behind`).
     pub flushed_behind: std::sync::atomic::AtomicU64,
 }
 
