@@ -21,17 +21,6 @@ use crate::sys::{self, Errno, SysResult};
 /// Names of records in the work dir.
 pub const BEHIND_PREFIX: &str = "#unionfs-behind-";
 
-/// Where a record keeps its body, in the namespace the stack's own xattrs use.
-const RECORD_XATTRS: [&CStr; 2] = [c"trusted.unionfs.behind", c"user.unionfs.behind"];
-
-fn record_xattr(stack: &Stack) -> &'static CStr {
-    if stack.origin_xattr.as_c_str() == crate::layer::whiteout::ORIGIN_XATTRS[0] {
-        RECORD_XATTRS[0]
-    } else {
-        RECORD_XATTRS[1]
-    }
-}
-
 /// A copy-up in the upper whose data may not be on disk yet.
 #[derive(Debug)]
 pub struct Unflushed {
@@ -59,13 +48,7 @@ pub fn boot_id() -> Vec<u8> {
 /// flushed.
 pub fn write_record(stack: &Stack, rel: &[u8], src: LayerIdx) -> SysResult<CString> {
     let work = stack.work()?;
-    let base = stack.stage_name();
-    let n = base
-        .to_bytes()
-        .strip_prefix(super::stack::STAGE_PREFIX.as_bytes());
-    let mut name = BEHIND_PREFIX.as_bytes().to_vec();
-    name.extend_from_slice(n.unwrap_or(base.to_bytes()));
-    let rec = CString::new(name).map_err(|_| Errno::EINVAL)?;
+    let rec = stack.unique_name(BEHIND_PREFIX);
     let fd = sys::openat(
         work,
         &rec,
@@ -77,7 +60,7 @@ pub fn write_record(stack: &Stack, rel: &[u8], src: LayerIdx) -> SysResult<CStri
     body.extend_from_slice(src.to_string().as_bytes());
     body.push(b'\n');
     body.extend_from_slice(rel);
-    let done = match sys::setxattr(sys::At::new(work, &rec), record_xattr(stack), &body, 0) {
+    let done = match sys::setxattr(sys::At::new(work, &rec), &stack.behind_xattr, &body, 0) {
         Ok(()) => Ok(()),
         // No xattrs there, or a body too long for one (a path near PATH_MAX).
         Err(_) => match sys::pwrite(fd.as_fd(), &body, 0) {
@@ -145,7 +128,7 @@ pub fn record_names(stack: &Stack) -> Vec<CString> {
 pub fn read_record(stack: &Stack, rec: &CStr) -> SysResult<Option<Record>> {
     let work = stack.work()?;
     let mut body = vec![0u8; libc::PATH_MAX as usize + 128];
-    let n = match sys::getxattr(sys::At::new(work, rec), record_xattr(stack), &mut body) {
+    let n = match sys::getxattr(sys::At::new(work, rec), &stack.behind_xattr, &mut body) {
         Ok(n) => n,
         Err(Errno::ENODATA) | Err(Errno::EOPNOTSUPP) => {
             let fd = sys::openat(work, rec, libc::O_RDONLY | libc::O_NOFOLLOW, 0)?;

@@ -10,7 +10,7 @@ use crate::layer::behind;
 use crate::layer::data;
 use crate::layer::metacopy;
 use crate::layer::resolve::{self, DirSet};
-use crate::layer::stack::{join, open_subdir, remove_tree, LayerIdx, Stack};
+use crate::layer::stack::{join, open_subdir, remove_tree, split, LayerIdx, Stack};
 use crate::layer::whiteout;
 use crate::sys::{self, Errno, SysResult};
 use std::sync::atomic::Ordering::Relaxed;
@@ -426,10 +426,7 @@ fn link_other_names(
     };
     let mut all = paths.len() as u64 == st.st_nlink;
     for p in paths.iter().filter(|p| p.as_slice() != done) {
-        let (parent, name) = match p.iter().rposition(|b| *b == b'/') {
-            Some(i) => (&p[..i], &p[i + 1..]),
-            None => (&p[..0], &p[..]),
-        };
+        let (parent, name) = split(p);
         // Only names the union still shows as this file (not deleted or shadowed).
         let Some(found) = resolve::lookup_path(stack, p)? else {
             all = false;

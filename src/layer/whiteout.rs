@@ -63,6 +63,10 @@ pub const ORIGIN_XATTRS: [&CStr; 2] = [c"trusted.unionfs.origin", c"user.unionfs
 /// The record of a metadata-only copy-up (see `metacopy`), in the origin record's namespace.
 pub const METACOPY_XATTRS: [&CStr; 2] = [c"trusted.unionfs.metacopy", c"user.unionfs.metacopy"];
 
+/// Where the record of a copy not yet flushed keeps its body (see `behind`), on a file in the
+/// work dir, in the origin record's namespace.
+pub const BEHIND_XATTRS: [&CStr; 2] = [c"trusted.unionfs.behind", c"user.unionfs.behind"];
+
 /// True for xattrs that belong to the layer format or to us, which the union never exposes,
 /// copies up, or lets anyone set through the mount.
 pub fn is_internal_xattr(name: &[u8]) -> bool {

@@ -457,4 +457,18 @@ fn copy_flushed_behind_is_published_at_once_and_made_whole_by_the_next_open() {
             "lower changed"
         );
     }
+    // A record of another boot whose lower file is gone (the layers changed): nothing to copy
+    // again from, so the file stays as it is and the record goes.
+    write(&t.0.join("l/d/gone"), &big);
+    write_unflushed(&s, b"gone", "NEWG");
+    let rec = records().pop().unwrap();
+    let body = String::from_utf8(lgetxattr(&rec, xattr).unwrap()).unwrap();
+    let (_, rest) = body.split_once('\n').unwrap();
+    lsetxattr(&rec, xattr, format!("another-boot\n{rest}").as_bytes()).unwrap();
+    fs::remove_file(t.0.join("l/d/gone")).unwrap();
+    repair_unflushed(&s);
+    assert!(records().is_empty());
+    let mut want_g = big.clone();
+    want_g.replace_range(0..4, "NEWG");
+    assert_eq!(fs::read_to_string(upper.join("d/gone")).unwrap(), want_g);
 }

@@ -50,6 +50,8 @@ pub struct Stack {
     pub origin_xattr: CString,
     /// The name of the metadata-only copy-up record (see `metacopy`), in the origin's namespace.
     pub metacopy_xattr: CString,
+    /// The name of the flushed-behind record's xattr (see `behind`), in the same namespace.
+    pub behind_xattr: CString,
     /// Whether metadata changes to lower files copy up metadata only (`-o metacopy=on`).
     pub metacopy: bool,
     /// No flushes (`-o volatile`): copy-up publishes without waiting for its data to reach
@@ -179,6 +181,7 @@ impl Stack {
             index: None,
             origin_xattr: whiteout::ORIGIN_XATTRS[0].to_owned(),
             metacopy_xattr: whiteout::METACOPY_XATTRS[0].to_owned(),
+            behind_xattr: whiteout::BEHIND_XATTRS[0].to_owned(),
             metacopy: false,
             volatile: false,
             devs,
@@ -219,6 +222,7 @@ impl Stack {
         } else {
             self.origin_xattr = whiteout::ORIGIN_XATTRS[1].to_owned();
             self.metacopy_xattr = whiteout::METACOPY_XATTRS[1].to_owned();
+            self.behind_xattr = whiteout::BEHIND_XATTRS[1].to_owned();
         }
     }
 
@@ -302,6 +306,14 @@ pub fn open_below(root: BorrowedFd<'_>, rel: &[u8], flags: i32) -> SysResult<Own
         sys::RESOLVE_IN_LAYER,
     )?;
     open_below(dir.as_fd(), &rel[cut + 1..], flags)
+}
+
+/// Splits a relative path into its parent's path and its name (what [`join`] joined).
+pub fn split(rel: &[u8]) -> (&[u8], &[u8]) {
+    match rel.iter().rposition(|b| *b == b'/') {
+        Some(i) => (&rel[..i], &rel[i + 1..]),
+        None => (&rel[..0], rel),
+    }
 }
 
 /// Joins a parent relative path and a name.

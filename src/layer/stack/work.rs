@@ -264,21 +264,24 @@ impl Stack {
         self.work.as_ref().map(|w| w.as_fd()).ok_or(Errno::EROFS)
     }
 
-    /// A fresh unique staging name in the work dir.
-    pub fn stage_name(&self) -> CString {
+    /// A fresh name that starts with `prefix`, unique among this process's and, by the pid
+    /// in it, among other daemons' names.
+    pub fn unique_name(&self, prefix: &str) -> CString {
         let n = self
             .next_stage
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        CString::new(format!("{STAGE_PREFIX}{}-{n}", std::process::id())).unwrap_or_default()
+        CString::new(format!("{prefix}{}-{n}", std::process::id())).unwrap_or_default()
+    }
+
+    /// A fresh unique staging name in the work dir.
+    pub fn stage_name(&self) -> CString {
+        self.unique_name(STAGE_PREFIX)
     }
 
     /// A fresh unique name for an entry made inside an upper directory before it takes its
     /// real name (see `ops::create`): reserved (`.wh..wh.`), so the view, listings and
     /// `unionfs-layer export` never show it, even if a crash leaves it behind.
     pub fn temp_name(&self) -> CString {
-        let n = self
-            .next_stage
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        CString::new(format!(".wh..wh.unionfs-new-{}-{n}", std::process::id())).unwrap_or_default()
+        self.unique_name(".wh..wh.unionfs-new-")
     }
 }
