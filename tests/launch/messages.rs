@@ -17,7 +17,7 @@ fn impossible_limits_are_refused_at_parse_time() {
         ("--cpus", "-1", "above 0"),
         ("--cpus", "-0.5", "above 0"),
         ("--memory", "0", "positive"),
-        ("--memory", "-5M", "positive"),
+        ("--memory", "-5M", "cannot be negative"),
     ] {
         let o = run(&args(&[opt, val, "--tmp-upper", &l, "--", "/bin/true"]));
         assert_eq!(o.code, 2, "{opt} {val}: {o:?}");
